@@ -1,0 +1,104 @@
+"""Build one training example from tokenized source and target, apply the overlong policy, make labels.
+
+An example is carried through the pipeline compactly as its token ids plus ``n_masked``, the number of
+leading tokens that take no loss; labels are only materialised when a block is written. Pure numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from seqpack import IGNORE_INDEX
+
+OVERLONG_POLICIES = ("truncate", "split", "drop")
+TRAIN_ON = ("target", "source+target", "all")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A packable unit: a whole example, or one max_length piece of a split one."""
+
+    ids: np.ndarray
+    n_masked: int
+    """Leading tokens with label -100 (the source, or the part of it that lies in this piece)."""
+
+
+@dataclass
+class Outcome:
+    """What became of one example: its pieces (empty when dropped) and the counts for the statistics."""
+
+    pieces: list[Piece] = field(default_factory=list)
+    tokens_in: int = 0
+    source_tokens: int = 0
+    target_tokens: int = 0
+    truncated_tokens: int = 0
+    dropped_tokens: int = 0
+    truncated: bool = False
+    split: bool = False
+    dropped_reason: str | None = None
+
+
+def _concat(*parts: list[int] | np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(p, dtype=np.int32) for p in parts]) if parts else np.empty(0, np.int32)
+
+
+def build_example(
+    source_ids: list[int] | np.ndarray,
+    target_ids: list[int] | np.ndarray,
+    *,
+    max_length: int,
+    overlong: str = "truncate",
+    train_on: str = "target",
+    keep_prefix: int = 0,
+) -> Outcome:
+    """Combine source and target ids (specials already included) into pieces under ``max_length``.
+
+    ``truncate`` keeps the whole target when it fits and cuts the source from the left (the end of the prompt,
+    next to the answer, matters most); when the target alone is too long, the source is dropped and the target
+    is cut on the right. ``keep_prefix`` leading source tokens (the tokenizer's own prefix, such as BOS) are
+    never truncated. ``split`` cuts the example into max_length pieces, ``drop`` skips it.
+
+        >>> build_example([1, 5, 6], [7, 2], max_length=4).pieces[0].ids.tolist()
+        [5, 6, 7, 2]
+    """
+    source = np.asarray(source_ids, dtype=np.int32)
+    target = np.asarray(target_ids, dtype=np.int32)
+    total = len(source) + len(target)
+    outcome = Outcome(tokens_in=total, source_tokens=len(source), target_tokens=len(target))
+    n_masked = len(source) if train_on == "target" else 0
+    if total <= max_length:
+        outcome.pieces.append(Piece(_concat(source, target), n_masked))
+        return outcome
+    if overlong == "drop":
+        outcome.dropped_reason = "overlong"
+        outcome.dropped_tokens = total
+        return outcome
+    if overlong == "split":
+        ids = _concat(source, target)
+        outcome.split = True
+        for start in range(0, total, max_length):
+            chunk = ids[start : start + max_length]
+            outcome.pieces.append(Piece(chunk, int(np.clip(n_masked - start, 0, len(chunk)))))
+        return outcome
+    if overlong != "truncate":
+        raise ValueError(f"unknown overlong policy {overlong!r}; use one of {OVERLONG_POLICIES}")
+    outcome.truncated = True
+    outcome.truncated_tokens = total - max_length
+    prefix = source[: min(keep_prefix, len(source), max_length)]
+    room = max_length - len(prefix)
+    if len(target) <= room:
+        rest = source[len(prefix) :]
+        kept_source = _concat(prefix, rest[len(rest) - (room - len(target)) :])
+        outcome.pieces.append(Piece(_concat(kept_source, target), len(kept_source) if train_on == "target" else 0))
+    else:
+        outcome.pieces.append(Piece(_concat(prefix, target[:room]), len(prefix) if train_on == "target" else 0))
+    return outcome
+
+
+def piece_labels(piece: Piece) -> np.ndarray:
+    """Labels of a piece on its own: its ids, with -100 on the masked prefix."""
+    labels = piece.ids.astype(np.int32, copy=True)
+    labels[: piece.n_masked] = IGNORE_INDEX
+    return labels

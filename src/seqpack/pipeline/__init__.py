@@ -1,0 +1,1 @@
+"""Run configuration, pipeline assembly, the commit step and the ``seqpack`` command line."""

@@ -1,0 +1,68 @@
+"""Assemble the pipeline: the whole data flow on one screen."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from seqpack.pipeline.config import RunConfig
+from seqpack.templates import make_template
+from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
+from seqpack.transforms.pack import ShuffleAndPack
+from seqpack.transforms.read import ReadRecords
+from seqpack.transforms.rejected import WriteRejected
+from seqpack.transforms.render import REJECTED_TAG, RenderDoFn
+from seqpack.transforms.tokenize import TokenizeDoFn
+from seqpack.transforms.write import WriteJson, WriteShardDoFn
+
+META_DIR = "_meta"
+STATS_META = "stats.json"
+SHARDS_META = "shards.json"
+
+
+def _tag(stage: str):  # noqa: ANN202 - a small labelled lambda factory
+    return lambda rejected: (stage, rejected)
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: RunConfig, files: list, staging: str, pad_id: int) -> None:
+    """Pairs in, shards, rejected records and run metadata out, all under ``staging``."""
+    template = make_template(
+        config.template,
+        source_field=config.source_field,
+        target_field=config.target_field,
+        separator=config.separator,
+    )
+    read = pipeline | "ReadRecords" >> ReadRecords(files, max_record_bytes=config.max_record_bytes)
+    rendered = read.records | "Render" >> beam.ParDo(RenderDoFn(template)).with_outputs(
+        REJECTED_TAG, STATS_TAG, main="pairs"
+    )
+    tokenized = (
+        rendered.pairs
+        | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
+        | "Tokenize" >> beam.ParDo(TokenizeDoFn(config)).with_outputs(REJECTED_TAG, STATS_TAG, main="examples")
+    )
+    shards = tokenized.examples | "ShuffleAndPack" >> ShuffleAndPack(config, pad_id)
+    written = shards | "WriteShards" >> beam.ParDo(WriteShardDoFn(config, staging)).with_outputs(
+        STATS_TAG, main="shards"
+    )
+    rejected_stats = (
+        (
+            read.rejected | "FromRead" >> beam.Map(_tag("read")),
+            rendered[REJECTED_TAG] | "FromRender" >> beam.Map(_tag("render")),
+            tokenized[REJECTED_TAG] | "FromTokenize" >> beam.Map(_tag("tokenize")),
+        )
+        | "AllRejected" >> beam.Flatten()
+        | "WriteRejected" >> WriteRejected(staging)
+    )
+    meta = FileSystems.join(staging, META_DIR)
+    (
+        (rendered[STATS_TAG], tokenized[STATS_TAG], written[STATS_TAG], rejected_stats)
+        | "AllStats" >> beam.Flatten()
+        | "MergeStats" >> beam.CombineGlobally(MergeStats())
+        | "WriteStats" >> beam.ParDo(WriteJson(FileSystems.join(meta, STATS_META)))
+    )
+    (
+        written.shards
+        | "ListShards" >> beam.combiners.ToList()
+        | "WriteShardList" >> beam.ParDo(WriteJson(FileSystems.join(meta, SHARDS_META)))
+    )

@@ -1,0 +1,63 @@
+"""The resolved configuration of a run: every choice that shapes the output, recorded in the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
+from seqpack.packing import PACKING_STRATEGIES
+
+FILE_FORMATS = ("parquet", "arrow")
+DEFAULT_BUCKET_TOKENS = 1 << 22
+
+
+class UsageError(ValueError):
+    """A bad flag, input, tokenizer or output location, found before any work starts (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    inputs: list[str]
+    output: str
+    tokenizer: str
+    max_length: int = 2048
+    template: str = "plain"
+    source_field: str = "source"
+    target_field: str = "target"
+    separator: str = " = "
+    add_eos: bool = True
+    train_on: str = "target"
+    overlong: str = "truncate"
+    packing: str = "bfd"
+    seed: int = 0
+    bucket_tokens: int = DEFAULT_BUCKET_TOKENS
+    """Tokens per shuffle bucket (and so per shard): bounds the memory a worker needs to pack one bucket."""
+    file_format: str = "parquet"
+    validation_fraction: float = 0.0
+    row_group_size: int = 256
+    pad_id: int | None = None
+    trust_remote_code: bool = False
+    overwrite: bool = False
+    max_record_bytes: int = 64 << 20
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ``UsageError`` for values that cannot work, with what to pass instead."""
+        checks = [
+            (self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}"),
+            (self.train_on in TRAIN_ON, f"--train-on must be one of {', '.join(TRAIN_ON)}"),
+            (self.overlong in OVERLONG_POLICIES, f"--overlong must be one of {', '.join(OVERLONG_POLICIES)}"),
+            (self.packing in PACKING_STRATEGIES, f"--packing must be one of {', '.join(PACKING_STRATEGIES)}"),
+            (self.file_format in FILE_FORMATS, f"--format must be one of {', '.join(FILE_FORMATS)}"),
+            (0.0 <= self.validation_fraction < 1.0, "--validation-fraction must be in [0, 1)"),
+            (self.bucket_tokens >= self.max_length, "--bucket-tokens must be at least --max-length"),
+            (self.row_group_size >= 1, "--row-group-size must be positive"),
+            (bool(self.inputs), "--input is required"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

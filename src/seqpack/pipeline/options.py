@@ -1,0 +1,124 @@
+"""Command-line options of ``seqpack run``, and the Beam pipeline options that pass through unchanged."""
+
+from __future__ import annotations
+
+import argparse
+
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
+from seqpack.packing import PACKING_STRATEGIES
+from seqpack.pipeline.config import DEFAULT_BUCKET_TOKENS, FILE_FORMATS, RunConfig, UsageError
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--input", "-i", action="append", required=True, metavar="GLOB",
+                    help="input files, globs or directories (JSONL, JSON, Parquet, Arrow, CSV/TSV, datasets "
+                    "save_to_disk dirs; local or gs://, s3://); repeat for several")
+    io.add_argument("--output", "-o", required=True, help="dataset directory to write (local or gs://, s3://)")
+    io.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output")
+    io.add_argument("--format", dest="file_format", choices=FILE_FORMATS, default="parquet")
+    io.add_argument("--validation-fraction", type=float, default=0.0,
+                    help="hold out this fraction of pairs (chosen by a hash of their text) into validation/")
+    io.add_argument("--row-group-size", type=int, default=256, help="blocks per Parquet row group")
+    io.add_argument("--max-record-bytes", type=int, default=64 << 20,
+                    help="records larger than this are rejected without being parsed")
+
+    text = parser.add_argument_group("rendering")
+    text.add_argument("--template", default="plain",
+                      help="plain (source + separator → target), alpaca, or a format string with {target}")
+    text.add_argument("--source-field", default="source")
+    text.add_argument("--target-field", default="target")
+    text.add_argument("--separator", default=" = ", help="plain template: text between source and target")
+
+    tok = parser.add_argument_group("tokenization and labels")
+    tok.add_argument("--tokenizer", "-t", required=True,
+                     help="Hugging Face tokenizer: local dir, tokenizer.json, .gguf file, gs:// dir or hub id")
+    tok.add_argument("--trust-remote-code", action="store_true",
+                     help="allow tokenizers that run code from their repository (off by default)")
+    tok.add_argument("--max-length", type=int, default=2048)
+    tok.add_argument("--no-eos", dest="add_eos", action="store_false", help="do not append EOS to the target")
+    tok.add_argument("--train-on", choices=TRAIN_ON, default="target",
+                     help="target: loss on the target only (default); source+target: on every token of each "
+                     "example; all: also across example boundaries")
+    tok.add_argument("--overlong", choices=OVERLONG_POLICIES, default="truncate")
+    tok.add_argument("--pad-id", type=int, default=None, help="padding id (default: pad token, else EOS)")
+
+    packing = parser.add_argument_group("shuffling and packing")
+    packing.add_argument("--packing", choices=PACKING_STRATEGIES, default="bfd")
+    packing.add_argument("--seed", type=int, default=0)
+    packing.add_argument("--bucket-tokens", type=int, default=DEFAULT_BUCKET_TOKENS,
+                         help="tokens per shuffle bucket and shard; bounds a worker's memory")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    config = RunConfig(
+        inputs=list(args.input),
+        output=args.output.rstrip("/") or "/",
+        tokenizer=args.tokenizer,
+        max_length=args.max_length,
+        template=args.template,
+        source_field=args.source_field,
+        target_field=args.target_field,
+        separator=args.separator,
+        add_eos=args.add_eos,
+        train_on=args.train_on,
+        overlong=args.overlong,
+        packing=args.packing,
+        seed=args.seed,
+        bucket_tokens=args.bucket_tokens,
+        file_format=args.file_format,
+        validation_fraction=args.validation_fraction,
+        row_group_size=args.row_group_size,
+        pad_id=args.pad_id,
+        trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite,
+        max_record_bytes=args.max_record_bytes,
+    )
+    config.validate()
+    return config
+
+
+def _all_option_classes() -> list[type[PipelineOptions]]:
+    found, pending = [], [PipelineOptions]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def unknown_beam_args(beam_args: list[str]) -> list[str]:
+    """Flags that no Beam options class knows: most likely a typo in a seqpack flag."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for cls in _all_option_classes():
+        try:
+            cls._add_argparse_args(parser)
+        except argparse.ArgumentError:
+            pass  # an option registered twice by two classes
+    _, unknown = parser.parse_known_args(beam_args)
+    return [arg for arg in unknown if arg.startswith("-")]
+
+
+def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | None]:
+    """Beam options from the leftover flags; with no ``--runner``, the local multi-process FnApiRunner.
+
+    Beam's default DirectRunner first tries the Prism runner, which downloads a binary; seqpack must run
+    offline, so it picks the FnApiRunner itself, with one worker process per core.
+    """
+    unknown = unknown_beam_args(beam_args)
+    if unknown:
+        raise UsageError(
+            f"unknown option {unknown[0]}: see `seqpack run --help`; Beam pipeline options pass through"
+        )
+    options = PipelineOptions(beam_args)
+    if options.view_as(StandardOptions).runner is not None:
+        return options, None
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    direct = options.view_as(DirectOptions)
+    direct.direct_running_mode = "multi_processing"
+    if "--direct_num_workers" not in " ".join(beam_args):
+        direct.direct_num_workers = 0
+    return options, FnApiRunner()

@@ -1,0 +1,39 @@
+"""The on-disk contract between the writer (Beam pipeline) and the reader (loader, verify, inspect).
+
+Everything that both sides need to agree on is defined here once: the Arrow schema of a shard, the
+manifest that marks a dataset as complete, and the statistics file.
+"""
+
+from seqpack.schemas.columns import (
+    BLOCK_SCHEMA,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    blocks_to_table,
+    check_schema,
+)
+from seqpack.schemas.manifest import (
+    MANIFEST_NAME,
+    STATS_NAME,
+    DatasetFormatError,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    TokenizerInfo,
+    safe_relative_path,
+)
+
+__all__ = [
+    "BLOCK_SCHEMA",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "STATS_NAME",
+    "DatasetFormatError",
+    "Manifest",
+    "ShardInfo",
+    "SplitInfo",
+    "TokenizerInfo",
+    "blocks_to_table",
+    "check_schema",
+    "safe_relative_path",
+]

@@ -1,0 +1,134 @@
+"""``manifest.json``: written last, it marks a dataset as complete and lists every shard with its checksum.
+
+A reader must refuse a directory without a manifest (an unfinished or foreign dataset), a manifest of an
+unknown format version, and shard paths that would leave the dataset directory.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from seqpack.schemas.columns import BLOCK_SCHEMA, FORMAT_NAME, FORMAT_VERSION
+
+MANIFEST_NAME = "manifest.json"
+STATS_NAME = "stats.json"
+
+
+class DatasetFormatError(ValueError):
+    """A dataset directory or shard is missing, incomplete, corrupt or of another format."""
+
+
+def safe_relative_path(path: str) -> str:
+    """Return ``path`` if it is a relative POSIX path that stays inside the dataset, else raise.
+
+    Manifests are data: a hostile one must not make a reader open ``/etc/passwd`` or ``../../secrets``.
+    """
+    if not path or path.startswith(("/", "\\")) or "://" in path or ":" in path.split("/")[0]:
+        raise DatasetFormatError(f"shard path {path!r} in the manifest is not a relative path inside the dataset")
+    normalized = posixpath.normpath(path)
+    if normalized.startswith("..") or "\\" in path or normalized != path:
+        raise DatasetFormatError(f"shard path {path!r} in the manifest leaves the dataset directory")
+    return path
+
+
+def schema_description() -> list[dict[str, str]]:
+    """The block schema as plain JSON, recorded in the manifest so readers can check it without a shard."""
+    return [{"name": f.name, "type": str(f.type)} for f in BLOCK_SCHEMA]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: str
+    """Relative to the dataset directory, e.g. ``train/part-00000-of-00004.parquet``."""
+    rows: int
+    examples: int
+    tokens: int
+    """Real (non-padding) tokens."""
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    rows: int
+    examples: int
+    tokens: int
+    shards: list[ShardInfo]
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    name: str
+    vocab_size: int
+    pad_id: int
+    bos_id: int | None
+    eos_id: int | None
+    fingerprint: str
+    added_tokens: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    max_length: int
+    packing: str
+    file_format: str
+    """``parquet`` or ``arrow``."""
+    tokenizer: TokenizerInfo
+    splits: dict[str, SplitInfo]
+    config: dict[str, Any]
+    created_by: str
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    schema: list[dict[str, str]] = field(default_factory=schema_description)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str = MANIFEST_NAME) -> Manifest:
+        """Parse and validate a manifest; every problem is a ``DatasetFormatError`` naming ``where``."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetFormatError(f"{where} is not valid JSON ({exc}); the dataset is incomplete or corrupt") from exc
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+            raise DatasetFormatError(f"{where} is not a seqpack manifest")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DatasetFormatError(
+                f"{where} has format version {version!r}; this seqpack reads version {FORMAT_VERSION}. "
+                "Upgrade seqpack or rebuild the dataset."
+            )
+        if raw.get("schema") != schema_description():
+            raise DatasetFormatError(f"{where} describes a schema that does not match this seqpack's block schema")
+        try:
+            splits = {
+                name: SplitInfo(
+                    rows=s["rows"],
+                    examples=s["examples"],
+                    tokens=s["tokens"],
+                    shards=[ShardInfo(**shard) for shard in s["shards"]],
+                )
+                for name, s in raw["splits"].items()
+            }
+            manifest = cls(
+                max_length=raw["max_length"],
+                packing=raw["packing"],
+                file_format=raw["file_format"],
+                tokenizer=TokenizerInfo(**raw["tokenizer"]),
+                splits=splits,
+                config=raw["config"],
+                created_by=raw["created_by"],
+                format=raw["format"],
+                format_version=raw["format_version"],
+                schema=raw["schema"],
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise DatasetFormatError(f"{where} is missing or has a malformed field: {exc}") from exc
+        for split in manifest.splits.values():
+            for shard in split.shards:
+                safe_relative_path(shard.path)
+        return manifest

@@ -1,0 +1,107 @@
+"""``stats.json``: what a run read, rejected, dropped and wrote, and the identity that ties them together."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+COUNTERS = (
+    "records_read",
+    "records_rejected",
+    "examples",
+    "examples_truncated",
+    "examples_split",
+    "examples_dropped",
+    "pieces",
+    "tokens_in",
+    "tokens_truncated",
+    "tokens_dropped",
+    "tokens_written",
+    "source_tokens",
+    "target_tokens",
+    "trained_tokens",
+    "blocks",
+    "block_tokens",
+)
+"""Plain additive counters. ``tokens_in`` counts every token the tokenizer produced for an example."""
+
+KEYED = (
+    "rejected_by_reason",
+    "dropped_by_reason",
+    "examples_by_split",
+    "blocks_by_split",
+    "pieces_written_by_split",
+)
+HISTOGRAMS = ("example_length_hist", "source_length_hist", "target_length_hist")
+HIST_BINS = 32
+"""Length histograms use power-of-two bins: bin ``b`` counts lengths in ``[2**(b-1), 2**b)``; bin 0 is length 0."""
+
+
+def length_bin(length: int) -> int:
+    return min(int(length).bit_length(), HIST_BINS - 1)
+
+
+def empty_stats() -> dict[str, Any]:
+    stats: dict[str, Any] = {name: 0 for name in COUNTERS}
+    stats.update({name: {} for name in KEYED})
+    stats.update({name: [0] * HIST_BINS for name in HISTOGRAMS})
+    return stats
+
+
+def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Add partial statistics together; order does not matter (a Beam combiner relies on that)."""
+    total = empty_stats()
+    for part in parts:
+        for name in COUNTERS:
+            total[name] += part.get(name, 0)
+        for name in KEYED:
+            for key, value in part.get(name, {}).items():
+                total[name][key] = total[name].get(key, 0) + value
+        for name in HISTOGRAMS:
+            hist = part.get(name)
+            if hist:
+                total[name] = [a + b for a, b in zip(total[name], hist, strict=True)]
+    return total
+
+
+class AccountingError(RuntimeError):
+    """The run's numbers do not add up: something was lost or duplicated, so nothing is committed."""
+
+
+def check_identity(stats: Mapping[str, Any]) -> None:
+    """Every record and every token must be accounted for before a dataset is committed."""
+    written = sum(stats["examples_by_split"].values())
+    rejected = sum(stats["rejected_by_reason"].values())
+    dropped = sum(stats["dropped_by_reason"].values())
+    problems = []
+    if stats["records_read"] != written + rejected + dropped:
+        problems.append(
+            f"records read {stats['records_read']} != examples written {written} + rejected {rejected} "
+            f"+ dropped {dropped}"
+        )
+    if rejected != stats["records_rejected"] or dropped != stats["examples_dropped"]:
+        problems.append("rejected/dropped totals disagree with their per-reason counts")
+    if stats["tokens_in"] != stats["tokens_written"] + stats["tokens_truncated"] + stats["tokens_dropped"]:
+        problems.append(
+            f"tokens produced {stats['tokens_in']} != written {stats['tokens_written']} + truncated "
+            f"{stats['tokens_truncated']} + dropped {stats['tokens_dropped']}"
+        )
+    if stats["pieces"] != sum(stats["pieces_written_by_split"].values()):
+        problems.append(
+            f"pieces made {stats['pieces']} != pieces written {sum(stats['pieces_written_by_split'].values())}"
+        )
+    if problems:
+        raise AccountingError("the run's statistics do not add up, nothing was committed: " + "; ".join(problems))
+
+
+def finalize(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """Add derived figures (fill) to merged statistics, ready for ``stats.json``."""
+    result = dict(stats)
+    block_tokens = stats["block_tokens"]
+    result["fill"] = stats["tokens_written"] / block_tokens if block_tokens else 0.0
+    return result
+
+
+def to_json(stats: Mapping[str, Any]) -> str:
+    return json.dumps(stats, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,147 @@
+"""Prompt templates: turn one input record into (source text, target text).
+
+The source text is everything the model is conditioned on (it is masked out of the loss); the target text
+is what it learns to produce. Pure functions, no Beam or tokenizer import.
+
+    >>> make_template("plain").render({"source": "cat", "target": "chat"})
+    ('cat = ', 'chat')
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ALPACA_PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+
+BUILTIN_TEMPLATES = ("plain", "alpaca")
+
+
+class RenderError(ValueError):
+    """A record cannot be rendered; ``reason`` is the stable code written to ``rejected/``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _text_field(record: Mapping[str, Any], name: str, *, optional: bool = False) -> str:
+    if name not in record:
+        if optional:
+            return ""
+        raise RenderError("missing_field", f"field {name!r} is missing (fields present: {sorted(record)[:10]})")
+    value = record[name]
+    if value is None:
+        if optional:
+            return ""
+        raise RenderError("null_field", f"field {name!r} is null")
+    if not isinstance(value, str):
+        raise RenderError("not_a_string", f"field {name!r} is a {type(value).__name__}, not a string")
+    return value
+
+
+def _require_target(text: str, name: str) -> str:
+    if not text.strip():
+        raise RenderError("empty_target", f"target field {name!r} is empty")
+    return text
+
+
+@dataclass(frozen=True)
+class PlainTemplate:
+    """source + separator → target (the classic ``English = French`` format); the separator is masked."""
+
+    source_field: str = "source"
+    target_field: str = "target"
+    separator: str = " = "
+
+    def render(self, record: Mapping[str, Any]) -> tuple[str, str]:
+        source = _text_field(record, self.source_field)
+        target = _require_target(_text_field(record, self.target_field), self.target_field)
+        return source + self.separator, target
+
+
+@dataclass(frozen=True)
+class AlpacaTemplate:
+    """The two Stanford Alpaca prompts (with and without ``input``), ending in ``### Response:``."""
+
+    target_field: str = "output"
+
+    def render(self, record: Mapping[str, Any]) -> tuple[str, str]:
+        instruction = _text_field(record, "instruction")
+        context = _text_field(record, "input", optional=True)
+        target = _require_target(_text_field(record, self.target_field), self.target_field)
+        if context.strip():
+            return ALPACA_PROMPT_WITH_INPUT.format(instruction=instruction, input=context), target
+        return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction), target
+
+
+@dataclass(frozen=True)
+class FormatTemplate:
+    """A user template such as ``"Q: {question}\\nA: {target}"``.
+
+    Everything before ``{target}`` is the (masked) source, ``{target}`` and anything after it is trained on.
+    ``{source}`` and ``{target}`` stand for ``--source-field`` and ``--target-field``; other names are record
+    fields. Literal braces are written ``{{`` and ``}}``.
+    """
+
+    text: str
+    source_field: str = "source"
+    target_field: str = "target"
+
+    def __post_init__(self) -> None:
+        names = [name for _, name, _, _ in string.Formatter().parse(self.text) if name is not None]
+        if names.count("target") != 1:
+            raise ValueError(
+                f"template {self.text!r} must contain {{target}} exactly once, where the trained text goes"
+            )
+        for name in names:
+            if not name.isidentifier():
+                raise ValueError(f"template placeholder {{{name}}} is not a plain field name")
+
+    def _field_name(self, placeholder: str) -> str:
+        return {"source": self.source_field, "target": self.target_field}.get(placeholder, placeholder)
+
+    def _fill(self, part: str, record: Mapping[str, Any]) -> str:
+        names = {name for _, name, _, _ in string.Formatter().parse(part) if name}
+        values = {name: _text_field(record, self._field_name(name)) for name in names}
+        return part.format(**values)
+
+    def render(self, record: Mapping[str, Any]) -> tuple[str, str]:
+        before, after = self.text.split("{target}", 1)
+        target = _require_target(_text_field(record, self.target_field), self.target_field)
+        return self._fill(before, record), target + self._fill(after, record)
+
+
+Template = PlainTemplate | AlpacaTemplate | FormatTemplate
+
+
+def make_template(
+    name_or_text: str = "plain",
+    *,
+    source_field: str = "source",
+    target_field: str = "target",
+    separator: str = " = ",
+) -> Template:
+    """Resolve ``--template``: ``plain``, ``alpaca`` or a format string containing ``{target}``."""
+    if name_or_text == "plain":
+        return PlainTemplate(source_field, target_field, separator)
+    if name_or_text == "alpaca":
+        return AlpacaTemplate("output" if target_field == "target" else target_field)
+    if "{" in name_or_text:
+        return FormatTemplate(name_or_text, source_field, target_field)
+    raise ValueError(
+        f"unknown template {name_or_text!r}: use one of {', '.join(BUILTIN_TEMPLATES)} "
+        "or a format string with {target}, e.g. 'Q: {source}\\nA: {target}'"
+    )

@@ -1,0 +1,1 @@
+"""Beam PTransforms and DoFns, one concern per module."""

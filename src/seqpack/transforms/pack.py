@@ -1,0 +1,112 @@
+"""The seeded global shuffle into bounded buckets, and best-fit packing of each bucket.
+
+Removing the shuffle changes the data: examples would be packed and written in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from seqpack.masking import Piece
+from seqpack.packing import PackedBlocks, pack
+from seqpack.pipeline.config import RunConfig
+
+SPLIT_CODES = {"train": 0, "validation": 1}
+
+
+def bucket_count(tokens: int, bucket_tokens: int) -> int:
+    """How many buckets (and shards) a split of ``tokens`` tokens gets: each holds about ``bucket_tokens``."""
+    return max(1, -(-tokens // bucket_tokens))
+
+
+def bucket_of(key: bytes, buckets: int) -> int:
+    return int.from_bytes(key[:8], "big") % buckets
+
+
+@dataclass(frozen=True)
+class ShardBlocks:
+    """One bucket's packed blocks, to be written as shard ``index`` of ``count`` of ``split``."""
+
+    split: str
+    index: int
+    count: int
+    blocks: PackedBlocks
+    pieces_whole: int
+    """Pieces that start in this shard (a piece cut by ``wrap`` counts once)."""
+
+
+class PackBucketDoFn(beam.DoFn):
+    """Sort a bucket by its seeded keys, pack it, and shuffle the block order with the seed."""
+
+    def __init__(self, config: RunConfig, pad_id: int) -> None:
+        self.config = config
+        self.pad_id = pad_id
+
+    def process(self, element: tuple[tuple[str, int, int], Iterable[Any]]) -> Iterator[ShardBlocks]:
+        (split, index, count), values = element
+        examples = sorted(v for v in values if v is not None)
+        pieces = [Piece(np.frombuffer(ids, dtype=np.int32), n_masked) for _, ids, n_masked in examples]
+        cfg = self.config
+        blocks = pack(
+            pieces,
+            strategy=cfg.packing,
+            max_length=cfg.max_length,
+            pad_id=self.pad_id,
+            mask_boundaries=cfg.train_on != "all",
+        )
+        rng = np.random.default_rng([cfg.seed, SPLIT_CODES[split], index])
+        blocks = blocks.take_rows(rng.permutation(blocks.rows))
+        yield ShardBlocks(split, index, count, blocks, len(pieces))
+
+
+def _tokens(example: tuple[str, bytes, bytes, int]) -> tuple[str, int]:
+    return example[0], len(example[2]) // 4
+
+
+def _assign(example: tuple[str, bytes, bytes, int], counts: dict[str, int]) -> tuple[tuple[str, int, int], Any]:
+    split, key, ids, n_masked = example
+    buckets = counts[split]
+    return (split, bucket_of(key, buckets), buckets), (key, ids, n_masked)
+
+
+def _markers(split_count: tuple[str, int]) -> Iterator[tuple[tuple[str, int, int], None]]:
+    split, buckets = split_count
+    for index in range(buckets):
+        yield (split, index, buckets), None
+
+
+class ShuffleAndPack(beam.PTransform):
+    """Examples in, one ``ShardBlocks`` per bucket out.
+
+    The number of buckets of a split follows from its total tokens, so memory per bucket stays bounded by
+    ``--bucket-tokens`` whatever the dataset size. A marker per bucket makes sure every shard named
+    ``part-i-of-n`` exists even if a bucket happens to receive no example.
+    """
+
+    def __init__(self, config: RunConfig, pad_id: int) -> None:
+        super().__init__()
+        self.config = config
+        self.pad_id = pad_id
+
+    def expand(self, examples: beam.PCollection) -> beam.PCollection:
+        bucket_tokens = self.config.bucket_tokens
+        counts = (
+            examples
+            | "TokensPerSplit" >> beam.Map(_tokens)
+            | "SumTokens" >> beam.CombinePerKey(sum)
+            | "BucketsPerSplit" >> beam.MapTuple(lambda split, tokens: (split, bucket_count(tokens, bucket_tokens)))
+        )
+        keyed = examples | "AssignBucket" >> beam.Map(_assign, counts=beam.pvalue.AsDict(counts))
+        markers = counts | "BucketMarkers" >> beam.FlatMap(_markers)
+        return (
+            (keyed, markers)
+            | "WithMarkers" >> beam.Flatten()
+            # The global shuffle: every example meets the others of its bucket here.
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "PackBuckets" >> beam.ParDo(PackBucketDoFn(self.config, self.pad_id))
+        )

@@ -1,0 +1,81 @@
+"""Keep every rejected record, raw, with its reason and origin, in ``rejected/rejected.jsonl``."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from seqpack.readers import Rejected
+from seqpack.schemas import stats as stats_format
+from seqpack.transforms.write import write_atomically
+
+REJECTED_FILE = "rejected/rejected.jsonl"
+
+
+def split_origin(origin: str) -> tuple[str, int | None]:
+    """``"data/a.jsonl:12"`` → ``("data/a.jsonl", 12)``; an origin without a line number keeps it whole."""
+    path, _, line = origin.rpartition(":")
+    return (path, int(line)) if path and line.isdigit() else (origin, None)
+
+
+def rejected_line(rejected: Rejected) -> str:
+    """One JSON line: reason, detail, file, line and the raw record (base64 too when it is not UTF-8)."""
+    path, line = split_origin(rejected.origin)
+    entry: dict[str, Any] = {
+        "reason": rejected.reason,
+        "detail": rejected.detail,
+        "file": path,
+        "line": line,
+        "raw": rejected.raw.decode("utf-8", "replace"),
+    }
+    try:
+        rejected.raw.decode("utf-8")
+    except UnicodeDecodeError:
+        entry["raw_base64"] = base64.b64encode(rejected.raw).decode("ascii")
+    return json.dumps(entry, ensure_ascii=False)
+
+
+def _sort_key(rejected: Rejected) -> tuple[str, int, str]:
+    path, line = split_origin(rejected.origin)
+    return path, line or 0, rejected.reason
+
+
+class WriteRejectedDoFn(beam.DoFn):
+    """All rejections in one group: sorted by origin (deterministic), written once, counted."""
+
+    def __init__(self, staging: str) -> None:
+        self.staging = staging
+
+    def process(self, element: tuple[None, Iterable[tuple[str, Rejected]]]) -> Iterator[dict[str, Any]]:
+        _, items = element
+        ordered = sorted(items, key=lambda item: _sort_key(item[1]))
+        text = "".join(rejected_line(rejected) + "\n" for _, rejected in ordered)
+        write_atomically(FileSystems.join(self.staging, REJECTED_FILE), text.encode("utf-8"))
+        stats = stats_format.empty_stats()
+        for stage, rejected in ordered:
+            stats["records_rejected"] += 1
+            stats["rejected_by_reason"][rejected.reason] = stats["rejected_by_reason"].get(rejected.reason, 0) + 1
+            if stage == "read":  # the reader could not make a record of it, so no later step counted it
+                stats["records_read"] += 1
+        yield stats
+
+
+class WriteRejected(beam.PTransform):
+    """``(stage, Rejected)`` pairs in; writes ``rejected/rejected.jsonl`` and outputs their statistics."""
+
+    def __init__(self, staging: str) -> None:
+        super().__init__()
+        self.staging = staging
+
+    def expand(self, rejected: beam.PCollection) -> beam.PCollection:
+        return (
+            rejected
+            | "OneGroup" >> beam.Map(lambda item: (None, item))
+            | "Gather" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(WriteRejectedDoFn(self.staging))
+        )

@@ -1,0 +1,109 @@
+"""Write packed blocks as shards: deterministic names and bytes, temporary name first, renamed when whole."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from seqpack import IGNORE_INDEX
+from seqpack.packing import PackedBlocks
+from seqpack.pipeline.config import RunConfig
+from seqpack.schemas import BLOCK_SCHEMA, blocks_to_table
+from seqpack.transforms.bundle_stats import StatsDoFn
+from seqpack.transforms.pack import ShardBlocks
+
+EXTENSIONS = {"parquet": "parquet", "arrow": "arrow"}
+
+
+def shard_name(split: str, index: int, count: int, file_format: str) -> str:
+    return f"{split}/part-{index:05d}-of-{count:05d}.{EXTENSIONS[file_format]}"
+
+
+def table_of(blocks: PackedBlocks) -> pa.Table:
+    return blocks_to_table(
+        row_offsets=blocks.row_offsets,
+        input_ids=blocks.input_ids,
+        labels=blocks.labels,
+        attention_mask=blocks.attention_mask,
+        position_ids=blocks.position_ids,
+        seq_len_offsets=blocks.seq_len_offsets,
+        seq_lens=blocks.seq_lens,
+    )
+
+
+def serialize(table: pa.Table, file_format: str, row_group_size: int) -> bytes:
+    """The shard's bytes; the same table always gives the same bytes (no timestamps, fixed options)."""
+    buffer = io.BytesIO()
+    if file_format == "parquet":
+        pq.write_table(
+            table,
+            buffer,
+            compression="zstd",
+            row_group_size=row_group_size,
+            use_dictionary=False,
+            write_statistics=False,
+        )
+    else:
+        options = pa.ipc.IpcWriteOptions(compression="zstd")
+        with pa.ipc.new_file(buffer, BLOCK_SCHEMA, options=options) as writer:
+            for batch in table.to_batches(max_chunksize=row_group_size):
+                writer.write_batch(batch)
+    return buffer.getvalue()
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write under a unique temporary name, then rename: a retried or killed write never leaves a torn file."""
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(temporary) as out:
+        out.write(data)
+    FileSystems.rename([temporary], [path])
+
+
+class WriteShardDoFn(StatsDoFn):
+    """``ShardBlocks`` in, shard files written under ``staging``, one shard description dict out."""
+
+    def __init__(self, config: RunConfig, staging: str) -> None:
+        self.config = config
+        self.staging = staging
+
+    def process(self, shard: ShardBlocks) -> Iterator[dict[str, Any]]:
+        cfg = self.config
+        name = shard_name(shard.split, shard.index, shard.count, cfg.file_format)
+        data = serialize(table_of(shard.blocks), cfg.file_format, cfg.row_group_size)
+        write_atomically(FileSystems.join(self.staging, name), data)
+        blocks = shard.blocks
+        self.count("blocks", blocks.rows)
+        self.count("block_tokens", len(blocks.input_ids))
+        self.count("tokens_written", blocks.real_tokens)
+        self.count("trained_tokens", int(np.count_nonzero(blocks.labels != IGNORE_INDEX)))
+        self.count_keyed("blocks_by_split", shard.split, blocks.rows)
+        self.count_keyed("pieces_written_by_split", shard.split, shard.pieces_whole)
+        yield {
+            "split": shard.split,
+            "path": name,
+            "rows": blocks.rows,
+            "examples": blocks.examples,
+            "tokens": blocks.real_tokens,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+
+
+class WriteJson(beam.DoFn):
+    """Write one element as a JSON file (the run's metadata that the driver commits)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def process(self, element: Any) -> None:
+        write_atomically(self.path, json.dumps(element, sort_keys=True).encode())

@@ -1,0 +1,68 @@
+"""build_example: overlong policies and the masked prefix, checked against plain-list reasoning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seqpack import IGNORE_INDEX
+from seqpack.masking import build_example, piece_labels
+
+ids = st.lists(st.integers(min_value=3, max_value=1000), min_size=0, max_size=60)
+
+
+def test_short_example_is_kept_whole_with_source_masked() -> None:
+    outcome = build_example([1, 10, 11], [20, 21, 2], max_length=16)
+    (piece,) = outcome.pieces
+    assert piece.ids.tolist() == [1, 10, 11, 20, 21, 2]
+    assert piece_labels(piece).tolist() == [IGNORE_INDEX] * 3 + [20, 21, 2]
+    assert not outcome.truncated and outcome.tokens_in == 6
+
+
+def test_train_on_source_and_target_masks_nothing() -> None:
+    (piece,) = build_example([1, 10], [20, 2], max_length=16, train_on="source+target").pieces
+    assert piece.n_masked == 0
+
+
+def test_truncate_keeps_target_and_bos_and_cuts_source_from_the_left() -> None:
+    outcome = build_example([1, 10, 11, 12, 13], [20, 21, 2], max_length=6, keep_prefix=1)
+    (piece,) = outcome.pieces
+    assert piece.ids.tolist() == [1, 12, 13, 20, 21, 2]
+    assert piece.n_masked == 3
+    assert outcome.truncated and outcome.truncated_tokens == 2
+
+
+def test_truncate_cuts_an_overlong_target_on_the_right() -> None:
+    (piece,) = build_example([1, 10], [20, 21, 22, 23, 2], max_length=4, keep_prefix=1).pieces
+    assert piece.ids.tolist() == [1, 20, 21, 22]
+    assert piece.n_masked == 1
+
+
+def test_drop_counts_the_tokens() -> None:
+    outcome = build_example([1, 10], [20, 21, 2], max_length=4, overlong="drop")
+    assert outcome.pieces == [] and outcome.dropped_reason == "overlong" and outcome.dropped_tokens == 5
+
+
+def test_unknown_policy_is_an_error() -> None:
+    with pytest.raises(ValueError, match="overlong"):
+        build_example([1] * 5, [2] * 5, max_length=8, overlong="squeeze")
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids, ids.filter(bool), st.integers(min_value=8, max_value=40), st.sampled_from(["truncate", "split", "drop"]))
+def test_policies_conserve_tokens(source: list[int], target: list[int], max_length: int, policy: str) -> None:
+    outcome = build_example(source, target, max_length=max_length, overlong=policy)
+    kept = sum(len(p.ids) for p in outcome.pieces)
+    assert kept + outcome.truncated_tokens + outcome.dropped_tokens == len(source) + len(target)
+    assert all(len(p.ids) <= max_length for p in outcome.pieces)
+    joined = np.concatenate([p.ids for p in outcome.pieces]).tolist() if outcome.pieces else []
+    if policy == "split":
+        assert joined == source + target
+        masked = [t for p in outcome.pieces for t in p.ids[: p.n_masked].tolist()]
+        assert masked == source, "exactly the source tokens are masked, across pieces"
+    if policy == "truncate" and len(source) + len(target) > max_length:
+        assert len(joined) == max_length
+        if len(target) <= max_length:
+            assert joined[-len(target):] == target

@@ -1,0 +1,122 @@
+"""Packing invariants: no block overfills, every token lands exactly once and in order, fill figures right."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seqpack import IGNORE_INDEX
+from seqpack.masking import Piece
+from seqpack.packing import PackedBlocks, bfd_assign, pack
+
+lengths_strategy = st.lists(st.integers(min_value=1, max_value=64), min_size=0, max_size=200)
+
+
+def make_pieces(lengths: list[int], masked: list[int] | None = None) -> list[Piece]:
+    """Pieces whose ids encode (piece, position) so every token is traceable: id = piece * 1000 + position."""
+    pieces = []
+    for i, length in enumerate(lengths):
+        ids = (i * 1000 + np.arange(length) + 1).astype(np.int32)
+        pieces.append(Piece(ids, (masked[i] if masked else length // 3)))
+    return pieces
+
+
+def rows(blocks: PackedBlocks, column: str) -> list[np.ndarray]:
+    values = getattr(blocks, column)
+    return [values[blocks.row_offsets[r] : blocks.row_offsets[r + 1]] for r in range(blocks.rows)]
+
+
+def seq_lens(blocks: PackedBlocks) -> list[list[int]]:
+    return [
+        blocks.seq_lens[blocks.seq_len_offsets[r] : blocks.seq_len_offsets[r + 1]].tolist()
+        for r in range(blocks.rows)
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(lengths_strategy, st.integers(min_value=64, max_value=256))
+def test_bfd_never_overfills_and_places_every_item_once(lengths: list[int], capacity: int) -> None:
+    blocks = bfd_assign(lengths, capacity)
+    placed = sorted(i for block in blocks for i in block)
+    assert placed == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in block) <= capacity for block in blocks)
+    # Best fit never leaves two blocks that could have been merged by a later first-fit pass.
+    if len(blocks) > 1:
+        loads = sorted(sum(lengths[i] for i in block) for block in blocks)
+        assert loads[0] + loads[1] > capacity or min(lengths) > capacity - loads[1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths_strategy, st.integers(min_value=64, max_value=256), st.sampled_from(["bfd", "wrap", "none"]))
+def test_every_token_lands_exactly_once_in_order(lengths: list[int], max_length: int, strategy: str) -> None:
+    pieces = make_pieces(lengths)
+    blocks = pack(pieces, strategy=strategy, max_length=max_length, pad_id=0)
+    real = [row[mask.astype(bool)] for row, mask in zip(rows(blocks, "input_ids"), rows(blocks, "attention_mask"))]
+    tokens = np.concatenate(real) if real else np.empty(0, np.int32)
+    expected = np.concatenate([p.ids for p in pieces]) if pieces else np.empty(0, np.int32)
+    assert sorted(tokens.tolist()) == sorted(expected.tolist())
+    # Within each piece, tokens keep their order.
+    by_piece: dict[int, list[int]] = {}
+    for token in tokens.tolist():
+        by_piece.setdefault(token // 1000, []).append(token)
+    assert all(seq == sorted(seq) for seq in by_piece.values())
+    if strategy == "none":
+        assert blocks.rows == len(pieces)
+    else:
+        assert all(len(row) == max_length for row in rows(blocks, "input_ids"))
+    assert blocks.real_tokens == sum(lengths)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths_strategy, st.sampled_from(["bfd", "wrap", "none"]))
+def test_labels_positions_and_seq_lens_agree(lengths: list[int], strategy: str) -> None:
+    max_length = 128
+    pieces = make_pieces(lengths)
+    blocks = pack(pieces, strategy=strategy, max_length=max_length, pad_id=0)
+    owner = {int(t): (i, pos) for i, p in enumerate(pieces) for pos, t in enumerate(p.ids.tolist())}
+    for ids, labels, mask, positions, lens in zip(
+        rows(blocks, "input_ids"), rows(blocks, "labels"), rows(blocks, "attention_mask"),
+        rows(blocks, "position_ids"), seq_lens(blocks),
+    ):
+        real = int(mask.sum())
+        assert real == sum(lens)
+        assert mask[:real].all() and not mask[real:].any(), "real tokens are a prefix of the row"
+        starts = np.cumsum([0] + lens[:-1])
+        expected_positions = np.concatenate([np.arange(n) for n in lens]) if lens else np.empty(0)
+        assert (positions[:real] == expected_positions).all()
+        assert (labels[real:] == IGNORE_INDEX).all()
+        for start in starts:
+            assert labels[start] == IGNORE_INDEX, "an example's first label would leak from the previous one"
+        for k in range(real):
+            if k in set(starts.tolist()):
+                continue
+            piece, pos = owner[int(ids[k])]
+            should_mask = pos < pieces[piece].n_masked
+            assert (labels[k] == IGNORE_INDEX) == should_mask
+            if not should_mask:
+                assert labels[k] == ids[k]
+
+
+def test_fill_on_many_short_examples_is_near_perfect() -> None:
+    """The issue's bar: >= 99.5 % at max_length 2048 on 10,000 examples of about 100 tokens (long-tailed)."""
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(np.log(100), 0.5, size=10_000).astype(int), 4, 2048).tolist()
+    blocks = pack(make_pieces(lengths), strategy="bfd", max_length=2048, pad_id=0)
+    fill = blocks.real_tokens / (blocks.rows * 2048)
+    assert fill >= 0.995, fill
+
+
+def test_mask_boundaries_off_trains_across_examples() -> None:
+    pieces = [Piece(np.array([1, 2, 3], np.int32), 0), Piece(np.array([4, 5], np.int32), 0)]
+    blocks = pack(pieces, strategy="wrap", max_length=8, pad_id=0, mask_boundaries=False)
+    assert blocks.labels.tolist()[:5] == [1, 2, 3, 4, 5]
+
+
+def test_take_rows_permutes_whole_blocks() -> None:
+    blocks = pack(make_pieces([5, 7, 3, 9]), strategy="none", max_length=16, pad_id=0)
+    shuffled = blocks.take_rows(np.array([3, 1, 0, 2]))
+    assert [r.tolist() for r in rows(shuffled, "input_ids")] == [
+        r.tolist() for r in (rows(blocks, "input_ids")[i] for i in [3, 1, 0, 2])
+    ]
+    assert seq_lens(shuffled) == [seq_lens(blocks)[i] for i in [3, 1, 0, 2]]
