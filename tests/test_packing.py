@@ -52,7 +52,8 @@ def test_bfd_never_overfills_and_places_every_item_once(lengths: list[int], capa
 def test_every_token_lands_exactly_once_in_order(lengths: list[int], max_length: int, strategy: str) -> None:
     pieces = make_pieces(lengths)
     blocks = pack(pieces, strategy=strategy, max_length=max_length, pad_id=0)
-    real = [row[mask.astype(bool)] for row, mask in zip(rows(blocks, "input_ids"), rows(blocks, "attention_mask"))]
+    pairs = zip(rows(blocks, "input_ids"), rows(blocks, "attention_mask"), strict=True)
+    real = [row[mask.astype(bool)] for row, mask in pairs]
     tokens = np.concatenate(real) if real else np.empty(0, np.int32)
     expected = np.concatenate([p.ids for p in pieces]) if pieces else np.empty(0, np.int32)
     assert sorted(tokens.tolist()) == sorted(expected.tolist())
@@ -77,7 +78,7 @@ def test_labels_positions_and_seq_lens_agree(lengths: list[int], strategy: str) 
     owner = {int(t): (i, pos) for i, p in enumerate(pieces) for pos, t in enumerate(p.ids.tolist())}
     for ids, labels, mask, positions, lens in zip(
         rows(blocks, "input_ids"), rows(blocks, "labels"), rows(blocks, "attention_mask"),
-        rows(blocks, "position_ids"), seq_lens(blocks),
+        rows(blocks, "position_ids"), seq_lens(blocks), strict=True,
     ):
         real = int(mask.sum())
         assert real == sum(lens)

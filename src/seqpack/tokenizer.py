@@ -6,6 +6,7 @@ a directory on any Beam filesystem (``gs://``, ``s3://``; copied to a local cach
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -40,10 +41,8 @@ def _copy_remote_dir(spec: str) -> str:
         name = meta.path.rstrip("/").rsplit("/", 1)[-1]
         with FileSystems.open(meta.path) as src, open(os.path.join(staging, name), "wb") as dst:
             dst.write(src.read())
-    try:
+    with contextlib.suppress(OSError):  # another worker process won the race; its copy is identical
         os.rename(staging, local)
-    except OSError:  # another worker process won the race; its copy is identical
-        pass
     return local
 
 

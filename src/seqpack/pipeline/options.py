@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -93,10 +94,8 @@ def unknown_beam_args(beam_args: list[str]) -> list[str]:
     """Flags that no Beam options class knows: most likely a typo in a seqpack flag."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for cls in _all_option_classes():
-        try:
+        with contextlib.suppress(argparse.ArgumentError):  # an option registered by two classes
             cls._add_argparse_args(parser)
-        except argparse.ArgumentError:
-            pass  # an option registered twice by two classes
     _, unknown = parser.parse_known_args(beam_args)
     return [arg for arg in unknown if arg.startswith("-")]
 

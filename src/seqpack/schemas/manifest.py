@@ -93,7 +93,9 @@ class Manifest:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DatasetFormatError(f"{where} is not valid JSON ({exc}); the dataset is incomplete or corrupt") from exc
+            raise DatasetFormatError(
+                f"{where} is not valid JSON ({exc}); the dataset is incomplete or corrupt"
+            ) from exc
         if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
             raise DatasetFormatError(f"{where} is not a seqpack manifest")
         version = raw.get("format_version")

@@ -1,0 +1,30 @@
+"""Shared fixtures: small tokenizers built on the spot (no hub downloads) and small pair files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from seqpack.demo import build_tokenizer, make_pairs
+
+EXTRA_TEXTS = ["Hello world", "Translate to French", "### Response:", "Below is an instruction"]
+
+
+@pytest.fixture(scope="session")
+def pairs() -> list[dict[str, str]]:
+    return make_pairs()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, pairs: list[dict[str, str]]) -> Path:
+    """A Llama-like byte-level BPE tokenizer that prepends <s>."""
+    texts = [t for p in pairs for t in (p["source"], p["target"])] + EXTRA_TEXTS
+    return build_tokenizer(tmp_path_factory.mktemp("tok") / "llama-like", texts, add_bos=True)
+
+
+@pytest.fixture(scope="session")
+def gpt2_like_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, pairs: list[dict[str, str]]) -> Path:
+    """A GPT-2-like tokenizer that adds no special tokens by itself."""
+    texts = [t for p in pairs for t in (p["source"], p["target"])] + EXTRA_TEXTS
+    return build_tokenizer(tmp_path_factory.mktemp("tok") / "gpt2-like", texts, add_bos=False)
