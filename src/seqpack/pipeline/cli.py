@@ -33,8 +33,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DropImportNoise(logging.Filter):
+    """Beam warns at import that optional Google Cloud clients are missing; that is expected offline."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_DropImportNoise())
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     try:
