@@ -28,7 +28,9 @@ BAD_RECORDS = [
 
 
 def run_cli(*args: str) -> int:
-    return main(["run", "--quiet", *args])
+    """Run in-process on one worker unless the test picks the runner mode (startup of workers costs seconds)."""
+    mode = [] if any(a.startswith("--direct_") for a in args) else ["--direct_running_mode=in_memory"]
+    return main(["run", "--quiet", *args, *mode])
 
 
 def read_rows(dataset: Path, split: str = "train") -> list[dict]:
@@ -127,7 +129,7 @@ def test_same_input_and_seed_give_identical_bytes_whatever_the_workers(
 ) -> None:
     again = tmp_path / "again"
     assert run_cli("-i", str(input_file), "-o", str(again), "-t", str(tokenizer_dir), "--max-length", "128",
-                   "--bucket-tokens", "2048", "--direct_num_workers=1") == 0
+                   "--bucket-tokens", "2048", "--direct_running_mode=multi_processing", "--direct_num_workers=2") == 0
     assert shard_hashes(again) == shard_hashes(dataset)
     other_seed = tmp_path / "seed1"
     assert run_cli("-i", str(input_file), "-o", str(other_seed), "-t", str(tokenizer_dir), "--max-length", "128",

@@ -117,7 +117,9 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | No
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     direct = options.view_as(DirectOptions)
-    direct.direct_running_mode = "multi_processing"
-    if "--direct_num_workers" not in " ".join(beam_args):
+    given = " ".join(beam_args)
+    if "--direct_running_mode" not in given:
+        direct.direct_running_mode = "multi_processing"
+    if "--direct_num_workers" not in given:
         direct.direct_num_workers = 0
     return options, FnApiRunner()
