@@ -1,0 +1,836 @@
+"""Read input files into records, one at a time, without ever letting bad input crash a run.
+
+Every record of every file comes out as exactly one ``Record`` (parsed fields and where they came from) or one
+``Rejected`` (a stable reason code from ``REASONS``, the raw bytes and a human detail). Nothing here imports
+Beam: files are opened through an injected ``open_binary`` and listed through an injected ``match``, so the same
+code reads local files in tests and ``gs://``/``s3://`` objects through Beam's ``FileSystems`` in a pipeline.
+
+    >>> for item in iter_file("pairs.jsonl", open_local):
+    ...     print(item.origin, item.fields if isinstance(item, Record) else item.reason)
+
+Text formats (JSONL, JSON arrays, CSV/TSV) are streamed in chunks, so memory stays bounded by
+``max_record_bytes`` plus a few read chunks whatever the file size; a longer record is rejected unparsed.
+Parquet and Arrow are read a batch at a time; the size cap does not apply to them (their pages are bounded by
+the writer).
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import csv
+import glob
+import gzip
+import json
+import lzma
+import os
+import posixpath
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, NamedTuple
+
+import pyarrow as pa
+
+DEFAULT_MAX_RECORD_BYTES = 64 << 20
+"""Records (lines, CSV rows, JSON array elements) above this size are rejected without being parsed."""
+RAW_PREFIX_BYTES = 64 << 10
+"""How much of an over-long record (or of an unparsable file remainder) ``Rejected.raw`` keeps."""
+MAX_JSON_DEPTH = 100
+"""JSON nested deeper than this is rejected. A fixed limit, well below Python's recursion limit, makes the
+outcome the same on every worker whatever its stack depth, and keeps later steps (Beam coders, pickling)
+from recursing deeply."""
+READ_CHUNK = 1 << 20
+BATCH_ROWS = 1024
+"""Parquet/Arrow rows turned into Python dicts at a time."""
+
+REASONS: dict[str, str] = {
+    "invalid_utf8": "the record's bytes are not valid UTF-8 (raw keeps the bytes as they are)",
+    "nul_byte": "the record holds a NUL (0x00) byte, usually a sign of binary or UTF-16 data",
+    "invalid_json": "the record is not valid JSON; the detail gives the parser's message and position",
+    "json_too_deep": f"the JSON value nests deeper than {MAX_JSON_DEPTH} levels",
+    "lone_surrogate": "a JSON string holds an unpaired surrogate escape such as \\ud800, which is not text",
+    "not_an_object": "the JSON value is valid but not an object (e.g. a list or a string), so it has no fields",
+    "ragged_csv_row": "the CSV/TSV row has a different number of fields than the header",
+    "invalid_csv": "the csv module could not parse the row (e.g. a bare carriage return in an unquoted field)",
+    "record_too_large": "the record is larger than max_record_bytes; raw keeps only its first 64 KiB",
+    "unreadable_file": "the file (or its rest, after the records already read) could not be read or parsed: "
+    "corrupt, truncated, of another format, or an I/O error; the detail says which and where",
+}
+"""Every reason code the reader produces, with what it means. Later steps add their own codes."""
+
+FORMATS: dict[str, str] = {
+    ".jsonl": "jsonl",
+    ".jsonlines": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipc": "arrow",
+    ".csv": "csv",
+    ".tsv": "tsv",
+}
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".xz", ".lzma", ".deflate")
+"""The suffixes Beam's ``CompressionTypes.AUTO`` decompresses."""
+_SEEKABLE_FORMATS = ("parquet", "arrow")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_NUL = b"\x00"
+
+
+class InputError(ValueError):
+    """The inputs cannot be read at all (nothing matches, an unsupported format): stop before any work."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One parsed input record. ``origin`` is ``path:N`` (N: 1-based line for JSONL/CSV, row for
+    Parquet/Arrow, element for a JSON array), unique and stable across runs, so it can order output."""
+
+    fields: dict[str, Any]
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record (or a whole file) that could not be read, kept raw so it can be fixed and replayed."""
+
+    reason: str
+    origin: str
+    raw: bytes
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A file to read, resolved before the pipeline starts; ``label`` prefixes the origins of its records."""
+
+    path: str
+    fmt: str
+    label: str
+    split: str | None = None
+    """The split name for a file of a saved Hugging Face ``DatasetDict``."""
+
+
+Item = Record | Rejected
+OpenBinary = Callable[[str], BinaryIO]
+Match = Callable[[str], Sequence[str]]
+
+
+# --- formats -------------------------------------------------------------------------------------------------
+
+
+def detect_format(path: str) -> str:
+    """The format of ``path`` from its extension, looking through a compression suffix (``a.jsonl.gz``)."""
+    name = path.lower()
+    compression = next((s for s in COMPRESSION_SUFFIXES if name.endswith(s)), "")
+    stem = name[: len(name) - len(compression)]
+    fmt = next((f for ext, f in FORMATS.items() if stem.endswith(ext)), None)
+    if fmt is None:
+        known = ", ".join(sorted(FORMATS))
+        raise InputError(
+            f"{path}: unsupported file type; seqpack reads {known} (optionally {'/'.join(COMPRESSION_SUFFIXES)}"
+            "-compressed) and Hugging Face datasets directories saved with save_to_disk"
+        )
+    if compression and fmt in _SEEKABLE_FORMATS:
+        raise InputError(
+            f"{path}: {fmt} files need random access and cannot be read through {compression} compression; "
+            f"decompress it (they compress their own pages)"
+        )
+    return fmt
+
+
+def iter_file(
+    path: str,
+    open_binary: OpenBinary,
+    fmt: str | None = None,
+    *,
+    label: str | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> Iterator[Item]:
+    """Yield a ``Record`` or ``Rejected`` for every record of ``path``; never raise for bad content.
+
+    A file that cannot be opened or parsed any further yields one ``Rejected("unreadable_file")`` whose
+    origin is the bare label and whose detail says how many records came before the failure.
+    """
+    if max_record_bytes < 1:
+        raise ValueError(f"max_record_bytes must be positive, got {max_record_bytes}")
+    fmt = fmt or detect_format(path)
+    label = label or path
+    parse = _PARSERS.get(fmt)
+    if parse is None:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(_PARSERS)}")
+    count = 0
+    try:
+        stream = open_binary(path)
+        try:
+            for item in parse(stream, label, max_record_bytes):
+                count += 1
+                yield item
+        finally:
+            stream.close()
+    # Any library on the way (filesystem, decompressor, pyarrow) may raise its own exception type; a bad file
+    # must become one accounted rejection, not a failed run.
+    except Exception as error:  # noqa: BLE001
+        yield Rejected("unreadable_file", label, b"", _unreadable_detail(fmt, count, error))
+
+
+def iter_input(input_file: InputFile, open_binary: OpenBinary, **kwargs: Any) -> Iterator[Item]:
+    """``iter_file`` for a resolved ``InputFile``."""
+    return iter_file(input_file.path, open_binary, input_file.fmt, label=input_file.label, **kwargs)
+
+
+class _BadFile(Exception):
+    """The file as a whole is unusable; the message says why and how to fix it."""
+
+
+def _unreadable_detail(fmt: str, count: int, error: Exception) -> str:
+    message = str(error) if isinstance(error, _BadFile) else f"{type(error).__name__}: {error}"
+    where = f"after {count:,} records" if count else "before any record"
+    return f"cannot read this {fmt} file {where}: {message}"
+
+
+# --- byte streams and lines ----------------------------------------------------------------------------------
+
+
+def _text_chunks(stream: BinaryIO) -> Iterator[bytes]:
+    """The file's bytes in chunks, with a UTF-8 byte-order mark removed and UTF-16/32 files refused."""
+    first = stream.read(READ_CHUNK)
+    while 0 < len(first) < 4:  # a short read must not split the byte-order mark
+        more = stream.read(READ_CHUNK)
+        if not more:
+            break
+        first += more
+    if first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise _BadFile(
+            "it is UTF-16/UTF-32 encoded (it starts with that byte-order mark); convert it to UTF-8, "
+            "e.g. iconv -f UTF-16 -t UTF-8"
+        )
+    if first.startswith(codecs.BOM_UTF8):
+        first = first[len(codecs.BOM_UTF8) :]
+    if first:
+        yield first
+    yield from iter(lambda: stream.read(READ_CHUNK), b"")
+
+
+class _Line(NamedTuple):
+    number: int
+    """1-based physical line number."""
+    data: bytes
+    """The line without its ``\\n``; only the first ``RAW_PREFIX_BYTES`` when ``too_large``."""
+    size: int
+    too_large: bool
+
+
+def _iter_lines(chunks: Iterable[bytes], max_bytes: int) -> Iterator[_Line]:
+    """Split a byte stream on ``\\n``; a line over ``max_bytes`` is never held whole, only its prefix."""
+    number, pieces, size, cut = 1, [], 0, False
+    for chunk in chunks:
+        *complete, tail = chunk.split(b"\n")
+        for part in complete:
+            yield _finish_line(number, pieces, part, size + len(part), max_bytes)
+            number, pieces, size, cut = number + 1, [], 0, False
+        size += len(tail)
+        if tail and (not cut or len(pieces[0]) < RAW_PREFIX_BYTES):
+            pieces.append(tail)
+            if size > max_bytes:  # from now on keep only the prefix that Rejected.raw shows
+                pieces, cut = [b"".join(pieces)[:RAW_PREFIX_BYTES]], True
+    if size:
+        yield _finish_line(number, pieces, b"", size, max_bytes)
+
+
+def _finish_line(number: int, pieces: list[bytes], last: bytes, size: int, max_bytes: int) -> _Line:
+    if size > max_bytes:
+        return _Line(number, b"".join([*pieces, last[:RAW_PREFIX_BYTES]])[:RAW_PREFIX_BYTES], size, True)
+    return _Line(number, b"".join([*pieces, last]) if pieces else last, size, False)
+
+
+def _too_large(line: _Line, origin: str, max_bytes: int) -> Rejected:
+    return Rejected(
+        "record_too_large",
+        origin,
+        line.data,
+        f"{line.size:,} bytes, more than max_record_bytes {max_bytes:,}; raw keeps the first "
+        f"{len(line.data):,} bytes. Split the record or raise --max-record-bytes",
+    )
+
+
+# --- JSON values ---------------------------------------------------------------------------------------------
+
+_DECODER = json.JSONDecoder(strict=False)
+"""``strict=False`` accepts control characters inside strings, which sloppy writers leave; NUL is refused
+separately as ``nul_byte``."""
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), "a number")
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether containers nest deeper than ``limit``, checked without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any string (key or value) holds an unpaired surrogate, which cannot be encoded as UTF-8."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+def _record_from_json(value: Any, text: str, origin: str, raw: Callable[[], bytes]) -> Item:
+    """Apply the checks every parsed JSON record passes: an object, not too deep, no lone surrogates."""
+    if not isinstance(value, dict):
+        return Rejected("not_an_object", origin, raw(), f"got {_json_type(value)}, expected an object")
+    brackets = text.count("[") + text.count("{")  # a cheap bound: most records need no walk at all
+    if brackets > MAX_JSON_DEPTH and _too_deep(value, MAX_JSON_DEPTH):
+        return Rejected("json_too_deep", origin, raw(), f"nests deeper than {MAX_JSON_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        return Rejected("lone_surrogate", origin, raw(), "a string holds an unpaired \\uD800-\\uDFFF escape")
+    return Record(value, origin)
+
+
+def _parse_json_line(data: bytes, origin: str) -> Item:
+    """One JSONL line (a ``\\r`` already removed) to a record or a rejection."""
+    if _NUL in data:
+        return Rejected("nul_byte", origin, data, f"NUL byte at offset {data.index(_NUL)}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return Rejected("invalid_utf8", origin, data, f"{error.reason} at byte {error.start}")
+    try:
+        value = _DECODER.decode(text)
+    except RecursionError:
+        return Rejected("json_too_deep", origin, data, "nests too deeply for the JSON parser")
+    except ValueError as error:  # json.JSONDecodeError, or an integer too long to convert
+        return Rejected("invalid_json", origin, data, str(error))
+    return _record_from_json(value, text, origin, lambda: data)
+
+
+def _iter_jsonl(stream: BinaryIO, label: str, max_bytes: int) -> Iterator[Item]:
+    """JSON lines: one object per line; blank lines are skipped and are not records."""
+    yield from _jsonl_from_chunks(_text_chunks(stream), label, max_bytes)
+
+
+def _jsonl_from_chunks(chunks: Iterable[bytes], label: str, max_bytes: int) -> Iterator[Item]:
+    for line in _iter_lines(chunks, max_bytes):
+        origin = f"{label}:{line.number}"
+        if line.too_large:
+            yield _too_large(line, origin, max_bytes)
+            continue
+        data = line.data[:-1] if line.data.endswith(b"\r") else line.data
+        if data.strip():
+            yield _parse_json_line(data, origin)
+
+
+def _iter_json(stream: BinaryIO, label: str, max_bytes: int) -> Iterator[Item]:
+    """A ``.json`` file: a JSON array of objects if it starts with ``[``, else JSON lines."""
+    chunks = _text_chunks(stream)
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if head.strip():
+            break
+    rest = _prepend(head, chunks)
+    if head.lstrip()[:1] == b"[":
+        yield from _JsonArray(rest, label, max_bytes).items()
+    else:
+        yield from _jsonl_from_chunks(rest, label, max_bytes)
+
+
+def _prepend(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    if head:
+        yield head
+    yield from chunks
+
+
+# --- JSON arrays, streamed -----------------------------------------------------------------------------------
+
+_NON_WHITESPACE = re.compile(r"[^ \t\n\r]")
+_LOOKAHEAD = 64
+"""Characters that must follow a parsed element (unless at end of file), so a number or literal cut by a
+chunk boundary (``1.5e`` | ``10``) is never taken for a complete value."""
+_TRUNCATED = "the file ends before the array is closed: is it truncated?"
+
+
+class _Failure(NamedTuple):
+    reason: str
+    detail: str
+
+
+class _JsonArray:
+    """A JSON array parsed one element at a time with ``raw_decode``, so memory follows the largest element,
+    not the file. After an element that cannot be parsed, the rest of the array cannot be found reliably:
+    it is rejected as a whole (one rejection, its detail says so)."""
+
+    def __init__(self, chunks: Iterable[bytes], label: str, max_bytes: int) -> None:
+        self._chunks = iter(chunks)
+        # surrogateescape keeps invalid bytes as lone surrogates, so an element's exact bytes can be restored
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self.text = ""
+        self.pos = 0
+        self.eof = False
+        self.label = label
+        self.max_bytes = max_bytes
+
+    def _more(self, at_least: int) -> None:
+        """Read at least ``at_least`` more characters (or to the end), dropping what is already parsed."""
+        parts, added = [self.text[self.pos :]], 0
+        while added < at_least and not self.eof:
+            chunk = next(self._chunks, None)
+            part = self._decoder.decode(chunk or b"", final=chunk is None)
+            self.eof = chunk is None
+            parts.append(part)
+            added += len(part)
+        self.text, self.pos = "".join(parts), 0
+
+    def _peek(self) -> str:
+        """The next non-whitespace character ('' at the end of the file), skipping whitespace."""
+        while True:
+            found = _NON_WHITESPACE.search(self.text, self.pos)
+            if found:
+                self.pos = found.start()
+                return self.text[self.pos]
+            self.pos = len(self.text)
+            if self.eof:
+                return ""
+            self._more(READ_CHUNK)
+
+    def _rest(self) -> bytes:
+        if len(self.text) - self.pos < RAW_PREFIX_BYTES:
+            self._more(RAW_PREFIX_BYTES)
+        return self.text[self.pos : self.pos + RAW_PREFIX_BYTES].encode("utf-8", "surrogateescape")
+
+    def items(self) -> Iterator[Item]:
+        self._peek()
+        self.pos += 1  # the opening "["
+        count = 0
+        if self._peek() == "]":
+            self.pos += 1
+            yield from self._trailing(count)
+            return
+        while True:
+            count += 1
+            origin = f"{self.label}:{count}"
+            element = self._element()
+            if isinstance(element, _Failure):
+                yield self._give_up(element, origin, first_unread=count)
+                return
+            yield self._check(*element, origin)
+            separator = self._peek()
+            self.pos += 1
+            if separator == "]":
+                yield from self._trailing(count)
+                return
+            if separator != ",":
+                failure = _Failure("invalid_json", f"expected ',' or ']' after element {count:,}")
+                if not separator:
+                    failure = _Failure("invalid_json", _TRUNCATED)
+                self.pos -= 1
+                yield self._give_up(failure, self.label, first_unread=count + 1)
+                return
+
+    def _element(self) -> tuple[Any, str] | _Failure:
+        """The next element and its text, or why parsing must stop."""
+        if not self._peek():
+            return _Failure("invalid_json", _TRUNCATED)
+        want = READ_CHUNK
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.text, self.pos)
+            except RecursionError:
+                return _Failure("json_too_deep", "the element nests too deeply for the JSON parser")
+            except json.JSONDecodeError as error:
+                unterminated = error.msg.startswith("Unterminated")  # reported where the string starts
+                maybe_cut = unterminated or error.pos >= len(self.text) - _LOOKAHEAD
+                if not maybe_cut or self.eof:
+                    cut = "; the file ends inside this element: is it truncated?" if maybe_cut else ""
+                    return _Failure("invalid_json", f"{error.msg}{cut}")
+                if (len(self.text) if unterminated else error.pos) - self.pos > self.max_bytes:
+                    return _Failure("record_too_large", f"the element is larger than {self.max_bytes:,} bytes")
+            except ValueError as error:  # an integer too long to convert
+                return _Failure("invalid_json", str(error))
+            else:
+                if self.eof or len(self.text) - end >= _LOOKAHEAD:
+                    return self._take(value, end)
+            self._more(want)
+            want *= 2
+
+    def _take(self, value: Any, end: int) -> tuple[Any, str]:
+        text = self.text[self.pos : end]
+        self.pos = end
+        return value, text
+
+    def _check(self, value: Any, text: str, origin: str) -> Item:
+        def raw() -> bytes:
+            return text.encode("utf-8", "surrogateescape")
+
+        if len(text) > self.max_bytes:
+            return Rejected(
+                "record_too_large",
+                origin,
+                raw()[:RAW_PREFIX_BYTES],
+                f"{len(text):,} characters, more than max_record_bytes {self.max_bytes:,}; raw keeps the start",
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return Rejected("invalid_utf8", origin, raw(), f"invalid UTF-8 at character {error.start}")
+        if "\x00" in text:
+            return Rejected("nul_byte", origin, raw(), f"NUL byte at character {text.index(chr(0))}")
+        return _record_from_json(value, text, origin, raw)
+
+    def _give_up(self, failure: _Failure, origin: str, *, first_unread: int) -> Rejected:
+        detail = (
+            f"{failure.detail}; element {first_unread:,} and everything after it in this array are not read "
+            "(raw keeps the start); convert the file to JSON lines to isolate bad records"
+        )
+        return Rejected(failure.reason, origin, self._rest(), detail)
+
+    def _trailing(self, count: int) -> Iterator[Rejected]:
+        if self._peek():
+            yield Rejected(
+                "invalid_json", self.label, self._rest(), f"data after the closing ']' of {count:,} elements"
+            )
+
+
+# --- CSV and TSV ---------------------------------------------------------------------------------------------
+
+_CSV_DIALECT: dict[str, Any] = {}
+_TSV_DIALECT: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+"""TSV has no quoting (as IANA defines it): a stray ``"`` in a corpus must not swallow the lines after it."""
+
+
+class _RowTooLarge(Exception):
+    """Raised through ``csv.reader`` to abandon a row that outgrew ``max_record_bytes``."""
+
+
+class _CsvSource:
+    """Feeds ``csv.reader`` one text line at a time and remembers the raw lines of the row being parsed, so a
+    row keeps its first line number and exact bytes, and a run-on row (an unclosed quote) stays bounded."""
+
+    def __init__(self, lines: Iterator[_Line], max_bytes: int) -> None:
+        self._lines = lines
+        self._max_bytes = max_bytes
+        self._reset()
+
+    def _reset(self) -> None:
+        self.first_line = 0
+        self.raw: list[bytes] = []
+        self.size = 0
+        self.bad_utf8 = ""
+
+    def __iter__(self) -> _CsvSource:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        if not self.raw:
+            self.first_line = line.number
+        self.raw.append(line.data)
+        self.size += line.size + 1
+        if line.too_large or self.size > self._max_bytes:
+            raise _RowTooLarge
+        try:
+            text = line.data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            self.bad_utf8 = self.bad_utf8 or f"{error.reason} at byte {error.start} of line {line.number}"
+            text = line.data.decode("utf-8", "surrogateescape")
+        return text + "\n"
+
+    def take(self) -> tuple[int, bytes, str]:
+        """The finished row's first line, raw bytes (without the final line end) and UTF-8 problem, if any."""
+        raw = b"\n".join(self.raw)
+        taken = (self.first_line, raw[:-1] if raw.endswith(b"\r") else raw, self.bad_utf8)
+        self._reset()
+        return taken
+
+
+def _iter_csv(stream: BinaryIO, label: str, max_bytes: int, *, dialect: dict[str, Any]) -> Iterator[Item]:
+    """CSV/TSV with a header row; every value is a string. Origins name the line where a row starts."""
+    # The csv module refuses fields over 128 KiB by default; rows are already capped at max_bytes.
+    csv.field_size_limit(max(csv.field_size_limit(), max_bytes))
+    source = _CsvSource(_iter_lines(_text_chunks(stream), max_bytes), max_bytes)
+    header: list[str] | None = None
+    while True:  # a new csv.reader after each abandoned row resumes at the next line
+        try:
+            for row in csv.reader(source, **dialect):
+                first, raw, bad_utf8 = source.take()
+                if not raw.strip():
+                    continue
+                if header is None:
+                    header = _csv_header(row, raw, bad_utf8, first)
+                    continue
+                yield _csv_record(header, row, raw, bad_utf8, f"{label}:{first}")
+            return
+        except (_RowTooLarge, csv.Error) as error:
+            first, raw, _ = source.take()
+            if header is None:
+                raise _BadFile(f"the header row at line {first} cannot be read ({error or 'too large'})") from None
+            yield _csv_failure(error, raw, f"{label}:{first}", max_bytes)
+
+
+def _csv_header(row: list[str], raw: bytes, bad_utf8: str, line: int) -> list[str]:
+    if bad_utf8 or _NUL in raw:
+        raise _BadFile(f"the header row at line {line} is not UTF-8 text ({bad_utf8 or 'NUL byte'})")
+    repeated = sorted({name for name in row if row.count(name) > 1})
+    if repeated:
+        raise _BadFile(f"the header repeats column(s) {repeated}; rename them so that no column is lost")
+    return row
+
+
+def _csv_record(header: list[str], row: list[str], raw: bytes, bad_utf8: str, origin: str) -> Item:
+    if _NUL in raw:
+        return Rejected("nul_byte", origin, raw, f"NUL byte at offset {raw.index(_NUL)} of the row")
+    if bad_utf8:
+        return Rejected("invalid_utf8", origin, raw, bad_utf8)
+    if len(row) != len(header):
+        return Rejected("ragged_csv_row", origin, raw, f"{len(row)} fields in the row, {len(header)} in the header")
+    return Record(dict(zip(header, row, strict=True)), origin)
+
+
+def _csv_failure(error: Exception, raw: bytes, origin: str, max_bytes: int) -> Rejected:
+    if isinstance(error, csv.Error):
+        return Rejected("invalid_csv", origin, raw, str(error))
+    return Rejected(
+        "record_too_large",
+        origin,
+        raw[:RAW_PREFIX_BYTES],
+        f"the row is larger than max_record_bytes {max_bytes:,} (an unclosed quote makes a row run on); raw "
+        "keeps its start and reading resumes at the next line",
+    )
+
+
+# --- Parquet and Arrow ---------------------------------------------------------------------------------------
+
+
+def _iter_parquet(stream: BinaryIO, label: str, max_bytes: int) -> Iterator[Item]:
+    """Parquet, a batch at a time (never the whole file); columns become fields whatever their types."""
+    import pyarrow.parquet as pq
+
+    yield from _iter_batches(pq.ParquetFile(stream).iter_batches(batch_size=BATCH_ROWS), label)
+
+
+def _iter_arrow(stream: BinaryIO, label: str, max_bytes: int) -> Iterator[Item]:
+    """Arrow IPC, file format (``ARROW1`` magic, Feather v2) or stream format (what ``datasets`` writes)."""
+    magic = stream.read(6)
+    stream.seek(0)
+    if magic == b"ARROW1":
+        reader = pa.ipc.open_file(stream)
+        yield from _iter_batches((reader.get_batch(i) for i in range(reader.num_record_batches)), label)
+    else:
+        yield from _iter_batches(pa.ipc.open_stream(stream), label)
+
+
+def _iter_batches(batches: Iterable[pa.RecordBatch], label: str) -> Iterator[Item]:
+    row = 0
+    for batch in batches:
+        for start in range(0, batch.num_rows, BATCH_ROWS):  # bound the Python objects made at once
+            for fields in batch.slice(start, BATCH_ROWS).to_pylist():
+                row += 1
+                yield Record(fields, f"{label}:{row}")
+
+
+_Parser = Callable[[BinaryIO, str, int], Iterator[Item]]
+_PARSERS: dict[str, _Parser] = {
+    "jsonl": _iter_jsonl,
+    "json": _iter_json,
+    "csv": lambda stream, label, max_bytes: _iter_csv(stream, label, max_bytes, dialect=_CSV_DIALECT),
+    "tsv": lambda stream, label, max_bytes: _iter_csv(stream, label, max_bytes, dialect=_TSV_DIALECT),
+    "parquet": _iter_parquet,
+    "arrow": _iter_arrow,
+}
+
+
+# --- resolving inputs ----------------------------------------------------------------------------------------
+
+_HF_METADATA = ("state.json", "dataset_info.json", "dataset_dict.json")
+
+
+def expand_inputs(patterns: Sequence[str], *, match: Match, open_binary: OpenBinary) -> list[InputFile]:
+    """Resolve files, globs and directories to a sorted, de-duplicated list of files, before any work starts.
+
+        >>> expand_inputs(["data/*.jsonl", "hf_saved/"], match=local_match, open_binary=open_local)
+
+    ``match(pattern)`` lists the files (not directories) a glob matches, like Beam's ``FileSystems.match``.
+    A directory is read non-recursively (names starting with ``_`` or ``.`` are skipped, as Hadoop/Spark
+    write ``_SUCCESS`` and ``.crc`` files), unless ``datasets.save_to_disk`` wrote it: then its Arrow files,
+    of every split. Raises ``InputError`` for a pattern that matches nothing or a file seqpack cannot read.
+    """
+    if not patterns:
+        raise InputError("no input given: pass --input with a file, a glob or a directory")
+    found: dict[str, InputFile] = {}
+    for pattern in patterns:
+        for input_file in _expand_pattern(pattern, match, open_binary):
+            found.setdefault(input_file.path, input_file)
+    return sorted(found.values(), key=lambda input_file: input_file.path)
+
+
+def _expand_pattern(pattern: str, match: Match, open_binary: OpenBinary) -> list[InputFile]:
+    if _GLOB_CHARS.search(pattern):
+        return _expand_glob(pattern, match)
+    matched = [] if pattern.endswith("/") else _list(match, pattern)
+    if matched and (fmt := _format_or_none(matched[0])) is not None:
+        return [InputFile(matched[0], fmt, matched[0])]
+    listing = _list(match, _join(pattern, "*"))
+    if listing:
+        return _expand_directory(pattern.rstrip("/"), listing, open_binary)
+    if matched:
+        detect_format(matched[0])  # raises, naming the unsupported type
+    raise InputError(f"no file or directory {pattern!r}: check the path (and that it is readable)")
+
+
+def _expand_glob(pattern: str, match: Match) -> list[InputFile]:
+    keep_hidden = posixpath.basename(pattern).startswith(("_", "."))
+    paths = [p for p in _list(match, pattern) if keep_hidden or not _is_hidden(p)]
+    if not paths:
+        raise InputError(f"no file matches {pattern!r}: check the path, and quote the glob so the shell leaves it")
+    files = []
+    for path in paths:
+        if posixpath.basename(path) in _HF_METADATA:
+            raise InputError(
+                f"{pattern!r} matches {path}, part of a dataset saved by datasets.save_to_disk: pass the "
+                f"dataset's directory ({posixpath.dirname(path)}) instead of a glob"
+            )
+        try:
+            files.append(InputFile(path, detect_format(path), path))
+        except InputError as error:
+            raise InputError(f"{error} (matched by {pattern!r}; narrow the glob, e.g. '*.jsonl')") from None
+    return files
+
+
+def _expand_directory(directory: str, listing: Sequence[str], open_binary: OpenBinary) -> list[InputFile]:
+    names = {posixpath.basename(path) for path in listing}
+    if "dataset_dict.json" in names:
+        splits = _read_metadata(_join(directory, "dataset_dict.json"), "splits", open_binary)
+        return [
+            f
+            for split in splits
+            for f in _hf_dataset(_join(directory, _safe_name(split, directory)), directory, split, open_binary)
+        ]
+    if {"state.json", "dataset_info.json"} <= names:
+        return _hf_dataset(directory, directory, None, open_binary)
+    files = [
+        InputFile(path, fmt, path)
+        for path in sorted(listing)
+        if not _is_hidden(path) and (fmt := _format_or_none(path)) is not None
+    ]
+    if not files:
+        raise InputError(
+            f"directory {directory!r} holds no file seqpack reads ({', '.join(sorted(FORMATS))}); "
+            "subdirectories are not searched: use a glob such as 'dir/**/*.jsonl'"
+        )
+    return files
+
+
+def _hf_dataset(data_dir: str, label_dir: str, split: str | None, open_binary: OpenBinary) -> list[InputFile]:
+    """The Arrow files a ``datasets`` ``state.json`` lists; origins read ``dir[split]:row``."""
+    entries = _read_metadata(_join(data_dir, "state.json"), "_data_files", open_binary)
+    try:
+        names = [_safe_name(entry["filename"], data_dir) for entry in entries]
+    except (KeyError, TypeError):
+        raise InputError(f"{_join(data_dir, 'state.json')} lists _data_files without file names") from None
+    base = f"{label_dir}[{split}]" if split else label_dir
+    return [
+        InputFile(_join(data_dir, name), "arrow", base if len(names) == 1 else f"{base}/{name}", split)
+        for name in names
+    ]
+
+
+def _read_metadata(path: str, key: str, open_binary: OpenBinary) -> list[Any]:
+    try:
+        stream = open_binary(path)
+        try:
+            value = json.loads(stream.read())[key]
+        finally:
+            stream.close()
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(
+            f"cannot read {key!r} from {path} ({type(error).__name__}: {error}); was the dataset saved "
+            "completely with datasets' save_to_disk?"
+        ) from None
+    if not isinstance(value, list):
+        raise InputError(f"{path}: {key!r} should be a list, got {_json_type(value)}")
+    return value
+
+
+def _safe_name(name: Any, directory: str) -> str:
+    """A split or file name from dataset metadata must stay inside the dataset directory."""
+    if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\:"):
+        raise InputError(f"{directory}: dataset metadata names {name!r}, which is not a plain file name")
+    return name
+
+
+def _format_or_none(path: str) -> str | None:
+    try:
+        return detect_format(path)
+    except InputError:
+        if path.lower().endswith(tuple(FORMATS) + COMPRESSION_SUFFIXES):
+            raise  # a known format that cannot be read (compressed Parquet): say so rather than skip it
+        return None
+
+
+def _list(match: Match, pattern: str) -> list[str]:
+    try:
+        return list(match(pattern))
+    except InputError:
+        raise
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot list {pattern!r}: {error}") from None
+
+
+def _is_hidden(path: str) -> bool:
+    return posixpath.basename(path.rstrip("/")).startswith(("_", "."))
+
+
+def _join(directory: str, name: str) -> str:
+    return f"{directory.rstrip('/')}/{name}"
+
+
+# --- local files ---------------------------------------------------------------------------------------------
+
+
+def local_match(pattern: str) -> list[str]:
+    """Local files (not directories) matching a glob, as Beam's ``FileSystems.match`` lists them."""
+    return sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
+
+
+def open_local(path: str) -> BinaryIO:
+    """Open a local file, decompressing by suffix as Beam's ``CompressionTypes.AUTO`` does."""
+    lower = path.lower()
+    if lower.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if lower.endswith(".bz2"):
+        return bz2.open(path, "rb")  # type: ignore[return-value]
+    if lower.endswith((".xz", ".lzma")):
+        return lzma.open(path, "rb")  # type: ignore[return-value]
+    if lower.endswith((".zst", ".zstd")):
+        try:
+            import zstandard
+        except ImportError as error:
+            raise OSError("reading .zst files needs the zstandard package: pip install zstandard") from error
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # type: ignore[return-value]
+    if lower.endswith(".deflate"):
+        raise OSError("read .deflate files through Beam's FileSystems (seqpack run does)")
+    return open(path, "rb")

@@ -1,0 +1,107 @@
+"""Read the resolved input files into records, in parallel, with every bad record kept as a rejection.
+
+    >>> files = resolve_inputs(["gs://bucket/data/*.jsonl"])      # in the driver, before the pipeline
+    >>> read = pipeline | "ReadRecords" >> ReadRecords(files)
+    >>> read.records, read.rejected                                 # PCollections of Record and Rejected
+
+``records`` holds ``seqpack.readers.Record`` objects (fields dict + origin). Beam encodes them with its
+fallback coder, which pickles a slotted frozen dataclass compactly (the class name once, then the two
+values); the read path never unpickles input data. Records come out in no particular order: downstream
+steps that need determinism order by ``origin``, which is unique and stable.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator, Sequence
+from typing import Any, BinaryIO, NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from seqpack.readers import (
+    DEFAULT_MAX_RECORD_BYTES,
+    InputError,
+    InputFile,
+    Record,
+    expand_inputs,
+    iter_input,
+)
+
+REJECTED_TAG = "rejected"
+_EXTRAS = {"gs": "gcp", "s3": "aws"}
+
+
+def beam_match(pattern: str) -> list[str]:
+    """The files a glob (or exact path) matches on any filesystem Beam knows."""
+    if "://" not in pattern and not posixpath.dirname(pattern):
+        # Beam's local filesystem matches nothing for a bare relative glob such as '*.jsonl'
+        return [path.removeprefix("./") for path in beam_match(f"./{pattern}")]
+    try:
+        [result] = FileSystems.match([pattern])
+    except (ValueError, OSError) as error:  # no filesystem for the scheme, no credentials, no network
+        scheme = pattern.split("://", 1)[0] if "://" in pattern else ""
+        hint = f" (is seqpack[{_EXTRAS[scheme]}] installed and configured?)" if scheme in _EXTRAS else ""
+        raise InputError(f"cannot list {pattern!r}{hint}: {error}") from None
+    return [metadata.path for metadata in result.metadata_list]
+
+
+def beam_open(path: str) -> BinaryIO:
+    """Open a file on any Beam filesystem, decompressing ``.gz``/``.bz2``/``.zst``/... by suffix."""
+    return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
+
+
+def resolve_inputs(patterns: Sequence[str]) -> list[InputFile]:
+    """Globs, files and directories to a sorted list of files; ``InputError`` (a ``ValueError``) if any
+    pattern matches nothing or names a file seqpack cannot read. Runs in the driver, before any work."""
+    return expand_inputs(patterns, match=beam_match, open_binary=beam_open)
+
+
+class ReadFileDoFn(beam.DoFn):
+    """One input file in; its records on the main output, its rejections on ``rejected``."""
+
+    def __init__(self, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+        self.max_record_bytes = max_record_bytes
+        # records_read counts every record met, rejected ones included, as stats.json's identity expects.
+        self.records_read = beam.metrics.Metrics.counter("seqpack", "records_read")
+        self.records_rejected = beam.metrics.Metrics.counter("seqpack", "records_rejected")
+
+    def process(self, input_file: InputFile) -> Iterator[Any]:
+        for item in iter_input(input_file, beam_open, max_record_bytes=self.max_record_bytes):
+            self.records_read.inc()
+            if isinstance(item, Record):
+                yield item
+            else:
+                self.records_rejected.inc()
+                yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)
+
+
+class ReadOutputs(NamedTuple):
+    records: beam.PCollection
+    rejected: beam.PCollection
+
+
+class ReadRecords(beam.PTransform):
+    """Resolved input files in; ``ReadOutputs(records, rejected)`` out (a named pair of PCollections)."""
+
+    def __init__(self, files: Sequence[InputFile], *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+        super().__init__()
+        if max_record_bytes < 1:
+            raise ValueError(f"max_record_bytes must be positive, got {max_record_bytes}")
+        self.files = list(files)
+        self.max_record_bytes = max_record_bytes
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> ReadOutputs:
+        parse = beam.ParDo(ReadFileDoFn(max_record_bytes=self.max_record_bytes))
+        read = (
+            pbegin
+            | "ListFiles" >> beam.Create(self.files)
+            # Without this, Create's single bundle would fuse with reading: one worker would read every file.
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ParseFiles" >> parse.with_outputs(REJECTED_TAG, main="records")
+        )
+        # A single large file is read by one worker; spreading its records lets every worker tokenize.
+        # This changes only where records are processed, never which records there are.
+        records = read.records | "SpreadRecords" >> beam.Reshuffle()
+        return ReadOutputs(records, read[REJECTED_TAG])
