@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from seqpack.pipeline.config import UsageError
+from seqpack.schemas.stats import AccountingError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -67,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"seqpack: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except AccountingError as error:
+        print(f"seqpack: failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_USAGE
 
 

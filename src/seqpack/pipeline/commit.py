@@ -1,19 +1,30 @@
 """The driver's last step: check the run's accounting, move the staged files into place, manifest last.
 
-Shards, rejected records and metadata are written under ``OUT/.seqpack-staging/`` while the pipeline runs.
-Only when the pipeline has finished and the statistics add up are they moved into the dataset, and
-``manifest.json``, the mark of a complete dataset, is written last and atomically.
+Shards, rejected records and metadata are written under ``OUT/.seqpack-staging/`` while the pipeline runs;
+a previous dataset in ``OUT`` stays readable all that time. Only when the pipeline has finished and the
+statistics add up is the dataset published:
+
+1. the new manifest is written into the staging directory (the staged dataset is complete);
+2. the old ``manifest.json`` is deleted (from here on, readers refuse the directory);
+3. the staged files are renamed into place;
+4. ``manifest.json`` is written, atomically: the new dataset exists;
+5. files of the old dataset that the new manifest does not list, and the staging directory, are removed.
+
+A crash before step 2 leaves the previous dataset; a crash between 2 and 4 leaves a directory that every
+reader refuses (no manifest), and the next run cleans it up.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
 import seqpack
+from seqpack.faults import checkpoint
 from seqpack.pipeline.build import META_DIR, SHARDS_META, STATS_META
 from seqpack.pipeline.config import RunConfig, UsageError
 from seqpack.schemas import MANIFEST_NAME, STATS_NAME, Manifest, ShardInfo, SplitInfo, TokenizerInfo
@@ -22,6 +33,8 @@ from seqpack.transforms.rejected import REJECTED_FILE
 from seqpack.transforms.write import write_atomically
 
 STAGING_NAME = ".seqpack-staging"
+DATA_DIRS = ("train", "validation", "rejected")
+"""Directories whose files belong to the dataset; files there that the manifest does not list are removed."""
 
 
 def staging_dir(output: str) -> str:
@@ -59,42 +72,28 @@ def _splits(shards: list[dict[str, Any]]) -> dict[str, SplitInfo]:
     }
 
 
-def _ensure_parent(path: str) -> None:
-    parent = path.rsplit("/", 1)[0]
-    if "://" not in parent:
-        import os
-
-        os.makedirs(parent, exist_ok=True)
-
-
 def _move(staging: str, output: str, relative: str) -> None:
     destination = FileSystems.join(output, relative)
-    _ensure_parent(destination)
+    if "://" not in destination:  # object stores have no directories to make
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
     FileSystems.rename([FileSystems.join(staging, relative)], [destination])
 
 
-def _remove_previous(output: str) -> None:
-    """Remove a previous dataset's manifest first (so it is never half-valid), then its files."""
-    manifest_path = FileSystems.join(output, MANIFEST_NAME)
-    if not FileSystems.exists(manifest_path):
-        return
-    with FileSystems.open(manifest_path) as handle:
-        previous = Manifest.from_json(handle.read().decode("utf-8"), where=manifest_path)
-    FileSystems.delete([manifest_path])
-    old = [FileSystems.join(output, s.path) for split in previous.splits.values() for s in split.shards]
-    old += [FileSystems.join(output, name) for name in (STATS_NAME, REJECTED_FILE)]
-    existing = [path for path in old if FileSystems.exists(path)]
-    if existing:
-        FileSystems.delete(existing)
+def _remove_unlisted(output: str, keep: set[str]) -> None:
+    """Delete files in the dataset's data directories that the committed manifest does not list."""
+    stale = []
+    for directory in DATA_DIRS:
+        pattern = FileSystems.join(output, directory, "*")
+        for metadata in FileSystems.match([pattern])[0].metadata_list:
+            relative = metadata.path[len(output) :].lstrip("/")
+            if relative not in keep:
+                stale.append(metadata.path)
+    if stale:
+        FileSystems.delete(stale)
 
 
-def commit(config: RunConfig, tokenizer: TokenizerInfo, staging: str) -> tuple[Manifest, dict[str, Any]]:
-    """Check the accounting identity, then publish the staged dataset with its manifest written last."""
-    meta = FileSystems.join(staging, META_DIR)
-    stats = stats_format.finalize(_read_json(FileSystems.join(meta, STATS_META)))
-    stats_format.check_identity(stats)
-    shards = _read_json(FileSystems.join(meta, SHARDS_META))
-    manifest = Manifest(
+def build_manifest(config: RunConfig, tokenizer: TokenizerInfo, shards: list[dict[str, Any]]) -> Manifest:
+    return Manifest(
         max_length=config.max_length,
         packing=config.packing,
         file_format=config.file_format,
@@ -103,12 +102,31 @@ def commit(config: RunConfig, tokenizer: TokenizerInfo, staging: str) -> tuple[M
         config=config.to_dict(),
         created_by=f"seqpack {seqpack.__version__}",
     )
-    _remove_previous(config.output)
-    for shard in shards:
-        _move(staging, config.output, shard["path"])
+
+
+def commit(config: RunConfig, tokenizer: TokenizerInfo, staging: str) -> tuple[Manifest, dict[str, Any]]:
+    """Check the accounting identity, then publish the staged dataset with its manifest written last."""
+    meta = FileSystems.join(staging, META_DIR)
+    stats = stats_format.finalize(_read_json(FileSystems.join(meta, STATS_META)))
+    stats_format.check_identity(stats)
+    shards = _read_json(FileSystems.join(meta, SHARDS_META))
+    manifest = build_manifest(config, tokenizer, shards)
+    manifest_bytes = manifest.to_json().encode()
+    write_atomically(FileSystems.join(staging, MANIFEST_NAME), manifest_bytes)
+    write_atomically(FileSystems.join(staging, STATS_NAME), stats_format.to_json(stats).encode())
+
+    old_manifest = FileSystems.join(config.output, MANIFEST_NAME)
+    if FileSystems.exists(old_manifest):
+        FileSystems.delete([old_manifest])
+    files = [shard["path"] for shard in shards] + [STATS_NAME]
     if FileSystems.exists(FileSystems.join(staging, REJECTED_FILE)):
-        _move(staging, config.output, REJECTED_FILE)
-    write_atomically(FileSystems.join(config.output, STATS_NAME), stats_format.to_json(stats).encode())
-    write_atomically(FileSystems.join(config.output, MANIFEST_NAME), manifest.to_json().encode())
+        files.append(REJECTED_FILE)
+    for index, relative in enumerate(files):
+        _move(staging, config.output, relative)
+        if index == 0:
+            checkpoint("commit_moving")
+    checkpoint("commit_manifest")
+    _move(staging, config.output, MANIFEST_NAME)
+    _remove_unlisted(config.output, set(files))
     FileSystems.delete([staging])
     return manifest, stats

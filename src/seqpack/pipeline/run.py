@@ -12,6 +12,7 @@ import apache_beam as beam
 from seqpack.pipeline.build import build_pipeline
 from seqpack.pipeline.commit import commit, prepare_output
 from seqpack.pipeline.config import RunConfig, UsageError
+from seqpack.pipeline.lock import OutputLock
 from seqpack.pipeline.options import config_from_args, pipeline_options
 from seqpack.schemas import Manifest
 from seqpack.templates import make_template
@@ -45,12 +46,13 @@ def run(config: RunConfig, beam_args: list[str] | None = None) -> tuple[Manifest
     config.validate()
     options, runner = pipeline_options(list(beam_args or []))
     files, tokenizer_info = _check_up_front(config)
-    staging = prepare_output(config)
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(pipeline, config, files, staging, tokenizer_info.pad_id)
-    result = pipeline.run()
-    result.wait_until_finish()
-    return commit(config, tokenizer_info, staging)
+    with OutputLock(config.output):
+        staging = prepare_output(config)
+        pipeline = beam.Pipeline(runner=runner, options=options)
+        build_pipeline(pipeline, config, files, staging, tokenizer_info.pad_id)
+        result = pipeline.run()
+        result.wait_until_finish()
+        return commit(config, tokenizer_info, staging)
 
 
 def summary(manifest: Manifest, stats: dict[str, Any], output: str) -> str:

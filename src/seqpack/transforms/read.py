@@ -20,6 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from seqpack.faults import checkpoint
 from seqpack.readers import (
     DEFAULT_MAX_RECORD_BYTES,
     InputError,
@@ -69,6 +70,7 @@ class ReadFileDoFn(beam.DoFn):
 
     def process(self, input_file: InputFile) -> Iterator[Any]:
         for item in iter_input(input_file, beam_open, max_record_bytes=self.max_record_bytes):
+            checkpoint("read")
             self.records_read.inc()
             if isinstance(item, Record):
                 yield item

@@ -14,6 +14,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
+from seqpack.faults import checkpoint
 from seqpack.masking import build_example
 from seqpack.pipeline.config import RunConfig
 from seqpack.readers import Rejected
@@ -70,6 +71,7 @@ class TokenizeDoFn(StatsDoFn):
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     def process(self, batch: Sequence[tuple[str, str, str]]) -> Iterator[Any]:
+        checkpoint("tokenize")
         cfg = self.config
         sources = self._encode([pair[0] for pair in batch])
         targets = self._encode([pair[1] for pair in batch])

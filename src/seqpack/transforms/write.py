@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack import IGNORE_INDEX
+from seqpack.faults import checkpoint
 from seqpack.packing import PackedBlocks
 from seqpack.pipeline.config import RunConfig
 from seqpack.schemas import BLOCK_SCHEMA, blocks_to_table
@@ -61,11 +62,16 @@ def serialize(table: pa.Table, file_format: str, row_group_size: int) -> bytes:
     return buffer.getvalue()
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Write under a unique temporary name, then rename: a retried or killed write never leaves a torn file."""
+def write_atomically(path: str, data: bytes, *, fault_point: str | None = None) -> None:
+    """Write under a unique temporary name, then rename: a retried or killed write never leaves a torn file.
+
+    A retried bundle writes the same bytes under the same final name, so a shard is never doubled or mixed.
+    """
     temporary = f"{path}.tmp-{uuid.uuid4().hex}"
     with FileSystems.create(temporary) as out:
         out.write(data)
+    if fault_point:
+        checkpoint(fault_point)
     FileSystems.rename([temporary], [path])
 
 
@@ -80,7 +86,7 @@ class WriteShardDoFn(StatsDoFn):
         cfg = self.config
         name = shard_name(shard.split, shard.index, shard.count, cfg.file_format)
         data = serialize(table_of(shard.blocks), cfg.file_format, cfg.row_group_size)
-        write_atomically(FileSystems.join(self.staging, name), data)
+        write_atomically(FileSystems.join(self.staging, name), data, fault_point="write_shard")
         blocks = shard.blocks
         self.count("blocks", blocks.rows)
         self.count("block_tokens", len(blocks.input_ids))

@@ -1,0 +1,40 @@
+"""Test hooks that kill the process at a named point, to prove crash safety (issue: nothing half-written).
+
+Set ``SEQPACK_FAULT=point`` (optionally ``point:N`` to fire on the N-th time the point is reached) and the
+process kills itself with SIGKILL there, as a machine failure or an OOM killer would. Unset, a checkpoint
+costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+FAULT_ENV = "SEQPACK_FAULT"
+POINTS = (
+    "read",  # while reading input records
+    "tokenize",  # while tokenizing a batch
+    "write_shard",  # a shard's temporary file is written, not yet renamed
+    "commit_moving",  # the old manifest is gone and some new files are moved into place
+    "commit_manifest",  # everything is in place but manifest.json
+)
+_reached: Counter[str] = Counter()
+
+
+def checkpoint(point: str) -> None:
+    """Die here if the test asked for it."""
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    name, _, nth = wanted.partition(":")
+    if name != point:
+        return
+    _reached[point] += 1
+    if _reached[point] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def lose_one_example() -> bool:
+    """True when a test asks the pipeline to silently lose an example, to prove the accounting catches it."""
+    return os.environ.get(FAULT_ENV) == "lose_example"
