@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqpack import IGNORE_INDEX
-from seqpack.masking import build_example, piece_labels
+from seqpack.masking import Piece, build_example, build_masked_example, piece_labels
 
 ids = st.lists(st.integers(min_value=3, max_value=1000), min_size=0, max_size=60)
 
@@ -66,3 +66,32 @@ def test_policies_conserve_tokens(source: list[int], target: list[int], max_leng
         assert len(joined) == max_length
         if len(target) <= max_length:
             assert joined[-len(target):] == target
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(min_value=3, max_value=1000), st.booleans()), min_size=1, max_size=80),
+    st.integers(min_value=8, max_value=40),
+    st.sampled_from(["truncate", "split", "drop"]),
+    st.integers(min_value=0, max_value=2),
+)
+def test_masked_examples_keep_each_tokens_mask(tokens: list, max_length: int, policy: str, prefix: int) -> None:
+    ids = np.array([t for t, _ in tokens], np.int32)
+    trained = np.array([m for _, m in tokens], bool)
+    outcome = build_masked_example(ids, trained, max_length=max_length, overlong=policy, keep_prefix=prefix)
+    kept = sum(len(p.ids) for p in outcome.pieces)
+    assert kept + outcome.truncated_tokens + outcome.dropped_tokens == len(ids)
+    for piece in outcome.pieces:
+        assert len(piece.ids) <= max_length
+        again = Piece.from_payload(piece.ids.tobytes(), piece.mask_payload())
+        assert (again.ids == piece.ids).all() and (again.label_mask() == piece.label_mask()).all()
+    if policy == "split":
+        assert np.concatenate([p.label_mask() for p in outcome.pieces]).tolist() == trained.tolist()
+    if policy == "truncate" and len(ids) > max_length:
+        (piece,) = outcome.pieces
+        keep = min(prefix, max_length)
+        tail = max_length - keep
+        assert piece.ids.tolist() == ids[:keep].tolist() + ids[len(ids) - tail :].tolist()
+        assert piece_labels(piece).tolist() == [
+            int(t) if m else IGNORE_INDEX for t, m in zip(piece.ids, piece.label_mask(), strict=True)
+        ]

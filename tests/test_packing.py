@@ -121,3 +121,21 @@ def test_take_rows_permutes_whole_blocks() -> None:
         r.tolist() for r in (rows(blocks, "input_ids")[i] for i in [3, 1, 0, 2])
     ]
     assert seq_lens(shuffled) == [seq_lens(blocks)[i] for i in [3, 1, 0, 2]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=1, max_size=40), max_size=50), st.sampled_from(["bfd", "wrap"]))
+def test_arbitrary_masks_survive_packing(masks: list[list[bool]], strategy: str) -> None:
+    pieces = [
+        Piece((i * 1000 + np.arange(len(m)) + 1).astype(np.int32), 0, np.array(m, bool)) for i, m in enumerate(masks)
+    ]
+    blocks = pack(pieces, strategy=strategy, max_length=64, pad_id=0)
+    trained = {int(t) for p in pieces for t, m in zip(p.ids, p.trained, strict=True) if m}
+    starts = set()
+    for r in range(blocks.rows):
+        row_start = blocks.row_offsets[r]
+        lens = blocks.seq_lens[blocks.seq_len_offsets[r] : blocks.seq_len_offsets[r + 1]]
+        starts |= {int(row_start + s) for s in np.cumsum(np.r_[0, lens[:-1]])}
+    for k, (token, label) in enumerate(zip(blocks.input_ids, blocks.labels, strict=True)):
+        if blocks.attention_mask[k] and k not in starts:
+            assert (label != IGNORE_INDEX) == (int(token) in trained)

@@ -23,6 +23,28 @@ class Piece:
     ids: np.ndarray
     n_masked: int
     """Leading tokens with label -100 (the source, or the part of it that lies in this piece)."""
+    trained: np.ndarray | None = None
+    """For conversations: which tokens take loss (any pattern); when set, it replaces ``n_masked``."""
+
+    def label_mask(self) -> np.ndarray:
+        """True where the token takes loss."""
+        if self.trained is not None:
+            return self.trained
+        mask = np.ones(len(self.ids), dtype=bool)
+        mask[: self.n_masked] = False
+        return mask
+
+    def mask_payload(self) -> int | bytes:
+        """The mask in compact form for the shuffle: the prefix length, or the packed bits of ``trained``."""
+        return self.n_masked if self.trained is None else np.packbits(self.trained).tobytes()
+
+    @classmethod
+    def from_payload(cls, ids: bytes, mask: int | bytes) -> Piece:
+        tokens = np.frombuffer(ids, dtype=np.int32)
+        if isinstance(mask, int):
+            return cls(tokens, mask)
+        trained = np.unpackbits(np.frombuffer(mask, dtype=np.uint8), count=len(tokens)).astype(bool)
+        return cls(tokens, 0, trained)
 
 
 @dataclass
@@ -97,8 +119,47 @@ def build_example(
     return outcome
 
 
+def build_masked_example(
+    ids: np.ndarray,
+    trained: np.ndarray,
+    *,
+    max_length: int,
+    overlong: str = "truncate",
+    keep_prefix: int = 0,
+) -> Outcome:
+    """Like ``build_example`` for an arbitrary loss mask (conversations: several trained turns).
+
+    ``truncate`` keeps the ``keep_prefix`` leading tokens and the *last* tokens (the final turns matter most)
+    and cuts from the left after the prefix; ``split`` and ``drop`` work as for pairs.
+    """
+    ids = np.asarray(ids, dtype=np.int32)
+    trained = np.asarray(trained, dtype=bool)
+    total = len(ids)
+    n_trained = int(trained.sum())
+    outcome = Outcome(tokens_in=total, source_tokens=total - n_trained, target_tokens=n_trained)
+    if total <= max_length:
+        outcome.pieces.append(Piece(ids, 0, trained))
+        return outcome
+    if overlong == "drop":
+        outcome.dropped_reason = "overlong"
+        outcome.dropped_tokens = total
+        return outcome
+    if overlong == "split":
+        outcome.split = True
+        for start in range(0, total, max_length):
+            stop = start + max_length
+            outcome.pieces.append(Piece(ids[start:stop], 0, trained[start:stop]))
+        return outcome
+    if overlong != "truncate":
+        raise ValueError(f"unknown overlong policy {overlong!r}; use one of {OVERLONG_POLICIES}")
+    outcome.truncated = True
+    outcome.truncated_tokens = total - max_length
+    prefix = min(keep_prefix, max_length)
+    keep = np.r_[0:prefix, total - (max_length - prefix) : total]
+    outcome.pieces.append(Piece(ids[keep], 0, trained[keep]))
+    return outcome
+
+
 def piece_labels(piece: Piece) -> np.ndarray:
-    """Labels of a piece on its own: its ids, with -100 on the masked prefix."""
-    labels = piece.ids.astype(np.int32, copy=True)
-    labels[: piece.n_masked] = IGNORE_INDEX
-    return labels
+    """Labels of a piece on its own: its ids, with -100 where it takes no loss."""
+    return np.where(piece.label_mask(), piece.ids, IGNORE_INDEX).astype(np.int32)

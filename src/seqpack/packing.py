@@ -225,9 +225,12 @@ def assemble(
         lo, hi, out = int(segments.start[s]), int(segments.stop[s]), int(seg_out[s])
         chunk = piece.ids[lo:hi]
         input_ids[out : out + hi - lo] = chunk
-        labels[out : out + hi - lo] = chunk
-        masked = min(max(piece.n_masked - lo, 0), hi - lo)
-        labels[out : out + masked] = IGNORE_INDEX
+        if piece.trained is None:
+            labels[out : out + hi - lo] = chunk
+            masked = min(max(piece.n_masked - lo, 0), hi - lo)
+            labels[out : out + masked] = IGNORE_INDEX
+        else:
+            labels[out : out + hi - lo] = np.where(piece.trained[lo:hi], chunk, IGNORE_INDEX)
     if len(seg_lens):
         real = np.concatenate([np.arange(o, o + n) for o, n in zip(seg_out.tolist(), seg_lens.tolist(), strict=True)])
         attention_mask[real] = 1

@@ -50,10 +50,10 @@ class PackBucketDoFn(beam.DoFn):
 
     def process(self, element: tuple[tuple[str, int, int], Iterable[Any]]) -> Iterator[ShardBlocks]:
         (split, index, count), values = element
-        examples = sorted(v for v in values if v is not None)
+        examples = sorted((v for v in values if v is not None), key=lambda v: v[0])
         if lose_one_example() and examples:  # a test hook: the accounting must catch this
             examples.pop()
-        pieces = [Piece(np.frombuffer(ids, dtype=np.int32), n_masked) for _, ids, n_masked in examples]
+        pieces = [Piece.from_payload(ids, mask) for _, ids, mask in examples]
         cfg = self.config
         blocks = pack(
             pieces,

@@ -37,11 +37,11 @@ def choose_split(source: str, target: str, validation_fraction: float) -> str:
     return "validation" if int.from_bytes(digest, "big") / 2**64 < validation_fraction else "train"
 
 
-def example_key(ids: np.ndarray, n_masked: int, piece: int, seed: int) -> bytes:
+def example_key(ids: np.ndarray, mask: int | bytes, piece: int, seed: int) -> bytes:
     """A seeded content hash: the order of the global shuffle, independent of runner and worker count."""
     digest = hashlib.blake2b(digest_size=16, key=seed.to_bytes(8, "big", signed=True))
     digest.update(ids.tobytes())
-    digest.update(n_masked.to_bytes(4, "big"))
+    digest.update(mask if isinstance(mask, bytes) else mask.to_bytes(4, "big"))
     digest.update(piece.to_bytes(4, "big"))
     return digest.digest()
 
@@ -100,8 +100,8 @@ class TokenizeDoFn(StatsDoFn):
             split = choose_split(source_text, target_text, cfg.validation_fraction)
             self.count_keyed("examples_by_split", split)
             for index, piece in enumerate(outcome.pieces):
-                key = example_key(piece.ids, piece.n_masked, index, cfg.seed)
-                yield split, key, piece.ids.tobytes(), piece.n_masked
+                mask = piece.mask_payload()
+                yield split, example_key(piece.ids, mask, index, cfg.seed), piece.ids.tobytes(), mask
 
     def _count(self, outcome: Any) -> None:
         self.count("tokens_in", outcome.tokens_in)
