@@ -65,6 +65,24 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
         raise TokenizerError(f"cannot load tokenizer {spec!r}{hint}: {exc}") from exc
 
 
+def add_special_tokens(tokenizer: Any, tokens: list[str] | tuple[str, ...]) -> dict[str, int]:
+    """Add new special tokens (never split, never normalised); return every requested token's id.
+
+    Tokens the tokenizer already knows keep their id. The ids of new tokens follow the order given, so a
+    worker that adds the same list gets the same ids as the driver.
+    """
+    if tokens:
+        tokenizer.add_tokens(list(tokens), special_tokens=True)
+    return {token: int(tokenizer.convert_tokens_to_ids(token)) for token in tokens}
+
+
+def load_for_run(spec: str, *, trust_remote_code: bool = False, extra_tokens: tuple[str, ...] = ()) -> Any:
+    """The tokenizer as a run uses it: loaded, then extended with ``--add-special-tokens``."""
+    tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+    add_special_tokens(tokenizer, extra_tokens)
+    return tokenizer
+
+
 @dataclass(frozen=True)
 class SpecialLayout:
     """What the tokenizer adds around a text by itself: ``prefix`` (e.g. BOS) and ``suffix`` ids."""
@@ -106,7 +124,8 @@ def fingerprint(tokenizer: Any) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def describe(tokenizer: Any, spec: str, pad_id: int) -> TokenizerInfo:
+def describe(tokenizer: Any, spec: str, pad_id: int, added: dict[str, int] | None = None) -> TokenizerInfo:
+    """What the manifest records of the tokenizer; ``added`` are the ``--add-special-tokens`` and their ids."""
     return TokenizerInfo(
         name=spec,
         vocab_size=len(tokenizer),
@@ -114,4 +133,5 @@ def describe(tokenizer: Any, spec: str, pad_id: int) -> TokenizerInfo:
         bos_id=tokenizer.bos_token_id,
         eos_id=tokenizer.eos_token_id,
         fingerprint=fingerprint(tokenizer),
+        added_tokens=dict(added or {}),
     )

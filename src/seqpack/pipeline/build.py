@@ -8,6 +8,7 @@ from apache_beam.io.filesystems import FileSystems
 from seqpack.pipeline.config import RunConfig
 from seqpack.templates import make_template
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
+from seqpack.transforms.dedup import DropExactDuplicates
 from seqpack.transforms.pack import ShuffleAndPack
 from seqpack.transforms.read import ReadRecords
 from seqpack.transforms.rejected import WriteRejected
@@ -36,8 +37,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: RunConfig, files: list, stag
     rendered = read.records | "Render" >> beam.ParDo(RenderDoFn(template)).with_outputs(
         REJECTED_TAG, STATS_TAG, main="pairs"
     )
+    pairs, dedup_stats = rendered.pairs, []
+    if config.dedup == "exact":
+        deduped = pairs | "DropExactDuplicates" >> DropExactDuplicates()
+        pairs, dedup_stats = deduped.kept, [deduped[STATS_TAG]]
     tokenized = (
-        rendered.pairs
+        pairs
         | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
         | "Tokenize" >> beam.ParDo(TokenizeDoFn(config)).with_outputs(REJECTED_TAG, STATS_TAG, main="examples")
     )
@@ -56,7 +61,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: RunConfig, files: list, stag
     )
     meta = FileSystems.join(staging, META_DIR)
     (
-        (rendered[STATS_TAG], tokenized[STATS_TAG], written[STATS_TAG], rejected_stats)
+        (rendered[STATS_TAG], tokenized[STATS_TAG], written[STATS_TAG], rejected_stats, *dedup_stats)
         | "AllStats" >> beam.Flatten()
         | "MergeStats" >> beam.CombineGlobally(MergeStats())
         | "WriteStats" >> beam.ParDo(WriteJson(FileSystems.join(meta, STATS_META)))

@@ -33,7 +33,8 @@ from seqpack.transforms.rejected import REJECTED_FILE
 from seqpack.transforms.write import write_atomically
 
 STAGING_NAME = ".seqpack-staging"
-DATA_DIRS = ("train", "validation", "rejected")
+DATA_DIRS = ("train", "validation", "rejected", "tokenizer")
+TOKENIZER_DIR = "tokenizer"
 """Directories whose files belong to the dataset; files there that the manifest does not list are removed."""
 
 
@@ -50,6 +51,24 @@ def prepare_output(config: RunConfig) -> str:
     if FileSystems.exists(staging):
         FileSystems.delete([staging])
     return staging
+
+
+def save_tokenizer(tokenizer: Any, staging: str) -> None:
+    """Save the (extended) tokenizer into the staged dataset's ``tokenizer/``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as local:
+        tokenizer.save_pretrained(local)
+        for name in sorted(os.listdir(local)):
+            with open(os.path.join(local, name), "rb") as handle:
+                write_atomically(FileSystems.join(staging, TOKENIZER_DIR, name), handle.read())
+
+
+def _staged_tokenizer_files(staging: str) -> list[str]:
+    pattern = FileSystems.join(staging, TOKENIZER_DIR, "*")
+    return sorted(
+        metadata.path[len(staging) :].lstrip("/") for metadata in FileSystems.match([pattern])[0].metadata_list
+    )
 
 
 def _read_json(path: str) -> Any:
@@ -121,6 +140,7 @@ def commit(config: RunConfig, tokenizer: TokenizerInfo, staging: str) -> tuple[M
     files = [shard["path"] for shard in shards] + [STATS_NAME]
     if FileSystems.exists(FileSystems.join(staging, REJECTED_FILE)):
         files.append(REJECTED_FILE)
+    files += _staged_tokenizer_files(staging)
     for index, relative in enumerate(files):
         _move(staging, config.output, relative)
         if index == 0:

@@ -9,6 +9,7 @@ from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
 
 FILE_FORMATS = ("parquet", "arrow")
+DEDUP_MODES = ("none", "exact")
 DEFAULT_BUCKET_TOKENS = 1 << 22
 
 
@@ -40,6 +41,11 @@ class RunConfig:
     trust_remote_code: bool = False
     overwrite: bool = False
     max_record_bytes: int = 64 << 20
+    dedup: str = "none"
+    """``exact``: drop exact duplicate (source, target) pairs or conversations, keeping the first."""
+    min_target_tokens: int = 0
+    max_source_tokens: int | None = None
+    add_special_tokens: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -54,6 +60,9 @@ class RunConfig:
             (self.bucket_tokens >= self.max_length, "--bucket-tokens must be at least --max-length"),
             (self.row_group_size >= 1, "--row-group-size must be positive"),
             (bool(self.inputs), "--input is required"),
+            (self.dedup in DEDUP_MODES, f"--dedup must be one of {', '.join(DEDUP_MODES)}"),
+            (self.min_target_tokens >= 0, "--min-target-tokens must be >= 0"),
+            (self.max_source_tokens is None or self.max_source_tokens >= 0, "--max-source-tokens must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

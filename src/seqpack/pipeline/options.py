@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
-from seqpack.pipeline.config import DEFAULT_BUCKET_TOKENS, FILE_FORMATS, RunConfig, UsageError
+from seqpack.pipeline.config import DEDUP_MODES, DEFAULT_BUCKET_TOKENS, FILE_FORMATS, RunConfig, UsageError
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +46,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     tok.add_argument("--overlong", choices=OVERLONG_POLICIES, default="truncate")
     tok.add_argument("--pad-id", type=int, default=None, help="padding id (default: pad token, else EOS)")
 
+    hygiene = parser.add_argument_group("special tokens and data hygiene")
+    hygiene.add_argument("--add-special-tokens", nargs="+", default=[], metavar="TOKEN",
+                         help="add new special tokens (e.g. [SEP]); the extended tokenizer is saved in OUT/tokenizer/")
+    hygiene.add_argument("--dedup", choices=DEDUP_MODES, default="none",
+                         help="exact: drop exact duplicate pairs/conversations, keeping the first (file, line)")
+    hygiene.add_argument("--min-target-tokens", type=int, default=0, help="drop examples with fewer target tokens")
+    hygiene.add_argument("--max-source-tokens", type=int, default=None,
+                         help="drop examples with more source (untrained) tokens")
+
     packing = parser.add_argument_group("shuffling and packing")
     packing.add_argument("--packing", choices=PACKING_STRATEGIES, default="bfd")
     packing.add_argument("--seed", type=int, default=0)
@@ -76,6 +85,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         trust_remote_code=args.trust_remote_code,
         overwrite=args.overwrite,
         max_record_bytes=args.max_record_bytes,
+        dedup=args.dedup,
+        min_target_tokens=args.min_target_tokens,
+        max_source_tokens=args.max_source_tokens,
+        add_special_tokens=tuple(args.add_special_tokens),
     )
     config.validate()
     return config

@@ -10,22 +10,23 @@ from typing import Any
 import apache_beam as beam
 
 from seqpack.pipeline.build import build_pipeline
-from seqpack.pipeline.commit import commit, prepare_output
+from seqpack.pipeline.commit import commit, prepare_output, save_tokenizer
 from seqpack.pipeline.config import RunConfig, UsageError
 from seqpack.pipeline.lock import OutputLock
 from seqpack.pipeline.options import config_from_args, pipeline_options
-from seqpack.schemas import Manifest
+from seqpack.schemas import Manifest, TokenizerInfo
 from seqpack.templates import make_template
-from seqpack.tokenizer import TokenizerError, describe, load_tokenizer, pad_id_of
+from seqpack.tokenizer import TokenizerError, add_special_tokens, describe, load_tokenizer, pad_id_of
 
 
-def _check_up_front(config: RunConfig) -> tuple[list, Any]:
+def _check_up_front(config: RunConfig) -> tuple[list, Any, TokenizerInfo]:
     """Everything that can be wrong before any work starts: template, tokenizer, inputs, output."""
     from seqpack.transforms.read import resolve_inputs
 
     try:
         make_template(config.template, source_field=config.source_field, target_field=config.target_field)
         tokenizer = load_tokenizer(config.tokenizer, trust_remote_code=config.trust_remote_code)
+        added = add_special_tokens(tokenizer, config.add_special_tokens)
         pad_id = pad_id_of(tokenizer, config.pad_id)
     except (ValueError, TokenizerError) as error:
         raise UsageError(str(error)) from error
@@ -35,7 +36,7 @@ def _check_up_front(config: RunConfig) -> tuple[list, Any]:
         files = resolve_inputs(config.inputs)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    return files, describe(tokenizer, config.tokenizer, pad_id)
+    return files, tokenizer, describe(tokenizer, config.tokenizer, pad_id, added)
 
 
 def run(config: RunConfig, beam_args: list[str] | None = None) -> tuple[Manifest, dict[str, Any]]:
@@ -45,9 +46,11 @@ def run(config: RunConfig, beam_args: list[str] | None = None) -> tuple[Manifest
     """
     config.validate()
     options, runner = pipeline_options(list(beam_args or []))
-    files, tokenizer_info = _check_up_front(config)
+    files, tokenizer, tokenizer_info = _check_up_front(config)
     with OutputLock(config.output):
         staging = prepare_output(config)
+        if config.add_special_tokens:  # the trainer needs the extended tokenizer: it ships with the data
+            save_tokenizer(tokenizer, staging)
         pipeline = beam.Pipeline(runner=runner, options=options)
         build_pipeline(pipeline, config, files, staging, tokenizer_info.pad_id)
         result = pipeline.run()

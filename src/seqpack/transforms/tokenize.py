@@ -19,7 +19,7 @@ from seqpack.masking import build_example
 from seqpack.pipeline.config import RunConfig
 from seqpack.readers import Rejected
 from seqpack.schemas import stats as stats_format
-from seqpack.tokenizer import SpecialLayout, load_tokenizer, special_layout
+from seqpack.tokenizer import SpecialLayout, load_for_run, special_layout
 from seqpack.transforms.bundle_stats import StatsDoFn
 from seqpack.transforms.render import REJECTED_TAG
 
@@ -46,6 +46,15 @@ def example_key(ids: np.ndarray, mask: int | bytes, piece: int, seed: int) -> by
     return digest.digest()
 
 
+def filtered_reason(source_tokens: int, target_tokens: int, config: RunConfig) -> str | None:
+    """Why ``--min-target-tokens`` / ``--max-source-tokens`` drop an example, or None to keep it."""
+    if target_tokens < config.min_target_tokens:
+        return "target_too_short"
+    if config.max_source_tokens is not None and source_tokens > config.max_source_tokens:
+        return "source_too_long"
+    return None
+
+
 class TokenizeDoFn(StatsDoFn):
     """Batches of ``(source_text, target_text, origin)`` in, examples out.
 
@@ -59,7 +68,11 @@ class TokenizeDoFn(StatsDoFn):
         self.tokens_in = beam.metrics.Metrics.counter("seqpack", "tokens_in")
 
     def setup(self) -> None:
-        self.tokenizer = load_tokenizer(self.config.tokenizer, trust_remote_code=self.config.trust_remote_code)
+        self.tokenizer = load_for_run(
+            self.config.tokenizer,
+            trust_remote_code=self.config.trust_remote_code,
+            extra_tokens=self.config.add_special_tokens,
+        )
         layout = special_layout(self.tokenizer)
         eos = self.tokenizer.eos_token_id
         suffix = list(layout.suffix)
@@ -83,9 +96,17 @@ class TokenizeDoFn(StatsDoFn):
                     Rejected("empty_target", origin, target_text.encode(), "the target tokenizes to no tokens"),
                 )
                 continue
+            source_ids, target_ids = prefix + src, tgt + suffix
+            reason = filtered_reason(len(source_ids), len(target_ids), cfg)
+            if reason:
+                self.count_keyed("dropped_by_reason", reason)
+                self.count("examples_dropped")
+                self.count("tokens_in", len(source_ids) + len(target_ids))
+                self.count("tokens_dropped", len(source_ids) + len(target_ids))
+                continue
             outcome = build_example(
-                prefix + src,
-                tgt + suffix,
+                source_ids,
+                target_ids,
                 max_length=cfg.max_length,
                 overlong=cfg.overlong,
                 train_on=cfg.train_on,
