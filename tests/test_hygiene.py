@@ -23,7 +23,8 @@ def rejected_and_stats(output: Path) -> dict:
 
 
 def test_exact_dedup_keeps_the_first_occurrence(tmp_path: Path, tokenizer_dir: Path) -> None:
-    a = write_jsonl(tmp_path / "a.jsonl", [{"source": "cat", "target": "chat"}] * 3 + [{"source": "dog", "target": "x"}])
+    cat, dog = {"source": "cat", "target": "chat"}, {"source": "dog", "target": "x"}
+    a = write_jsonl(tmp_path / "a.jsonl", [cat] * 3 + [dog])
     b = write_jsonl(tmp_path / "b.jsonl", [{"source": "cat", "target": "chat"}, {"source": "dog", "target": "y"}])
     output = tmp_path / "out"
     assert run("-i", str(a), "-i", str(b), "-o", str(output), "-t", str(tokenizer_dir), "--dedup", "exact") == 0
