@@ -25,7 +25,7 @@ ALPACA_PROMPT_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n### Response:"
 )
 
-BUILTIN_TEMPLATES = ("plain", "alpaca")
+BUILTIN_TEMPLATES = ("plain", "alpaca", "chat")
 
 
 class RenderError(ValueError):
@@ -137,6 +137,8 @@ def make_template(
     """Resolve ``--template``: ``plain``, ``alpaca`` or a format string containing ``{target}``."""
     if name_or_text == "plain":
         return PlainTemplate(source_field, target_field, separator)
+    if name_or_text == "chat":
+        raise ValueError("the chat template renders with the tokenizer: use seqpack.chat, not make_template")
     if name_or_text == "alpaca":
         return AlpacaTemplate("output" if target_field == "target" else target_field)
     if "{" in name_or_text:
@@ -145,3 +147,12 @@ def make_template(
         f"unknown template {name_or_text!r}: use one of {', '.join(BUILTIN_TEMPLATES)} "
         "or a format string with {target}, e.g. 'Q: {source}\\nA: {target}'"
     )
+
+
+def template_texts(template: Template) -> list[str]:
+    """The fixed text a template adds around the fields (checked for special-looking strings up front)."""
+    if isinstance(template, PlainTemplate):
+        return [template.separator]
+    if isinstance(template, AlpacaTemplate):
+        return [ALPACA_PROMPT_WITH_INPUT, ALPACA_PROMPT_NO_INPUT]
+    return [template.text]

@@ -12,8 +12,8 @@ from seqpack.transforms.dedup import DropExactDuplicates
 from seqpack.transforms.pack import ShuffleAndPack
 from seqpack.transforms.read import ReadRecords
 from seqpack.transforms.rejected import WriteRejected
-from seqpack.transforms.render import REJECTED_TAG, RenderDoFn
-from seqpack.transforms.tokenize import TokenizeDoFn
+from seqpack.transforms.render import REJECTED_TAG, ChatRenderDoFn, RenderDoFn
+from seqpack.transforms.tokenize import ChatTokenizeDoFn, TokenizeDoFn
 from seqpack.transforms.write import WriteJson, WriteShardDoFn
 
 META_DIR = "_meta"
@@ -25,16 +25,26 @@ def _tag(stage: str):  # noqa: ANN202 - a small labelled lambda factory
     return lambda rejected: (stage, rejected)
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: RunConfig, files: list, staging: str, pad_id: int) -> None:
-    """Pairs in, shards, rejected records and run metadata out, all under ``staging``."""
+def _render_fn(config: RunConfig) -> beam.DoFn:
+    if config.is_chat:
+        return ChatRenderDoFn(config)
     template = make_template(
         config.template,
         source_field=config.source_field,
         target_field=config.target_field,
         separator=config.separator,
     )
+    return RenderDoFn(template)
+
+
+def _tokenize_fn(config: RunConfig) -> beam.DoFn:
+    return ChatTokenizeDoFn(config) if config.is_chat else TokenizeDoFn(config)
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: RunConfig, files: list, staging: str, pad_id: int) -> None:
+    """Pairs in, shards, rejected records and run metadata out, all under ``staging``."""
     read = pipeline | "ReadRecords" >> ReadRecords(files, max_record_bytes=config.max_record_bytes)
-    rendered = read.records | "Render" >> beam.ParDo(RenderDoFn(template)).with_outputs(
+    rendered = read.records | "Render" >> beam.ParDo(_render_fn(config)).with_outputs(
         REJECTED_TAG, STATS_TAG, main="pairs"
     )
     pairs, dedup_stats = rendered.pairs, []
@@ -44,7 +54,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: RunConfig, files: list, stag
     tokenized = (
         pairs
         | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
-        | "Tokenize" >> beam.ParDo(TokenizeDoFn(config)).with_outputs(REJECTED_TAG, STATS_TAG, main="examples")
+        | "Tokenize" >> beam.ParDo(_tokenize_fn(config)).with_outputs(REJECTED_TAG, STATS_TAG, main="examples")
     )
     shards = tokenized.examples | "ShuffleAndPack" >> ShuffleAndPack(config, pad_id)
     written = shards | "WriteShards" >> beam.ParDo(WriteShardDoFn(config, staging)).with_outputs(

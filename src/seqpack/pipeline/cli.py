@@ -1,4 +1,4 @@
-"""The ``seqpack`` command line: ``run``, ``demo`` and ``verify``.
+"""The ``seqpack`` command line: ``run``, ``demo``, ``verify``, ``inspect`` and ``report``.
 
 Exit codes a scheduler can act on: 0 done, 2 usage or configuration error (nothing started), 1 the run
 failed and nothing was committed.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -31,7 +32,33 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", "-o", default="seqpack-demo", help="where to put the demo tokenizer and dataset")
     verify = commands.add_parser("verify", help="check every shard of a dataset against its manifest")
     verify.add_argument("dataset", help="dataset directory or URL")
+    inspect = commands.add_parser("inspect", help="print decoded blocks: masked text dim, trained text highlighted")
+    inspect.add_argument("dataset", help="dataset directory or URL")
+    inspect.add_argument("--split", default="train")
+    which = inspect.add_mutually_exclusive_group()
+    which.add_argument("--block", type=int, action="append", metavar="N",
+                       help="show block N of the split (negative: from the end); repeat for several; default 0")
+    which.add_argument("--random", type=_count, metavar="K", help="show K random blocks")
+    inspect.add_argument("--seed", type=int, default=None, help="seed for --random")
+    inspect.add_argument("--tokenizer", "-t", help="decode with this tokenizer instead of the dataset's")
+    colors = inspect.add_mutually_exclusive_group()
+    colors.add_argument("--plain", "--no-color", dest="color", action="store_false", default=None,
+                        help="no colours: mark masked text ⟦like this⟧ (the default when not on a terminal)")
+    colors.add_argument("--color", dest="color", action="store_true", default=None, help="colours even when piped")
+    report = commands.add_parser("report", help="write a self-contained HTML report with plots")
+    report.add_argument("dataset", help="dataset directory or URL")
+    report.add_argument("--output", "-o", default="report.html", help="HTML file to write (default report.html)")
+    report.add_argument("--split", default="train", help="split of the decoded sample blocks")
+    report.add_argument("--blocks", type=_count, default=3, help="decoded sample blocks to show (default 3)")
+    report.add_argument("--tokenizer", "-t", help="decode with this tokenizer instead of the dataset's")
     return parser
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 class _DropImportNoise(logging.Filter):
@@ -65,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args.output)
         if args.command == "verify":
             return _verify(args.dataset)
+        if args.command == "inspect":
+            return _inspect(args)
+        if args.command == "report":
+            return _report(args)
     except UsageError as error:
         print(f"seqpack: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -84,6 +115,46 @@ def _verify(dataset: str) -> int:
         print(f"seqpack: verify failed: {error}", file=sys.stderr)
         return EXIT_FAILED
     print(f"{dataset}: OK ({summary})")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from seqpack.inspect import InspectError, NoSuchBlock, inspect_blocks, render_inspection, use_color
+    from seqpack.schemas import DatasetFormatError
+
+    try:
+        inspection = inspect_blocks(args.dataset, split=args.split, rows=args.block or (),
+                                    random_count=args.random or 0, seed=args.seed, tokenizer=args.tokenizer)
+    except NoSuchBlock as error:
+        print(f"seqpack: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DatasetFormatError, InspectError) as error:
+        print(f"seqpack: inspect failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if inspection.tokenizer.warning:
+        print(f"seqpack: warning: {inspection.tokenizer.warning}", file=sys.stderr)
+    try:
+        for line in render_inspection(inspection, color=use_color(force=args.color)):
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `seqpack inspect OUT | head`: the reader has seen enough
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit-time flush quiet
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from seqpack.report import MissingDependencyError, write_report
+    from seqpack.schemas import DatasetFormatError
+
+    try:
+        write_report(args.dataset, args.output, split=args.split, blocks=args.blocks, tokenizer=args.tokenizer)
+    except MissingDependencyError as error:
+        print(f"seqpack: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except DatasetFormatError as error:
+        print(f"seqpack: report failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(args.output)
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from seqpack.chat import STYLES as CHAT_STYLES
+from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
 from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
 
@@ -46,13 +48,27 @@ class RunConfig:
     min_target_tokens: int = 0
     max_source_tokens: int | None = None
     add_special_tokens: tuple[str, ...] = ()
+    chat_style: str = "auto"
+    """``--template chat``: how records hold conversations (``auto``, ``messages``, ``sharegpt``, ``pair``)."""
+    messages_field: str | None = None
+    role_map: dict[str, str] = field(default_factory=dict)
+    system: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.is_chat and self.train_on == "target":  # the pairs default means "the answers" in a chat
+            object.__setattr__(self, "train_on", "assistant")
+
+    @property
+    def is_chat(self) -> bool:
+        return self.template == "chat"
 
     def validate(self) -> None:
         """Raise ``UsageError`` for values that cannot work, with what to pass instead."""
         checks = [
             (self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}"),
-            (self.train_on in TRAIN_ON, f"--train-on must be one of {', '.join(TRAIN_ON)}"),
+            (self.train_on in self.train_on_choices, f"--train-on must be one of {', '.join(self.train_on_choices)}"),
+            (self.chat_style in CHAT_STYLES, f"--chat-style must be one of {', '.join(CHAT_STYLES)}"),
             (self.overlong in OVERLONG_POLICIES, f"--overlong must be one of {', '.join(OVERLONG_POLICIES)}"),
             (self.packing in PACKING_STRATEGIES, f"--packing must be one of {', '.join(PACKING_STRATEGIES)}"),
             (self.file_format in FILE_FORMATS, f"--format must be one of {', '.join(FILE_FORMATS)}"),
@@ -67,6 +83,10 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+
+    @property
+    def train_on_choices(self) -> tuple[str, ...]:
+        return CHAT_TRAIN_ON if self.is_chat else TRAIN_ON
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

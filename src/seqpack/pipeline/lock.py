@@ -88,6 +88,9 @@ class OutputLock:
             FileSystems.delete([self.path])  # stale: its run crashed
             if not self._create_exclusively():
                 raise UsageError(f"another seqpack run took the lock {self.path} at the same moment; retry")
+        beat = f"{self.path}.beat"
+        if FileSystems.exists(beat):  # a heartbeat write that a crash interrupted
+            FileSystems.delete([beat])
         self._thread = threading.Thread(target=self._beat, name="seqpack-lock-heartbeat", daemon=True)
         self._thread.start()
 

@@ -3,20 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 
+from seqpack.chat import check_segment_roundtrip, require_chat_template, unknown_special_strings
 from seqpack.pipeline.build import build_pipeline
 from seqpack.pipeline.commit import commit, prepare_output, save_tokenizer
 from seqpack.pipeline.config import RunConfig, UsageError
 from seqpack.pipeline.lock import OutputLock
 from seqpack.pipeline.options import config_from_args, pipeline_options
+from seqpack.pipeline.progress import live_progress
 from seqpack.schemas import Manifest, TokenizerInfo
-from seqpack.templates import make_template
+from seqpack.templates import make_template, template_texts
 from seqpack.tokenizer import TokenizerError, add_special_tokens, describe, load_tokenizer, pad_id_of
+
+
+def _check_template(config: RunConfig, tokenizer: Any) -> None:
+    """The template must work with this tokenizer; special-looking text it would split gets a warning."""
+    if config.is_chat:
+        require_chat_template(tokenizer)
+        check_segment_roundtrip(tokenizer)
+        return
+    template = make_template(
+        config.template,
+        source_field=config.source_field,
+        target_field=config.target_field,
+        separator=config.separator,
+    )
+    for text in template_texts(template):
+        for special, pieces in unknown_special_strings(tokenizer, text):
+            logging.getLogger("seqpack").warning(
+                "the template's %r is not a token of this tokenizer: it will be split into %s "
+                "(pass --add-special-tokens %r to make it one token)", special, pieces, special
+            )
 
 
 def _check_up_front(config: RunConfig) -> tuple[list, Any, TokenizerInfo]:
@@ -24,13 +48,13 @@ def _check_up_front(config: RunConfig) -> tuple[list, Any, TokenizerInfo]:
     from seqpack.transforms.read import resolve_inputs
 
     try:
-        make_template(config.template, source_field=config.source_field, target_field=config.target_field)
         tokenizer = load_tokenizer(config.tokenizer, trust_remote_code=config.trust_remote_code)
         added = add_special_tokens(tokenizer, config.add_special_tokens)
+        _check_template(config, tokenizer)
         pad_id = pad_id_of(tokenizer, config.pad_id)
     except (ValueError, TokenizerError) as error:
         raise UsageError(str(error)) from error
-    if config.add_eos and tokenizer.eos_token_id is None:
+    if config.add_eos and not config.is_chat and tokenizer.eos_token_id is None:
         raise UsageError("the tokenizer has no EOS token to end targets with: pass --no-eos")
     try:
         files = resolve_inputs(config.inputs)
@@ -39,8 +63,13 @@ def _check_up_front(config: RunConfig) -> tuple[list, Any, TokenizerInfo]:
     return files, tokenizer, describe(tokenizer, config.tokenizer, pad_id, added)
 
 
-def run(config: RunConfig, beam_args: list[str] | None = None) -> tuple[Manifest, dict[str, Any]]:
+def run(
+    config: RunConfig, beam_args: list[str] | None = None, *, progress: bool = False
+) -> tuple[Manifest, dict[str, Any]]:
     """Run the job described by ``config``; return the committed manifest and statistics.
+
+    ``progress`` prints a line on stderr every few seconds while the local runner works (see
+    ``pipeline.progress``); other runners show their own.
 
         >>> manifest, stats = run(RunConfig(inputs=["pairs.jsonl"], output="out", tokenizer="tok/"))
     """
@@ -53,37 +82,89 @@ def run(config: RunConfig, beam_args: list[str] | None = None) -> tuple[Manifest
             save_tokenizer(tokenizer, staging)
         pipeline = beam.Pipeline(runner=runner, options=options)
         build_pipeline(pipeline, config, files, staging, tokenizer_info.pad_id)
-        result = pipeline.run()
-        result.wait_until_finish()
+        with live_progress(files, enabled=progress and _is_local(runner)):
+            result = pipeline.run()
+            result.wait_until_finish()
         return commit(config, tokenizer_info, staging)
 
 
-def summary(manifest: Manifest, stats: dict[str, Any], output: str) -> str:
-    rejected = ", ".join(f"{k} {v:,}" for k, v in sorted(stats["rejected_by_reason"].items())) or "none"
-    dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(stats["dropped_by_reason"].items())) or "none"
-    splits = "; ".join(
-        f"{name}: {s.rows:,} rows in {len(s.shards)} shard(s), {s.tokens:,} tokens"
+def _is_local(runner: object) -> bool:
+    """The local FnApiRunner: its workers run on this machine and can reach a local progress directory."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return isinstance(runner, FnApiRunner)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {count:,}" for reason, count in sorted(counts.items()))
+
+
+def summary(manifest: Manifest, stats: dict[str, Any], output: str, *, report: str | None = None) -> str:
+    """What a finished run says: what was written and where, how full the blocks are, what was left out, and
+    the command that shows the data. Lines about rejected or dropped records appear only when there are some."""
+    unit = "rows" if manifest.packing == "none" else "blocks"
+    width = max((len(name) for name in manifest.splits), default=0)
+    digits = max((len(f"{s.rows:,}") for s in manifest.splits.values()), default=0)
+    splits = [
+        f"  {name:<{width}}  {s.rows:>{digits},} {unit} in {len(s.shards)} shard{'s' * (len(s.shards) != 1)} · "
+        f"{s.examples:,} examples · {s.tokens:,} tokens"
         for name, s in manifest.splits.items()
-    ) or "no examples"
-    return "\n".join(
-        [
-            f"seqpack: wrote {output}",
-            f"  records read {stats['records_read']:,}; examples {sum(stats['examples_by_split'].values()):,}; "
-            f"truncated {stats['examples_truncated']:,}; split {stats['examples_split']:,}",
-            f"  {splits}",
-            f"  fill {stats['fill']:.2%} of {manifest.max_length}-token blocks ({manifest.packing})",
-            f"  rejected: {rejected} (see {output}/rejected/); dropped: {dropped}",
-            f"  check it: seqpack verify {output}",
-        ]
-    )
+    ] or ["  no examples were written"]
+    written = sum(stats["examples_by_split"].values())
+    changed = [f"{stats[key]:,} {label}" for key, label in (("examples_truncated", "truncated to fit"),
+                                                            ("examples_split", "split into pieces")) if stats[key]]
+    lines = [
+        f"seqpack: wrote {output}",
+        *splits,
+        f"  fill {stats['fill']:.1%} of {manifest.max_length:,}-token blocks ({manifest.packing} packing)",
+        f"  {stats['records_read']:,} records read: {written:,} written, {stats['records_rejected']:,} rejected, "
+        f"{stats['examples_dropped']:,} dropped" + (f" ({', '.join(changed)})" if changed else ""),
+    ]
+    if stats["rejected_by_reason"]:
+        lines.append(f"  rejected: {_counts(stats['rejected_by_reason'])} → {output}/rejected/rejected.jsonl")
+    if stats["dropped_by_reason"]:
+        lines.append(f"  dropped: {_counts(stats['dropped_by_reason'])}")
+    if report:
+        lines.append(f"  report: {report}")
+    lines.append(f"  look at it: seqpack inspect {shlex.quote(output)}")
+    return "\n".join(lines)
 
 
 def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
     config = config_from_args(args)
-    manifest, stats = run(config, beam_args)
+    if args.report:
+        _require_report_dependencies()
+    manifest, stats = run(config, beam_args, progress=not args.quiet)
+    report = _write_report(config.output) if args.report else None
     if not args.quiet:
-        print(summary(manifest, stats, config.output), file=sys.stderr)
-    return 0
+        print(summary(manifest, stats, config.output, report=report), file=sys.stderr)
+    return 1 if args.report and report is None else 0
+
+
+def _require_report_dependencies() -> None:
+    """``--report`` without matplotlib is found before the run, not after an hour of work."""
+    from seqpack.report import MissingDependencyError, require_matplotlib
+
+    try:
+        require_matplotlib()
+    except MissingDependencyError as error:
+        raise UsageError(str(error)) from error
+
+
+def _write_report(output: str) -> str | None:
+    """Write ``OUT/report.html``; on failure say that the dataset itself is complete, and how to retry."""
+    from seqpack.report import write_report
+
+    path = f"{output}/report.html"
+    try:
+        return write_report(output, path)
+    except Exception as error:  # noqa: BLE001 - the dataset is committed; only the report is missing
+        print(
+            f"seqpack: the dataset in {output} is complete, but its report failed: {error}. "
+            f"Retry with: seqpack report {shlex.quote(output)} -o {shlex.quote(path)}",
+            file=sys.stderr,
+        )
+        return None
 
 
 def run_demo(output: str) -> int:

@@ -60,7 +60,7 @@ class PackBucketDoFn(beam.DoFn):
             strategy=cfg.packing,
             max_length=cfg.max_length,
             pad_id=self.pad_id,
-            mask_boundaries=cfg.train_on != "all",
+            mask_boundaries=not (cfg.train_on == "all" and not cfg.is_chat),
         )
         rng = np.random.default_rng([cfg.seed, SPLIT_CODES[split], index])
         blocks = blocks.take_rows(rng.permutation(blocks.rows))

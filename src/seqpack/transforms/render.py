@@ -7,6 +7,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from seqpack.chat import conversation_from_record
 from seqpack.readers import Record, Rejected
 from seqpack.templates import RenderError, Template
 from seqpack.transforms.bundle_stats import StatsDoFn
@@ -31,6 +32,33 @@ class RenderDoFn(StatsDoFn):
             )
             return
         yield source, target, record.origin
+
+
+class ChatRenderDoFn(StatsDoFn):
+    """Records in, ``(messages, origin)`` out: conversations read in the configured style, validated."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def process(self, record: Record) -> Iterator[Any]:
+        self.count("records_read")
+        cfg = self.config
+        try:
+            messages = conversation_from_record(
+                record.fields,
+                style=cfg.chat_style,
+                messages_field=cfg.messages_field,
+                role_map=cfg.role_map or None,
+                source_field=cfg.source_field,
+                target_field=cfg.target_field,
+                system=cfg.system,
+            )
+        except RenderError as error:
+            yield beam.pvalue.TaggedOutput(
+                REJECTED_TAG, Rejected(error.reason, record.origin, raw_json(record.fields), error.detail)
+            )
+            return
+        yield messages, record.origin
 
 
 def raw_json(fields: dict[str, Any]) -> bytes:

@@ -1,39 +1,43 @@
-"""Tokenize rendered pairs in batches and turn them into compact, keyed examples ready to shuffle.
+"""Tokenize rendered pairs or conversations in batches and turn them into compact, keyed examples.
 
-An example travels as ``(split, key, ids, n_masked)``: ``key`` is a 16-byte seeded hash of its content that
-orders the global shuffle, ``ids`` the int32 token ids as bytes (a compact shuffle payload), ``n_masked`` the
-number of leading tokens without loss.
+An example travels as ``(split, key, ids, mask)``: ``key`` is a 16-byte seeded hash of its content that
+orders the global shuffle, ``ids`` the int32 token ids as bytes (a compact shuffle payload), ``mask`` the
+number of leading tokens without loss (pairs) or the packed bits of the loss mask (conversations).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 
+from seqpack.chat import render_segments, tokenize_segments
 from seqpack.faults import checkpoint
-from seqpack.masking import build_example
+from seqpack.masking import Outcome, build_example, build_masked_example
 from seqpack.pipeline.config import RunConfig
 from seqpack.readers import Rejected
 from seqpack.schemas import stats as stats_format
+from seqpack.templates import RenderError
 from seqpack.tokenizer import SpecialLayout, load_for_run, special_layout
 from seqpack.transforms.bundle_stats import StatsDoFn
-from seqpack.transforms.render import REJECTED_TAG
+from seqpack.transforms.progress import ProgressCounter, progress_from_env
+from seqpack.transforms.render import REJECTED_TAG, raw_json
 
-Example = tuple[str, bytes, bytes, int]
-"""(split, key, int32 ids as bytes, n_masked)."""
+Example = tuple[str, bytes, bytes, int | bytes]
+"""(split, key, int32 ids as bytes, mask)."""
 
 SPLIT_SALT = b"seqpack-validation-split"
 
 
-def choose_split(source: str, target: str, validation_fraction: float) -> str:
-    """Hold out a pair by a hash of its text: stable across seeds and runs, and duplicates stay together."""
+def choose_split(text: str, validation_fraction: float) -> str:
+    """Hold out an example by a hash of its text: stable across seeds and runs, and duplicates stay together."""
     if validation_fraction <= 0:
         return "train"
-    digest = hashlib.blake2b(f"{source}\0{target}".encode(), digest_size=8, key=SPLIT_SALT).digest()
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=SPLIT_SALT).digest()
     return "validation" if int.from_bytes(digest, "big") / 2**64 < validation_fraction else "train"
 
 
@@ -55,76 +59,66 @@ def filtered_reason(source_tokens: int, target_tokens: int, config: RunConfig) -
     return None
 
 
-class TokenizeDoFn(StatsDoFn):
-    """Batches of ``(source_text, target_text, origin)`` in, examples out.
+class _TokenizeBase(StatsDoFn):
+    """What pairs and conversations share: the tokenizer, the filters, the statistics and the emit step.
 
-    Source and target are tokenized separately and concatenated, so the boundary between what is masked and
-    what is trained on is exact. The tokenizer is loaded once per worker in ``setup`` (it is neither pickled
-    with the pipeline nor loaded per element).
+    The tokenizer is loaded once per worker in ``setup`` (it is neither pickled with the pipeline nor loaded
+    per element).
     """
+
+    progress: ProgressCounter | None = None
+    """Live progress counts, only in a local run that shows progress (see ``transforms.progress``)."""
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.tokens_in = beam.metrics.Metrics.counter("seqpack", "tokens_in")
 
     def setup(self) -> None:
+        self.progress = progress_from_env()
         self.tokenizer = load_for_run(
             self.config.tokenizer,
             trust_remote_code=self.config.trust_remote_code,
             extra_tokens=self.config.add_special_tokens,
         )
-        layout = special_layout(self.tokenizer)
-        eos = self.tokenizer.eos_token_id
-        suffix = list(layout.suffix)
-        if self.config.add_eos and (not suffix or suffix[-1] != eos):
-            suffix.append(eos)
-        self.layout = SpecialLayout(layout.prefix, tuple(suffix))
+        self._fast = _fast_encoder(self.tokenizer)
 
-    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of many texts in one call, without special tokens (the batch API of fast tokenizers)."""
+        if self._fast is not None:
+            return [encoding.ids for encoding in self._fast(list(texts), add_special_tokens=False)]
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
-    def process(self, batch: Sequence[tuple[str, str, str]]) -> Iterator[Any]:
-        checkpoint("tokenize")
-        cfg = self.config
-        sources = self._encode([pair[0] for pair in batch])
-        targets = self._encode([pair[1] for pair in batch])
-        prefix, suffix = list(self.layout.prefix), list(self.layout.suffix)
-        for (source_text, target_text, origin), src, tgt in zip(batch, sources, targets, strict=True):
-            if not tgt:
-                yield beam.pvalue.TaggedOutput(
-                    REJECTED_TAG,
-                    Rejected("empty_target", origin, target_text.encode(), "the target tokenizes to no tokens"),
-                )
-                continue
-            source_ids, target_ids = prefix + src, tgt + suffix
-            reason = filtered_reason(len(source_ids), len(target_ids), cfg)
-            if reason:
-                self.count_keyed("dropped_by_reason", reason)
-                self.count("examples_dropped")
-                self.count("tokens_in", len(source_ids) + len(target_ids))
-                self.count("tokens_dropped", len(source_ids) + len(target_ids))
-                continue
-            outcome = build_example(
-                source_ids,
-                target_ids,
-                max_length=cfg.max_length,
-                overlong=cfg.overlong,
-                train_on=cfg.train_on,
-                keep_prefix=len(prefix),
-            )
-            self._count(outcome)
-            self.tokens_in.inc(outcome.tokens_in)
-            if outcome.dropped_reason:
-                self.count_keyed("dropped_by_reason", outcome.dropped_reason)
-                self.count("examples_dropped")
-                continue
-            split = choose_split(source_text, target_text, cfg.validation_fraction)
-            self.count_keyed("examples_by_split", split)
-            for index, piece in enumerate(outcome.pieces):
-                mask = piece.mask_payload()
-                yield split, example_key(piece.ids, mask, index, cfg.seed), piece.ids.tobytes(), mask
+    def _filtered(self, source_tokens: int, target_tokens: int) -> bool:
+        reason = filtered_reason(source_tokens, target_tokens, self.config)
+        if reason:
+            self.count_keyed("dropped_by_reason", reason)
+            self.count("examples_dropped")
+            self.count("tokens_in", source_tokens + target_tokens)
+            self.count("tokens_dropped", source_tokens + target_tokens)
+        return reason is not None
 
-    def _count(self, outcome: Any) -> None:
+    def emit(self, outcome: Outcome, split_text: str) -> Iterator[Example]:
+        """Count an example's outcome and yield its pieces, keyed for the shuffle."""
+        self._count(outcome)
+        self.tokens_in.inc(outcome.tokens_in)
+        if self.progress is not None:
+            self.progress.tokenized(1, outcome.tokens_in)
+        if outcome.dropped_reason:
+            self.count_keyed("dropped_by_reason", outcome.dropped_reason)
+            self.count("examples_dropped")
+            return
+        split = choose_split(split_text, self.config.validation_fraction)
+        self.count_keyed("examples_by_split", split)
+        for index, piece in enumerate(outcome.pieces):
+            mask = piece.mask_payload()
+            yield split, example_key(piece.ids, mask, index, self.config.seed), piece.ids.tobytes(), mask
+
+    def finish_bundle(self):  # noqa: ANN201 - Beam's signature
+        if self.progress is not None:
+            self.progress.flush()
+        yield from super().finish_bundle()
+
+    def _count(self, outcome: Outcome) -> None:
         self.count("tokens_in", outcome.tokens_in)
         self.count("source_tokens", outcome.source_tokens)
         self.count("target_tokens", outcome.target_tokens)
@@ -136,3 +130,103 @@ class TokenizeDoFn(StatsDoFn):
         self.stats["example_length_hist"][stats_format.length_bin(outcome.tokens_in)] += 1
         self.stats["source_length_hist"][stats_format.length_bin(outcome.source_tokens)] += 1
         self.stats["target_length_hist"][stats_format.length_bin(outcome.target_tokens)] += 1
+
+
+def _fast_encoder(tokenizer: Any) -> Any:
+    """The Rust tokenizer's ``encode_batch`` when it gives exactly what the tokenizer's own call gives.
+
+    It skips the Python wrapping of ``tokenizer(texts)``; a tokenizer class that preprocesses text in Python
+    would give other ids, so the shortcut is checked on probe texts and used only when they agree.
+    """
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch"):
+        return None
+    probes = ["Hello world", " leading space", "tabs\tand\nnewlines", "ünïcödé 日本語", "", "x" * 50]
+    expected = tokenizer(probes, add_special_tokens=False)["input_ids"]
+    actual = [e.ids for e in backend.encode_batch(probes, add_special_tokens=False)]
+    return backend.encode_batch if actual == expected else None
+
+
+class TokenizeDoFn(_TokenizeBase):
+    """Batches of ``(source_text, target_text, origin)`` in, examples out.
+
+    Source and target are tokenized separately and concatenated, so the boundary between what is masked and
+    what is trained on is exact. Special tokens follow the tokenizer (e.g. its BOS), and EOS ends the target.
+    """
+
+    def setup(self) -> None:
+        super().setup()
+        layout = special_layout(self.tokenizer)
+        eos = self.tokenizer.eos_token_id
+        suffix = list(layout.suffix)
+        if self.config.add_eos and (not suffix or suffix[-1] != eos):
+            suffix.append(eos)
+        self.layout = SpecialLayout(layout.prefix, tuple(suffix))
+
+    def process(self, batch: Sequence[tuple[str, str, str]]) -> Iterator[Any]:
+        checkpoint("tokenize")
+        cfg = self.config
+        sources = self.encode([pair[0] for pair in batch])
+        targets = self.encode([pair[1] for pair in batch])
+        prefix, suffix = list(self.layout.prefix), list(self.layout.suffix)
+        for (source_text, target_text, origin), src, tgt in zip(batch, sources, targets, strict=True):
+            if not tgt:
+                yield beam.pvalue.TaggedOutput(
+                    REJECTED_TAG,
+                    Rejected("empty_target", origin, target_text.encode(), "the target tokenizes to no tokens"),
+                )
+                continue
+            source_ids, target_ids = prefix + src, tgt + suffix
+            if self._filtered(len(source_ids), len(target_ids)):
+                continue
+            outcome = build_example(
+                source_ids,
+                target_ids,
+                max_length=cfg.max_length,
+                overlong=cfg.overlong,
+                train_on=cfg.train_on,
+                keep_prefix=len(prefix),
+            )
+            yield from self.emit(outcome, f"{source_text}\0{target_text}")
+
+
+class ChatTokenizeDoFn(_TokenizeBase):
+    """Batches of ``(messages, origin)`` in, examples out: rendered with the tokenizer's chat template.
+
+    Assistant turns (with their end-of-turn marker) are trained on; see ``seqpack.chat`` for how the spans are
+    found exactly, and why a template that is not prefix-stable is rejected rather than guessed at.
+    """
+
+    def process(self, batch: Sequence[tuple[list[dict[str, Any]], str]]) -> Iterator[Any]:
+        checkpoint("tokenize")
+        cfg = self.config
+        rendered = []
+        for messages, origin in batch:
+            try:
+                rendered.append((render_segments(self.tokenizer, messages, train_on=cfg.train_on), messages, origin))
+            except RenderError as error:
+                yield beam.pvalue.TaggedOutput(
+                    REJECTED_TAG, Rejected(error.reason, origin, raw_json({"messages": messages}), error.detail)
+                )
+        if not rendered:
+            return
+        encoded = tokenize_segments(self.tokenizer, [segments for segments, _, _ in rendered])
+        bos = self.tokenizer.bos_token_id
+        for (_, messages, origin), (ids, trained) in zip(rendered, encoded, strict=True):
+            n_trained = int(trained.sum())
+            if n_trained == 0:
+                yield beam.pvalue.TaggedOutput(
+                    REJECTED_TAG,
+                    Rejected("empty_target", origin, raw_json({"messages": messages}), "no assistant token to train"),
+                )
+                continue
+            if self._filtered(len(ids) - n_trained, n_trained):
+                continue
+            outcome = build_masked_example(
+                ids,
+                trained,
+                max_length=cfg.max_length,
+                overlong=cfg.overlong,
+                keep_prefix=int(len(ids) > 0 and bos is not None and ids[0] == bos),
+            )
+            yield from self.emit(outcome, json.dumps(messages, ensure_ascii=False, sort_keys=True))

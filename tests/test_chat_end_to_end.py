@@ -1,0 +1,103 @@
+"""`--template chat` through the CLI: OpenAI, ShareGPT and pair records; only assistant turns are trained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import write_jsonl
+from transformers import AutoTokenizer
+
+from seqpack import IGNORE_INDEX
+from seqpack.pipeline.cli import main
+
+CHATML = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+COUNTER = "{{- messages | length }} messages\n" + CHATML
+
+RECORDS = [
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The cat"},
+                  {"role": "assistant", "content": "Le chat"}, {"role": "user", "content": "The dog"},
+                  {"role": "assistant", "content": "Le chien"}]},
+    {"conversations": [{"from": "human", "value": "The bread"}, {"from": "gpt", "value": "Le pain"}]},
+    {"source": "The apple", "target": "La pomme"},
+    {"messages": [{"role": "user", "content": "no answer"}]},
+]
+ASSISTANT_TEXTS = ["Le chat", "Le chien", "Le pain", "La pomme"]
+
+
+def chat_tokenizer(base: Path, out: Path, template: str) -> Path:
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def run(*args: str) -> int:
+    return main(["run", "-q", "--direct_running_mode=in_memory", "--template", "chat", *args])
+
+
+@pytest.fixture(scope="module")
+def chatml_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    return chat_tokenizer(tokenizer_dir, tmp_path_factory.mktemp("chatml"), CHATML)
+
+
+def trained_runs(row: dict, tokenizer) -> list[str]:  # noqa: ANN001
+    """Decoded maximal runs of trained tokens in a block (example starts are never trained)."""
+    runs, current = [], []
+    for token, label in zip(row["input_ids"], row["labels"], strict=True):
+        if label != IGNORE_INDEX:
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current, skip_special_tokens=False))
+            current = []
+    if current:
+        runs.append(tokenizer.decode(current, skip_special_tokens=False))
+    return runs
+
+
+def test_only_assistant_turns_are_trained(tmp_path: Path, chatml_dir: Path) -> None:
+    data = write_jsonl(tmp_path / "chats.jsonl", RECORDS)
+    output = tmp_path / "out"
+    assert run("-i", str(data), "-o", str(output), "-t", str(chatml_dir), "--max-length", "256",
+               "--system", "Translate.") == 0
+    tokenizer = AutoTokenizer.from_pretrained(str(chatml_dir))
+    rows = [r for p in sorted((output / "train").iterdir()) for r in pq.read_table(p).to_pylist()]
+    runs = [text for row in rows for text in trained_runs(row, tokenizer)]
+    assert sorted(runs) == sorted(text + "<|im_end|>" for text in ASSISTANT_TEXTS)
+    stats = json.loads((output / "stats.json").read_text())
+    assert stats["rejected_by_reason"] == {"no_assistant_turn": 1}
+    decoded = tokenizer.decode(rows[0]["input_ids"], skip_special_tokens=False)
+    assert "<|im_start|>system\nTranslate.<|im_end|>" in decoded or "Be brief." in decoded
+
+
+def test_last_turn_only(tmp_path: Path, chatml_dir: Path) -> None:
+    data = write_jsonl(tmp_path / "chats.jsonl", RECORDS[:1])
+    output = tmp_path / "out"
+    assert run("-i", str(data), "-o", str(output), "-t", str(chatml_dir), "--train-on", "last") == 0
+    tokenizer = AutoTokenizer.from_pretrained(str(chatml_dir))
+    rows = [r for p in (output / "train").iterdir() for r in pq.read_table(p).to_pylist()]
+    assert [t for row in rows for t in trained_runs(row, tokenizer)] == ["Le chien<|im_end|>"]
+
+
+def test_non_prefix_stable_template_rejects(tmp_path: Path, tokenizer_dir: Path) -> None:
+    counter_dir = chat_tokenizer(tokenizer_dir, tmp_path / "counter", COUNTER)
+    data = write_jsonl(tmp_path / "chats.jsonl", RECORDS[:3])
+    output = tmp_path / "out"
+    assert run("-i", str(data), "-o", str(output), "-t", str(counter_dir)) == 0
+    stats = json.loads((output / "stats.json").read_text())
+    assert stats["rejected_by_reason"] == {"template_not_prefix_stable": 3}
+
+
+def test_tokenizer_without_chat_template_is_a_usage_error(tmp_path: Path, tokenizer_dir: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    data = write_jsonl(tmp_path / "chats.jsonl", RECORDS[:1])
+    assert run("-i", str(data), "-o", str(tmp_path / "out"), "-t", str(tokenizer_dir)) == 2
+    assert "chat template" in capsys.readouterr().err
