@@ -49,8 +49,8 @@ class PackBucketDoFn(beam.DoFn):
         self.pad_id = pad_id
 
     def process(self, element: tuple[tuple[str, int, int], Iterable[Any]]) -> Iterator[ShardBlocks]:
-        (split, index, count), values = element
-        examples = sorted((v for v in values if v is not None), key=lambda v: v[0])
+        (split, index, count), parts = element
+        examples = sorted((example for part in parts if part for example in part), key=lambda v: v[0])
         if lose_one_example() and examples:  # a test hook: the accounting must catch this
             examples.pop()
         pieces = [Piece.from_payload(ids, mask) for _, ids, mask in examples]
@@ -67,14 +67,22 @@ class PackBucketDoFn(beam.DoFn):
         yield ShardBlocks(split, index, count, blocks, len(pieces))
 
 
-def _tokens(example: tuple[str, bytes, bytes, int]) -> tuple[str, int]:
-    return example[0], len(example[2]) // 4
+def _tokens(batch: tuple[str, list[tuple[bytes, bytes, Any]]]) -> tuple[str, int]:
+    split, examples = batch
+    return split, sum(len(ids) for _, ids, _ in examples) // 4
 
 
-def _assign(example: tuple[str, bytes, bytes, int], counts: dict[str, int]) -> tuple[tuple[str, int, int], Any]:
-    split, key, ids, n_masked = example
+def _assign(
+    batch: tuple[str, list[tuple[bytes, bytes, Any]]], counts: dict[str, int]
+) -> Iterator[tuple[tuple[str, int, int], list]]:
+    """Split a batch of examples by bucket: one element per (batch, bucket), not one per example."""
+    split, examples = batch
     buckets = counts[split]
-    return (split, bucket_of(key, buckets), buckets), (key, ids, n_masked)
+    by_bucket: dict[int, list] = {}
+    for example in examples:
+        by_bucket.setdefault(bucket_of(example[0], buckets), []).append(example)
+    for bucket, members in by_bucket.items():
+        yield (split, bucket, buckets), members
 
 
 def _markers(split_count: tuple[str, int]) -> Iterator[tuple[tuple[str, int, int], None]]:
@@ -97,6 +105,7 @@ class ShuffleAndPack(beam.PTransform):
         self.pad_id = pad_id
 
     def expand(self, examples: beam.PCollection) -> beam.PCollection:
+        """``examples`` holds ``(split, [(key, ids, mask), ...])`` batches (see ``transforms.tokenize``)."""
         bucket_tokens = self.config.bucket_tokens
         counts = (
             examples
@@ -104,7 +113,7 @@ class ShuffleAndPack(beam.PTransform):
             | "SumTokens" >> beam.CombinePerKey(sum)
             | "BucketsPerSplit" >> beam.MapTuple(lambda split, tokens: (split, bucket_count(tokens, bucket_tokens)))
         )
-        keyed = examples | "AssignBucket" >> beam.Map(_assign, counts=beam.pvalue.AsDict(counts))
+        keyed = examples | "AssignBucket" >> beam.FlatMap(_assign, counts=beam.pvalue.AsDict(counts))
         markers = counts | "BucketMarkers" >> beam.FlatMap(_markers)
         return (
             (keyed, markers)
