@@ -3,12 +3,16 @@
 Set ``SEQPACK_FAULT=point`` (optionally ``point:N`` to fire on the N-th time the point is reached) and the
 process kills itself with SIGKILL there, as a machine failure or an OOM killer would. Unset, a checkpoint
 costs one dictionary lookup.
+
+``SEQPACK_TEST_SLOW_TOKENIZE=seconds`` makes every ``tokenize`` checkpoint (once per batch) sleep that long, so a
+test can watch live progress on a small input. Unset, it costs one more lookup per batch.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 
 FAULT_ENV = "SEQPACK_FAULT"
@@ -19,11 +23,16 @@ POINTS = (
     "commit_moving",  # the old manifest is gone and some new files are moved into place
     "commit_manifest",  # everything is in place but manifest.json
 )
+SLOW_ENVS = {"tokenize": "SEQPACK_TEST_SLOW_TOKENIZE"}
+"""Points a test can slow down, and the variable that holds the seconds to sleep there."""
 _reached: Counter[str] = Counter()
 
 
 def checkpoint(point: str) -> None:
-    """Die here if the test asked for it."""
+    """Die here if the test asked for it (or sleep, at a point a test slowed down)."""
+    slow_env = SLOW_ENVS.get(point)
+    if slow_env is not None:
+        _sleep_if_asked(slow_env)
     wanted = os.environ.get(FAULT_ENV)
     if not wanted:
         return
@@ -33,6 +42,12 @@ def checkpoint(point: str) -> None:
     _reached[point] += 1
     if _reached[point] >= int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _sleep_if_asked(variable: str) -> None:
+    seconds = os.environ.get(variable)
+    if seconds:
+        time.sleep(float(seconds))
 
 
 def lose_one_example() -> bool:

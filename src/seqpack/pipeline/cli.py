@@ -28,13 +28,17 @@ def _parser() -> argparse.ArgumentParser:
                               epilog="Any Apache Beam pipeline option (--runner, --project, ...) is passed on.")
     add_run_arguments(run)
     run.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    run.add_argument("--config", metavar="JOB.yaml",
+                     help="take options from this YAML file (option: value, Beam options under beam:); "
+                     "flags given here override it")
+    run.set_defaults(_run_parser=run)  # the job file is read against this parser's options
     demo = commands.add_parser("demo", help="run the whole pipeline on the bundled demo data")
     demo.add_argument("--output", "-o", default="seqpack-demo", help="where to put the demo tokenizer and dataset")
     verify = commands.add_parser("verify", help="check every shard of a dataset against its manifest")
     verify.add_argument("dataset", help="dataset directory or URL")
     inspect = commands.add_parser("inspect", help="print decoded blocks: masked text dim, trained text highlighted")
     inspect.add_argument("dataset", help="dataset directory or URL")
-    inspect.add_argument("--split", default="train")
+    inspect.add_argument("--split", default="train", help="split to show (default train)")
     which = inspect.add_mutually_exclusive_group()
     which.add_argument("--block", type=int, action="append", metavar="N",
                        help="show block N of the split (negative: from the end); repeat for several; default 0")
@@ -78,12 +82,15 @@ def _setup_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
+            from seqpack.pipeline.options import apply_job_file
             from seqpack.pipeline.run import run_from_args
 
-            return run_from_args(args, extra)
+            run_argv = argv[argv.index("run") + 1 :]
+            return run_from_args(args, apply_job_file(args._run_parser, args, run_argv) + extra)
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "demo":

@@ -29,6 +29,7 @@ from seqpack.readers import (
     expand_inputs,
     iter_input,
 )
+from seqpack.transforms.progress import ProgressCounter, progress_from_env
 
 REJECTED_TAG = "rejected"
 _EXTRAS = {"gs": "gcp", "s3": "aws"}
@@ -62,21 +63,38 @@ def resolve_inputs(patterns: Sequence[str]) -> list[InputFile]:
 class ReadFileDoFn(beam.DoFn):
     """One input file in; its records on the main output, its rejections on ``rejected``."""
 
+    progress: ProgressCounter | None = None
+    """Live progress counts, only in a local run that shows progress (see ``transforms.progress``)."""
+
     def __init__(self, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         self.max_record_bytes = max_record_bytes
         # records_read counts every record met, rejected ones included, as stats.json's identity expects.
         self.records_read = beam.metrics.Metrics.counter("seqpack", "records_read")
         self.records_rejected = beam.metrics.Metrics.counter("seqpack", "records_rejected")
 
+    def setup(self) -> None:
+        self.progress = progress_from_env()
+
     def process(self, input_file: InputFile) -> Iterator[Any]:
-        for item in iter_input(input_file, beam_open, max_record_bytes=self.max_record_bytes):
+        progress = self.progress
+        open_binary = beam_open if progress is None else progress.counting_open
+        for item in iter_input(input_file, open_binary, max_record_bytes=self.max_record_bytes):
             checkpoint("read")
             self.records_read.inc()
-            if isinstance(item, Record):
+            is_record = isinstance(item, Record)
+            if progress is not None:
+                progress.read_record(rejected=not is_record)
+            if is_record:
                 yield item
             else:
                 self.records_rejected.inc()
                 yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)
+        if progress is not None:
+            progress.file_read()
+
+    def finish_bundle(self) -> None:
+        if self.progress is not None:
+            self.progress.flush()
 
 
 class ReadOutputs(NamedTuple):

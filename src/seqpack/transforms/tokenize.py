@@ -1,8 +1,10 @@
 """Tokenize rendered pairs or conversations in batches and turn them into compact, keyed examples.
 
-An example travels as ``(split, key, ids, mask)``: ``key`` is a 16-byte seeded hash of its content that
-orders the global shuffle, ``ids`` the int32 token ids as bytes (a compact shuffle payload), ``mask`` the
-number of leading tokens without loss (pairs) or the packed bits of the loss mask (conversations).
+An example travels as ``(key, ids, mask)``: ``key`` is a 16-byte seeded hash of its content that orders the
+global shuffle, ``ids`` the int32 token ids as bytes (a compact shuffle payload), ``mask`` the number of
+leading tokens without loss (pairs) or the packed bits of the loss mask (conversations). Examples leave a
+tokenized batch together, as ``(split, [example, ...])``: one element per batch, not one per example, keeps
+the runner's per-element cost out of the hot path.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from seqpack.transforms.bundle_stats import StatsDoFn
 from seqpack.transforms.progress import ProgressCounter, progress_from_env
 from seqpack.transforms.render import REJECTED_TAG, raw_json
 
-Example = tuple[str, bytes, bytes, int | bytes]
-"""(split, key, int32 ids as bytes, mask)."""
+Example = tuple[bytes, bytes, int | bytes]
+"""(key, int32 ids as bytes, mask)."""
+ExampleBatch = tuple[str, list[Example]]
+"""(split, examples of that split from one tokenized batch)."""
 
 SPLIT_SALT = b"seqpack-validation-split"
 
@@ -97,8 +101,8 @@ class _TokenizeBase(StatsDoFn):
             self.count("tokens_dropped", source_tokens + target_tokens)
         return reason is not None
 
-    def emit(self, outcome: Outcome, split_text: str) -> Iterator[Example]:
-        """Count an example's outcome and yield its pieces, keyed for the shuffle."""
+    def emit(self, outcome: Outcome, split_text: str, into: dict[str, list[Example]]) -> None:
+        """Count an example's outcome and add its pieces, keyed for the shuffle, to its split's list."""
         self._count(outcome)
         self.tokens_in.inc(outcome.tokens_in)
         if self.progress is not None:
@@ -109,9 +113,10 @@ class _TokenizeBase(StatsDoFn):
             return
         split = choose_split(split_text, self.config.validation_fraction)
         self.count_keyed("examples_by_split", split)
+        examples = into.setdefault(split, [])
         for index, piece in enumerate(outcome.pieces):
             mask = piece.mask_payload()
-            yield split, example_key(piece.ids, mask, index, self.config.seed), piece.ids.tobytes(), mask
+            examples.append((example_key(piece.ids, mask, index, self.config.seed), piece.ids.tobytes(), mask))
 
     def finish_bundle(self):  # noqa: ANN201 - Beam's signature
         if self.progress is not None:
@@ -169,6 +174,7 @@ class TokenizeDoFn(_TokenizeBase):
         sources = self.encode([pair[0] for pair in batch])
         targets = self.encode([pair[1] for pair in batch])
         prefix, suffix = list(self.layout.prefix), list(self.layout.suffix)
+        by_split: dict[str, list[Example]] = {}
         for (source_text, target_text, origin), src, tgt in zip(batch, sources, targets, strict=True):
             if not tgt:
                 yield beam.pvalue.TaggedOutput(
@@ -187,7 +193,8 @@ class TokenizeDoFn(_TokenizeBase):
                 train_on=cfg.train_on,
                 keep_prefix=len(prefix),
             )
-            yield from self.emit(outcome, f"{source_text}\0{target_text}")
+            self.emit(outcome, f"{source_text}\0{target_text}", by_split)
+        yield from by_split.items()
 
 
 class ChatTokenizeDoFn(_TokenizeBase):
@@ -212,6 +219,7 @@ class ChatTokenizeDoFn(_TokenizeBase):
             return
         encoded = tokenize_segments(self.tokenizer, [segments for segments, _, _ in rendered])
         bos = self.tokenizer.bos_token_id
+        by_split: dict[str, list[Example]] = {}
         for (_, messages, origin), (ids, trained) in zip(rendered, encoded, strict=True):
             n_trained = int(trained.sum())
             if n_trained == 0:
@@ -229,4 +237,5 @@ class ChatTokenizeDoFn(_TokenizeBase):
                 overlong=cfg.overlong,
                 keep_prefix=int(len(ids) > 0 and bos is not None and ids[0] == bos),
             )
-            yield from self.emit(outcome, json.dumps(messages, ensure_ascii=False, sort_keys=True))
+            self.emit(outcome, json.dumps(messages, ensure_ascii=False, sort_keys=True), by_split)
+        yield from by_split.items()
