@@ -191,8 +191,8 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | No
     given = " ".join(beam_args)
     if "--direct_running_mode" not in given:
         direct.direct_running_mode = "multi_processing"
-    if "--direct_num_workers" not in given:
-        direct.direct_num_workers = 0
+    if "--direct_num_workers" not in given and direct.direct_running_mode != "in_memory":
+        direct.direct_num_workers = 0  # one worker per core
     return options, FnApiRunner()
 
 
