@@ -52,7 +52,7 @@ def test_read_records_emits_records_and_rejections(inputs: Path) -> None:
     ]
     with test_pipeline.TestPipeline(runner=FnApiRunner()) as pipeline:
         read = pipeline | "Read" >> ReadRecords(files)
-        assert_that(read.records, equal_to(expected_records), label="Records")
+        assert_that(read.records | beam.FlatMap(list), equal_to(expected_records), label="Records")
         rejected = read.rejected | beam.Map(lambda r: (r.reason, r.origin, r.raw))
         assert_that(rejected, equal_to(expected_rejected), label="Rejected")
     assert _counter(pipeline.result, "records_read") == len(expected_records) + len(expected_rejected)
@@ -64,7 +64,7 @@ def test_read_records_applies_the_size_cap_and_unpacks_as_a_pair(tmp_path: Path)
     path.write_text(json.dumps({"source": "x" * 5000}) + "\n" + json.dumps({"source": "small"}) + "\n")
     with test_pipeline.TestPipeline(runner=FnApiRunner()) as pipeline:
         records, rejected = pipeline | ReadRecords(resolve_inputs([str(path)]), max_record_bytes=1000)
-        assert_that(records, equal_to([Record({"source": "small"}, f"{path}:2")]), label="Records")
+        assert_that(records | beam.FlatMap(list), equal_to([Record({"source": "small"}, f"{path}:2")]), label="Records")
         assert_that(rejected | beam.Map(lambda r: r.reason), equal_to(["record_too_large"]), label="Rejected")
 
 

@@ -28,10 +28,10 @@ def test_render_splits_good_and_bad_records() -> None:
     with pipeline() as p:
         out = (
             p
-            | beam.Create(records)
+            | beam.Create([records])
             | beam.ParDo(RenderDoFn(make_template("plain"))).with_outputs(REJECTED_TAG, STATS_TAG, main="pairs")
         )
-        assert_that(out.pairs, equal_to([("a = ", "b", "f:1")]), label="pairs")
+        assert_that(out.pairs, equal_to([[("a = ", "b", "f:1")]]), label="pairs")
         reasons = out[REJECTED_TAG] | beam.Map(lambda r: (r.reason, r.origin))
         assert_that(reasons, equal_to([("missing_field", "f:2")]), label="rejected")
         read = out[STATS_TAG] | beam.CombineGlobally(MergeStats()) | beam.Map(lambda s: s["records_read"])

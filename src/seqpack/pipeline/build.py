@@ -47,14 +47,13 @@ def build_pipeline(pipeline: beam.Pipeline, config: RunConfig, files: list, stag
     rendered = read.records | "Render" >> beam.ParDo(_render_fn(config)).with_outputs(
         REJECTED_TAG, STATS_TAG, main="pairs"
     )
-    pairs, dedup_stats = rendered.pairs, []
+    batches, dedup_stats = rendered.pairs, []
     if config.dedup == "exact":
-        deduped = pairs | "DropExactDuplicates" >> DropExactDuplicates()
-        pairs, dedup_stats = deduped.kept, [deduped[STATS_TAG]]
-    tokenized = (
-        pairs
-        | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
-        | "Tokenize" >> beam.ParDo(_tokenize_fn(config)).with_outputs(REJECTED_TAG, STATS_TAG, main="examples")
+        deduped = batches | "OnePerElement" >> beam.FlatMap(list) | "DropExactDuplicates" >> DropExactDuplicates()
+        batches = deduped.kept | "Rebatch" >> beam.BatchElements(min_batch_size=64, max_batch_size=512)
+        dedup_stats = [deduped[STATS_TAG]]
+    tokenized = batches | "Tokenize" >> beam.ParDo(_tokenize_fn(config)).with_outputs(
+        REJECTED_TAG, STATS_TAG, main="examples"
     )
     shards = tokenized.examples | "ShuffleAndPack" >> ShuffleAndPack(config, pad_id)
     written = shards | "WriteShards" >> beam.ParDo(WriteShardDoFn(config, staging)).with_outputs(

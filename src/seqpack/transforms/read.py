@@ -60,14 +60,21 @@ def resolve_inputs(patterns: Sequence[str]) -> list[InputFile]:
     return expand_inputs(patterns, match=beam_match, open_binary=beam_open)
 
 
+RECORDS_PER_BATCH = 512
+"""Records travel in lists of this many: the runner's per-element cost is paid per list, not per record."""
+
+
 class ReadFileDoFn(beam.DoFn):
-    """One input file in; its records on the main output, its rejections on ``rejected``."""
+    """One input file in; lists of its records on the main output, its rejections on ``rejected``."""
 
     progress: ProgressCounter | None = None
     """Live progress counts, only in a local run that shows progress (see ``transforms.progress``)."""
 
-    def __init__(self, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+    def __init__(
+        self, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, batch_size: int = RECORDS_PER_BATCH
+    ) -> None:
         self.max_record_bytes = max_record_bytes
+        self.batch_size = batch_size
         # records_read counts every record met, rejected ones included, as stats.json's identity expects.
         self.records_read = beam.metrics.Metrics.counter("seqpack", "records_read")
         self.records_rejected = beam.metrics.Metrics.counter("seqpack", "records_rejected")
@@ -78,6 +85,7 @@ class ReadFileDoFn(beam.DoFn):
     def process(self, input_file: InputFile) -> Iterator[Any]:
         progress = self.progress
         open_binary = beam_open if progress is None else progress.counting_open
+        batch: list[Record] = []
         for item in iter_input(input_file, open_binary, max_record_bytes=self.max_record_bytes):
             checkpoint("read")
             self.records_read.inc()
@@ -85,10 +93,15 @@ class ReadFileDoFn(beam.DoFn):
             if progress is not None:
                 progress.read_record(rejected=not is_record)
             if is_record:
-                yield item
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    yield batch
+                    batch = []
             else:
                 self.records_rejected.inc()
                 yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)
+        if batch:
+            yield batch
         if progress is not None:
             progress.file_read()
 
@@ -99,21 +112,29 @@ class ReadFileDoFn(beam.DoFn):
 
 class ReadOutputs(NamedTuple):
     records: beam.PCollection
+    """Lists of ``Record`` (up to ``RECORDS_PER_BATCH`` each)."""
     rejected: beam.PCollection
 
 
 class ReadRecords(beam.PTransform):
     """Resolved input files in; ``ReadOutputs(records, rejected)`` out (a named pair of PCollections)."""
 
-    def __init__(self, files: Sequence[InputFile], *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+    def __init__(
+        self,
+        files: Sequence[InputFile],
+        *,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        batch_size: int = RECORDS_PER_BATCH,
+    ) -> None:
         super().__init__()
         if max_record_bytes < 1:
             raise ValueError(f"max_record_bytes must be positive, got {max_record_bytes}")
         self.files = list(files)
         self.max_record_bytes = max_record_bytes
+        self.batch_size = batch_size
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ReadOutputs:
-        parse = beam.ParDo(ReadFileDoFn(max_record_bytes=self.max_record_bytes))
+        parse = beam.ParDo(ReadFileDoFn(max_record_bytes=self.max_record_bytes, batch_size=self.batch_size))
         read = (
             pbegin
             | "ListFiles" >> beam.Create(self.files)
@@ -121,7 +142,7 @@ class ReadRecords(beam.PTransform):
             | "SpreadFiles" >> beam.Reshuffle()
             | "ParseFiles" >> parse.with_outputs(REJECTED_TAG, main="records")
         )
-        # A single large file is read by one worker; spreading its records lets every worker tokenize.
+        # A single large file is read by one worker; spreading its record lists lets every worker tokenize.
         # This changes only where records are processed, never which records there are.
         records = read.records | "SpreadRecords" >> beam.Reshuffle()
         return ReadOutputs(records, read[REJECTED_TAG])

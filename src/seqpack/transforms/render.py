@@ -1,8 +1,10 @@
-"""Render records through the prompt template into (source text, target text, origin)."""
+"""Render lists of records through the prompt template: pairs ``(source_text, target_text, origin)`` or
+conversations ``(messages, origin)``. A list in, one list out: the batch stays a batch until tokenization."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -15,54 +17,57 @@ from seqpack.transforms.bundle_stats import StatsDoFn
 REJECTED_TAG = "rejected"
 
 
-class RenderDoFn(StatsDoFn):
-    """Records in, ``(source_text, target_text, origin)`` out; unrenderable records go to ``rejected``."""
+class _RenderBase(StatsDoFn):
+    """Renders every record of a list; the ones that cannot be rendered go to ``rejected``."""
+
+    def render(self, fields: dict[str, Any], origin: str) -> tuple:
+        raise NotImplementedError
+
+    def process(self, records: Sequence[Record]) -> Iterator[Any]:
+        self.count("records_read", len(records))
+        rendered = []
+        for record in records:
+            try:
+                rendered.append(self.render(record.fields, record.origin))
+            except RenderError as error:
+                yield beam.pvalue.TaggedOutput(
+                    REJECTED_TAG, Rejected(error.reason, record.origin, raw_json(record.fields), error.detail)
+                )
+        if rendered:
+            yield rendered
+
+
+class RenderDoFn(_RenderBase):
+    """Lists of records in, lists of ``(source_text, target_text, origin)`` out."""
 
     def __init__(self, template: Template) -> None:
         self.template = template
-        self.records_read = beam.metrics.Metrics.counter("seqpack", "records_rendered")
 
-    def process(self, record: Record) -> Iterator[Any]:
-        self.count("records_read")
-        try:
-            source, target = self.template.render(record.fields)
-        except RenderError as error:
-            yield beam.pvalue.TaggedOutput(
-                REJECTED_TAG, Rejected(error.reason, record.origin, raw_json(record.fields), error.detail)
-            )
-            return
-        yield source, target, record.origin
+    def render(self, fields: dict[str, Any], origin: str) -> tuple[str, str, str]:
+        source, target = self.template.render(fields)
+        return source, target, origin
 
 
-class ChatRenderDoFn(StatsDoFn):
-    """Records in, ``(messages, origin)`` out: conversations read in the configured style, validated."""
+class ChatRenderDoFn(_RenderBase):
+    """Lists of records in, lists of ``(messages, origin)`` out: conversations read in the configured style."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    def process(self, record: Record) -> Iterator[Any]:
-        self.count("records_read")
+    def render(self, fields: dict[str, Any], origin: str) -> tuple[list[dict[str, Any]], str]:
         cfg = self.config
-        try:
-            messages = conversation_from_record(
-                record.fields,
-                style=cfg.chat_style,
-                messages_field=cfg.messages_field,
-                role_map=cfg.role_map or None,
-                source_field=cfg.source_field,
-                target_field=cfg.target_field,
-                system=cfg.system,
-            )
-        except RenderError as error:
-            yield beam.pvalue.TaggedOutput(
-                REJECTED_TAG, Rejected(error.reason, record.origin, raw_json(record.fields), error.detail)
-            )
-            return
-        yield messages, record.origin
+        messages = conversation_from_record(
+            fields,
+            style=cfg.chat_style,
+            messages_field=cfg.messages_field,
+            role_map=cfg.role_map or None,
+            source_field=cfg.source_field,
+            target_field=cfg.target_field,
+            system=cfg.system,
+        )
+        return messages, origin
 
 
 def raw_json(fields: dict[str, Any]) -> bytes:
     """A record's fields as JSON bytes, for ``rejected/`` (values JSON cannot hold are shown with repr)."""
-    import json
-
     return json.dumps(fields, ensure_ascii=False, default=repr).encode("utf-8", "replace")
