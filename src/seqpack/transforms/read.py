@@ -87,7 +87,6 @@ class ReadFileDoFn(beam.DoFn):
         open_binary = beam_open if progress is None else progress.counting_open
         batch: list[Record] = []
         for item in iter_input(input_file, open_binary, max_record_bytes=self.max_record_bytes):
-            checkpoint("read")
             self.records_read.inc()
             is_record = isinstance(item, Record)
             if progress is not None:
@@ -95,12 +94,14 @@ class ReadFileDoFn(beam.DoFn):
             if is_record:
                 batch.append(item)
                 if len(batch) >= self.batch_size:
+                    checkpoint("read")
                     yield batch
                     batch = []
             else:
                 self.records_rejected.inc()
                 yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)
         if batch:
+            checkpoint("read")
             yield batch
         if progress is not None:
             progress.file_read()

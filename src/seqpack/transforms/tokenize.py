@@ -144,12 +144,13 @@ def _fast_encoder(tokenizer: Any) -> Any:
     would give other ids, so the shortcut is checked on probe texts and used only when they agree.
     """
     backend = getattr(tokenizer, "_tokenizer", None)
-    if backend is None or not hasattr(backend, "encode_batch"):
+    encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
+    if encode is None:
         return None
     probes = ["Hello world", " leading space", "tabs\tand\nnewlines", "ünïcödé 日本語", "", "x" * 50]
     expected = tokenizer(probes, add_special_tokens=False)["input_ids"]
-    actual = [e.ids for e in backend.encode_batch(probes, add_special_tokens=False)]
-    return backend.encode_batch if actual == expected else None
+    actual = [e.ids for e in encode(probes, add_special_tokens=False)]
+    return encode if actual == expected else None
 
 
 class TokenizeDoFn(_TokenizeBase):
@@ -175,6 +176,7 @@ class TokenizeDoFn(_TokenizeBase):
         targets = self.encode([pair[1] for pair in batch])
         prefix, suffix = list(self.layout.prefix), list(self.layout.suffix)
         by_split: dict[str, list[Example]] = {}
+        fitting = _FittingTally()
         for (source_text, target_text, origin), src, tgt in zip(batch, sources, targets, strict=True):
             if not tgt:
                 yield beam.pvalue.TaggedOutput(
@@ -182,19 +184,69 @@ class TokenizeDoFn(_TokenizeBase):
                     Rejected("empty_target", origin, target_text.encode(), "the target tokenizes to no tokens"),
                 )
                 continue
-            source_ids, target_ids = prefix + src, tgt + suffix
-            if self._filtered(len(source_ids), len(target_ids)):
+            n_source, n_target = len(prefix) + len(src), len(tgt) + len(suffix)
+            if self._filtered(n_source, n_target):
+                continue
+            split_text = f"{source_text}\0{target_text}"
+            if n_source + n_target <= cfg.max_length:  # the common case, without the overlong machinery
+                ids = np.array(prefix + src + tgt + suffix, dtype=np.int32)
+                mask = n_source if cfg.train_on == "target" else 0
+                split = choose_split(split_text, cfg.validation_fraction)
+                by_split.setdefault(split, []).append((example_key(ids, mask, 0, cfg.seed), ids.tobytes(), mask))
+                fitting.add(split, n_source, n_target)
                 continue
             outcome = build_example(
-                source_ids,
-                target_ids,
+                prefix + src,
+                tgt + suffix,
                 max_length=cfg.max_length,
                 overlong=cfg.overlong,
                 train_on=cfg.train_on,
                 keep_prefix=len(prefix),
             )
-            self.emit(outcome, f"{source_text}\0{target_text}", by_split)
+            self.emit(outcome, split_text, by_split)
+        self._count_fitting(fitting)
         yield from by_split.items()
+
+    def _count_fitting(self, fitting: _FittingTally) -> None:
+        """Add a batch's examples that fitted whole to the statistics, in a few array operations."""
+        if not fitting.sources:
+            return
+        sources, targets = np.array(fitting.sources), np.array(fitting.targets)
+        totals = sources + targets
+        tokens = int(totals.sum())
+        self.count("tokens_in", tokens)
+        self.count("source_tokens", int(sources.sum()))
+        self.count("target_tokens", int(targets.sum()))
+        self.count("pieces", len(totals))
+        for split, count in fitting.splits.items():
+            self.count_keyed("examples_by_split", split, count)
+        for name, lengths in (("example", totals), ("source", sources), ("target", targets)):
+            hist = np.bincount(length_bins(lengths), minlength=stats_format.HIST_BINS)
+            bins = self.stats[f"{name}_length_hist"]
+            for index in np.flatnonzero(hist):
+                bins[index] += int(hist[index])
+        self.tokens_in.inc(tokens)
+        if self.progress is not None:
+            self.progress.tokenized(len(totals), tokens)
+
+
+class _FittingTally:
+    """Lengths and splits of the examples of one batch that fit in ``max_length`` as they are."""
+
+    def __init__(self) -> None:
+        self.sources: list[int] = []
+        self.targets: list[int] = []
+        self.splits: dict[str, int] = {}
+
+    def add(self, split: str, source_tokens: int, target_tokens: int) -> None:
+        self.sources.append(source_tokens)
+        self.targets.append(target_tokens)
+        self.splits[split] = self.splits.get(split, 0) + 1
+
+
+def length_bins(lengths: np.ndarray) -> np.ndarray:
+    """``stats.length_bin`` for many lengths at once (the exponent of frexp is the bit length)."""
+    return np.minimum(np.frexp(lengths.astype(np.float64))[1], stats_format.HIST_BINS - 1)
 
 
 class ChatTokenizeDoFn(_TokenizeBase):
