@@ -30,6 +30,8 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.internal import pickler
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler
 from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunnerResult
@@ -98,8 +100,10 @@ def _run_bundle(items: Iterable[Any], spec: _ParDoSpec, *side_values: list) -> l
         process_yields_batches=False,
         process_batch_yields_elements=False,
     )
+    # A fresh copy per bundle, as Beam's own runners make: in-process workers may share one unpickled spec.
+    fn = pickler.loads(pickler.dumps(spec.fn))
     invoker = DoFnInvoker.create_invoker(
-        DoFnSignature(spec.fn),
+        DoFnSignature(fn),
         handler,
         context=DoFnContext(spec.label, state=None),
         side_inputs=side_inputs,
@@ -207,14 +211,15 @@ class DaskRunner(BeamDaskRunner):
     """Executes a (batch, globally windowed) pipeline on a ``dask.distributed`` cluster.
 
     Options are Beam's ``DaskOptions``: ``--dask_client_address`` (default: a new local cluster),
-    ``--dask_npartitions`` (partitions after each ``Reshuffle``; default twice the cluster's threads).
+    ``--dask_npartitions`` (partitions after each ``Reshuffle``; default the cluster's thread count).
     """
 
-    def run_pipeline(self, pipeline: beam.Pipeline, options: beam.options.pipeline_options.PipelineOptions):  # noqa: ANN201
+    def run_pipeline(self, pipeline: beam.Pipeline, options: PipelineOptions) -> _Result:
         dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
         client = Client(**dask_options)
-        ways = bag_kwargs.get("npartitions") or 2 * max(1, sum(client.nthreads().values()))
+        # More partitions than threads balance skew better but cost tasks: every GroupByKey is an all-to-all.
+        ways = bag_kwargs.get("npartitions") or max(1, sum(client.nthreads().values()))
         pipeline.replace_all(dask_overrides())
         visitor = _BagVisitor(bag_kwargs=bag_kwargs, ways=ways)
         pipeline.visit(visitor)

@@ -228,7 +228,9 @@ def _job_scalar(action: argparse.Action, key: str, value: Any) -> Any:
     """One value as argparse would parse it from the command line: same type conversion, same choices."""
     if value is None:
         return None
-    if isinstance(value, bool | list | dict):
+    if isinstance(value, dict):  # as a manifest records --role-map: {human: user} is "human=user"
+        value = ",".join(f"{name}={item}" for name, item in value.items())
+    if isinstance(value, bool | list):
         raise ValueError(f"{key} takes a single value, got {value!r}")
     try:
         converted = action.type(str(value)) if callable(action.type) else str(value)
@@ -247,9 +249,7 @@ def _job_value(action: argparse.Action, key: str, value: Any, via_dest: bool) ->
         return value if via_dest else (action.const if value else action.default)
     if isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*"):
         items = value if isinstance(value, list) else [value]
-        if action.nargs == "+" and not items:
-            raise ValueError(f"{key} needs at least one value")
-        return [_job_scalar(action, key, item) for item in items]
+        return [_job_scalar(action, key, item) for item in items]  # [] is "none", as a manifest records it
     return _job_scalar(action, key, value)
 
 
@@ -304,6 +304,8 @@ def read_job_file(path: str, parser: argparse.ArgumentParser) -> tuple[dict[str,
     for key, value in data.items():
         if str(key) == JOB_BEAM_KEY:
             beam_args = _job_beam_args(value, path)
+            continue
+        if str(key) == "extra" and not value:  # in every manifest's config; nothing sets it
             continue
         found = names.get(_job_key(str(key)))
         if found is None:
