@@ -65,8 +65,11 @@ def _check_up_front(config: RunConfig) -> tuple[list, Any, TokenizerInfo]:
 
 def run(
     config: RunConfig, beam_args: list[str] | None = None, *, progress: bool = False
-) -> tuple[Manifest, dict[str, Any]]:
+) -> tuple[Manifest, dict[str, Any]] | None:
     """Run the job described by ``config``; return the committed manifest and statistics.
+
+    With Dataflow's ``--dry_run`` the job is built and checked but not run, nothing is committed, and the
+    result is None.
 
     ``progress`` prints a line on stderr every few seconds while the local runner works (see
     ``pipeline.progress``); other runners show their own.
@@ -84,8 +87,14 @@ def run(
         build_pipeline(pipeline, config, files, staging, tokenizer_info.pad_id)
         with live_progress(files, enabled=progress and _is_local(runner)):
             result = pipeline.run()
+            if _is_dry_run(options):
+                return None
             result.wait_until_finish()
         return commit(config, tokenizer_info, staging)
+
+
+def _is_dry_run(options: Any) -> bool:
+    return bool(options.get_all_options().get("dry_run"))
 
 
 def _is_local(runner: object) -> bool:
@@ -134,7 +143,11 @@ def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
     config = config_from_args(args)
     if args.report:
         _require_report_dependencies()
-    manifest, stats = run(config, beam_args, progress=not args.quiet)
+    committed = run(config, beam_args, progress=not args.quiet)
+    if committed is None:
+        print("seqpack: dry run: the job was built and checked; nothing was run or written", file=sys.stderr)
+        return 0
+    manifest, stats = committed
     report = _write_report(config.output) if args.report else None
     if not args.quiet:
         print(summary(manifest, stats, config.output, report=report), file=sys.stderr)
