@@ -66,6 +66,18 @@ def _concat(*parts: list[int] | np.ndarray) -> np.ndarray:
     return np.concatenate([np.asarray(p, dtype=np.int32) for p in parts]) if parts else np.empty(0, np.int32)
 
 
+def _check_policy(overlong: str) -> None:
+    if overlong not in OVERLONG_POLICIES:
+        raise ValueError(f"unknown overlong policy {overlong!r}; use one of {OVERLONG_POLICIES}")
+
+
+def _dropped(outcome: Outcome) -> Outcome:
+    """``--overlong drop``: no pieces, every token counted as dropped."""
+    outcome.dropped_reason = "overlong"
+    outcome.dropped_tokens = outcome.tokens_in
+    return outcome
+
+
 def build_example(
     source_ids: list[int] | np.ndarray,
     target_ids: list[int] | np.ndarray,
@@ -94,9 +106,7 @@ def build_example(
         outcome.pieces.append(Piece(_concat(source, target), n_masked))
         return outcome
     if overlong == "drop":
-        outcome.dropped_reason = "overlong"
-        outcome.dropped_tokens = total
-        return outcome
+        return _dropped(outcome)
     if overlong == "split":
         ids = _concat(source, target)
         outcome.split = True
@@ -104,8 +114,7 @@ def build_example(
             chunk = ids[start : start + max_length]
             outcome.pieces.append(Piece(chunk, int(np.clip(n_masked - start, 0, len(chunk)))))
         return outcome
-    if overlong != "truncate":
-        raise ValueError(f"unknown overlong policy {overlong!r}; use one of {OVERLONG_POLICIES}")
+    _check_policy(overlong)
     outcome.truncated = True
     outcome.truncated_tokens = total - max_length
     prefix = source[: min(keep_prefix, len(source), max_length)]
@@ -141,17 +150,14 @@ def build_masked_example(
         outcome.pieces.append(Piece(ids, 0, trained))
         return outcome
     if overlong == "drop":
-        outcome.dropped_reason = "overlong"
-        outcome.dropped_tokens = total
-        return outcome
+        return _dropped(outcome)
     if overlong == "split":
         outcome.split = True
         for start in range(0, total, max_length):
             stop = start + max_length
             outcome.pieces.append(Piece(ids[start:stop], 0, trained[start:stop]))
         return outcome
-    if overlong != "truncate":
-        raise ValueError(f"unknown overlong policy {overlong!r}; use one of {OVERLONG_POLICIES}")
+    _check_policy(overlong)
     outcome.truncated = True
     outcome.truncated_tokens = total - max_length
     prefix = min(keep_prefix, max_length)
