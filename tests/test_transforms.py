@@ -10,12 +10,14 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from seqpack.examples import ExampleBuffer
 from seqpack.pipeline.config import RunConfig
 from seqpack.readers import Record
 from seqpack.templates import make_template
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
-from seqpack.transforms.pack import ShuffleAndPack, bucket_count
+from seqpack.transforms.pack import ShuffleAndPack, bucket_count, read_bucket
 from seqpack.transforms.render import REJECTED_TAG, RenderDoFn
+from seqpack.transforms.spill import SpillFile, read_spill_range, spill_path, write_spill
 from seqpack.transforms.tokenize import TokenizeDoFn
 
 
@@ -38,40 +40,70 @@ def test_render_splits_good_and_bad_records() -> None:
         assert_that(read, equal_to([2]), label="stats")
 
 
-def test_tokenize_emits_keyed_examples_with_masked_source(tokenizer_dir: Path) -> None:
+def test_tokenize_spills_keyed_examples_with_masked_source(tokenizer_dir: Path, tmp_path: Path) -> None:
     config = RunConfig(inputs=["x"], output="o", tokenizer=str(tokenizer_dir), max_length=64)
+    spill_dir = str(tmp_path / "spill")
     with pipeline() as p:
         out = (
             p
             | beam.Create([[("Hello world = ", "Hello", "f:1")]])
-            | beam.ParDo(TokenizeDoFn(config)).with_outputs(REJECTED_TAG, STATS_TAG, main="examples")
+            | beam.ParDo(TokenizeDoFn(config, spill_dir)).with_outputs(REJECTED_TAG, STATS_TAG, main="spills")
         )
 
-        def check(batch: tuple) -> list[tuple]:
-            split, examples = batch
-            return [
-                (split, len(key), int(np.frombuffer(ids, np.int32)[0]), int(np.frombuffer(ids, np.int32)[-1]),
-                 0 < mask < len(ids) // 4)
-                for key, ids, mask in examples
-            ]
+        def check(spill: SpillFile) -> list[tuple]:
+            columns = read_spill_range(spill.path, 0, None, with_trained=False)
+            ids = columns.example_ids(0)
+            return [(spill.split, spill.examples, len(columns), int(ids[0]), int(ids[-1]),
+                     0 < int(columns.n_masked[0]) < len(ids), spill.tokens == len(ids))]
 
-        assert_that(out.examples | beam.FlatMap(check), equal_to([("train", 16, 1, 2, True)]))
+        assert_that(out.spills | beam.FlatMap(check), equal_to([("train", 1, 1, 1, 2, True, True)]))
 
 
-def test_shuffle_and_pack_makes_one_shard_per_bucket_and_keeps_every_example() -> None:
+def _spill_examples(spill_dir: Path, examples: list[tuple[bytes, np.ndarray]], files: int) -> list[SpillFile]:
+    """Spread keyed examples over ``files`` spill files, as tokenize workers would."""
+    spills = []
+    for f in range(files):
+        buffer = ExampleBuffer()
+        for key, ids in examples[f::files]:
+            buffer.add(key, ids, 1)
+        columns = buffer.build()
+        path = spill_path(str(spill_dir), "train")
+        write_spill(path, columns)
+        spills.append(SpillFile("train", path, len(columns), columns.tokens))
+    return spills
+
+
+def test_shuffle_and_pack_makes_one_shard_per_bucket_and_keeps_every_example(tmp_path: Path) -> None:
     config = RunConfig(inputs=["x"], output="o", tokenizer="t", max_length=32, bucket_tokens=64)
     rng = np.random.default_rng(0)
     examples = []
     for i in range(40):
         ids = np.arange(int(rng.integers(3, 12)), dtype=np.int32) + 1000 * i
-        examples.append((i.to_bytes(16, "big")[::-1], ids.tobytes(), 1))
-    total = sum(len(e[1]) // 4 for e in examples)
-    batches = [("train", examples[i : i + 7]) for i in range(0, len(examples), 7)]
+        examples.append((rng.bytes(16), ids))
+    total = sum(len(ids) for _, ids in examples)
+    spills = _spill_examples(tmp_path, examples, files=6)
+    n = bucket_count(total, 64)
+    assert n > 1
     with pipeline() as p:
-        shards = p | beam.Create(batches) | ShuffleAndPack(config, pad_id=0)
+        shards = p | beam.Create(spills) | ShuffleAndPack(config, pad_id=0)
         summary = shards | beam.Map(lambda s: (s.index, s.count, s.blocks.examples))
         counts = summary | beam.Map(lambda s: s[2]) | beam.CombineGlobally(sum)
         indices = summary | beam.Map(lambda s: (s[0], s[1]))
-        n = bucket_count(total, 64)
         assert_that(counts, equal_to([40]), label="all examples")
         assert_that(indices, equal_to([(i, n) for i in range(n)]), label="every bucket")
+
+
+def test_buckets_do_not_depend_on_how_examples_were_spread_over_files(tmp_path: Path) -> None:
+    """The same examples spilled into 1 or 5 files give the same buckets, in the same order."""
+    rng = np.random.default_rng(1)
+    examples = [(rng.bytes(16), rng.integers(0, 100, int(rng.integers(1, 9))).astype(np.int32)) for _ in range(300)]
+    one = _spill_examples(tmp_path / "one", examples, files=1)
+    five = _spill_examples(tmp_path / "five", examples, files=5)
+    for index in range(4):
+        a = read_bucket(("train", index, 4), one, with_trained=False)
+        b = read_bucket(("train", index, 4), five, with_trained=False)
+        assert len(a) > 0
+        assert a.key_hi.tolist() == b.key_hi.tolist() and a.ids.tolist() == b.ids.tolist()
+        assert a.key_hi.tolist() == sorted(a.key_hi.tolist())
+    sizes = [len(read_bucket(("train", i, 4), five, with_trained=False)) for i in range(4)]
+    assert sum(sizes) == 300

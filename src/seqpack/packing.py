@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqpack import IGNORE_INDEX
+from seqpack.examples import ExampleColumns, columns_of_pieces, gather_index
 from seqpack.masking import Piece
 
 PACKING_STRATEGIES = ("bfd", "wrap", "none")
@@ -170,14 +171,11 @@ class PackedBlocks:
 
     def take_rows(self, order: np.ndarray) -> PackedBlocks:
         """The same blocks in another row order (used to shuffle blocks within a shard)."""
+        order = np.asarray(order, dtype=np.int64)
         lengths = np.diff(self.row_offsets)[order]
-        token_index = np.concatenate(
-            [np.arange(self.row_offsets[r], self.row_offsets[r + 1]) for r in order]
-        ) if len(order) else np.empty(0, np.int64)
         seq_counts = np.diff(self.seq_len_offsets)[order]
-        seq_index = np.concatenate(
-            [np.arange(self.seq_len_offsets[r], self.seq_len_offsets[r + 1]) for r in order]
-        ) if len(order) else np.empty(0, np.int64)
+        token_index = gather_index(self.row_offsets[:-1][order], lengths)
+        seq_index = gather_index(self.seq_len_offsets[:-1][order], seq_counts)
         return PackedBlocks(
             row_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
             input_ids=self.input_ids[token_index],
@@ -190,7 +188,7 @@ class PackedBlocks:
 
 
 def assemble(
-    pieces: Sequence[Piece],
+    examples: ExampleColumns,
     segments: Segments,
     *,
     max_length: int,
@@ -200,8 +198,9 @@ def assemble(
 ) -> PackedBlocks:
     """Lay the segments out as blocks, build labels and position ids, and pad rows to ``max_length``.
 
-    Labels are -100 on each piece's masked prefix and, when ``mask_boundaries``, on the first token of every
-    segment: that label would make the last token of the previous example predict the next example.
+    Labels are -100 on each example's masked tokens and, when ``mask_boundaries``, on the first token of every
+    segment: that label would make the last token of the previous example predict the next example. Every
+    step is a whole-array operation (segments must be in block order, as every strategy gives them).
     """
     seg_lens = (segments.stop - segments.start).astype(np.int64)
     real_per_block = np.bincount(segments.block, weights=seg_lens, minlength=segments.n_blocks).astype(np.int64)
@@ -214,29 +213,24 @@ def assemble(
     attention_mask = np.zeros(total, np.int8)
     position_ids = np.zeros(total, np.int32)
 
-    # Where each segment starts in the flat output: block start + tokens of earlier segments of that block.
-    seg_out = np.empty(len(seg_lens), np.int64)
-    fill = row_offsets[:-1].copy()
-    for s, (block, length) in enumerate(zip(segments.block.tolist(), seg_lens.tolist(), strict=True)):
-        seg_out[s] = fill[block]
-        fill[block] += length
-    for s in range(len(seg_lens)):
-        piece = pieces[segments.item[s]]
-        lo, hi, out = int(segments.start[s]), int(segments.stop[s]), int(seg_out[s])
-        chunk = piece.ids[lo:hi]
-        input_ids[out : out + hi - lo] = chunk
-        if piece.trained is None:
-            labels[out : out + hi - lo] = chunk
-            masked = min(max(piece.n_masked - lo, 0), hi - lo)
-            labels[out : out + masked] = IGNORE_INDEX
-        else:
-            labels[out : out + hi - lo] = np.where(piece.trained[lo:hi], chunk, IGNORE_INDEX)
-    if len(seg_lens):
-        real = np.concatenate([np.arange(o, o + n) for o, n in zip(seg_out.tolist(), seg_lens.tolist(), strict=True)])
-        attention_mask[real] = 1
-        position_ids[real] = np.arange(len(real)) - np.repeat(np.cumsum(seg_lens) - seg_lens, seg_lens)
-        if mask_boundaries:
-            labels[seg_out[seg_lens > 0]] = IGNORE_INDEX
+    # Where each segment starts in the flat output: its block's start + the tokens of earlier segments there.
+    before = np.cumsum(seg_lens) - seg_lens
+    first_of_block = np.searchsorted(segments.block, segments.block, side="left")
+    seg_out = row_offsets[segments.block] + before - before[first_of_block]
+    source = gather_index(examples.offsets[segments.item] + segments.start, seg_lens)
+    target = gather_index(seg_out, seg_lens)
+    tokens = examples.ids[source]
+    input_ids[target] = tokens
+    if examples.trained is not None:
+        trained = examples.trained[source]
+    else:
+        position_in_example = np.repeat(segments.start - before, seg_lens) + np.arange(len(source))
+        trained = position_in_example >= np.repeat(examples.n_masked[segments.item], seg_lens)
+    labels[target] = np.where(trained, tokens, IGNORE_INDEX)
+    attention_mask[target] = 1
+    position_ids[target] = np.arange(len(target)) - np.repeat(before, seg_lens)
+    if mask_boundaries and len(seg_lens):
+        labels[seg_out[seg_lens > 0]] = IGNORE_INDEX
     seq_counts = np.bincount(segments.block, minlength=segments.n_blocks)
     return PackedBlocks(
         row_offsets=row_offsets,
@@ -249,6 +243,26 @@ def assemble(
     )
 
 
+def pack_columns(
+    examples: ExampleColumns,
+    *,
+    strategy: str,
+    max_length: int,
+    pad_id: int,
+    mask_boundaries: bool = True,
+) -> PackedBlocks:
+    """Pack examples (in the order given) into blocks with ``strategy``; see the module docstring."""
+    segments = assign_segments(strategy, examples.lengths.tolist(), max_length)
+    return assemble(
+        examples,
+        segments,
+        max_length=max_length,
+        pad_id=pad_id,
+        pad=strategy != "none",
+        mask_boundaries=mask_boundaries,
+    )
+
+
 def pack(
     pieces: Sequence[Piece],
     *,
@@ -257,14 +271,11 @@ def pack(
     pad_id: int,
     mask_boundaries: bool = True,
 ) -> PackedBlocks:
-    """Pack pieces (in the order given) into blocks with ``strategy``; see the module docstring."""
-    lengths = [len(p.ids) for p in pieces]
-    segments = assign_segments(strategy, lengths, max_length)
-    return assemble(
-        pieces,
-        segments,
+    """``pack_columns`` for a list of ``Piece`` objects (tests, small inputs)."""
+    return pack_columns(
+        columns_of_pieces(pieces),
+        strategy=strategy,
         max_length=max_length,
         pad_id=pad_id,
-        pad=strategy != "none",
         mask_boundaries=mask_boundaries,
     )

@@ -111,6 +111,17 @@ class InputFile:
     label: str
     split: str | None = None
     """The split name for a file of a saved Hugging Face ``DatasetDict``."""
+    start: int = 0
+    stop: int | None = None
+    """Read only bytes ``start:stop`` (JSON lines only; see ``seqpack.ranges``); ``start`` begins a line."""
+    first_line: int = 1
+    """The line number of the line at ``start``, so that origins stay ``file:line``."""
+    part: tuple[int, int] = (0, 1)
+    """(index, count) of this byte range among its file's ranges."""
+
+    @property
+    def is_range(self) -> bool:
+        return self.stop is not None
 
 
 Item = Record | Rejected
@@ -177,8 +188,53 @@ def iter_file(
 
 
 def iter_input(input_file: InputFile, open_binary: OpenBinary, **kwargs: Any) -> Iterator[Item]:
-    """``iter_file`` for a resolved ``InputFile``."""
+    """``iter_file`` for a resolved ``InputFile`` (or the byte range of one that it names)."""
+    if input_file.is_range:
+        return _iter_jsonl_range(input_file, open_binary, **kwargs)
     return iter_file(input_file.path, open_binary, input_file.fmt, label=input_file.label, **kwargs)
+
+
+def _iter_jsonl_range(
+    input_file: InputFile, open_binary: OpenBinary, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Iterator[Item]:
+    """The records of one byte range of a JSON lines file, numbered as in the whole file."""
+    if input_file.fmt != "jsonl":
+        raise ValueError(f"byte ranges are only read from JSON lines files, not {input_file.fmt}")
+    count = 0
+    try:
+        stream = open_binary(input_file.path)
+        try:
+            stream.seek(input_file.start)
+            chunks = _range_chunks(stream, input_file.stop - input_file.start)
+            if input_file.start == 0:
+                chunks = _text_chunks(_ChunkStream(chunks))
+            for item in _jsonl_from_chunks(chunks, input_file.label, max_record_bytes, input_file.first_line):
+                count += 1
+                yield item
+        finally:
+            stream.close()
+    except Exception as error:  # noqa: BLE001 - as in iter_file: a bad file is one accounted rejection
+        where = f"{input_file.label}:{input_file.first_line}"
+        yield Rejected("unreadable_file", where, b"", _unreadable_detail("jsonl", count, error))
+
+
+def _range_chunks(stream: BinaryIO, length: int) -> Iterator[bytes]:
+    while length > 0:
+        chunk = stream.read(min(READ_CHUNK, length))
+        if not chunk:
+            return
+        length -= len(chunk)
+        yield chunk
+
+
+class _ChunkStream:
+    """Chunks as a minimal readable stream (``_text_chunks`` reads the byte-order mark from a stream)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+
+    def read(self, _size: int = -1) -> bytes:
+        return next(self._chunks, b"")
 
 
 class _BadFile(Exception):
@@ -223,9 +279,9 @@ class _Line(NamedTuple):
     too_large: bool
 
 
-def _iter_lines(chunks: Iterable[bytes], max_bytes: int) -> Iterator[_Line]:
+def _iter_lines(chunks: Iterable[bytes], max_bytes: int, first_line: int = 1) -> Iterator[_Line]:
     """Split a byte stream on ``\\n``; a line over ``max_bytes`` is never held whole, only its prefix."""
-    number, pieces, size, cut = 1, [], 0, False
+    number, pieces, size, cut = first_line, [], 0, False
     for chunk in chunks:
         *complete, tail = chunk.split(b"\n")
         for part in complete:
@@ -333,8 +389,8 @@ def _iter_jsonl(stream: BinaryIO, label: str, max_bytes: int) -> Iterator[Item]:
     yield from _jsonl_from_chunks(_text_chunks(stream), label, max_bytes)
 
 
-def _jsonl_from_chunks(chunks: Iterable[bytes], label: str, max_bytes: int) -> Iterator[Item]:
-    for line in _iter_lines(chunks, max_bytes):
+def _jsonl_from_chunks(chunks: Iterable[bytes], label: str, max_bytes: int, first_line: int = 1) -> Iterator[Item]:
+    for line in _iter_lines(chunks, max_bytes, first_line):
         origin = f"{label}:{line.number}"
         if line.too_large:
             yield _too_large(line, origin, max_bytes)

@@ -102,6 +102,55 @@ def special_layout(tokenizer: Any) -> SpecialLayout:
     return SpecialLayout((), ())
 
 
+def pair_layout(tokenizer: Any, *, add_eos: bool) -> SpecialLayout:
+    """The special ids around a pair: the tokenizer's own prefix and suffix, and EOS at the end if asked."""
+    layout = special_layout(tokenizer)
+    suffix = list(layout.suffix)
+    eos = tokenizer.eos_token_id
+    if add_eos and (not suffix or suffix[-1] != eos):
+        suffix.append(eos)
+    return SpecialLayout(layout.prefix, tuple(suffix))
+
+
+PROBE_TEXTS = ("Hello world", " leading space", "tabs\tand\nnewlines", "ünïcödé 日本語", "", "x" * 50)
+
+
+def equivalent_backend(tokenizer: Any) -> Any | None:
+    """The Rust ``tokenizers.Tokenizer`` inside a fast tokenizer, when calling it directly gives exactly the
+    ids that the tokenizer's own call gives (checked on probe texts); None otherwise.
+
+    Calling it skips the Python wrapping of ``tokenizer(texts)``; a tokenizer class that preprocesses text
+    in Python would give other ids, so the shortcut is only taken when the probes agree.
+    """
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch"):
+        return None
+    expected = tokenizer(list(PROBE_TEXTS), add_special_tokens=False)["input_ids"]
+    actual = [encoding.ids for encoding in backend.encode_batch(list(PROBE_TEXTS), add_special_tokens=False)]
+    return backend if actual == expected else None
+
+
+@dataclass(frozen=True)
+class BackendPlan:
+    """How workers tokenize pairs without importing ``transformers``: the Rust tokenizer saved as JSON by the
+    driver (any Beam filesystem path) and the special ids that go around source and target."""
+
+    tokenizer_json: str
+    layout: SpecialLayout
+
+
+def load_backend(path: str) -> Any:
+    """The Rust tokenizer a ``BackendPlan`` names, with truncation and padding off, as transformers calls it."""
+    from apache_beam.io.filesystems import FileSystems
+    from tokenizers import Tokenizer
+
+    with FileSystems.open(path) as handle:
+        backend = Tokenizer.from_str(handle.read().decode("utf-8"))
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
 def pad_id_of(tokenizer: Any, override: int | None = None) -> int:
     """The id that fills blocks: ``--pad-id``, else the tokenizer's pad token, else its EOS."""
     if override is not None:

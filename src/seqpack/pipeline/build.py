@@ -7,18 +7,21 @@ from apache_beam.io.filesystems import FileSystems
 
 from seqpack.pipeline.config import RunConfig
 from seqpack.templates import make_template
+from seqpack.tokenizer import BackendPlan
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.dedup import DropExactDuplicates
 from seqpack.transforms.pack import ShuffleAndPack
 from seqpack.transforms.read import ReadRecords
 from seqpack.transforms.rejected import WriteRejected
 from seqpack.transforms.render import REJECTED_TAG, ChatRenderDoFn, RenderDoFn
+from seqpack.transforms.spill import SPILL_DIR
 from seqpack.transforms.tokenize import ChatTokenizeDoFn, TokenizeDoFn
 from seqpack.transforms.write import WriteJson, WriteShardDoFn
 
 META_DIR = "_meta"
 STATS_META = "stats.json"
 SHARDS_META = "shards.json"
+BACKEND_TOKENIZER = "tokenizer-backend.json"
 
 
 def _tag(stage: str):  # noqa: ANN202 - a small labelled lambda factory
@@ -37,12 +40,24 @@ def _render_fn(config: RunConfig) -> beam.DoFn:
     return RenderDoFn(template)
 
 
-def _tokenize_fn(config: RunConfig) -> beam.DoFn:
-    return ChatTokenizeDoFn(config) if config.is_chat else TokenizeDoFn(config)
+def _tokenize_fn(config: RunConfig, spill_dir: str, backend: BackendPlan | None) -> beam.DoFn:
+    return ChatTokenizeDoFn(config, spill_dir) if config.is_chat else TokenizeDoFn(config, spill_dir, backend)
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: RunConfig, files: list, staging: str, pad_id: int) -> None:
-    """Pairs in, shards, rejected records and run metadata out, all under ``staging``."""
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    config: RunConfig,
+    files: list,
+    staging: str,
+    pad_id: int,
+    *,
+    backend: BackendPlan | None = None,
+) -> None:
+    """Pairs in, shards, rejected records and run metadata out, all under ``staging``.
+
+    ``backend``: the Rust tokenizer the driver saved for the workers (``tokenizer.BackendPlan``); without it
+    every worker loads the tokenizer through ``transformers``.
+    """
     read = pipeline | "ReadRecords" >> ReadRecords(files, max_record_bytes=config.max_record_bytes)
     rendered = read.records | "Render" >> beam.ParDo(_render_fn(config)).with_outputs(
         REJECTED_TAG, STATS_TAG, main="pairs"
@@ -52,10 +67,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: RunConfig, files: list, stag
         deduped = batches | "OnePerElement" >> beam.FlatMap(list) | "DropExactDuplicates" >> DropExactDuplicates()
         batches = deduped.kept | "Rebatch" >> beam.BatchElements(min_batch_size=64, max_batch_size=512)
         dedup_stats = [deduped[STATS_TAG]]
-    tokenized = batches | "Tokenize" >> beam.ParDo(_tokenize_fn(config)).with_outputs(
-        REJECTED_TAG, STATS_TAG, main="examples"
+    spill_dir = FileSystems.join(staging, SPILL_DIR)
+    tokenized = batches | "Tokenize" >> beam.ParDo(_tokenize_fn(config, spill_dir, backend)).with_outputs(
+        REJECTED_TAG, STATS_TAG, main="spills"
     )
-    shards = tokenized.examples | "ShuffleAndPack" >> ShuffleAndPack(config, pad_id)
+    shards = tokenized.spills | "ShuffleAndPack" >> ShuffleAndPack(config, pad_id)
     written = shards | "WriteShards" >> beam.ParDo(WriteShardDoFn(config, staging)).with_outputs(
         STATS_TAG, main="shards"
     )

@@ -172,7 +172,7 @@ class ProgressFormatter:
             if totals.records_read == 0 and totals.bytes_read == 0:
                 return f"{prefix} starting workers"
             return f"{prefix} {self._reading(totals, read_rate, bytes_rate)}"
-        return f"{prefix} {self._tokenizing(totals, tokenize_rate, token_rate)}"
+        return f"{prefix} {self._tokenizing(totals, tokenize_rate, token_rate, bytes_rate)}"
 
     def _reading(self, totals: Totals, read_rate: float | None, bytes_rate: float | None) -> str:
         records = f"{totals.records_read:,} records" + (f" ({count_text(read_rate)}/s)" if read_rate else "")
@@ -191,14 +191,18 @@ class ProgressFormatter:
     def _reading_done(self, totals: Totals) -> bool:
         return totals.files_read >= self.size.files
 
-    def _tokenizing(self, totals: Totals, rate: float | None, token_rate: float | None) -> str:
+    def _tokenizing(
+        self, totals: Totals, rate: float | None, token_rate: float | None, bytes_rate: float | None = None
+    ) -> str:
         expected = totals.records_read - totals.records_rejected
         tokens = f"{count_text(totals.tokens)} tokens" + (f" ({count_text(token_rate)}/s)" if token_rate else "")
-        if not self._reading_done(totals) or expected <= 0:  # a runner that overlaps the phases
-            return (
-                f"reading and tokenizing · {totals.records_read:,} records read · "
-                f"{totals.records_tokenized:,} tokenized · {tokens}"
-            )
+        if not self._reading_done(totals) or expected <= 0:  # the phases overlap (reading fused with tokenizing)
+            counts = f"{totals.records_read:,} records read · {totals.records_tokenized:,} tokenized · {tokens}"
+            if not self.size.bytes:
+                return f"reading and tokenizing · {counts}"
+            fraction = min(totals.bytes_read / self.size.bytes, 0.99)
+            left = _eta(self.size.bytes - totals.bytes_read, bytes_rate)
+            return f"reading and tokenizing {fraction:.0%} of {size_text(self.size.bytes)} · {counts}{left}"
         if totals.records_tokenized >= expected:
             return (
                 f"tokenized {totals.records_tokenized:,} records ({count_text(totals.tokens)} tokens) · "

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from seqpack.chat import check_segment_roundtrip, require_chat_template, unknown_special_strings
-from seqpack.pipeline.build import build_pipeline
+from seqpack.pipeline.build import BACKEND_TOKENIZER, META_DIR, build_pipeline
 from seqpack.pipeline.commit import commit, prepare_output, save_tokenizer
 from seqpack.pipeline.config import RunConfig, UsageError
 from seqpack.pipeline.lock import OutputLock
@@ -20,7 +21,17 @@ from seqpack.pipeline.options import config_from_args, pipeline_options
 from seqpack.pipeline.progress import live_progress
 from seqpack.schemas import Manifest, TokenizerInfo
 from seqpack.templates import make_template, template_texts
-from seqpack.tokenizer import TokenizerError, add_special_tokens, describe, load_tokenizer, pad_id_of
+from seqpack.tokenizer import (
+    BackendPlan,
+    TokenizerError,
+    add_special_tokens,
+    describe,
+    equivalent_backend,
+    load_tokenizer,
+    pad_id_of,
+    pair_layout,
+)
+from seqpack.transforms.write import write_atomically
 
 
 def _check_template(config: RunConfig, tokenizer: Any) -> None:
@@ -84,13 +95,26 @@ def run(
         if config.add_special_tokens:  # the trainer needs the extended tokenizer: it ships with the data
             save_tokenizer(tokenizer, staging)
         pipeline = beam.Pipeline(runner=runner, options=options)
-        build_pipeline(pipeline, config, files, staging, tokenizer_info.pad_id)
+        backend = _backend_plan(config, tokenizer, staging)
+        build_pipeline(pipeline, config, files, staging, tokenizer_info.pad_id, backend=backend)
         with live_progress(files, enabled=progress and _is_local(runner)):
             result = pipeline.run()
             if _is_dry_run(options):
                 return None
             result.wait_until_finish()
         return commit(config, tokenizer_info, staging)
+
+
+def _backend_plan(config: RunConfig, tokenizer: Any, staging: str) -> BackendPlan | None:
+    """Save the Rust tokenizer for the workers when it alone tokenizes pairs exactly as ``tokenizer`` does."""
+    if config.is_chat:  # chat templates need transformers
+        return None
+    rust = equivalent_backend(tokenizer)
+    if rust is None:
+        return None
+    path = FileSystems.join(staging, META_DIR, BACKEND_TOKENIZER)
+    write_atomically(path, rust.to_str().encode("utf-8"))
+    return BackendPlan(path, pair_layout(tokenizer, add_eos=config.add_eos))
 
 
 def _is_dry_run(options: Any) -> bool:

@@ -1,23 +1,31 @@
 """The seeded global shuffle into bounded buckets, and best-fit packing of each bucket.
 
+A bucket is a range of example keys (the keys are seeded hashes, so every bucket gets a uniform random share
+of the examples). Tokenization left its examples in key-sorted spill files (``transforms.spill``); packing a
+bucket reads the bucket's slice of every spill file of its split, sorts it by key, packs it and shuffles the
+block order with the seed. The result depends only on the set of examples, never on how they were spread
+over workers or files.
+
 Removing the shuffle changes the data: examples would be packed and written in input order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import apache_beam as beam
 import numpy as np
 
+from seqpack.examples import ExampleColumns
 from seqpack.faults import lose_one_example
-from seqpack.masking import Piece
-from seqpack.packing import PackedBlocks, pack
+from seqpack.packing import PackedBlocks, pack_columns
 from seqpack.pipeline.config import RunConfig
+from seqpack.transforms.spill import SpillFile, read_spill_range
 
 SPLIT_CODES = {"train": 0, "validation": 1}
+Bucket = tuple[str, int, int]
+"""(split, index, count)."""
 
 
 def bucket_count(tokens: int, bucket_tokens: int) -> int:
@@ -25,8 +33,11 @@ def bucket_count(tokens: int, bucket_tokens: int) -> int:
     return max(1, -(-tokens // bucket_tokens))
 
 
-def bucket_of(key: bytes, buckets: int) -> int:
-    return int.from_bytes(key[:8], "big") % buckets
+def bucket_bounds(index: int, count: int) -> tuple[int, int | None]:
+    """The ``key_hi`` range ``[low, high)`` of bucket ``index`` of ``count``; ``high`` is None for the last."""
+    low = -(-(index << 64) // count)
+    high = None if index == count - 1 else -(-((index + 1) << 64) // count)
+    return low, high
 
 
 @dataclass(frozen=True)
@@ -41,22 +52,33 @@ class ShardBlocks:
     """Pieces that start in this shard (a piece cut by ``wrap`` counts once)."""
 
 
+def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bool) -> ExampleColumns:
+    """Every example of the bucket, from every spill file of its split, in key order."""
+    split, index, count = bucket
+    low, high = bucket_bounds(index, count)
+    parts = [
+        read_spill_range(spill.path, low, high, with_trained=with_trained)
+        for spill in sorted(spills, key=lambda s: s.path)
+        if spill.split == split
+    ]
+    return ExampleColumns.concat(parts).sorted_by_key() if parts else ExampleColumns.concat([])
+
+
 class PackBucketDoFn(beam.DoFn):
-    """Sort a bucket by its seeded keys, pack it, and shuffle the block order with the seed."""
+    """A bucket in (with every spill file as a side input); its packed, block-shuffled ``ShardBlocks`` out."""
 
     def __init__(self, config: RunConfig, pad_id: int) -> None:
         self.config = config
         self.pad_id = pad_id
 
-    def process(self, element: tuple[tuple[str, int, int], Iterable[Any]]) -> Iterator[ShardBlocks]:
-        (split, index, count), parts = element
-        examples = sorted((example for part in parts if part for example in part), key=lambda v: v[0])
-        if lose_one_example() and examples:  # a test hook: the accounting must catch this
-            examples.pop()
-        pieces = [Piece.from_payload(ids, mask) for _, ids, mask in examples]
+    def process(self, bucket: Bucket, spills: Sequence[SpillFile]) -> Iterator[ShardBlocks]:
         cfg = self.config
-        blocks = pack(
-            pieces,
+        split, index, count = bucket
+        examples = read_bucket(bucket, spills, with_trained=cfg.is_chat)
+        if lose_one_example() and len(examples):  # a test hook: the accounting must catch this
+            examples = examples.slice(0, len(examples) - 1)
+        blocks = pack_columns(
+            examples,
             strategy=cfg.packing,
             max_length=cfg.max_length,
             pad_id=self.pad_id,
@@ -64,39 +86,21 @@ class PackBucketDoFn(beam.DoFn):
         )
         rng = np.random.default_rng([cfg.seed, SPLIT_CODES[split], index])
         blocks = blocks.take_rows(rng.permutation(blocks.rows))
-        yield ShardBlocks(split, index, count, blocks, len(pieces))
+        yield ShardBlocks(split, index, count, blocks, len(examples))
 
 
-def _tokens(batch: tuple[str, list[tuple[bytes, bytes, Any]]]) -> tuple[str, int]:
-    split, examples = batch
-    return split, sum(len(ids) for _, ids, _ in examples) // 4
-
-
-def _assign(
-    batch: tuple[str, list[tuple[bytes, bytes, Any]]], counts: dict[str, int]
-) -> Iterator[tuple[tuple[str, int, int], list]]:
-    """Split a batch of examples by bucket: one element per (batch, bucket), not one per example."""
-    split, examples = batch
-    buckets = counts[split]
-    by_bucket: dict[int, list] = {}
-    for example in examples:
-        by_bucket.setdefault(bucket_of(example[0], buckets), []).append(example)
-    for bucket, members in by_bucket.items():
-        yield (split, bucket, buckets), members
-
-
-def _markers(split_count: tuple[str, int]) -> Iterator[tuple[tuple[str, int, int], None]]:
+def _buckets(split_count: tuple[str, int]) -> Iterator[Bucket]:
     split, buckets = split_count
     for index in range(buckets):
-        yield (split, index, buckets), None
+        yield split, index, buckets
 
 
 class ShuffleAndPack(beam.PTransform):
-    """Examples in, one ``ShardBlocks`` per bucket out.
+    """``SpillFile`` descriptions in, one ``ShardBlocks`` per bucket out.
 
     The number of buckets of a split follows from its total tokens, so memory per bucket stays bounded by
-    ``--bucket-tokens`` whatever the dataset size. A marker per bucket makes sure every shard named
-    ``part-i-of-n`` exists even if a bucket happens to receive no example.
+    ``--bucket-tokens`` whatever the dataset size; every shard named ``part-i-of-n`` exists, even one whose
+    key range happens to hold no example.
     """
 
     def __init__(self, config: RunConfig, pad_id: int) -> None:
@@ -104,21 +108,15 @@ class ShuffleAndPack(beam.PTransform):
         self.config = config
         self.pad_id = pad_id
 
-    def expand(self, examples: beam.PCollection) -> beam.PCollection:
-        """``examples`` holds ``(split, [(key, ids, mask), ...])`` batches (see ``transforms.tokenize``)."""
+    def expand(self, spills: beam.PCollection) -> beam.PCollection:
         bucket_tokens = self.config.bucket_tokens
-        counts = (
-            examples
-            | "TokensPerSplit" >> beam.Map(_tokens)
+        return (
+            spills
+            | "TokensPerSplit" >> beam.Map(lambda spill: (spill.split, spill.tokens))
             | "SumTokens" >> beam.CombinePerKey(sum)
             | "BucketsPerSplit" >> beam.MapTuple(lambda split, tokens: (split, bucket_count(tokens, bucket_tokens)))
-        )
-        keyed = examples | "AssignBucket" >> beam.FlatMap(_assign, counts=beam.pvalue.AsDict(counts))
-        markers = counts | "BucketMarkers" >> beam.FlatMap(_markers)
-        return (
-            (keyed, markers)
-            | "WithMarkers" >> beam.Flatten()
-            # The global shuffle: every example meets the others of its bucket here.
-            | "GroupBuckets" >> beam.GroupByKey()
-            | "PackBuckets" >> beam.ParDo(PackBucketDoFn(self.config, self.pad_id))
+            | "Buckets" >> beam.FlatMap(_buckets)
+            # Buckets are few and small: spread them so that every worker packs some.
+            | "SpreadBuckets" >> beam.Reshuffle()
+            | "PackBuckets" >> beam.ParDo(PackBucketDoFn(self.config, self.pad_id), beam.pvalue.AsList(spills))
         )

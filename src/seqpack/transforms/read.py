@@ -21,6 +21,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.faults import checkpoint
+from seqpack.ranges import split_inputs
 from seqpack.readers import (
     DEFAULT_MAX_RECORD_BYTES,
     InputError,
@@ -103,7 +104,7 @@ class ReadFileDoFn(beam.DoFn):
         if batch:
             checkpoint("read")
             yield batch
-        if progress is not None:
+        if progress is not None and input_file.part[0] == input_file.part[1] - 1:
             progress.file_read()
 
     def finish_bundle(self) -> None:
@@ -136,14 +137,20 @@ class ReadRecords(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ReadOutputs:
         parse = beam.ParDo(ReadFileDoFn(max_record_bytes=self.max_record_bytes, batch_size=self.batch_size))
+        # Big local JSON lines files are read as byte ranges, in parallel (seqpack.ranges).
+        units = split_inputs(self.files)
         read = (
             pbegin
-            | "ListFiles" >> beam.Create(self.files)
+            | "ListFiles" >> beam.Create(units)
             # Without this, Create's single bundle would fuse with reading: one worker would read every file.
             | "SpreadFiles" >> beam.Reshuffle()
             | "ParseFiles" >> parse.with_outputs(REJECTED_TAG, main="records")
         )
-        # A single large file is read by one worker; spreading its record lists lets every worker tokenize.
+        if all(unit.is_range for unit in units):
+            # Every file is read in ranges of bounded size: records stay in the worker that read them, and
+            # reading, rendering and tokenizing run fused, with no record crossing a process boundary.
+            return ReadOutputs(read.records, read[REJECTED_TAG])
+        # A file read whole is read by one worker; spreading its record lists lets every worker tokenize.
         # This changes only where records are processed, never which records there are.
         records = read.records | "SpreadRecords" >> beam.Reshuffle()
         return ReadOutputs(records, read[REJECTED_TAG])

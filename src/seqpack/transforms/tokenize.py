@@ -1,38 +1,36 @@
-"""Tokenize rendered pairs or conversations in batches and turn them into compact, keyed examples.
+"""Tokenize rendered pairs or conversations in batches and spill them, keyed, to the run's staging directory.
 
-An example travels as ``(key, ids, mask)``: ``key`` is a 16-byte seeded hash of its content that orders the
-global shuffle, ``ids`` the int32 token ids as bytes (a compact shuffle payload), ``mask`` the number of
-leading tokens without loss (pairs) or the packed bits of the loss mask (conversations). Examples leave a
-tokenized batch together, as ``(split, [example, ...])``: one element per batch, not one per example, keeps
-the runner's per-element cost out of the hot path.
+Every example gets a 16-byte seeded hash of its content as its key: the order of the global shuffle. The
+examples of a bundle collect in a columnar buffer per split (``seqpack.examples``) and are written, sorted by
+key, as spill files (``transforms.spill``) whenever the buffer is full and when the bundle ends; only a small
+``SpillFile`` description per file goes on through the pipeline.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.transforms.window import GlobalWindows
 
 from seqpack.chat import render_segments, tokenize_segments
+from seqpack.examples import ExampleBuffer
 from seqpack.faults import checkpoint
 from seqpack.masking import Outcome, build_example, build_masked_example
 from seqpack.pipeline.config import RunConfig
 from seqpack.readers import Rejected
 from seqpack.schemas import stats as stats_format
 from seqpack.templates import RenderError
-from seqpack.tokenizer import SpecialLayout, load_for_run, special_layout
+from seqpack.tokenizer import BackendPlan, equivalent_backend, load_backend, load_for_run, pair_layout
 from seqpack.transforms.bundle_stats import StatsDoFn
 from seqpack.transforms.progress import ProgressCounter, progress_from_env
 from seqpack.transforms.render import REJECTED_TAG, raw_json
-
-Example = tuple[bytes, bytes, int | bytes]
-"""(key, int32 ids as bytes, mask)."""
-ExampleBatch = tuple[str, list[Example]]
-"""(split, examples of that split from one tokenized batch)."""
+from seqpack.transforms.spill import SPILL_TOKENS, SpillFile, spill_path, write_spill
 
 SPLIT_SALT = b"seqpack-validation-split"
 
@@ -45,13 +43,26 @@ def choose_split(text: str, validation_fraction: float) -> str:
     return "validation" if int.from_bytes(digest, "big") / 2**64 < validation_fraction else "train"
 
 
-def example_key(ids: np.ndarray, mask: int | bytes, piece: int, seed: int) -> bytes:
-    """A seeded content hash: the order of the global shuffle, independent of runner and worker count."""
-    digest = hashlib.blake2b(digest_size=16, key=seed.to_bytes(8, "big", signed=True))
-    digest.update(ids.tobytes())
+def example_key(ids: np.ndarray | memoryview, mask: int | bytes, piece: int, seed: int) -> bytes:
+    """A seeded content hash: the order of the global shuffle, independent of runner and worker count.
+
+    ``ids`` are int32 token ids (an array, or their bytes); ``mask`` the masked-prefix length, or for
+    conversations the packed bits of the loss mask; ``piece`` the index of the piece of a split example.
+    """
+    data = ids.tobytes() if isinstance(ids, np.ndarray) else ids
+    digest = hashlib.blake2b(data, digest_size=16, key=seed.to_bytes(8, "big", signed=True))
     digest.update(mask if isinstance(mask, bytes) else mask.to_bytes(4, "big"))
     digest.update(piece.to_bytes(4, "big"))
     return digest.digest()
+
+
+def example_keys(ids: np.ndarray, offsets: np.ndarray, n_masked: np.ndarray, seed: int) -> bytes:
+    """``example_key`` of many whole (piece 0) pair examples laid out flat, concatenated."""
+    data = memoryview(np.ascontiguousarray(ids, dtype=np.int32)).cast("B")
+    bounds = (offsets * 4).tolist()
+    return b"".join(
+        example_key(data[bounds[i] : bounds[i + 1]], masked, 0, seed) for i, masked in enumerate(n_masked.tolist())
+    )
 
 
 def filtered_reason(source_tokens: int, target_tokens: int, config: RunConfig) -> str | None:
@@ -73,9 +84,33 @@ class _TokenizeBase(StatsDoFn):
     progress: ProgressCounter | None = None
     """Live progress counts, only in a local run that shows progress (see ``transforms.progress``)."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, spill_dir: str) -> None:
         self.config = config
+        self.spill_dir = spill_dir
         self.tokens_in = beam.metrics.Metrics.counter("seqpack", "tokens_in")
+
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        self.buffers: dict[str, ExampleBuffer] = {}
+
+    def buffer(self, split: str) -> ExampleBuffer:
+        buffer = self.buffers.get(split)
+        if buffer is None:
+            buffer = self.buffers[split] = ExampleBuffer()
+        return buffer
+
+    def spill(self, split: str) -> SpillFile:
+        """Write the split's buffered examples as one key-sorted spill file and describe it."""
+        columns = self.buffers[split].build()
+        path = spill_path(self.spill_dir, split)
+        write_spill(path, columns)
+        return SpillFile(split, path, len(columns), columns.tokens)
+
+    def spill_full(self) -> Iterator[SpillFile]:
+        """Spill the buffers that hold ``SPILL_TOKENS`` or more, so a worker's memory stays bounded."""
+        for split, buffer in list(self.buffers.items()):
+            if buffer.tokens >= SPILL_TOKENS:
+                yield self.spill(split)
 
     def setup(self) -> None:
         self.progress = progress_from_env()
@@ -101,8 +136,8 @@ class _TokenizeBase(StatsDoFn):
             self.count("tokens_dropped", source_tokens + target_tokens)
         return reason is not None
 
-    def emit(self, outcome: Outcome, split_text: str, into: dict[str, list[Example]]) -> None:
-        """Count an example's outcome and add its pieces, keyed for the shuffle, to its split's list."""
+    def emit(self, outcome: Outcome, split_text: str) -> None:
+        """Count an example's outcome and add its pieces, keyed for the shuffle, to its split's buffer."""
         self._count(outcome)
         self.tokens_in.inc(outcome.tokens_in)
         if self.progress is not None:
@@ -113,14 +148,17 @@ class _TokenizeBase(StatsDoFn):
             return
         split = choose_split(split_text, self.config.validation_fraction)
         self.count_keyed("examples_by_split", split)
-        examples = into.setdefault(split, [])
+        buffer = self.buffer(split)
         for index, piece in enumerate(outcome.pieces):
-            mask = piece.mask_payload()
-            examples.append((example_key(piece.ids, mask, index, self.config.seed), piece.ids.tobytes(), mask))
+            key = example_key(piece.ids, piece.mask_payload(), index, self.config.seed)
+            buffer.add(key, piece.ids, piece.n_masked, piece.trained)
 
     def finish_bundle(self):  # noqa: ANN201 - Beam's signature
         if self.progress is not None:
             self.progress.flush()
+        for split, buffer in sorted(self.buffers.items()):
+            if buffer.examples:
+                yield GlobalWindows.windowed_value(self.spill(split))
         yield from super().finish_bundle()
 
     def _count(self, outcome: Outcome) -> None:
@@ -138,19 +176,12 @@ class _TokenizeBase(StatsDoFn):
 
 
 def _fast_encoder(tokenizer: Any) -> Any:
-    """The Rust tokenizer's ``encode_batch`` when it gives exactly what the tokenizer's own call gives.
-
-    It skips the Python wrapping of ``tokenizer(texts)``; a tokenizer class that preprocesses text in Python
-    would give other ids, so the shortcut is checked on probe texts and used only when they agree.
-    """
-    backend = getattr(tokenizer, "_tokenizer", None)
-    encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
-    if encode is None:
+    """The Rust backend's batch encoder when it is equivalent to the tokenizer's own call (see
+    ``tokenizer.equivalent_backend``), else None."""
+    backend = equivalent_backend(tokenizer)
+    if backend is None:
         return None
-    probes = ["Hello world", " leading space", "tabs\tand\nnewlines", "ünïcödé 日本語", "", "x" * 50]
-    expected = tokenizer(probes, add_special_tokens=False)["input_ids"]
-    actual = [e.ids for e in encode(probes, add_special_tokens=False)]
-    return encode if actual == expected else None
+    return getattr(backend, "encode_batch_fast", None) or backend.encode_batch
 
 
 class TokenizeDoFn(_TokenizeBase):
@@ -160,14 +191,21 @@ class TokenizeDoFn(_TokenizeBase):
     what is trained on is exact. Special tokens follow the tokenizer (e.g. its BOS), and EOS ends the target.
     """
 
+    def __init__(self, config: RunConfig, spill_dir: str, backend: BackendPlan | None = None) -> None:
+        super().__init__(config, spill_dir)
+        self.backend = backend
+
     def setup(self) -> None:
-        super().setup()
-        layout = special_layout(self.tokenizer)
-        eos = self.tokenizer.eos_token_id
-        suffix = list(layout.suffix)
-        if self.config.add_eos and (not suffix or suffix[-1] != eos):
-            suffix.append(eos)
-        self.layout = SpecialLayout(layout.prefix, tuple(suffix))
+        if self.backend is None:
+            super().setup()
+            self.layout = pair_layout(self.tokenizer, add_eos=self.config.add_eos)
+            return
+        # The driver checked that the Rust tokenizer alone gives the same ids: no transformers (and torch)
+        # import and no second tokenizer load in every worker.
+        self.progress = progress_from_env()
+        rust = load_backend(self.backend.tokenizer_json)
+        self._fast = getattr(rust, "encode_batch_fast", None) or rust.encode_batch
+        self.layout = self.backend.layout
 
     def process(self, batch: Sequence[tuple[str, str, str]]) -> Iterator[Any]:
         checkpoint("tokenize")
@@ -175,7 +213,6 @@ class TokenizeDoFn(_TokenizeBase):
         sources = self.encode([pair[0] for pair in batch])
         targets = self.encode([pair[1] for pair in batch])
         prefix, suffix = list(self.layout.prefix), list(self.layout.suffix)
-        by_split: dict[str, list[Example]] = {}
         fitting = _FittingTally()
         for (source_text, target_text, origin), src, tgt in zip(batch, sources, targets, strict=True):
             if not tgt:
@@ -189,11 +226,8 @@ class TokenizeDoFn(_TokenizeBase):
                 continue
             split_text = f"{source_text}\0{target_text}"
             if n_source + n_target <= cfg.max_length:  # the common case, without the overlong machinery
-                ids = np.array(prefix + src + tgt + suffix, dtype=np.int32)
-                mask = n_source if cfg.train_on == "target" else 0
                 split = choose_split(split_text, cfg.validation_fraction)
-                by_split.setdefault(split, []).append((example_key(ids, mask, 0, cfg.seed), ids.tobytes(), mask))
-                fitting.add(split, n_source, n_target)
+                fitting.add(split, (prefix, src, tgt, suffix), n_source, n_target)
                 continue
             outcome = build_example(
                 prefix + src,
@@ -203,23 +237,40 @@ class TokenizeDoFn(_TokenizeBase):
                 train_on=cfg.train_on,
                 keep_prefix=len(prefix),
             )
-            self.emit(outcome, split_text, by_split)
+            self.emit(outcome, split_text)
+        self._add_fitting(fitting)
+        yield from self.spill_full()
+
+    def _add_fitting(self, fitting: _FittingTally) -> None:
+        """Buffer a batch's examples that fitted whole, and count them, in a few array operations per split."""
+        for split, examples in fitting.by_split.items():
+            lengths = np.array(examples.lengths, dtype=np.int64)
+            offsets = np.zeros(len(lengths) + 1, np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            ids = np.fromiter(
+                itertools.chain.from_iterable(itertools.chain.from_iterable(examples.parts)),
+                dtype=np.int32,
+                count=int(offsets[-1]),
+            )
+            masked = np.array(examples.sources if self.config.train_on == "target" else [0] * len(lengths), np.int32)
+            keys = example_keys(ids, offsets, masked, self.config.seed)
+            self.buffer(split).extend(keys, lengths, ids, masked)
         self._count_fitting(fitting)
-        yield from by_split.items()
 
     def _count_fitting(self, fitting: _FittingTally) -> None:
         """Add a batch's examples that fitted whole to the statistics, in a few array operations."""
-        if not fitting.sources:
+        if not fitting.by_split:
             return
-        sources, targets = np.array(fitting.sources), np.array(fitting.targets)
+        sources = np.array([n for e in fitting.by_split.values() for n in e.sources], np.int64)
+        targets = np.array([n for e in fitting.by_split.values() for n in e.targets], np.int64)
         totals = sources + targets
         tokens = int(totals.sum())
         self.count("tokens_in", tokens)
         self.count("source_tokens", int(sources.sum()))
         self.count("target_tokens", int(targets.sum()))
         self.count("pieces", len(totals))
-        for split, count in fitting.splits.items():
-            self.count_keyed("examples_by_split", split, count)
+        for split, examples in fitting.by_split.items():
+            self.count_keyed("examples_by_split", split, len(examples.sources))
         for name, lengths in (("example", totals), ("source", sources), ("target", targets)):
             hist = np.bincount(length_bins(lengths), minlength=stats_format.HIST_BINS)
             bins = self.stats[f"{name}_length_hist"]
@@ -230,18 +281,30 @@ class TokenizeDoFn(_TokenizeBase):
             self.progress.tokenized(len(totals), tokens)
 
 
-class _FittingTally:
-    """Lengths and splits of the examples of one batch that fit in ``max_length`` as they are."""
+class _FittingExamples:
+    """The examples of one split of one batch that fit in ``max_length`` as they are."""
 
     def __init__(self) -> None:
+        self.parts: list[tuple[list[int], ...]] = []
+        self.lengths: list[int] = []
         self.sources: list[int] = []
         self.targets: list[int] = []
-        self.splits: dict[str, int] = {}
 
-    def add(self, split: str, source_tokens: int, target_tokens: int) -> None:
-        self.sources.append(source_tokens)
-        self.targets.append(target_tokens)
-        self.splits[split] = self.splits.get(split, 0) + 1
+
+class _FittingTally:
+    """The examples of one batch that fit whole, per split: their id parts and their lengths."""
+
+    def __init__(self) -> None:
+        self.by_split: dict[str, _FittingExamples] = {}
+
+    def add(self, split: str, parts: tuple[list[int], ...], source_tokens: int, target_tokens: int) -> None:
+        examples = self.by_split.get(split)
+        if examples is None:
+            examples = self.by_split[split] = _FittingExamples()
+        examples.parts.append(parts)
+        examples.lengths.append(source_tokens + target_tokens)
+        examples.sources.append(source_tokens)
+        examples.targets.append(target_tokens)
 
 
 def length_bins(lengths: np.ndarray) -> np.ndarray:
@@ -271,7 +334,6 @@ class ChatTokenizeDoFn(_TokenizeBase):
             return
         encoded = tokenize_segments(self.tokenizer, [segments for segments, _, _ in rendered])
         bos = self.tokenizer.bos_token_id
-        by_split: dict[str, list[Example]] = {}
         for (_, messages, origin), (ids, trained) in zip(rendered, encoded, strict=True):
             n_trained = int(trained.sum())
             if n_trained == 0:
@@ -289,5 +351,5 @@ class ChatTokenizeDoFn(_TokenizeBase):
                 overlong=cfg.overlong,
                 keep_prefix=int(len(ids) > 0 and bos is not None and ids[0] == bos),
             )
-            self.emit(outcome, json.dumps(messages, ensure_ascii=False, sort_keys=True), by_split)
-        yield from by_split.items()
+            self.emit(outcome, json.dumps(messages, ensure_ascii=False, sort_keys=True))
+        yield from self.spill_full()

@@ -1,0 +1,206 @@
+"""Many examples as a few flat arrays: the compact form between tokenization and packing. Pure numpy.
+
+Tokenization appends examples to an ``ExampleBuffer``; the buffer becomes ``ExampleColumns`` (sorted by key)
+that are spilled to disk, and packing reads back the key range of its bucket as ``ExampleColumns`` too. No
+Python object per example or per token survives past the tokenizer call.
+
+    >>> buffer = ExampleBuffer()
+    >>> buffer.add(bytes(16), np.array([5, 6, 7], np.int32), n_masked=1)
+    >>> columns = buffer.build()
+    >>> len(columns), columns.lengths.tolist(), columns.example_ids(0).tolist()
+    (1, [3], [5, 6, 7])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from seqpack.masking import Piece
+
+KEY_BYTES = 16
+"""A key is 16 bytes; it sorts as two big-endian unsigned 64-bit numbers (``key_hi``, ``key_lo``)."""
+
+
+@dataclass(frozen=True)
+class ExampleColumns:
+    """``n`` examples: example ``i`` is ``ids[offsets[i]:offsets[i+1]]``.
+
+    ``n_masked[i]`` leading tokens of example ``i`` take no loss; for conversations ``trained`` (aligned with
+    ``ids``) says which tokens take loss instead, in any pattern.
+    """
+
+    key_hi: np.ndarray
+    key_lo: np.ndarray
+    offsets: np.ndarray
+    ids: np.ndarray
+    n_masked: np.ndarray
+    trained: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.key_hi)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.offsets[-1] - self.offsets[0]) if len(self.offsets) else 0
+
+    def example_ids(self, index: int) -> np.ndarray:
+        return self.ids[self.offsets[index] : self.offsets[index + 1]]
+
+    def take(self, order: np.ndarray) -> ExampleColumns:
+        """The examples at ``order``, in that order (one gather per column, no per-example loop)."""
+        order = np.asarray(order, dtype=np.int64)
+        lengths = self.lengths[order]
+        offsets = _offsets_of(lengths)
+        token_index = gather_index(self.offsets[:-1][order], lengths)
+        return ExampleColumns(
+            key_hi=self.key_hi[order],
+            key_lo=self.key_lo[order],
+            offsets=offsets,
+            ids=self.ids[token_index],
+            n_masked=self.n_masked[order],
+            trained=None if self.trained is None else self.trained[token_index],
+        )
+
+    def slice(self, start: int, stop: int) -> ExampleColumns:
+        """Examples ``start:stop``, sharing memory with these columns."""
+        lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+        return ExampleColumns(
+            key_hi=self.key_hi[start:stop],
+            key_lo=self.key_lo[start:stop],
+            offsets=self.offsets[start : stop + 1] - lo,
+            ids=self.ids[lo:hi],
+            n_masked=self.n_masked[start:stop],
+            trained=None if self.trained is None else self.trained[lo:hi],
+        )
+
+    def sorted_by_key(self) -> ExampleColumns:
+        """Ordered by the 16-byte key; equal keys mean equal content, so ties cannot change the output."""
+        return self.take(np.lexsort((self.key_lo, self.key_hi)))
+
+    def key_range(self, low: int, high: int | None) -> tuple[int, int]:
+        """Indices ``start, stop`` of the examples with ``low <= key_hi < high`` (``high=None``: no upper
+        bound). The columns must be sorted by key."""
+        start = int(np.searchsorted(self.key_hi, np.uint64(low), side="left"))
+        stop = len(self) if high is None else int(np.searchsorted(self.key_hi, np.uint64(high), side="left"))
+        return start, stop
+
+    @classmethod
+    def concat(cls, parts: Sequence[ExampleColumns]) -> ExampleColumns:
+        """All examples of ``parts``, in order. Parts must agree on whether they carry ``trained``."""
+        if not parts:
+            return empty_columns()
+        kinds = {part.trained is None for part in parts}
+        if len(kinds) > 1:
+            raise ValueError("cannot mix examples with and without a per-token loss mask")
+        return ExampleColumns(
+            key_hi=np.concatenate([p.key_hi for p in parts]),
+            key_lo=np.concatenate([p.key_lo for p in parts]),
+            offsets=_offsets_of(np.concatenate([p.lengths for p in parts])),
+            ids=np.concatenate([p.ids[p.offsets[0] : p.offsets[-1]] for p in parts]),
+            n_masked=np.concatenate([p.n_masked for p in parts]),
+            trained=None if parts[0].trained is None else np.concatenate([p.trained for p in parts]),
+        )
+
+
+def empty_columns(with_trained: bool = False) -> ExampleColumns:
+    return ExampleColumns(
+        key_hi=np.empty(0, np.uint64),
+        key_lo=np.empty(0, np.uint64),
+        offsets=np.zeros(1, np.int64),
+        ids=np.empty(0, np.int32),
+        n_masked=np.empty(0, np.int32),
+        trained=np.empty(0, bool) if with_trained else None,
+    )
+
+
+def _offsets_of(lengths: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def gather_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Flat indices ``starts[0]..starts[0]+lengths[0]-1, starts[1]..``: many slices gathered at once."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, np.int64)
+    begins = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - begins, lengths) + np.arange(total, dtype=np.int64)
+
+
+class ExampleBuffer:
+    """Collects examples (one at a time or a batch at once) until they are built into ``ExampleColumns``."""
+
+    def __init__(self) -> None:
+        self._keys: list[bytes] = []
+        self._lengths: list[np.ndarray] = []
+        self._ids: list[np.ndarray] = []
+        self._masked: list[np.ndarray] = []
+        self._trained: list[np.ndarray] = []
+        self.examples = 0
+        self.tokens = 0
+
+    def add(self, key: bytes, ids: np.ndarray, n_masked: int = 0, trained: np.ndarray | None = None) -> None:
+        self.extend(
+            key, np.array([len(ids)], np.int64), ids, np.array([n_masked], np.int32),
+            None if trained is None else np.asarray(trained, dtype=bool),
+        )
+
+    def extend(
+        self,
+        keys: bytes,
+        lengths: np.ndarray,
+        ids: np.ndarray,
+        n_masked: np.ndarray,
+        trained: np.ndarray | None = None,
+    ) -> None:
+        """Add ``len(lengths)`` examples: their keys concatenated, lengths, flat ids, masked prefixes."""
+        if len(keys) != KEY_BYTES * len(lengths):
+            raise ValueError(f"expected {len(lengths)} keys of {KEY_BYTES} bytes, got {len(keys)} bytes")
+        if (trained is None) != (not self._trained) and self.examples:
+            raise ValueError("cannot mix examples with and without a per-token loss mask")
+        self._keys.append(keys)
+        self._lengths.append(lengths)
+        self._ids.append(np.asarray(ids, dtype=np.int32))
+        self._masked.append(np.asarray(n_masked, dtype=np.int32))
+        if trained is not None:
+            self._trained.append(trained)
+        self.examples += len(lengths)
+        self.tokens += len(ids)
+
+    def build(self, *, sort: bool = True) -> ExampleColumns:
+        """The collected examples, sorted by key unless ``sort=False``; the buffer is emptied."""
+        if not self.examples:
+            columns = empty_columns(with_trained=bool(self._trained))
+        else:
+            keys = np.frombuffer(b"".join(self._keys), dtype=">u8").reshape(-1, 2)
+            columns = ExampleColumns(
+                key_hi=keys[:, 0].astype(np.uint64),
+                key_lo=keys[:, 1].astype(np.uint64),
+                offsets=_offsets_of(np.concatenate(self._lengths)),
+                ids=np.concatenate(self._ids),
+                n_masked=np.concatenate(self._masked),
+                trained=np.concatenate(self._trained) if self._trained else None,
+            )
+            if sort:
+                columns = columns.sorted_by_key()
+        self.__init__()
+        return columns
+
+
+def columns_of_pieces(pieces: Sequence[Piece], keys: Sequence[bytes] | None = None) -> ExampleColumns:
+    """Pieces (e.g. from ``masking.build_example``) as columns in the order given; keys are zero unless given."""
+    buffer = ExampleBuffer()
+    with_trained = any(piece.trained is not None for piece in pieces)
+    for index, piece in enumerate(pieces):
+        key = keys[index] if keys is not None else bytes(KEY_BYTES)
+        buffer.add(key, piece.ids, piece.n_masked, piece.label_mask() if with_trained else None)
+    return buffer.build(sort=False)

@@ -1,0 +1,140 @@
+"""Spill files: the global shuffle through the filesystem instead of through the runner.
+
+Tokenization writes its examples, sorted by their seeded 16-byte key, into Arrow IPC files under the run's
+staging directory and passes on only a small ``SpillFile`` description. A bucket is a range of keys, so the
+packing step reads from every spill file just the contiguous slice of its bucket. The examples never travel
+through the runner's data plane (on the local runner every shuffle is held by the driver process) and are
+never pickled.
+
+Retries are safe: a retried bundle writes new files under new names, and only the descriptions that its
+successful attempt emitted are read; the staging directory, leftovers included, is removed at commit.
+
+Layout of a spill file: columns ``key_hi``/``key_lo`` (uint64), ``ids`` (list<int32>), ``n_masked`` (int32),
+``trained`` (list<bool>, null for pairs); record batches of at most ``SPILL_BATCH_ROWS`` rows; the schema
+metadata lists each batch's first and last ``key_hi``, so a reader fetches only the batches of its range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from seqpack.examples import ExampleColumns, empty_columns
+
+SPILL_DIR = "_spill"
+SPILL_BATCH_ROWS = 16_384
+SPILL_TOKENS = 1 << 23
+"""A tokenize worker spills when it holds this many tokens (32 MiB of ids): its memory stays bounded."""
+_RANGES_KEY = b"seqpack.batch_key_ranges"
+
+SPILL_SCHEMA = pa.schema(
+    [
+        pa.field("key_hi", pa.uint64(), nullable=False),
+        pa.field("key_lo", pa.uint64(), nullable=False),
+        pa.field("ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("n_masked", pa.int32(), nullable=False),
+        pa.field("trained", pa.list_(pa.bool_())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class SpillFile:
+    """What the pipeline passes on instead of the examples themselves."""
+
+    split: str
+    path: str
+    examples: int
+    tokens: int
+
+
+def spill_path(spill_dir: str, split: str) -> str:
+    return FileSystems.join(spill_dir, split, f"{uuid.uuid4().hex}.arrow")
+
+
+def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), pa.int32()), pa.array(values, value_type))
+
+
+def _record_batch(columns: ExampleColumns) -> pa.RecordBatch:
+    base = columns.offsets - columns.offsets[0]
+    ids = columns.ids[columns.offsets[0] : columns.offsets[-1]]
+    trained = (
+        pa.nulls(len(columns), pa.list_(pa.bool_()))
+        if columns.trained is None
+        else _list_array(base, columns.trained[columns.offsets[0] : columns.offsets[-1]], pa.bool_())
+    )
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(columns.key_hi, pa.uint64()),
+            pa.array(columns.key_lo, pa.uint64()),
+            _list_array(base, ids, pa.int32()),
+            pa.array(columns.n_masked, pa.int32()),
+            trained,
+        ],
+        schema=SPILL_SCHEMA,
+    )
+
+
+def write_spill(path: str, columns: ExampleColumns) -> None:
+    """Write key-sorted ``columns`` as one spill file (uncompressed: it is read once, soon, nearby)."""
+    cuts = list(range(0, len(columns), SPILL_BATCH_ROWS)) or [0]
+    bounds = [(start, min(start + SPILL_BATCH_ROWS, len(columns))) for start in cuts]
+    ranges = [
+        [int(columns.key_hi[start]), int(columns.key_hi[stop - 1])] if stop > start else None
+        for start, stop in bounds
+    ]
+    schema = SPILL_SCHEMA.with_metadata({_RANGES_KEY: json.dumps(ranges).encode()})
+    with FileSystems.create(path) as out:
+        sink = pa.PythonFile(out, mode="w")
+        with pa.ipc.new_file(sink, schema) as writer:
+            for start, stop in bounds:
+                writer.write_batch(_record_batch(columns.slice(start, stop)))
+
+
+def _open(path: str) -> pa.NativeFile:
+    if "://" not in path:
+        return pa.memory_map(path)
+    return pa.PythonFile(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED), mode="r")
+
+
+def _columns_of(batch: pa.RecordBatch) -> ExampleColumns:
+    ids = batch.column("ids")
+    offsets = np.asarray(ids.offsets, dtype=np.int64)
+    trained = batch.column("trained")
+    return ExampleColumns(
+        key_hi=np.asarray(batch.column("key_hi")),
+        key_lo=np.asarray(batch.column("key_lo")),
+        offsets=offsets - offsets[0],
+        ids=np.asarray(ids.values)[offsets[0] : offsets[-1]],
+        n_masked=np.asarray(batch.column("n_masked")),
+        trained=None
+        if trained.null_count == len(trained) or not len(trained)
+        else np.asarray(trained.values.to_numpy(zero_copy_only=False))[offsets[0] : offsets[-1]],
+    )
+
+
+def read_spill_range(path: str, low: int, high: int | None, *, with_trained: bool) -> ExampleColumns:
+    """The examples of a spill file with ``low <= key_hi < high`` (``high=None``: no upper bound), in key
+    order. Only the record batches that overlap the range are read."""
+    parts = []
+    with _open(path) as source:
+        reader = pa.ipc.open_file(source)
+        ranges = json.loads(reader.schema.metadata[_RANGES_KEY])
+        for index, key_range in enumerate(ranges):
+            if key_range is None or key_range[1] < low or (high is not None and key_range[0] >= high):
+                continue
+            columns = _columns_of(reader.get_batch(index))
+            if with_trained and columns.trained is None:
+                columns = dataclasses.replace(columns, trained=np.zeros(len(columns.ids), bool))
+            start, stop = columns.key_range(low, high)
+            # Copy out of the mapped file: the slice must outlive it.
+            parts.append(columns.take(np.arange(start, stop)))
+    return ExampleColumns.concat(parts) if parts else empty_columns(with_trained)
