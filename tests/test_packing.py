@@ -47,6 +47,33 @@ def test_bfd_never_overfills_and_places_every_item_once(lengths: list[int], capa
         assert loads[0] + loads[1] > capacity or min(lengths) > capacity - loads[1]
 
 
+def naive_best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """The textbook algorithm, item by item with a linear scan: the reference for ``bfd_assign``."""
+    blocks: list[list[int]] = []
+    rooms: list[int] = []
+    last_change: list[int] = []  # when each block last changed: ties go to the latest (the index is LIFO)
+    for step, item in enumerate(sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)), start=1):
+        fits = [b for b, room in enumerate(rooms) if room >= lengths[item] and room > 0]
+        if fits:
+            best = min(rooms[b] for b in fits)
+            block = max((b for b in fits if rooms[b] == best), key=lambda b: last_change[b])
+        else:
+            block = len(blocks)
+            blocks.append([])
+            rooms.append(capacity)
+            last_change.append(0)
+        blocks[block].append(item)
+        rooms[block] -= lengths[item]
+        last_change[block] = step
+    return blocks
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=64), max_size=120), st.integers(min_value=64, max_value=256))
+def test_bfd_equals_the_item_by_item_algorithm(lengths: list[int], capacity: int) -> None:
+    assert bfd_assign(lengths, capacity) == naive_best_fit_decreasing(lengths, capacity)
+
+
 @settings(max_examples=100, deadline=None)
 @given(lengths_strategy, st.integers(min_value=64, max_value=256), st.sampled_from(["bfd", "wrap", "none"]))
 def test_every_token_lands_exactly_once_in_order(lengths: list[int], max_length: int, strategy: str) -> None:

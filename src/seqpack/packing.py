@@ -76,27 +76,47 @@ def bfd_assign(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
     Items are placed longest first (ties in index order, so the result is deterministic) into the open
     block with the least room that still fits them; a new block is opened when none does.
+
+    Items of equal length are placed together, which gives exactly the item-by-item result: once an item of
+    length ``n`` goes into the block with the least room ``r >= n``, that block (now ``r - n``) stays the
+    best fit for the next item of that length until less than ``n`` is left, so each block takes
+    ``r // n`` items at once. The work is per (length, block touched), not per item.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     index = _CapacityIndex(capacity)
     blocks: list[list[int]] = []
-    rooms: list[int] = []
-    for item in order:
-        need = lengths[item]
+    position = 0
+    while position < len(order):
+        need = lengths[order[position]]
         if need > capacity:
-            raise ValueError(f"item {item} has {need} tokens, more than the block capacity {capacity}")
+            raise ValueError(
+                f"item {order[position]} has {need} tokens, more than the block capacity {capacity}"
+            )
+        end = position
+        while end < len(order) and lengths[order[end]] == need:
+            end += 1
+        position = _place_equal_items(order, position, end, need, capacity, index, blocks)
+    return blocks
+
+
+def _place_equal_items(
+    order: list[int], start: int, end: int, need: int, capacity: int, index: _CapacityIndex, blocks: list[list[int]]
+) -> int:
+    """Place ``order[start:end]`` (all of length ``need``) best-fit; return ``end``."""
+    while start < end:
         room = index.smallest_at_least(need)
         if room < 0:
-            block = len(blocks)
+            block, room = len(blocks), capacity
             blocks.append([])
-            rooms.append(capacity)
         else:
             block = index.pop(room)
-        blocks[block].append(item)
-        rooms[block] -= need
-        if rooms[block] > 0:
-            index.add(rooms[block], block)
-    return blocks
+        take = min(room // need, end - start) if need > 0 else end - start
+        blocks[block].extend(order[start : start + take])
+        start += take
+        room -= take * need
+        if room > 0:
+            index.add(room, block)
+    return end
 
 
 @dataclass(frozen=True)
