@@ -145,10 +145,26 @@ def test_lines_follow_the_phases_with_percent_rate_and_time_left() -> None:
     assert clock_text(3723) == "1:02:03"
 
 
+def test_a_file_read_in_byte_ranges_is_read_until_every_range_is() -> None:
+    """Ranges of one file finish in any order: reading is done when all are, and the line counts parts."""
+    formatter = ProgressFormatter(InputSize(files=1, bytes=1_000_000, parts=4))
+    line = formatter.line(Totals(records_read=900, bytes_read=250_000, files_read=1), 5)
+    assert line == "seqpack: 0:05 reading 25% of 1.0 MB (1 of 4 parts) · 900 records"
+    line = formatter.line(
+        Totals(records_read=2000, bytes_read=500_000, files_read=2, records_tokenized=1500, tokens=30_000), 10
+    )
+    assert line == ("seqpack: 0:10 reading and tokenizing 50% of 1.0 MB · 2,000 records read · 1,500 tokenized · "
+                    "30,000 tokens · ~0:10 left")
+    line = formatter.line(
+        Totals(records_read=4000, bytes_read=1_000_000, files_read=4, records_tokenized=3000, tokens=60_000), 15
+    )
+    assert line.startswith("seqpack: 0:15 tokenizing 75% · 3,000 of 4,000 records")
+
+
 def test_input_size_from_the_listing(tmp_path: Path) -> None:
     files = [write_jsonl(tmp_path / f"{i}.jsonl", [{"source": "a", "target": "b"}] * (i + 1)) for i in range(3)]
     inputs = [InputFile(str(path), "jsonl", str(path)) for path in files]
-    assert input_size(inputs) == InputSize(3, sum(p.stat().st_size for p in files))
+    assert input_size(inputs) == InputSize(3, sum(p.stat().st_size for p in files), parts=len(inputs))
     assert input_size([InputFile(str(tmp_path / "gone.jsonl"), "jsonl", "gone")]).bytes is None
 
 

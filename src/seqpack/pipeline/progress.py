@@ -90,6 +90,16 @@ class InputSize:
     files: int
     bytes: int | None
     """None when some file's size cannot be learnt cheaply."""
+    parts: int = 0
+    """Units the workers read: files, or byte ranges of big files (``seqpack.ranges``); 0 means ``files``."""
+
+    @property
+    def units(self) -> int:
+        return self.parts or self.files
+
+    def units_text(self, done: int) -> str:
+        noun = "parts" if self.units > self.files else "files"
+        return f"{done} of {self.units} {noun}"
 
 
 def input_size(files: Sequence[InputFile]) -> InputSize:
@@ -100,10 +110,10 @@ def input_size(files: Sequence[InputFile]) -> InputSize:
     try:
         results = FileSystems.match(paths)
     except Exception:  # noqa: BLE001 - any filesystem error only means we show no percentage
-        return InputSize(len(paths), None)
+        return InputSize(len(paths), None, len(files))
     if not all(result.metadata_list for result in results):
-        return InputSize(len(paths), None)
-    return InputSize(len(paths), sum(result.metadata_list[0].size_in_bytes for result in results))
+        return InputSize(len(paths), None, len(files))
+    return InputSize(len(paths), sum(result.metadata_list[0].size_in_bytes for result in results), len(files))
 
 
 # ------------------------------------------------------------------------------------------------ the line
@@ -184,12 +194,12 @@ class ProgressFormatter:
         fraction = min(totals.bytes_read / self.size.bytes, 0.99)
         left = _eta(self.size.bytes - totals.bytes_read, bytes_rate)
         return (
-            f"reading {fraction:.0%} of {size_text(self.size.bytes)} ({totals.files_read} of {self.size.files} "
-            f"files) · {records}{left}"
+            f"reading {fraction:.0%} of {size_text(self.size.bytes)} ({self.size.units_text(totals.files_read)}) · "
+            f"{records}{left}"
         )
 
     def _reading_done(self, totals: Totals) -> bool:
-        return totals.files_read >= self.size.files
+        return totals.files_read >= self.size.units
 
     def _tokenizing(
         self, totals: Totals, rate: float | None, token_rate: float | None, bytes_rate: float | None = None

@@ -75,10 +75,13 @@ class ProgressCounter:
         self.maybe_flush()
 
     def tokenized(self, records: int, tokens: int) -> None:
-        """Once per tokenized example (or batch)."""
+        """Once per tokenized example (or batch: then each call may write, so a few calls suffice)."""
         self.records_tokenized += records
         self.tokens += tokens
-        self._tick()
+        if records > 1:
+            self.maybe_flush()
+        else:
+            self._tick()
 
     def _tick(self) -> None:
         self._calls += 1

@@ -56,9 +56,10 @@ def beam_open(path: str) -> BinaryIO:
 
 
 def resolve_inputs(patterns: Sequence[str]) -> list[InputFile]:
-    """Globs, files and directories to a sorted list of files; ``InputError`` (a ``ValueError``) if any
-    pattern matches nothing or names a file seqpack cannot read. Runs in the driver, before any work."""
-    return expand_inputs(patterns, match=beam_match, open_binary=beam_open)
+    """Globs, files and directories to a sorted list of files, big local JSON lines files cut into byte ranges
+    (``seqpack.ranges``); ``InputError`` (a ``ValueError``) if any pattern matches nothing or names a file
+    seqpack cannot read. Runs in the driver, before any work."""
+    return split_inputs(expand_inputs(patterns, match=beam_match, open_binary=beam_open))
 
 
 RECORDS_PER_BATCH = 512
@@ -88,24 +89,27 @@ class ReadFileDoFn(beam.DoFn):
         open_binary = beam_open if progress is None else progress.counting_open
         batch: list[Record] = []
         for item in iter_input(input_file, open_binary, max_record_bytes=self.max_record_bytes):
-            self.records_read.inc()
             is_record = isinstance(item, Record)
             if progress is not None:
                 progress.read_record(rejected=not is_record)
             if is_record:
                 batch.append(item)
                 if len(batch) >= self.batch_size:
-                    checkpoint("read")
-                    yield batch
+                    yield from self._emit(batch)
                     batch = []
             else:
+                self.records_read.inc()
                 self.records_rejected.inc()
                 yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)
         if batch:
-            checkpoint("read")
-            yield batch
-        if progress is not None and input_file.part[0] == input_file.part[1] - 1:
+            yield from self._emit(batch)
+        if progress is not None:
             progress.file_read()
+
+    def _emit(self, batch: list[Record]) -> Iterator[list[Record]]:
+        checkpoint("read")
+        self.records_read.inc(len(batch))  # counted per list: a metric update per record costs more than reading
+        yield batch
 
     def finish_bundle(self) -> None:
         if self.progress is not None:
@@ -119,7 +123,8 @@ class ReadOutputs(NamedTuple):
 
 
 class ReadRecords(beam.PTransform):
-    """Resolved input files in; ``ReadOutputs(records, rejected)`` out (a named pair of PCollections)."""
+    """Resolved input files (or byte ranges of them, see ``resolve_inputs``) in; ``ReadOutputs(records,
+    rejected)`` out (a named pair of PCollections)."""
 
     def __init__(
         self,
@@ -137,8 +142,7 @@ class ReadRecords(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ReadOutputs:
         parse = beam.ParDo(ReadFileDoFn(max_record_bytes=self.max_record_bytes, batch_size=self.batch_size))
-        # Big local JSON lines files are read as byte ranges, in parallel (seqpack.ranges).
-        units = split_inputs(self.files)
+        units = self.files
         read = (
             pbegin
             | "ListFiles" >> beam.Create(units)

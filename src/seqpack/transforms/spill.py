@@ -121,6 +121,18 @@ def _columns_of(batch: pa.RecordBatch) -> ExampleColumns:
     )
 
 
+def _copied(columns: ExampleColumns) -> ExampleColumns:
+    """The same examples in memory of their own (a slice of a memory-mapped file must outlive the file)."""
+    return ExampleColumns(
+        key_hi=columns.key_hi.copy(),
+        key_lo=columns.key_lo.copy(),
+        offsets=columns.offsets.copy(),
+        ids=columns.ids.copy(),
+        n_masked=columns.n_masked.copy(),
+        trained=None if columns.trained is None else columns.trained.copy(),
+    )
+
+
 def read_spill_range(path: str, low: int, high: int | None, *, with_trained: bool) -> ExampleColumns:
     """The examples of a spill file with ``low <= key_hi < high`` (``high=None``: no upper bound), in key
     order. Only the record batches that overlap the range are read."""
@@ -135,6 +147,5 @@ def read_spill_range(path: str, low: int, high: int | None, *, with_trained: boo
             if with_trained and columns.trained is None:
                 columns = dataclasses.replace(columns, trained=np.zeros(len(columns.ids), bool))
             start, stop = columns.key_range(low, high)
-            # Copy out of the mapped file: the slice must outlive it.
-            parts.append(columns.take(np.arange(start, stop)))
+            parts.append(_copied(columns.slice(start, stop)))
     return ExampleColumns.concat(parts) if parts else empty_columns(with_trained)

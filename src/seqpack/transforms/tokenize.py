@@ -213,6 +213,7 @@ class TokenizeDoFn(_TokenizeBase):
         sources = self.encode([pair[0] for pair in batch])
         targets = self.encode([pair[1] for pair in batch])
         prefix, suffix = list(self.layout.prefix), list(self.layout.suffix)
+        holdout = cfg.validation_fraction
         fitting = _FittingTally()
         for (source_text, target_text, origin), src, tgt in zip(batch, sources, targets, strict=True):
             if not tgt:
@@ -224,9 +225,8 @@ class TokenizeDoFn(_TokenizeBase):
             n_source, n_target = len(prefix) + len(src), len(tgt) + len(suffix)
             if self._filtered(n_source, n_target):
                 continue
-            split_text = f"{source_text}\0{target_text}"
             if n_source + n_target <= cfg.max_length:  # the common case, without the overlong machinery
-                split = choose_split(split_text, cfg.validation_fraction)
+                split = "train" if not holdout else choose_split(f"{source_text}\0{target_text}", holdout)
                 fitting.add(split, (prefix, src, tgt, suffix), n_source, n_target)
                 continue
             outcome = build_example(
@@ -237,7 +237,7 @@ class TokenizeDoFn(_TokenizeBase):
                 train_on=cfg.train_on,
                 keep_prefix=len(prefix),
             )
-            self.emit(outcome, split_text)
+            self.emit(outcome, f"{source_text}\0{target_text}")
         self._add_fitting(fitting)
         yield from self.spill_full()
 
