@@ -18,7 +18,7 @@ from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.pack import ShuffleAndPack, bucket_count, read_bucket
 from seqpack.transforms.render import REJECTED_TAG, RenderDoFn
 from seqpack.transforms.spill import SpillFile, read_spill_range, spill_path, write_spill
-from seqpack.transforms.tokenize import TokenizeDoFn
+from seqpack.transforms.tokenize import TokenizeDoFn, example_key, example_keys
 
 
 def pipeline() -> BeamTestPipeline:
@@ -107,3 +107,16 @@ def test_buckets_do_not_depend_on_how_examples_were_spread_over_files(tmp_path: 
         assert a.key_hi.tolist() == sorted(a.key_hi.tolist())
     sizes = [len(read_bucket(("train", i, 4), five, with_trained=False)) for i in range(4)]
     assert sum(sizes) == 300
+
+
+def test_batch_keys_equal_one_by_one_keys_and_depend_on_every_input() -> None:
+    ids = np.arange(30, dtype=np.int32)
+    offsets = np.array([0, 4, 4 + 11, 30])
+    masked = np.array([1, 0, 7], np.int32)
+    bounds = zip(offsets[:-1], offsets[1:], masked, strict=True)
+    one_by_one = b"".join(example_key(ids[a:b], int(m), 0, 5) for a, b, m in bounds)
+    assert example_keys(ids, offsets, masked, 5) == one_by_one
+    base = example_key(ids[:4], 1, 0, 5)
+    variants = [example_key(ids[:4], 2, 0, 5), example_key(ids[:4], 1, 1, 5), example_key(ids[:4], 1, 0, 6),
+                example_key(ids[1:5], 1, 0, 5), example_key(ids[:4], b"\x80", 0, 5), example_key(ids[:4], 1, 0, -5)]
+    assert len({base, *variants}) == 1 + len(variants) and all(len(k) == 16 for k in variants)

@@ -43,16 +43,25 @@ def choose_split(text: str, validation_fraction: float) -> str:
     return "validation" if int.from_bytes(digest, "big") / 2**64 < validation_fraction else "train"
 
 
+_NO_PREFIX_MASK = b"\xff\xff\xff\xff"
+
+
+def _salt(seed: int) -> bytes:
+    return seed.to_bytes(16, "big", signed=True)
+
+
 def example_key(ids: np.ndarray | memoryview, mask: int | bytes, piece: int, seed: int) -> bytes:
     """A seeded content hash: the order of the global shuffle, independent of runner and worker count.
 
     ``ids`` are int32 token ids (an array, or their bytes); ``mask`` the masked-prefix length, or for
-    conversations the packed bits of the loss mask; ``piece`` the index of the piece of a split example.
+    conversations the packed bits of the loss mask; ``piece`` the index of the piece of a split example. The seed
+    is BLAKE2b's salt and the piece and mask its personalization, so a short example is hashed in one call.
     """
     data = ids.tobytes() if isinstance(ids, np.ndarray) else ids
-    digest = hashlib.blake2b(data, digest_size=16, key=seed.to_bytes(8, "big", signed=True))
-    digest.update(mask if isinstance(mask, bytes) else mask.to_bytes(4, "big"))
-    digest.update(piece.to_bytes(4, "big"))
+    person = piece.to_bytes(4, "big") + (_NO_PREFIX_MASK if isinstance(mask, bytes) else mask.to_bytes(4, "big"))
+    digest = hashlib.blake2b(data, digest_size=16, salt=_salt(seed), person=person)
+    if isinstance(mask, bytes):
+        digest.update(mask)
     return digest.digest()
 
 
@@ -60,9 +69,12 @@ def example_keys(ids: np.ndarray, offsets: np.ndarray, n_masked: np.ndarray, see
     """``example_key`` of many whole (piece 0) pair examples laid out flat, concatenated."""
     data = memoryview(np.ascontiguousarray(ids, dtype=np.int32)).cast("B")
     bounds = (offsets * 4).tolist()
-    return b"".join(
-        example_key(data[bounds[i] : bounds[i + 1]], masked, 0, seed) for i, masked in enumerate(n_masked.tolist())
+    salt, blake2b, first = _salt(seed), hashlib.blake2b, bytes(4)
+    keys = (
+        blake2b(data[lo:hi], digest_size=16, salt=salt, person=first + m.to_bytes(4, "big")).digest()
+        for lo, hi, m in zip(bounds, bounds[1:], n_masked.tolist(), strict=False)
     )
+    return b"".join(keys)
 
 
 def filtered_reason(source_tokens: int, target_tokens: int, config: RunConfig) -> str | None:
@@ -213,7 +225,10 @@ class TokenizeDoFn(_TokenizeBase):
         sources = self.encode([pair[0] for pair in batch])
         targets = self.encode([pair[1] for pair in batch])
         prefix, suffix = list(self.layout.prefix), list(self.layout.suffix)
-        holdout = cfg.validation_fraction
+        n_prefix, n_suffix = len(prefix), len(suffix)
+        holdout, max_length = cfg.validation_fraction, cfg.max_length
+        # Filters are checked inline first: the method call per example costs more than the comparison.
+        min_target, max_source = cfg.min_target_tokens, cfg.max_source_tokens
         fitting = _FittingTally()
         for (source_text, target_text, origin), src, tgt in zip(batch, sources, targets, strict=True):
             if not tgt:
@@ -222,10 +237,12 @@ class TokenizeDoFn(_TokenizeBase):
                     Rejected("empty_target", origin, target_text.encode(), "the target tokenizes to no tokens"),
                 )
                 continue
-            n_source, n_target = len(prefix) + len(src), len(tgt) + len(suffix)
-            if self._filtered(n_source, n_target):
+            n_source, n_target = n_prefix + len(src), len(tgt) + n_suffix
+            if (n_target < min_target or (max_source is not None and n_source > max_source)) and self._filtered(
+                n_source, n_target
+            ):
                 continue
-            if n_source + n_target <= cfg.max_length:  # the common case, without the overlong machinery
+            if n_source + n_target <= max_length:  # the common case, without the overlong machinery
                 split = "train" if not holdout else choose_split(f"{source_text}\0{target_text}", holdout)
                 fitting.add(split, (prefix, src, tgt, suffix), n_source, n_target)
                 continue
@@ -244,7 +261,7 @@ class TokenizeDoFn(_TokenizeBase):
     def _add_fitting(self, fitting: _FittingTally) -> None:
         """Buffer a batch's examples that fitted whole, and count them, in a few array operations per split."""
         for split, examples in fitting.by_split.items():
-            lengths = np.array(examples.lengths, dtype=np.int64)
+            lengths = np.array(examples.sources, dtype=np.int64) + np.array(examples.targets, dtype=np.int64)
             offsets = np.zeros(len(lengths) + 1, np.int64)
             np.cumsum(lengths, out=offsets[1:])
             ids = np.fromiter(
@@ -286,7 +303,6 @@ class _FittingExamples:
 
     def __init__(self) -> None:
         self.parts: list[tuple[list[int], ...]] = []
-        self.lengths: list[int] = []
         self.sources: list[int] = []
         self.targets: list[int] = []
 
@@ -302,7 +318,6 @@ class _FittingTally:
         if examples is None:
             examples = self.by_split[split] = _FittingExamples()
         examples.parts.append(parts)
-        examples.lengths.append(source_tokens + target_tokens)
         examples.sources.append(source_tokens)
         examples.targets.append(target_tokens)
 
