@@ -207,7 +207,7 @@ def _iter_jsonl_range(
             stream.seek(input_file.start)
             chunks = _range_chunks(stream, input_file.stop - input_file.start)
             if input_file.start == 0:
-                chunks = _text_chunks(_ChunkStream(chunks))
+                chunks = _without_bom(chunks)
             for item in _jsonl_from_chunks(chunks, input_file.label, max_record_bytes, input_file.first_line):
                 count += 1
                 yield item
@@ -227,15 +227,6 @@ def _range_chunks(stream: BinaryIO, length: int) -> Iterator[bytes]:
         yield chunk
 
 
-class _ChunkStream:
-    """Chunks as a minimal readable stream (``_text_chunks`` reads the byte-order mark from a stream)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-
-    def read(self, _size: int = -1) -> bytes:
-        return next(self._chunks, b"")
-
 
 class _BadFile(Exception):
     """The file as a whole is unusable; the message says why and how to fix it."""
@@ -252,9 +243,14 @@ def _unreadable_detail(fmt: str, count: int, error: Exception) -> str:
 
 def _text_chunks(stream: BinaryIO) -> Iterator[bytes]:
     """The file's bytes in chunks, with a UTF-8 byte-order mark removed and UTF-16/32 files refused."""
-    first = stream.read(READ_CHUNK)
+    return _without_bom(iter(lambda: stream.read(READ_CHUNK), b""))
+
+
+def _without_bom(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks`` with a UTF-8 byte-order mark removed from the start; UTF-16/32 (by their marks) refused."""
+    first = next(chunks, b"")
     while 0 < len(first) < 4:  # a short read must not split the byte-order mark
-        more = stream.read(READ_CHUNK)
+        more = next(chunks, b"")
         if not more:
             break
         first += more
@@ -267,7 +263,7 @@ def _text_chunks(stream: BinaryIO) -> Iterator[bytes]:
         first = first[len(codecs.BOM_UTF8) :]
     if first:
         yield first
-    yield from iter(lambda: stream.read(READ_CHUNK), b"")
+    yield from chunks
 
 
 class _Line(NamedTuple):

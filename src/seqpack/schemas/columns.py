@@ -29,7 +29,7 @@ BLOCK_SCHEMA = pa.schema(
 TOKEN_COLUMNS = ("input_ids", "labels", "attention_mask", "position_ids")
 
 
-def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
+def list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
     return pa.ListArray.from_arrays(
         pa.array(offsets.astype(np.int32, copy=False), type=pa.int32()),
         pa.array(values, type=value_type),
@@ -52,11 +52,11 @@ def blocks_to_table(
     the same for ``seq_lens``.
     """
     columns = [
-        _list_array(row_offsets, input_ids.astype(np.int32, copy=False), pa.int32()),
-        _list_array(row_offsets, labels.astype(np.int32, copy=False), pa.int32()),
-        _list_array(row_offsets, attention_mask.astype(np.int8, copy=False), pa.int8()),
-        _list_array(row_offsets, position_ids.astype(np.int32, copy=False), pa.int32()),
-        _list_array(seq_len_offsets, seq_lens.astype(np.int32, copy=False), pa.int32()),
+        list_array(row_offsets, input_ids.astype(np.int32, copy=False), pa.int32()),
+        list_array(row_offsets, labels.astype(np.int32, copy=False), pa.int32()),
+        list_array(row_offsets, attention_mask.astype(np.int8, copy=False), pa.int8()),
+        list_array(row_offsets, position_ids.astype(np.int32, copy=False), pa.int32()),
+        list_array(seq_len_offsets, seq_lens.astype(np.int32, copy=False), pa.int32()),
     ]
     return pa.Table.from_arrays(columns, schema=BLOCK_SCHEMA)
 

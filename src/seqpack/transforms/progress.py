@@ -75,17 +75,16 @@ class ProgressCounter:
         self.maybe_flush()
 
     def tokenized(self, records: int, tokens: int) -> None:
-        """Once per tokenized example (or batch: then each call may write, so a few calls suffice)."""
+        """Once per tokenized example or batch."""
         self.records_tokenized += records
         self.tokens += tokens
-        if records > 1:
-            self.maybe_flush()
-        else:
-            self._tick()
+        self._tick(records)
 
-    def _tick(self) -> None:
-        self._calls += 1
-        if self._calls % CHECK_EVERY == 0:
+    def _tick(self, records: int = 1) -> None:
+        """Read the clock once per ``CHECK_EVERY`` records, whether they come one by one or in batches."""
+        before = self._calls
+        self._calls += records
+        if self._calls // CHECK_EVERY != before // CHECK_EVERY:
             self.maybe_flush()
 
     def counts(self) -> dict[str, int]:

@@ -142,15 +142,14 @@ class ReadRecords(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ReadOutputs:
         parse = beam.ParDo(ReadFileDoFn(max_record_bytes=self.max_record_bytes, batch_size=self.batch_size))
-        units = self.files
         read = (
             pbegin
-            | "ListFiles" >> beam.Create(units)
+            | "ListFiles" >> beam.Create(self.files)
             # Without this, Create's single bundle would fuse with reading: one worker would read every file.
             | "SpreadFiles" >> beam.Reshuffle()
             | "ParseFiles" >> parse.with_outputs(REJECTED_TAG, main="records")
         )
-        if all(unit.is_range for unit in units):
+        if all(unit.is_range for unit in self.files):
             # Every file is read in ranges of bounded size: records stay in the worker that read them, and
             # reading, rendering and tokenizing run fused, with no record crossing a process boundary.
             return ReadOutputs(read.records, read[REJECTED_TAG])

@@ -16,7 +16,6 @@ metadata lists each batch's first and last ``key_hi``, so a reader fetches only 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.examples import ExampleColumns, empty_columns
+from seqpack.schemas.columns import list_array
 
 SPILL_DIR = "_spill"
 SPILL_BATCH_ROWS = 16_384
@@ -59,23 +59,19 @@ def spill_path(spill_dir: str, split: str) -> str:
     return FileSystems.join(spill_dir, split, f"{uuid.uuid4().hex}.arrow")
 
 
-def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), pa.int32()), pa.array(values, value_type))
-
-
 def _record_batch(columns: ExampleColumns) -> pa.RecordBatch:
     base = columns.offsets - columns.offsets[0]
     ids = columns.ids[columns.offsets[0] : columns.offsets[-1]]
     trained = (
         pa.nulls(len(columns), pa.list_(pa.bool_()))
         if columns.trained is None
-        else _list_array(base, columns.trained[columns.offsets[0] : columns.offsets[-1]], pa.bool_())
+        else list_array(base, columns.trained[columns.offsets[0] : columns.offsets[-1]], pa.bool_())
     )
     return pa.RecordBatch.from_arrays(
         [
             pa.array(columns.key_hi, pa.uint64()),
             pa.array(columns.key_lo, pa.uint64()),
-            _list_array(base, ids, pa.int32()),
+            list_array(base, ids, pa.int32()),
             pa.array(columns.n_masked, pa.int32()),
             trained,
         ],
@@ -135,7 +131,8 @@ def _copied(columns: ExampleColumns) -> ExampleColumns:
 
 def read_spill_range(path: str, low: int, high: int | None, *, with_trained: bool) -> ExampleColumns:
     """The examples of a spill file with ``low <= key_hi < high`` (``high=None``: no upper bound), in key
-    order. Only the record batches that overlap the range are read."""
+    order. Only the record batches that overlap the range are read; ``with_trained`` gives an empty result the
+    per-token mask column that conversations carry (a non-empty batch has it when its examples do)."""
     parts = []
     with _open(path) as source:
         reader = pa.ipc.open_file(source)
@@ -144,8 +141,6 @@ def read_spill_range(path: str, low: int, high: int | None, *, with_trained: boo
             if key_range is None or key_range[1] < low or (high is not None and key_range[0] >= high):
                 continue
             columns = _columns_of(reader.get_batch(index))
-            if with_trained and columns.trained is None:
-                columns = dataclasses.replace(columns, trained=np.zeros(len(columns.ids), bool))
             start, stop = columns.key_range(low, high)
             parts.append(_copied(columns.slice(start, stop)))
     return ExampleColumns.concat(parts) if parts else empty_columns(with_trained)

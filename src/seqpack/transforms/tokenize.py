@@ -191,8 +191,11 @@ def _fast_encoder(tokenizer: Any) -> Any:
     """The Rust backend's batch encoder when it is equivalent to the tokenizer's own call (see
     ``tokenizer.equivalent_backend``), else None."""
     backend = equivalent_backend(tokenizer)
-    if backend is None:
-        return None
+    return None if backend is None else _batch_encoder(backend)
+
+
+def _batch_encoder(backend: Any) -> Any:
+    """A Rust tokenizer's fastest batch call (``encode_batch_fast`` skips offsets; older versions lack it)."""
     return getattr(backend, "encode_batch_fast", None) or backend.encode_batch
 
 
@@ -215,8 +218,7 @@ class TokenizeDoFn(_TokenizeBase):
         # The driver checked that the Rust tokenizer alone gives the same ids: no transformers (and torch)
         # import and no second tokenizer load in every worker.
         self.progress = progress_from_env()
-        rust = load_backend(self.backend.tokenizer_json)
-        self._fast = getattr(rust, "encode_batch_fast", None) or rust.encode_batch
+        self._fast = _batch_encoder(load_backend(self.backend.tokenizer_json))
         self.layout = self.backend.layout
 
     def process(self, batch: Sequence[tuple[str, str, str]]) -> Iterator[Any]:
