@@ -54,11 +54,11 @@ def test_counter_writes_cumulative_lines_at_most_once_per_period(tmp_path: Path)
     clock = FakeClock()
     counter = ProgressCounter(str(tmp_path), period=2.0, clock=clock)
     for _ in range(1024):
-        counter.read_record(rejected=False)
+        counter.read_records(1)
     assert not Path(counter.path).exists(), "nothing before the period has passed"
     clock.now = 2.5
     for _ in range(CHECK_EVERY):  # the clock is read once per CHECK_EVERY records
-        counter.read_record(rejected=True)
+        counter.read_records(1, rejected=1)
     counter.tokenized(10, 300)
     lines = Path(counter.path).read_text().splitlines()
     assert len(lines) == 1, "one line per period"
@@ -178,7 +178,7 @@ def test_live_progress_prints_sets_and_restores_the_directory(tmp_path: Path,
         counter = progress_from_env()  # what a worker does in DoFn.setup
         assert counter is not None
         for _ in range(5):
-            counter.read_record(rejected=False)
+            counter.read_records(1)
         counter.file_read()
         counter.tokenized(5, 50)
         counter.flush()

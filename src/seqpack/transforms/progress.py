@@ -63,11 +63,11 @@ class ProgressCounter:
         self._due = clock() + period
         self.enabled = True
 
-    def read_record(self, *, rejected: bool) -> None:
-        """Once per record read (rejected ones too)."""
-        self.records_read += 1
+    def read_records(self, records: int, *, rejected: int = 0) -> None:
+        """Once per record or list of records read; ``records`` counts the rejected ones too."""
+        self.records_read += records
         self.records_rejected += rejected
-        self._tick()
+        self._tick(records)
 
     def file_read(self) -> None:
         """Once per input file, when it has been read to the end."""

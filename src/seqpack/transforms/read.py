@@ -28,7 +28,7 @@ from seqpack.readers import (
     InputFile,
     Record,
     expand_inputs,
-    iter_input,
+    iter_input_lists,
 )
 from seqpack.transforms.progress import ProgressCounter, progress_from_env
 
@@ -87,29 +87,35 @@ class ReadFileDoFn(beam.DoFn):
     def process(self, input_file: InputFile) -> Iterator[Any]:
         progress = self.progress
         open_binary = beam_open if progress is None else progress.counting_open
-        batch: list[Record] = []
-        for item in iter_input(input_file, open_binary, max_record_bytes=self.max_record_bytes):
-            is_record = isinstance(item, Record)
+        pending: list[Record] = []
+        for items in iter_input_lists(input_file, open_binary, max_record_bytes=self.max_record_bytes):
+            records = [item for item in items if type(item) is Record]
+            rejected = len(items) - len(records)
             if progress is not None:
-                progress.read_record(rejected=not is_record)
-            if is_record:
-                batch.append(item)
-                if len(batch) >= self.batch_size:
-                    yield from self._emit(batch)
-                    batch = []
-            else:
-                self.records_read.inc()
-                self.records_rejected.inc()
-                yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)
-        if batch:
-            yield from self._emit(batch)
+                progress.read_records(len(items), rejected=rejected)
+            if rejected:
+                self.records_read.inc(rejected)
+                self.records_rejected.inc(rejected)
+                for item in items:
+                    if type(item) is not Record:
+                        yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)
+            pending.extend(records)
+            if len(pending) >= self.batch_size:
+                yield from self._emit(pending, whole_batches_only=True)
+                pending = pending[len(pending) - len(pending) % self.batch_size :]
+        yield from self._emit(pending, whole_batches_only=False)
         if progress is not None:
             progress.file_read()
 
-    def _emit(self, batch: list[Record]) -> Iterator[list[Record]]:
-        checkpoint("read")
-        self.records_read.inc(len(batch))  # counted per list: a metric update per record costs more than reading
-        yield batch
+    def _emit(self, records: list[Record], *, whole_batches_only: bool) -> Iterator[list[Record]]:
+        """``records`` in lists of ``batch_size``, the last one shorter unless ``whole_batches_only``."""
+        size = self.batch_size
+        stop = len(records) - len(records) % size if whole_batches_only else len(records)
+        for start in range(0, stop, size):
+            batch = records[start : start + size]
+            checkpoint("read")
+            self.records_read.inc(len(batch))  # per list: a metric update per record costs more than reading
+            yield batch
 
     def finish_bundle(self) -> None:
         if self.progress is not None:
