@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import operator
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from seqpack.transforms.render import REJECTED_TAG, raw_json
 from seqpack.transforms.spill import SPILL_TOKENS, SpillFile, spill_path, write_spill
 
 SPLIT_SALT = b"seqpack-validation-split"
+_IDS = operator.attrgetter("ids")
 
 
 def choose_split(text: str, validation_fraction: float) -> str:
@@ -136,7 +138,7 @@ class _TokenizeBase(StatsDoFn):
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of many texts in one call, without special tokens (the batch API of fast tokenizers)."""
         if self._fast is not None:
-            return [encoding.ids for encoding in self._fast(list(texts), add_special_tokens=False)]
+            return list(map(_IDS, self._fast(list(texts), add_special_tokens=False)))
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     def _filtered(self, source_tokens: int, target_tokens: int) -> bool:
@@ -226,70 +228,98 @@ class TokenizeDoFn(_TokenizeBase):
         cfg = self.config
         sources = self.encode([pair[0] for pair in batch])
         targets = self.encode([pair[1] for pair in batch])
-        prefix, suffix = list(self.layout.prefix), list(self.layout.suffix)
-        n_prefix, n_suffix = len(prefix), len(suffix)
-        holdout, max_length = cfg.validation_fraction, cfg.max_length
-        # Filters are checked inline first: the method call per example costs more than the comparison.
-        min_target, max_source = cfg.min_target_tokens, cfg.max_source_tokens
-        fitting = _FittingTally()
-        for (source_text, target_text, origin), src, tgt in zip(batch, sources, targets, strict=True):
-            if not tgt:
-                yield beam.pvalue.TaggedOutput(
-                    REJECTED_TAG,
-                    Rejected("empty_target", origin, target_text.encode(), "the target tokenizes to no tokens"),
-                )
-                continue
-            n_source, n_target = n_prefix + len(src), len(tgt) + n_suffix
-            if (n_target < min_target or (max_source is not None and n_source > max_source)) and self._filtered(
-                n_source, n_target
-            ):
-                continue
-            if n_source + n_target <= max_length:  # the common case, without the overlong machinery
-                split = "train" if not holdout else choose_split(f"{source_text}\0{target_text}", holdout)
-                fitting.add(split, (prefix, src, tgt, suffix), n_source, n_target)
-                continue
-            outcome = build_example(
-                prefix + src,
-                tgt + suffix,
-                max_length=cfg.max_length,
-                overlong=cfg.overlong,
-                train_on=cfg.train_on,
-                keep_prefix=len(prefix),
-            )
-            self.emit(outcome, f"{source_text}\0{target_text}")
-        self._add_fitting(fitting)
+        n_source = _lengths(sources) + len(self.layout.prefix)
+        n_target = _lengths(targets) + len(self.layout.suffix)
+        empty = n_target == len(self.layout.suffix)
+        filtered = n_target < cfg.min_target_tokens
+        if cfg.max_source_tokens is not None:
+            filtered |= n_source > cfg.max_source_tokens
+        whole = (n_source + n_target <= cfg.max_length) & ~empty & ~filtered
+        # The examples that fit as they are (nearly all) go to the buffers in array operations, with no Python
+        # step per example; the others (empty targets, filtered, over max_length) go one at a time.
+        if whole.all():
+            self._add_whole(batch, sources, targets, n_source, n_target)
+        else:
+            chosen = np.flatnonzero(whole)
+            pick = _picker(chosen)
+            self._add_whole(pick(batch), pick(sources), pick(targets), n_source[chosen], n_target[chosen])
+            for index in np.flatnonzero(~whole).tolist():
+                yield from self._add_one(batch[index], sources[index], targets[index])
         yield from self.spill_full()
 
-    def _add_fitting(self, fitting: _FittingTally) -> None:
-        """Buffer a batch's examples that fitted whole, and count them, in a few array operations per split."""
-        for split, examples in fitting.by_split.items():
-            lengths = np.array(examples.sources, dtype=np.int64) + np.array(examples.targets, dtype=np.int64)
-            offsets = np.zeros(len(lengths) + 1, np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            ids = np.fromiter(
-                itertools.chain.from_iterable(itertools.chain.from_iterable(examples.parts)),
-                dtype=np.int32,
-                count=int(offsets[-1]),
+    def _add_one(self, pair: tuple[str, str, str], source: list[int], target: list[int]) -> Iterator[Any]:
+        """An example that does not fit as it is: rejected, filtered, or truncated or split to fit."""
+        source_text, target_text, origin = pair
+        if not target:
+            yield beam.pvalue.TaggedOutput(
+                REJECTED_TAG,
+                Rejected("empty_target", origin, target_text.encode(), "the target tokenizes to no tokens"),
             )
-            masked = np.array(examples.sources if self.config.train_on == "target" else [0] * len(lengths), np.int32)
-            keys = example_keys(ids, offsets, masked, self.config.seed)
-            self.buffer(split).extend(keys, lengths, ids, masked)
-        self._count_fitting(fitting)
-
-    def _count_fitting(self, fitting: _FittingTally) -> None:
-        """Add a batch's examples that fitted whole to the statistics, in a few array operations."""
-        if not fitting.by_split:
             return
-        sources = np.array([n for e in fitting.by_split.values() for n in e.sources], np.int64)
-        targets = np.array([n for e in fitting.by_split.values() for n in e.targets], np.int64)
+        prefix, suffix = list(self.layout.prefix), list(self.layout.suffix)
+        if self._filtered(len(prefix) + len(source), len(target) + len(suffix)):
+            return
+        cfg = self.config
+        outcome = build_example(
+            prefix + source,
+            target + suffix,
+            max_length=cfg.max_length,
+            overlong=cfg.overlong,
+            train_on=cfg.train_on,
+            keep_prefix=len(prefix),
+        )
+        self.emit(outcome, f"{source_text}\0{target_text}")
+
+    def _add_whole(
+        self,
+        batch: Sequence[tuple[str, str, str]],
+        sources: list[list[int]],
+        targets: list[list[int]],
+        n_source: np.ndarray,
+        n_target: np.ndarray,
+    ) -> None:
+        """Buffer and count examples that fit in ``max_length`` whole; ``n_*`` count the special tokens too."""
+        if not len(batch):
+            return
+        holdout = self.config.validation_fraction
+        if not holdout:
+            self._buffer_whole("train", sources, targets, n_source, n_target)
+        else:
+            held = np.array([choose_split(f"{s}\0{t}", holdout) == "validation" for s, t, _ in batch], dtype=bool)
+            for split, chosen in (("train", np.flatnonzero(~held)), ("validation", np.flatnonzero(held))):
+                if len(chosen):
+                    pick = _picker(chosen)
+                    self._buffer_whole(split, pick(sources), pick(targets), n_source[chosen], n_target[chosen])
+        self._count_whole(n_source, n_target)
+
+    def _buffer_whole(
+        self,
+        split: str,
+        sources: list[list[int]],
+        targets: list[list[int]],
+        n_source: np.ndarray,
+        n_target: np.ndarray,
+    ) -> None:
+        """Lay examples out flat (prefix, source, target, suffix each), key them and add them to a buffer."""
+        lengths = n_source + n_target
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        parts = zip(itertools.repeat(self.layout.prefix), sources, targets, itertools.repeat(self.layout.suffix))
+        flat = itertools.chain.from_iterable(itertools.chain.from_iterable(parts))
+        ids = np.fromiter(flat, dtype=np.int32, count=int(offsets[-1]))
+        masked = n_source.astype(np.int32) if self.config.train_on == "target" else np.zeros(len(lengths), np.int32)
+        keys = example_keys(ids, offsets, masked, self.config.seed)
+        self.buffer(split).extend(keys, lengths, ids, masked)
+        self.count_keyed("examples_by_split", split, len(lengths))
+
+    def _count_whole(self, sources: np.ndarray, targets: np.ndarray) -> None:
+        """Add examples that fitted whole to the statistics, in a few array operations."""
         totals = sources + targets
         tokens = int(totals.sum())
         self.count("tokens_in", tokens)
         self.count("source_tokens", int(sources.sum()))
         self.count("target_tokens", int(targets.sum()))
         self.count("pieces", len(totals))
-        for split, examples in fitting.by_split.items():
-            self.count_keyed("examples_by_split", split, len(examples.sources))
         for name, lengths in (("example", totals), ("source", sources), ("target", targets)):
             hist = np.bincount(length_bins(lengths), minlength=stats_format.HIST_BINS)
             bins = self.stats[f"{name}_length_hist"]
@@ -300,28 +330,14 @@ class TokenizeDoFn(_TokenizeBase):
             self.progress.tokenized(len(totals), tokens)
 
 
-class _FittingExamples:
-    """The examples of one split of one batch that fit in ``max_length`` as they are."""
-
-    def __init__(self) -> None:
-        self.parts: list[tuple[list[int], ...]] = []
-        self.sources: list[int] = []
-        self.targets: list[int] = []
+def _lengths(token_lists: list[list[int]]) -> np.ndarray:
+    return np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
 
 
-class _FittingTally:
-    """The examples of one batch that fit whole, per split: their id parts and their lengths."""
-
-    def __init__(self) -> None:
-        self.by_split: dict[str, _FittingExamples] = {}
-
-    def add(self, split: str, parts: tuple[list[int], ...], source_tokens: int, target_tokens: int) -> None:
-        examples = self.by_split.get(split)
-        if examples is None:
-            examples = self.by_split[split] = _FittingExamples()
-        examples.parts.append(parts)
-        examples.sources.append(source_tokens)
-        examples.targets.append(target_tokens)
+def _picker(chosen: np.ndarray) -> Any:
+    """A function that takes the items at the indices ``chosen`` out of a sequence, as a list."""
+    indices = chosen.tolist()
+    return lambda items: [items[i] for i in indices]
 
 
 def length_bins(lengths: np.ndarray) -> np.ndarray:
