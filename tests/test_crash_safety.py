@@ -70,6 +70,7 @@ def test_killed_fresh_run_leaves_nothing_usable_and_rerun_matches(setup: dict, p
 def test_killed_overwrite_keeps_previous_dataset_or_nothing(setup: dict, point: str) -> None:
     output = setup["root"] / f"overwrite-{point}"
     assert main(run_args(setup["input"], output, setup["tokenizer"], "--seed", "7")) == 0
+    (output / "report.html").write_text("the report of the previous dataset")
     previous = dataset_hashes(output)
     killed = run_killed(run_args(setup["input"], output, setup["tokenizer"], "--overwrite"), point)
     assert killed.returncode == -signal.SIGKILL

@@ -8,7 +8,8 @@ statistics add up is the dataset published:
 2. the old ``manifest.json`` is deleted (from here on, readers refuse the directory);
 3. the staged files are renamed into place;
 4. ``manifest.json`` is written, atomically: the new dataset exists;
-5. files of the old dataset that the new manifest does not list, and the staging directory, are removed.
+5. files of the old dataset that the new manifest does not list (and the old ``report.html``, which describes
+   data that is gone), and the staging directory, are removed.
 
 A crash before step 2 leaves the previous dataset; a crash between 2 and 4 leaves a directory that every
 reader refuses (no manifest), and the next run cleans it up.
@@ -34,8 +35,10 @@ from seqpack.transforms.write import write_atomically
 
 STAGING_NAME = ".seqpack-staging"
 DATA_DIRS = ("train", "validation", "rejected", "tokenizer")
-TOKENIZER_DIR = "tokenizer"
 """Directories whose files belong to the dataset; files there that the manifest does not list are removed."""
+TOKENIZER_DIR = "tokenizer"
+REPORT_NAME = "report.html"
+"""``seqpack run --report`` writes the dataset's report here; a commit removes the previous dataset's."""
 
 
 def staging_dir(output: str) -> str:
@@ -148,5 +151,8 @@ def commit(config: RunConfig, tokenizer: TokenizerInfo, staging: str) -> tuple[M
     checkpoint("commit_manifest")
     _move(staging, config.output, MANIFEST_NAME)
     _remove_unlisted(config.output, set(files))
+    old_report = FileSystems.join(config.output, REPORT_NAME)
+    if FileSystems.exists(old_report):
+        FileSystems.delete([old_report])
     FileSystems.delete([staging])
     return manifest, stats

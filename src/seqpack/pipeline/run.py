@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from seqpack.chat import check_segment_roundtrip, require_chat_template, unknown_special_strings
 from seqpack.pipeline.build import BACKEND_TOKENIZER, META_DIR, build_pipeline
-from seqpack.pipeline.commit import commit, prepare_output, save_tokenizer
+from seqpack.pipeline.commit import REPORT_NAME, commit, prepare_output, save_tokenizer
 from seqpack.pipeline.config import RunConfig, UsageError
 from seqpack.pipeline.lock import OutputLock
 from seqpack.pipeline.options import config_from_args, pipeline_options
@@ -192,7 +192,7 @@ def _write_report(output: str) -> str | None:
     """Write ``OUT/report.html``; on failure say that the dataset itself is complete, and how to retry."""
     from seqpack.report import write_report
 
-    path = f"{output}/report.html"
+    path = f"{output}/{REPORT_NAME}"
     try:
         return write_report(output, path)
     except Exception as error:  # noqa: BLE001 - the dataset is committed; only the report is missing
