@@ -103,10 +103,11 @@ def worker_ceiling(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     sources, targets = _read_texts(args.data)
     read_s = time.time() - t0
+    distinct = {"sources": len(set(sources)), "targets": len(set(targets))}  # untimed, like the reading
     texts = sources + targets
     batch = args.ceiling_batch
     spans = [(i, min(i + batch, len(texts))) for i in range(0, len(texts), batch)]
-    result: dict[str, Any] = {"read_s": read_s, "pairs": len(sources), "methods_s": {}}
+    result: dict[str, Any] = {"read_s": read_s, "pairs": len(sources), "methods_s": {}, "distinct": distinct}
     counts = {}
 
     # 1. one process per core, each the Rust backend on one thread (forked first, before any Rust thread exists)
@@ -416,7 +417,7 @@ def run_ceiling(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: 
         detail={"peak_pss_mb_by_process": measured.peak_pss_by_process,
                 "process_wall_s": measured.wall_s, "read_jsonl_s": info["read_s"], "methods_s": info["methods_s"],
                 "ceiling_method": info["ceiling_method"], "batch": args.ceiling_batch,
-                "tokenizer_cpu_s": info["tokenizer_cpu_s"]},
+                "tokenizer_cpu_s": info["tokenizer_cpu_s"], "distinct": info["distinct"]},
     )
 
 
@@ -839,6 +840,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ceiling {r.scale}×: {methods} (batches of {d['batch']:,} texts; the fastest is the ceiling); "
                   f"tokenizing every text once costs {d['tokenizer_cpu_s']:.1f} CPU s on one thread; reading+parsing "
                   f"the JSONL first took {d['read_jsonl_s']:.1f} s (not counted)")
+            print(f"ceiling {r.scale}×: distinct texts: {d['distinct']['sources']:,} sources and "
+                  f"{d['distinct']['targets']:,} targets in {r.pairs:,} pairs (the ceiling tokenizes every text; "
+                  "seqpack tokenizes a text once per worker while its cache keeps it)")
         elif r.path == "datasets":
             stages = ", ".join(f"{k} {v:.1f} s" for k, v in r.detail["stages_s"].items())
             print(f"datasets {r.scale}×: {stages}; startup+imports {r.detail['startup_s']:.1f} s; "

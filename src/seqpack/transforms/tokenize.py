@@ -4,6 +4,9 @@ Every example gets a 16-byte seeded hash of its content as its key: the order of
 examples of a bundle collect in a columnar buffer per split (``seqpack.examples``) and are written, sorted by
 key, as spill files (``transforms.spill``) whenever the buffer is full and when the bundle ends; only a small
 ``SpillFile`` description per file goes on through the pipeline.
+
+A worker tokenizes each distinct source or target text once while its ``EncodeCache`` keeps it (sources
+repeat in parallel corpora and instruction sets); the ids, and so the output, are the same either way.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from seqpack.chat import render_segments, tokenize_segments
+from seqpack.encode_cache import EncodeCache, Ids
 from seqpack.examples import ExampleBuffer
 from seqpack.faults import checkpoint
 from seqpack.masking import Outcome, build_example, build_masked_example
@@ -216,18 +220,21 @@ class TokenizeDoFn(_TokenizeBase):
         if self.backend is None:
             super().setup()
             self.layout = pair_layout(self.tokenizer, add_eos=self.config.add_eos)
-            return
-        # The driver checked that the Rust tokenizer alone gives the same ids: no transformers (and torch)
-        # import and no second tokenizer load in every worker.
-        self.progress = progress_from_env()
-        self._fast = _batch_encoder(load_backend(self.backend.tokenizer_json))
-        self.layout = self.backend.layout
+        else:
+            # The driver checked that the Rust tokenizer alone gives the same ids: no transformers (and torch)
+            # import and no second tokenizer load in every worker.
+            self.progress = progress_from_env()
+            self._fast = _batch_encoder(load_backend(self.backend.tokenizer_json))
+            self.layout = self.backend.layout
+        # Sources repeat most (one source, many translations), but each side decides for itself.
+        self.sources = EncodeCache(self.encode)
+        self.targets = EncodeCache(self.encode)
 
     def process(self, batch: Sequence[tuple[str, str, str]]) -> Iterator[Any]:
         checkpoint("tokenize")
         cfg = self.config
-        sources = self.encode([pair[0] for pair in batch])
-        targets = self.encode([pair[1] for pair in batch])
+        sources = self.sources.encode([pair[0] for pair in batch])
+        targets = self.targets.encode([pair[1] for pair in batch])
         n_source = _lengths(sources) + len(self.layout.prefix)
         n_target = _lengths(targets) + len(self.layout.suffix)
         empty = n_target == len(self.layout.suffix)
@@ -247,7 +254,7 @@ class TokenizeDoFn(_TokenizeBase):
                 yield from self._add_one(batch[index], sources[index], targets[index])
         yield from self.spill_full()
 
-    def _add_one(self, pair: tuple[str, str, str], source: list[int], target: list[int]) -> Iterator[Any]:
+    def _add_one(self, pair: tuple[str, str, str], source: Ids, target: Ids) -> Iterator[Any]:
         """An example that does not fit as it is: rejected, filtered, or truncated or split to fit."""
         source_text, target_text, origin = pair
         if not target:
@@ -261,8 +268,8 @@ class TokenizeDoFn(_TokenizeBase):
             return
         cfg = self.config
         outcome = build_example(
-            prefix + source,
-            target + suffix,
+            prefix + list(source),
+            list(target) + suffix,
             max_length=cfg.max_length,
             overlong=cfg.overlong,
             train_on=cfg.train_on,
@@ -273,8 +280,8 @@ class TokenizeDoFn(_TokenizeBase):
     def _add_whole(
         self,
         batch: Sequence[tuple[str, str, str]],
-        sources: list[list[int]],
-        targets: list[list[int]],
+        sources: list[Ids],
+        targets: list[Ids],
         n_source: np.ndarray,
         n_target: np.ndarray,
     ) -> None:
@@ -295,8 +302,8 @@ class TokenizeDoFn(_TokenizeBase):
     def _buffer_whole(
         self,
         split: str,
-        sources: list[list[int]],
-        targets: list[list[int]],
+        sources: list[Ids],
+        targets: list[Ids],
         n_source: np.ndarray,
         n_target: np.ndarray,
     ) -> None:
@@ -330,7 +337,7 @@ class TokenizeDoFn(_TokenizeBase):
             self.progress.tokenized(len(totals), tokens)
 
 
-def _lengths(token_lists: list[list[int]]) -> np.ndarray:
+def _lengths(token_lists: list[Ids]) -> np.ndarray:
     return np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
 
 
