@@ -70,6 +70,7 @@ def batched(config: RunConfig, spill_dir: Path, pairs):  # noqa: ANN001, ANN201
     tokenize.setup()
     tokenize.start_bundle()
     outputs = list(tokenize.process(pairs))
+    assert tokenize.source_cache.hits > 0, "repeated sources come out of the encode cache"
     stats = tokenize.stats
     outputs += list(tokenize.finish_bundle())
     values = [out.value if isinstance(out, WindowedValue) else out for out in outputs]

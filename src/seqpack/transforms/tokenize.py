@@ -227,14 +227,14 @@ class TokenizeDoFn(_TokenizeBase):
             self._fast = _batch_encoder(load_backend(self.backend.tokenizer_json))
             self.layout = self.backend.layout
         # Sources repeat most (one source, many translations), but each side decides for itself.
-        self.sources = EncodeCache(self.encode)
-        self.targets = EncodeCache(self.encode)
+        self.source_cache = EncodeCache(self.encode)
+        self.target_cache = EncodeCache(self.encode)
 
     def process(self, batch: Sequence[tuple[str, str, str]]) -> Iterator[Any]:
         checkpoint("tokenize")
         cfg = self.config
-        sources = self.sources.encode([pair[0] for pair in batch])
-        targets = self.targets.encode([pair[1] for pair in batch])
+        sources = self.source_cache.encode([pair[0] for pair in batch])
+        targets = self.target_cache.encode([pair[1] for pair in batch])
         n_source = _lengths(sources) + len(self.layout.prefix)
         n_target = _lengths(targets) + len(self.layout.suffix)
         empty = n_target == len(self.layout.suffix)
