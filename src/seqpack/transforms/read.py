@@ -5,7 +5,7 @@
     >>> read.records, read.rejected                                 # PCollections of Record and Rejected
 
 ``records`` holds ``seqpack.readers.Record`` objects (fields dict + origin). Beam encodes them with its
-fallback coder, which pickles a slotted frozen dataclass compactly (the class name once, then the two
+fallback coder, which pickles a slotted dataclass compactly (the class name once, then the two
 values); the read path never unpickles input data. Records come out in no particular order: downstream
 steps that need determinism order by ``origin``, which is unique and stable.
 """
