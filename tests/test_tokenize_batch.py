@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from apache_beam.utils.windowed_value import WindowedValue
@@ -31,7 +32,11 @@ PAIRS = [
 ]
 
 
-def reference(config: RunConfig, tokenizer, pairs):  # noqa: ANN001, ANN201
+Triple = tuple[str, str, str]
+Found = tuple[list[tuple], list[tuple[str, str]], Counter]
+
+
+def reference(config: RunConfig, tokenizer: Any, pairs: list[Triple]) -> Found:
     """Examples one at a time, the slow way: (split, key, ids, n_masked), rejections, and a few counts."""
     layout = pair_layout(tokenizer, add_eos=config.add_eos)
     examples, rejected, counts = [], [], Counter()
@@ -64,7 +69,7 @@ def reference(config: RunConfig, tokenizer, pairs):  # noqa: ANN001, ANN201
     return sorted(examples), sorted(rejected), counts
 
 
-def batched(config: RunConfig, spill_dir: Path, pairs):  # noqa: ANN001, ANN201
+def batched(config: RunConfig, spill_dir: Path, pairs: list[Triple]) -> Found:
     """The same through ``TokenizeDoFn``, the whole list as one batch."""
     tokenize = TokenizeDoFn(config, str(spill_dir))
     tokenize.setup()
