@@ -57,7 +57,7 @@ class ExampleColumns:
         """The examples at ``order``, in that order (one gather per column, no per-example loop)."""
         order = np.asarray(order, dtype=np.int64)
         lengths = self.lengths[order]
-        offsets = _offsets_of(lengths)
+        offsets = offsets_of(lengths)
         token_index = gather_index(self.offsets[:-1][order], lengths)
         return ExampleColumns(
             key_hi=self.key_hi[order],
@@ -102,7 +102,7 @@ class ExampleColumns:
         return ExampleColumns(
             key_hi=np.concatenate([p.key_hi for p in parts]),
             key_lo=np.concatenate([p.key_lo for p in parts]),
-            offsets=_offsets_of(np.concatenate([p.lengths for p in parts])),
+            offsets=offsets_of(np.concatenate([p.lengths for p in parts])),
             ids=np.concatenate([p.ids[p.offsets[0] : p.offsets[-1]] for p in parts]),
             n_masked=np.concatenate([p.n_masked for p in parts]),
             trained=None if parts[0].trained is None else np.concatenate([p.trained for p in parts]),
@@ -120,7 +120,8 @@ def empty_columns(with_trained: bool = False) -> ExampleColumns:
     )
 
 
-def _offsets_of(lengths: np.ndarray) -> np.ndarray:
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """``0, l0, l0+l1, ...``: where each of the examples of ``lengths`` starts in a flat array, and the end."""
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return offsets
@@ -185,7 +186,7 @@ class ExampleBuffer:
             columns = ExampleColumns(
                 key_hi=keys[:, 0].astype(np.uint64),
                 key_lo=keys[:, 1].astype(np.uint64),
-                offsets=_offsets_of(np.concatenate(self._lengths)),
+                offsets=offsets_of(np.concatenate(self._lengths)),
                 ids=np.concatenate(self._ids),
                 n_masked=np.concatenate(self._masked),
                 trained=np.concatenate(self._trained) if self._trained else None,

@@ -191,12 +191,14 @@ class ProgressFormatter:
             return f"read {done} · spreading them over the workers"
         if not self.size.bytes:
             return f"reading · {records} · {size_text(totals.bytes_read)}"
+        share, left = self._bytes_done(totals, bytes_rate)
+        return f"reading {share} ({self.size.units_text(totals.files_read)}) · {records}{left}"
+
+    def _bytes_done(self, totals: Totals, bytes_rate: float | None) -> tuple[str, str]:
+        """``"N% of X MB"`` of the input read, and the time left at ``bytes_rate``."""
         fraction = min(totals.bytes_read / self.size.bytes, 0.99)
         left = _eta(self.size.bytes - totals.bytes_read, bytes_rate)
-        return (
-            f"reading {fraction:.0%} of {size_text(self.size.bytes)} ({self.size.units_text(totals.files_read)}) · "
-            f"{records}{left}"
-        )
+        return f"{fraction:.0%} of {size_text(self.size.bytes)}", left
 
     def _reading_done(self, totals: Totals) -> bool:
         return totals.files_read >= self.size.units
@@ -210,9 +212,8 @@ class ProgressFormatter:
             counts = f"{totals.records_read:,} records read · {totals.records_tokenized:,} tokenized · {tokens}"
             if not self.size.bytes:
                 return f"reading and tokenizing · {counts}"
-            fraction = min(totals.bytes_read / self.size.bytes, 0.99)
-            left = _eta(self.size.bytes - totals.bytes_read, bytes_rate)
-            return f"reading and tokenizing {fraction:.0%} of {size_text(self.size.bytes)} · {counts}{left}"
+            share, left = self._bytes_done(totals, bytes_rate)
+            return f"reading and tokenizing {share} · {counts}{left}"
         if totals.records_tokenized >= expected:
             return (
                 f"tokenized {totals.records_tokenized:,} records ({count_text(totals.tokens)} tokens) · "

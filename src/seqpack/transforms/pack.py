@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 
-from seqpack.examples import ExampleColumns
+from seqpack.examples import ExampleColumns, empty_columns
 from seqpack.faults import lose_one_example
 from seqpack.packing import PackedBlocks, pack_columns
 from seqpack.pipeline.config import RunConfig
@@ -61,7 +61,7 @@ def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bo
         for spill in sorted(spills, key=lambda s: s.path)
         if spill.split == split
     ]
-    return ExampleColumns.concat(parts).sorted_by_key() if parts else ExampleColumns.concat([])
+    return ExampleColumns.concat(parts).sorted_by_key() if parts else empty_columns(with_trained)
 
 
 class PackBucketDoFn(beam.DoFn):

@@ -100,18 +100,17 @@ class ReadFileDoFn(beam.DoFn):
                     if type(item) is not Record:
                         yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)
             pending.extend(records)
-            if len(pending) >= self.batch_size:
-                yield from self._emit(pending, whole_batches_only=True)
-                pending = pending[len(pending) - len(pending) % self.batch_size :]
-        yield from self._emit(pending, whole_batches_only=False)
+            whole = len(pending) - len(pending) % self.batch_size
+            yield from self._emit(pending[:whole])
+            pending = pending[whole:]
+        yield from self._emit(pending)
         if progress is not None:
             progress.file_read()
 
-    def _emit(self, records: list[Record], *, whole_batches_only: bool) -> Iterator[list[Record]]:
-        """``records`` in lists of ``batch_size``, the last one shorter unless ``whole_batches_only``."""
+    def _emit(self, records: list[Record]) -> Iterator[list[Record]]:
+        """``records`` in lists of ``batch_size`` (the last one may be shorter)."""
         size = self.batch_size
-        stop = len(records) - len(records) % size if whole_batches_only else len(records)
-        for start in range(0, stop, size):
+        for start in range(0, len(records), size):
             batch = records[start : start + size]
             checkpoint("read")
             self.records_read.inc(len(batch))  # per list: a metric update per record costs more than reading

@@ -117,18 +117,6 @@ def _columns_of(batch: pa.RecordBatch) -> ExampleColumns:
     )
 
 
-def _copied(columns: ExampleColumns) -> ExampleColumns:
-    """The same examples in memory of their own (a slice of a memory-mapped file must outlive the file)."""
-    return ExampleColumns(
-        key_hi=columns.key_hi.copy(),
-        key_lo=columns.key_lo.copy(),
-        offsets=columns.offsets.copy(),
-        ids=columns.ids.copy(),
-        n_masked=columns.n_masked.copy(),
-        trained=None if columns.trained is None else columns.trained.copy(),
-    )
-
-
 def read_spill_range(path: str, low: int, high: int | None, *, with_trained: bool) -> ExampleColumns:
     """The examples of a spill file with ``low <= key_hi < high`` (``high=None``: no upper bound), in key
     order. Only the record batches that overlap the range are read; ``with_trained`` gives an empty result the
@@ -142,5 +130,6 @@ def read_spill_range(path: str, low: int, high: int | None, *, with_trained: boo
                 continue
             columns = _columns_of(reader.get_batch(index))
             start, stop = columns.key_range(low, high)
-            parts.append(_copied(columns.slice(start, stop)))
-    return ExampleColumns.concat(parts) if parts else empty_columns(with_trained)
+            parts.append(columns.slice(start, stop))
+        # concat copies every column: the result does not point into the file, which closes on return
+        return ExampleColumns.concat(parts) if parts else empty_columns(with_trained)

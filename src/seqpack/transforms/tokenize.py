@@ -24,7 +24,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from seqpack.chat import render_segments, tokenize_segments
 from seqpack.encode_cache import EncodeCache, Ids
-from seqpack.examples import ExampleBuffer
+from seqpack.examples import ExampleBuffer, offsets_of
 from seqpack.faults import checkpoint
 from seqpack.masking import Outcome, build_example, build_masked_example
 from seqpack.pipeline.config import RunConfig
@@ -309,8 +309,7 @@ class TokenizeDoFn(_TokenizeBase):
     ) -> None:
         """Lay examples out flat (prefix, source, target, suffix each), key them and add them to a buffer."""
         lengths = n_source + n_target
-        offsets = np.zeros(len(lengths) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = offsets_of(lengths)
         parts = zip(itertools.repeat(self.layout.prefix), sources, targets, itertools.repeat(self.layout.suffix))
         flat = itertools.chain.from_iterable(itertools.chain.from_iterable(parts))
         ids = np.fromiter(flat, dtype=np.int32, count=int(offsets[-1]))
