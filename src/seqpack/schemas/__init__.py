@@ -11,6 +11,15 @@ from seqpack.schemas.columns import (
     blocks_to_table,
     check_schema,
 )
+from seqpack.schemas.layout import (
+    LOCK_NAME,
+    REJECTED_FILE,
+    REPORT_NAME,
+    STAGING_NAME,
+    TOKENIZER_DIR,
+    revision_dir,
+    revision_of,
+)
 from seqpack.schemas.manifest import (
     MANIFEST_NAME,
     STATS_NAME,
@@ -24,6 +33,13 @@ from seqpack.schemas.manifest import (
 
 __all__ = [
     "BLOCK_SCHEMA",
+    "LOCK_NAME",
+    "REJECTED_FILE",
+    "REPORT_NAME",
+    "STAGING_NAME",
+    "TOKENIZER_DIR",
+    "revision_dir",
+    "revision_of",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MANIFEST_NAME",

@@ -83,6 +83,20 @@ class Manifest:
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     schema: list[dict[str, str]] = field(default_factory=schema_description)
+    revision: int = 0
+    """1 for a dataset's first commit, +1 for each ``--overwrite``; 0 in datasets written before revisions."""
+    directory: str = ""
+    """The revision's directory (``v000001``), which holds every file below; "" for the older flat layout."""
+    files: list[str] = field(default_factory=list)
+    """Every file of the revision besides the shards (stats, rejected records, tokenizer), relative to the
+    dataset directory: with the shards, exactly the files a later commit may delete."""
+
+    def path_of(self, name: str) -> str:
+        """Where the revision keeps ``name`` (``stats.json``, ``tokenizer``), relative to the dataset directory."""
+        return f"{self.directory}/{name}" if self.directory else name
+
+    def shard_paths(self) -> list[str]:
+        return [shard.path for split in self.splits.values() for shard in split.shards]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -127,10 +141,12 @@ class Manifest:
                 format=raw["format"],
                 format_version=raw["format_version"],
                 schema=raw["schema"],
+                revision=raw.get("revision", 0),
+                directory=raw.get("directory", ""),
+                files=list(raw.get("files", [])),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise DatasetFormatError(f"{where} is missing or has a malformed field: {exc}") from exc
-        for split in manifest.splits.values():
-            for shard in split.shards:
-                safe_relative_path(shard.path)
+        for path in [*manifest.shard_paths(), *manifest.files, *([manifest.directory] if manifest.directory else [])]:
+            safe_relative_path(path)
         return manifest
