@@ -123,6 +123,10 @@ class InputFile:
     part: tuple[int, int] = (0, 1)
     """(index, count) of this byte range among its file's ranges."""
 
+    def __post_init__(self) -> None:
+        # The label ends up in origins, which Beam encodes as UTF-8 and rejected.jsonl writes as JSON.
+        object.__setattr__(self, "label", printable_path(self.label))
+
     @property
     def is_range(self) -> bool:
         return self.stop is not None
@@ -134,6 +138,21 @@ Match = Callable[[str], Sequence[str]]
 
 
 # --- formats -------------------------------------------------------------------------------------------------
+
+
+def printable_path(path: str) -> str:
+    """``path`` as valid UTF-8 text, for origins and messages: a byte of a file name that is not UTF-8 (which
+    Python keeps as a surrogate escape, so the file still opens) is written ``\\xNN``, the same on every run.
+
+        >>> printable_path(os.fsdecode(b"bad\\xffname.jsonl"))
+        'bad\\\\xffname.jsonl'
+    """
+    if path.isascii():
+        return path
+    try:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to (e.g. from JSON metadata)
+        return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def detect_format(path: str) -> str:
@@ -186,7 +205,7 @@ def iter_file_lists(
     if max_record_bytes < 1:
         raise ValueError(f"max_record_bytes must be positive, got {max_record_bytes}")
     fmt = fmt or detect_format(path)
-    label = label or path
+    label = printable_path(label or path)
     parse = _PARSERS.get(fmt)
     if parse is None:
         raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(_PARSERS)}")
@@ -250,7 +269,6 @@ def _range_chunks(stream: BinaryIO, length: int) -> Iterator[bytes]:
         yield chunk
 
 
-
 class _BadFile(Exception):
     """The file as a whole is unusable; the message says why and how to fix it."""
 
@@ -258,7 +276,7 @@ class _BadFile(Exception):
 def _unreadable_detail(fmt: str, count: int, error: Exception) -> str:
     message = str(error) if isinstance(error, _BadFile) else f"{type(error).__name__}: {error}"
     where = f"after {count:,} records" if count else "before any record"
-    return f"cannot read this {fmt} file {where}: {message}"
+    return printable_path(f"cannot read this {fmt} file {where}: {message}")  # a message may quote the path
 
 
 # --- byte streams and lines ----------------------------------------------------------------------------------
