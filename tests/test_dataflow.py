@@ -41,7 +41,8 @@ def test_the_dataflow_job_builds_offline_with_the_custom_container(
     options, runner = pipeline_options(DATAFLOW_ARGS)
     pipeline = beam.Pipeline(runner=runner, options=options)
     pad_id = pad_id_of(load_tokenizer(config.tokenizer))
-    build_pipeline(pipeline, config, resolve_inputs(config.inputs), f"{config.output}/.seqpack-staging", pad_id)
+    build_pipeline(pipeline, config, resolve_inputs(config.inputs), staging=f"{config.output}/.seqpack-staging",
+                   revision_root=f"{config.output}/v000001", pad_id=pad_id)
     result = pipeline.run()  # --dry_run: translated, validated, not submitted
 
     job = result.job.proto_pipeline

@@ -20,8 +20,8 @@ POINTS = (
     "read",  # while reading input records
     "tokenize",  # while tokenizing a batch
     "write_shard",  # a shard's temporary file is written, not yet renamed
-    "commit_moving",  # the old manifest is gone and some new files are moved into place
-    "commit_manifest",  # everything is in place but manifest.json
+    "commit_manifest",  # the new revision is complete beside the old one; manifest.json not yet switched
+    "commit_cleanup",  # manifest.json names the new revision; the old revision's files not yet removed
 )
 SLOW_ENVS = {"tokenize": "SEQPACK_TEST_SLOW_TOKENIZE"}
 """Points a test can slow down, and the variable that holds the seconds to sleep there."""

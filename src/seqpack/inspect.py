@@ -27,10 +27,9 @@ import numpy as np
 
 from seqpack import IGNORE_INDEX
 from seqpack.dataset import Location, ShardSet
-from seqpack.schemas import Manifest
+from seqpack.schemas import TOKENIZER_DIR, Manifest
 from seqpack.tokenizer import TokenizerError, fingerprint, load_tokenizer
 
-TOKENIZER_DIR = "tokenizer"
 """A dataset may carry its tokenizer in this subdirectory; ``inspect`` prefers it to the manifest's name."""
 
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"
@@ -247,8 +246,9 @@ def tokenizer_spec(url: str, manifest: Manifest, override: str | None = None) ->
     if override:
         return override
     location = Location.of(url)
-    if location.fs.isdir(f"{location.root}/{TOKENIZER_DIR}"):
-        return f"{location.url}/{TOKENIZER_DIR}"
+    relative = manifest.path_of(TOKENIZER_DIR)
+    if location.fs.isdir(location.path(relative)):
+        return location.name(relative)
     return manifest.tokenizer.name
 
 

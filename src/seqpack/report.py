@@ -31,9 +31,9 @@ import seqpack
 from seqpack.dataset import Location, ShardSet, open_manifest
 from seqpack.inspect import BlockView, InspectError, decoded_blocks, escape_text, load_dataset_tokenizer
 from seqpack.readers import REASONS
-from seqpack.schemas import STATS_NAME, DatasetFormatError, Manifest
+from seqpack.schemas import REJECTED_FILE, STATS_NAME, DatasetFormatError, Manifest
+from seqpack.schemas import stats as stats_format
 
-REJECTED_FILE = "rejected/rejected.jsonl"
 EXAMPLES_PER_REASON = 3
 RAW_CHARS = 400
 """How much of a rejected record's raw text the report shows."""
@@ -221,12 +221,16 @@ class RejectedSamples:
 
     by_reason: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     truncated_scan: bool = False
+    path: str = REJECTED_FILE
+    """The file, relative to the dataset directory."""
 
 
-def rejected_samples(url: str, reasons: Iterable[str], *, per_reason: int = EXAMPLES_PER_REASON) -> RejectedSamples:
+def rejected_samples(
+    url: str, manifest: Manifest, reasons: Iterable[str], *, per_reason: int = EXAMPLES_PER_REASON
+) -> RejectedSamples:
     location = Location.of(url)
-    path = f"{location.root}/{REJECTED_FILE}"
-    samples = RejectedSamples({reason: [] for reason in reasons})
+    path = location.path(manifest.path_of(REJECTED_FILE))
+    samples = RejectedSamples({reason: [] for reason in reasons}, path=manifest.path_of(REJECTED_FILE))
     if not samples.by_reason or not location.fs.exists(path):
         return samples
     read = 0
@@ -238,7 +242,9 @@ def rejected_samples(url: str, reasons: Iterable[str], *, per_reason: int = EXAM
                 break
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if not isinstance(entry, dict):
                 continue
             found = samples.by_reason.setdefault(str(entry.get("reason")), [])
             if len(found) < per_reason:
@@ -248,16 +254,15 @@ def rejected_samples(url: str, reasons: Iterable[str], *, per_reason: int = EXAM
     return samples
 
 
-def read_stats(url: str) -> dict[str, Any]:
+def read_stats(url: str, manifest: Manifest) -> dict[str, Any]:
+    """The dataset's ``stats.json``, checked field by field (``DatasetFormatError`` if missing or damaged)."""
     location = Location.of(url)
-    path = f"{location.root}/{STATS_NAME}"
-    if not location.fs.exists(path):
-        raise DatasetFormatError(f"{location.name(STATS_NAME)} is missing: the report needs the run's statistics")
+    relative = manifest.path_of(STATS_NAME)
+    path = location.path(relative)
+    if not location.fs.isfile(path):
+        raise DatasetFormatError(f"{location.name(relative)} is missing: the report needs the run's statistics")
     with location.fs.open(path, "rb") as handle:
-        try:
-            return json.loads(handle.read())
-        except json.JSONDecodeError as error:
-            raise DatasetFormatError(f"{location.name(STATS_NAME)} is not valid JSON ({error})") from error
+        return stats_format.parse(handle.read(), location.name(relative))
 
 
 def sample_blocks(url: str, manifest: Manifest, *, split: str, count: int, tokenizer: str | None) -> list[BlockView]:
@@ -418,7 +423,7 @@ def rejected_section(stats: Mapping[str, Any], samples: RejectedSamples) -> str:
     )
     scan = "<p>Examples come from the first 64 MiB of rejected.jsonl.</p>" if samples.truncated_scan else ""
     return (
-        f'<section id="rejected"><h2>Rejected records</h2><p>All of them are in {esc(REJECTED_FILE)}, raw, with '
+        f'<section id="rejected"><h2>Rejected records</h2><p>All of them are in {esc(samples.path)}, raw, with '
         f"their file and line.</p>{table}{scan}{dropped_html}</section>"
     )
 
@@ -469,9 +474,9 @@ def build_report(
     ``MissingDependencyError`` without matplotlib; a tokenizer that cannot be loaded only costs the samples."""
     require_matplotlib()
     manifest = open_manifest(url)
-    stats = read_stats(url)
+    stats = read_stats(url, manifest)
     block_figures = block_stats(url, manifest, max_units=max_units)
-    samples = rejected_samples(url, stats.get("rejected_by_reason", {}))
+    samples = rejected_samples(url, manifest, stats["rejected_by_reason"])
     problem = None
     try:
         decoded = sample_blocks(url, manifest, split=split, count=blocks, tokenizer=tokenizer)

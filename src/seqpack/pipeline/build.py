@@ -48,12 +48,14 @@ def build_pipeline(
     pipeline: beam.Pipeline,
     config: RunConfig,
     files: list,
-    staging: str,
-    pad_id: int,
     *,
+    staging: str,
+    revision_root: str,
+    pad_id: int,
     backend: BackendPlan | None = None,
 ) -> None:
-    """Pairs in, shards, rejected records and run metadata out, all under ``staging``.
+    """Pairs in; shards and rejected records out under ``revision_root`` (the new revision's directory),
+    spill files and run metadata under ``staging``.
 
     ``backend``: the Rust tokenizer the driver saved for the workers (``tokenizer.BackendPlan``); without it
     every worker loads the tokenizer through ``transformers``.
@@ -72,7 +74,7 @@ def build_pipeline(
         REJECTED_TAG, STATS_TAG, main="spills"
     )
     shards = tokenized.spills | "ShuffleAndPack" >> ShuffleAndPack(config, pad_id)
-    written = shards | "WriteShards" >> beam.ParDo(WriteShardDoFn(config, staging)).with_outputs(
+    written = shards | "WriteShards" >> beam.ParDo(WriteShardDoFn(config, revision_root)).with_outputs(
         STATS_TAG, main="shards"
     )
     rejected_stats = (
@@ -82,7 +84,7 @@ def build_pipeline(
             tokenized[REJECTED_TAG] | "FromTokenize" >> beam.Map(_tag("tokenize")),
         )
         | "AllRejected" >> beam.Flatten()
-        | "WriteRejected" >> WriteRejected(staging)
+        | "WriteRejected" >> WriteRejected(revision_root)
     )
     meta = FileSystems.join(staging, META_DIR)
     (

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from seqpack.pipeline.config import UsageError
+from seqpack.pipeline.config import RunFailedError, UsageError
 from seqpack.schemas.stats import AccountingError
 
 EXIT_USAGE = 2
@@ -109,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AccountingError as error:
         print(f"seqpack: failed: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except RunFailedError as error:
+        print(f"seqpack: failed: {error}", file=sys.stderr)
+        return getattr(error, "exit_code", EXIT_FAILED)
     return EXIT_USAGE
 
 

@@ -1,18 +1,19 @@
-"""The driver's last step: check the run's accounting, move the staged files into place, manifest last.
+"""Where a run may write, and the driver's last step: publish the new revision with one atomic switch.
 
-Shards, rejected records and metadata are written under ``OUT/.seqpack-staging/`` while the pipeline runs;
-a previous dataset in ``OUT`` stays readable all that time. Only when the pipeline has finished and the
-statistics add up is the dataset published:
+A run writes its files into a new revision directory beside the committed one (``OUT/v000002/``, see
+``schemas.layout``) and its scratch files under ``OUT/.seqpack-staging/``. Only when the pipeline has finished
+and the statistics add up is the revision published:
 
-1. the new manifest is written into the staging directory (the staged dataset is complete);
-2. the old ``manifest.json`` is deleted (from here on, readers refuse the directory);
-3. the staged files are renamed into place;
-4. ``manifest.json`` is written, atomically: the new dataset exists;
-5. files of the old dataset that the new manifest does not list (and the old ``report.html``, which describes
-   data that is gone), and the staging directory, are removed.
+1. ``stats.json`` is written into the revision directory, and the run's marker in staging records which
+   files of the previous revision the commit makes obsolete;
+2. the run checks that it still holds the output lock (fencing);
+3. ``manifest.json`` is replaced atomically: readers switch from the old revision to the new one at once;
+4. the previous revision's files (exactly those its manifest lists), the old ``report.html`` and the
+   staging directory are removed.
 
-A crash before step 2 leaves the previous dataset; a crash between 2 and 4 leaves a directory that every
-reader refuses (no manifest), and the next run cleans it up.
+A crash before step 3 leaves the previous dataset as it was; a crash after it leaves the new one. Either way
+the next run finds the run's marker in staging and removes what the crashed run left. Nothing is ever
+deleted that no seqpack manifest or marker names: a directory holding other files is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -28,61 +30,226 @@ import seqpack
 from seqpack.faults import checkpoint
 from seqpack.pipeline.build import META_DIR, SHARDS_META, STATS_META
 from seqpack.pipeline.config import RunConfig, UsageError
-from seqpack.schemas import MANIFEST_NAME, STATS_NAME, Manifest, ShardInfo, SplitInfo, TokenizerInfo
+from seqpack.pipeline.lock import OutputLock
+from seqpack.schemas import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    REJECTED_FILE,
+    REPORT_NAME,
+    STAGING_NAME,
+    STATS_NAME,
+    TOKENIZER_DIR,
+    DatasetFormatError,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    TokenizerInfo,
+    revision_dir,
+    revision_of,
+)
 from seqpack.schemas import stats as stats_format
-from seqpack.transforms.rejected import REJECTED_FILE
+from seqpack.schemas.layout import RUN_MARKER_SUFFIX
 from seqpack.transforms.write import write_atomically
 
-STAGING_NAME = ".seqpack-staging"
-DATA_DIRS = ("train", "validation", "rejected", "tokenizer")
-"""Directories whose files belong to the dataset; files there that the manifest does not list are removed."""
-TOKENIZER_DIR = "tokenizer"
-REPORT_NAME = "report.html"
-"""``seqpack run --report`` writes the dataset's report here; a commit removes the previous dataset's."""
+
+@dataclass(frozen=True)
+class Destination:
+    """Where one run writes: its new revision directory, its staging directory, and what it replaces."""
+
+    output: str
+    revision: int
+    previous: Manifest | None
+
+    @property
+    def directory(self) -> str:
+        """The revision directory, relative to the dataset directory."""
+        return revision_dir(self.revision)
+
+    @property
+    def root(self) -> str:
+        """The revision directory's full path: the pipeline writes shards and rejected records here."""
+        return FileSystems.join(self.output, self.directory)
+
+    @property
+    def staging(self) -> str:
+        """Scratch space of this run only (spill files, metadata), removed at commit."""
+        return FileSystems.join(self.output, STAGING_NAME, self.directory)
+
+    @property
+    def marker(self) -> str:
+        return FileSystems.join(self.output, STAGING_NAME, self.directory + RUN_MARKER_SUFFIX)
 
 
-def staging_dir(output: str) -> str:
-    return FileSystems.join(output, STAGING_NAME)
+# ------------------------------------------------------------------------------------ before the run
 
 
-def prepare_output(config: RunConfig) -> str:
-    """Refuse to overwrite a dataset by accident; clear what a crashed run left; return the staging dir."""
-    manifest = FileSystems.join(config.output, MANIFEST_NAME)
-    if FileSystems.exists(manifest) and not config.overwrite:
-        raise UsageError(f"{config.output} already holds a seqpack dataset: pass --overwrite to replace it")
-    staging = staging_dir(config.output)
-    if FileSystems.exists(staging):
-        FileSystems.delete([staging])
-    return staging
+def prepare_output(config: RunConfig, lock: OutputLock) -> Destination:
+    """Refuse outputs that are not ours to write; clear what a crashed run left; choose the new revision.
+
+    A run writes only into a missing or empty directory, or over a seqpack dataset with ``--overwrite``.
+    """
+    output = config.output
+    check_output(config)
+    previous = _read_previous(output)
+    if previous is not None and not config.overwrite:
+        raise UsageError(f"{output} already holds a seqpack dataset: pass --overwrite to replace it")
+    leftover = _clear_crashed_runs(output, previous)
+    files = _list_files(output)
+    foreign = [path for path in files if not _is_ours(path, previous)]
+    if foreign:
+        raise UsageError(_foreign_message(output, foreign, previous))
+    used = [leftover, previous.revision if previous else 0]
+    used += [revision_of(path.split("/", 1)[0]) or 0 for path in files]
+    destination = Destination(output=output, revision=max(used) + 1, previous=previous)
+    _write_marker(destination, lock, obsolete=[])
+    return destination
 
 
-def save_tokenizer(tokenizer: Any, staging: str) -> None:
-    """Save the (extended) tokenizer into the staged dataset's ``tokenizer/``."""
+def check_output(config: RunConfig) -> None:
+    """``--output`` must be a directory (or not exist yet); checked before anything is created."""
+    output = config.output
+    if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
+        raise UsageError(f"--output {output} is a file, not a directory: choose a directory (new or empty)")
+    manifest = FileSystems.join(output, MANIFEST_NAME)
+    if "://" not in output and os.path.isdir(manifest):
+        raise UsageError(f"{manifest} is a directory, so {output} is not a seqpack dataset: choose another --output")
+
+
+def _read_previous(output: str) -> Manifest | None:
+    path = FileSystems.join(output, MANIFEST_NAME)
+    if not FileSystems.exists(path):
+        return None
+    try:
+        return Manifest.from_json(_read_bytes(path).decode("utf-8", errors="replace"), where=path)
+    except DatasetFormatError as error:
+        raise UsageError(
+            f"{error}. seqpack will not write over a directory it cannot read as its own: "
+            f"remove {path} if the directory is yours to replace, or choose another --output"
+        ) from error
+
+
+def _clear_crashed_runs(output: str, previous: Manifest | None) -> int:
+    """Remove what runs that crashed (or lost their lock) left; return the highest revision they used."""
+    staging = FileSystems.join(output, STAGING_NAME)
+    if not FileSystems.exists(staging):
+        return 0
+    highest = 0
+    for path in _match(FileSystems.join(staging, "*" + RUN_MARKER_SUFFIX)):
+        name = path.rsplit("/", 1)[-1].removesuffix(RUN_MARKER_SUFFIX)
+        revision = revision_of(name)
+        if revision is None:
+            continue
+        highest = max(highest, revision)
+        if previous is not None and previous.revision == revision:  # it committed, then died cleaning up
+            obsolete = _marker_obsolete(path)
+            _delete_existing([FileSystems.join(output, p) for p in obsolete if p not in _owned(previous)])
+        else:  # it never committed: the revision directory is its own, made by it, named by its marker
+            _delete_existing([FileSystems.join(output, name)])
+    FileSystems.delete([staging])
+    return highest
+
+
+def _marker_obsolete(path: str) -> list[str]:
+    try:
+        return [str(p) for p in json.loads(_read_bytes(path))["obsolete"]]
+    except (ValueError, KeyError, TypeError):
+        return []  # torn by the crash before the commit switched: nothing to remove
+
+
+def _write_marker(destination: Destination, lock: OutputLock, *, obsolete: list[str]) -> None:
+    marker = {"revision": destination.revision, "token": lock.token, "obsolete": obsolete}
+    write_atomically(destination.marker, json.dumps(marker, sort_keys=True).encode())
+
+
+def _is_ours(path: str, previous: Manifest | None) -> bool:
+    """Files seqpack may find in an output: the dataset's own, its report, the lock."""
+    if path == MANIFEST_NAME and previous is not None:
+        return True
+    if path.startswith(LOCK_NAME):
+        return True
+    if path == REPORT_NAME and previous is not None:
+        return True
+    return previous is not None and path in _owned(previous)
+
+
+def _owned(manifest: Manifest) -> set[str]:
+    """The files a committed dataset consists of (besides its manifest): what replacing it may delete."""
+    owned = set(manifest.shard_paths()) | set(manifest.files)
+    if manifest.revision == 0:  # the flat layout of older seqpack: its other files were not listed
+        owned |= {STATS_NAME, REJECTED_FILE}
+        if manifest.config.get("add_special_tokens"):
+            owned |= {f"{TOKENIZER_DIR}/{name}" for name in _LEGACY_TOKENIZER_FILES}
+    return owned
+
+
+_LEGACY_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                           "merges.txt", "added_tokens.json", "chat_template.jinja", "tokenizer.model")
+"""What ``save_pretrained`` writes: the files an older seqpack put in ``tokenizer/`` without listing them."""
+
+
+def _foreign_message(output: str, foreign: list[str], previous: Manifest | None) -> str:
+    first = FileSystems.join(output, foreign[0])
+    more = f" (and {len(foreign) - 1:,} more)" if len(foreign) > 1 else ""
+    if previous is None:
+        return (
+            f"{output} is not empty and is not a seqpack dataset (it holds {first}{more}). "
+            "seqpack writes only into a new or empty directory, or over its own dataset with --overwrite: "
+            "choose another --output"
+        )
+    return (
+        f"{output} holds a seqpack dataset and files it did not write: {first}{more}. seqpack never deletes "
+        "files it did not write and never mixes them into a dataset: move them out, or choose another --output"
+    )
+
+
+def _list_files(output: str) -> list[str]:
+    """Every file under ``output``, relative to it, sorted (seqpack's staging excluded)."""
+    if "://" not in output:
+        if not os.path.isdir(output):
+            return []
+        found = []
+        for directory, subdirectories, names in os.walk(output):
+            subdirectories[:] = sorted(d for d in subdirectories if d != STAGING_NAME or directory != output)
+            relative = os.path.relpath(directory, output)
+            found += [name if relative == "." else f"{relative}/{name}".replace(os.sep, "/") for name in names]
+        return sorted(found)
+    prefix = output.rstrip("/") + "/"
+    return sorted(
+        path[len(prefix) :] for path in _match(prefix + "**") if not path[len(prefix) :].startswith(STAGING_NAME)
+    )
+
+
+# ---------------------------------------------------------------------------------------------- commit
+
+
+def save_tokenizer(tokenizer: Any, destination: Destination) -> None:
+    """Save the (extended) tokenizer into the new revision's ``tokenizer/``."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as local:
         tokenizer.save_pretrained(local)
         for name in sorted(os.listdir(local)):
             with open(os.path.join(local, name), "rb") as handle:
-                write_atomically(FileSystems.join(staging, TOKENIZER_DIR, name), handle.read())
+                write_atomically(FileSystems.join(destination.root, TOKENIZER_DIR, name), handle.read())
 
 
-def _staged_tokenizer_files(staging: str) -> list[str]:
-    pattern = FileSystems.join(staging, TOKENIZER_DIR, "*")
-    return sorted(
-        metadata.path[len(staging) :].lstrip("/") for metadata in FileSystems.match([pattern])[0].metadata_list
+def _revision_files(destination: Destination) -> list[str]:
+    """The revision's files besides the shards, relative to the dataset directory."""
+    names = [STATS_NAME]
+    if FileSystems.exists(FileSystems.join(destination.root, REJECTED_FILE)):
+        names.append(REJECTED_FILE)
+    tokenizer_prefix = FileSystems.join(destination.root, TOKENIZER_DIR) + "/"
+    names += sorted(
+        TOKENIZER_DIR + "/" + path[len(tokenizer_prefix) :] for path in _match(tokenizer_prefix + "*")
     )
+    return [f"{destination.directory}/{name}" for name in names]
 
 
-def _read_json(path: str) -> Any:
-    with FileSystems.open(path) as handle:
-        return json.loads(handle.read().decode("utf-8"))
-
-
-def _splits(shards: list[dict[str, Any]]) -> dict[str, SplitInfo]:
+def _splits(shards: list[dict[str, Any]], directory: str) -> dict[str, SplitInfo]:
     by_split: dict[str, list[ShardInfo]] = defaultdict(list)
     for shard in sorted(shards, key=lambda s: s["path"]):
-        by_split[shard["split"]].append(ShardInfo(**{k: v for k, v in shard.items() if k != "split"}))
+        fields = {k: v for k, v in shard.items() if k != "split"}
+        by_split[shard["split"]].append(ShardInfo(**{**fields, "path": f"{directory}/{shard['path']}"}))
     return {
         name: SplitInfo(
             rows=sum(s.rows for s in infos),
@@ -94,65 +261,90 @@ def _splits(shards: list[dict[str, Any]]) -> dict[str, SplitInfo]:
     }
 
 
-def _move(staging: str, output: str, relative: str) -> None:
-    destination = FileSystems.join(output, relative)
-    if "://" not in destination:  # object stores have no directories to make
-        os.makedirs(os.path.dirname(destination), exist_ok=True)
-    FileSystems.rename([FileSystems.join(staging, relative)], [destination])
-
-
-def _remove_unlisted(output: str, keep: set[str]) -> None:
-    """Delete files in the dataset's data directories that the committed manifest does not list."""
-    stale = []
-    for directory in DATA_DIRS:
-        pattern = FileSystems.join(output, directory, "*")
-        for metadata in FileSystems.match([pattern])[0].metadata_list:
-            relative = metadata.path[len(output) :].lstrip("/")
-            if relative not in keep:
-                stale.append(metadata.path)
-    if stale:
-        FileSystems.delete(stale)
-
-
-def build_manifest(config: RunConfig, tokenizer: TokenizerInfo, shards: list[dict[str, Any]]) -> Manifest:
+def build_manifest(
+    config: RunConfig, tokenizer: TokenizerInfo, shards: list[dict[str, Any]], destination: Destination,
+    files: list[str],
+) -> Manifest:
     return Manifest(
         max_length=config.max_length,
         packing=config.packing,
         file_format=config.file_format,
         tokenizer=tokenizer,
-        splits=_splits(shards),
+        splits=_splits(shards, destination.directory),
         config=config.to_dict(),
         created_by=f"seqpack {seqpack.__version__}",
+        revision=destination.revision,
+        directory=destination.directory,
+        files=files,
     )
 
 
-def commit(config: RunConfig, tokenizer: TokenizerInfo, staging: str) -> tuple[Manifest, dict[str, Any]]:
-    """Check the accounting identity, then publish the staged dataset with its manifest written last."""
-    meta = FileSystems.join(staging, META_DIR)
-    stats = stats_format.finalize(_read_json(FileSystems.join(meta, STATS_META)))
+def commit(
+    config: RunConfig, tokenizer: TokenizerInfo, destination: Destination, lock: OutputLock
+) -> tuple[Manifest, dict[str, Any]]:
+    """Check the accounting identity, then switch the dataset to the new revision (manifest replaced last)."""
+    meta = FileSystems.join(destination.staging, META_DIR)
+    stats = stats_format.finalize(json.loads(_read_bytes(FileSystems.join(meta, STATS_META))))
     stats_format.check_identity(stats)
-    shards = _read_json(FileSystems.join(meta, SHARDS_META))
-    manifest = build_manifest(config, tokenizer, shards)
-    manifest_bytes = manifest.to_json().encode()
-    write_atomically(FileSystems.join(staging, MANIFEST_NAME), manifest_bytes)
-    write_atomically(FileSystems.join(staging, STATS_NAME), stats_format.to_json(stats).encode())
+    shards = json.loads(_read_bytes(FileSystems.join(meta, SHARDS_META)))
+    write_atomically(FileSystems.join(destination.root, STATS_NAME), stats_format.to_json(stats).encode())
+    manifest = build_manifest(config, tokenizer, shards, destination, _revision_files(destination))
 
-    old_manifest = FileSystems.join(config.output, MANIFEST_NAME)
-    if FileSystems.exists(old_manifest):
-        FileSystems.delete([old_manifest])
-    files = [shard["path"] for shard in shards] + [STATS_NAME]
-    if FileSystems.exists(FileSystems.join(staging, REJECTED_FILE)):
-        files.append(REJECTED_FILE)
-    files += _staged_tokenizer_files(staging)
-    for index, relative in enumerate(files):
-        _move(staging, config.output, relative)
-        if index == 0:
-            checkpoint("commit_moving")
+    previous = destination.previous
+    obsolete = sorted(_owned(previous)) if previous is not None else []
+    _write_marker(destination, lock, obsolete=obsolete)
     checkpoint("commit_manifest")
-    _move(staging, config.output, MANIFEST_NAME)
-    _remove_unlisted(config.output, set(files))
-    old_report = FileSystems.join(config.output, REPORT_NAME)
-    if FileSystems.exists(old_report):
-        FileSystems.delete([old_report])
-    FileSystems.delete([staging])
+    lock.check()
+    write_atomically(FileSystems.join(config.output, MANIFEST_NAME), manifest.to_json().encode())
+    checkpoint("commit_cleanup")
+    _delete_existing([FileSystems.join(config.output, path) for path in obsolete])
+    if previous is not None:
+        _delete_existing([FileSystems.join(config.output, REPORT_NAME)])  # it describes data that is gone
+        _remove_empty_directories(config.output, previous)
+    FileSystems.delete([FileSystems.join(config.output, STAGING_NAME)])
     return manifest, stats
+
+
+def abandon(destination: Destination) -> None:
+    """A run that fails or is stopped removes its own revision directory and scratch space (best effort)."""
+    try:
+        _delete_existing([destination.root, destination.staging, destination.marker])
+        _delete_existing([FileSystems.join(destination.output, STAGING_NAME)], only_if_empty=True)
+    except Exception:  # noqa: BLE001 - the next run clears what is left, from the marker
+        pass
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _read_bytes(path: str) -> bytes:
+    with FileSystems.open(path) as handle:
+        return handle.read()
+
+
+def _match(pattern: str) -> list[str]:
+    return [metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list]
+
+
+def _delete_existing(paths: list[str], *, only_if_empty: bool = False) -> None:
+    for path in paths:
+        if only_if_empty and "://" not in path:
+            if os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)
+            continue
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+
+
+def _remove_empty_directories(output: str, previous: Manifest) -> None:
+    """Local filesystems keep empty directories: remove those the previous revision's files left."""
+    if "://" in output:
+        return
+    directories = {os.path.dirname(path) for path in _owned(previous)}
+    for directory in sorted(directories, key=lambda d: d.count("/"), reverse=True):
+        while directory:
+            full = os.path.join(output, directory)
+            if not os.path.isdir(full) or os.listdir(full):
+                break
+            os.rmdir(full)
+            directory = os.path.dirname(directory)

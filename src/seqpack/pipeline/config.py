@@ -19,6 +19,10 @@ class UsageError(ValueError):
     """A bad flag, input, tokenizer or output location, found before any work starts (exit code 2)."""
 
 
+class RunFailedError(RuntimeError):
+    """The run started but could not finish; nothing was committed (exit code 1). The message says why."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     inputs: list[str]

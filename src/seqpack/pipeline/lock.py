@@ -1,28 +1,68 @@
-"""One run per output at a time: an exclusive lock file with a heartbeat.
+"""One run per output at a time: an exclusive lock file with a heartbeat and a fencing token.
 
-A second run into the same output refuses with a clear error. A lock left behind by a crashed run is stale
-(its process is gone, or its heartbeat stopped) and is taken over by the next run.
+- **Taking it** is one atomic step: the lock's content (host, pid, a random token) is written to a private
+  file first and then hard-linked into place, which fails if a lock exists. No one ever sees an empty lock.
+- **A stale lock** (its process is gone, or its heartbeat stopped for ``STALE_AFTER_SECONDS``) is taken over
+  by renaming it aside and checking that what was moved is the very lock judged stale; a fresh lock moved
+  by mistake in a race is put back. Two runs never both believe they hold it.
+- **Fencing**: the heartbeat never writes over a lock that is not its own (locally it only touches the file's
+  time), and :meth:`OutputLock.check` compares the token in the file with the run's own before every
+  destructive step. A run that was paused past the stale limit and lost its lock to another run stops with
+  :class:`LockLostError` instead of committing over the other run's work.
+
+On object stores (``gs://``, ``s3://``) there are no hard links: the lock is created after a check and read
+back, which narrows but does not close the race between two runs started in the same second (documented in
+README, Guarantees). The fencing check before commit holds there too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from seqpack.pipeline.config import UsageError
+from seqpack.pipeline.config import RunFailedError, UsageError
+from seqpack.schemas import LOCK_NAME
 
-LOCK_NAME = ".seqpack-lock"
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 120.0
 
 
+class LockLostError(RunFailedError):
+    """Another run took this run's lock (it was paused or stalled past the stale limit): nothing is committed."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """What a lock file says: who holds it, and the token that proves it."""
+
+    host: str
+    pid: int
+    token: str
+    heartbeat: float
+
+    @classmethod
+    def parse(cls, data: bytes) -> Holder | None:
+        """None for a torn or foreign file."""
+        try:
+            raw = json.loads(data.decode())
+            return cls(host=str(raw["host"]), pid=int(raw["pid"]), token=str(raw["token"]),
+                       heartbeat=float(raw["heartbeat"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -32,85 +72,172 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
 @dataclass
 class OutputLock:
-    """Held while a run writes to ``output``; use as a context manager."""
+    """Held while a run writes to ``output``; use as a context manager.
+
+        with OutputLock("out/") as lock:
+            ...
+            lock.check()        # before committing: raises LockLostError if another run took over
+    """
 
     output: str
     heartbeat_seconds: float = HEARTBEAT_SECONDS
+    stale_after_seconds: float = STALE_AFTER_SECONDS
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
         self.path = FileSystems.join(self.output, LOCK_NAME)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lost: str | None = None
 
     def _content(self) -> bytes:
-        return json.dumps(
-            {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-        ).encode()
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token, "heartbeat": time.time()}
+        return json.dumps(holder).encode()
 
-    def _holder(self) -> dict | None:
+    # ---------------------------------------------------------------------------------------- reading
+
+    def _read(self, path: str | None = None) -> bytes | None:
         try:
-            with FileSystems.open(self.path) as handle:
-                return json.loads(handle.read().decode())
-        except Exception:  # missing, or torn by a crash mid-write: treat as no holder  # noqa: BLE001
+            with FileSystems.open(path or self.path) as handle:
+                return handle.read()
+        except Exception:  # noqa: BLE001 - missing (or unreadable) reads as no lock
             return None
 
-    def _is_stale(self, holder: dict) -> bool:
-        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
+    def _age(self, holder: Holder | None) -> float:
+        """Seconds since the holder last showed life: the newer of its heartbeat and the file's time."""
+        try:
+            touched = FileSystems.last_updated(self.path)
+        except Exception:  # noqa: BLE001 - gone meanwhile
+            touched = 0.0
+        return time.time() - max(touched, holder.heartbeat if holder else 0.0)
+
+    def _is_stale(self, holder: Holder | None) -> bool:
+        if holder is not None and holder.host == socket.gethostname() and not _pid_alive(holder.pid):
             return True
-        return time.time() - float(holder.get("heartbeat", 0)) > STALE_AFTER_SECONDS
+        return self._age(holder) > self.stale_after_seconds
+
+    # ---------------------------------------------------------------------------------------- taking
 
     def _create_exclusively(self) -> bool:
-        if "://" in self.path:  # object stores: check-then-create; documented as best effort
+        """Put a complete lock file in place if there is none; False if one exists."""
+        if _is_remote(self.path):
             if FileSystems.exists(self.path):
                 return False
             with FileSystems.create(self.path) as out:
                 out.write(self._content())
-            return True
-        os.makedirs(self.output, exist_ok=True)
+            return self.holds()  # read back: of two racing writers, the last one wins and the other backs off
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.makedirs(self.output, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"cannot create --output {self.output}: {error.strerror}") from error
+        private = f"{self.path}.{self.token}.new"
+        with open(private, "wb") as out:
+            out.write(self._content())
+        try:
+            os.link(private, self.path)
+            return True
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as out:
-            out.write(self._content())
-        return True
+        finally:
+            os.unlink(private)
+
+    def _remove_stale(self, seen: bytes | None) -> None:
+        """Remove the lock judged stale from ``seen``, and only that one."""
+        if _is_remote(self.path):
+            FileSystems.delete([self.path])  # best effort on object stores (module docstring)
+            return
+        aside = f"{self.path}.{self.token}.stale"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another run removed it first
+        with open(aside, "rb") as handle:
+            moved = handle.read()
+        if moved != seen:  # a race: what was moved is a fresh lock someone took meanwhile; give it back
+            with contextlib.suppress(FileExistsError):  # else yet another run holds it: the owner fails fencing
+                os.link(aside, self.path)
+            os.unlink(aside)
+            raise UsageError(f"another seqpack run took the lock {self.path} at the same moment; retry")
+        os.unlink(aside)
 
     def acquire(self) -> None:
-        if not self._create_exclusively():
-            holder = self._holder()
-            if holder is not None and not self._is_stale(holder):
+        for _ in range(3):
+            if self._create_exclusively():
+                self._start_heartbeat()
+                return
+            seen = self._read()
+            holder = Holder.parse(seen) if seen is not None else None
+            if seen is not None and not self._is_stale(holder):
+                who = f"pid {holder.pid} on {holder.host}" if holder else "a run that is starting"
                 raise UsageError(
-                    f"another seqpack run (pid {holder.get('pid')} on {holder.get('host')}) is writing to "
-                    f"{self.output}; wait for it, or delete {self.path} if that run is dead"
+                    f"another seqpack run ({who}) is writing to {self.output}; wait for it, or delete "
+                    f"{self.path} if that run is dead"
                 )
-            FileSystems.delete([self.path])  # stale: its run crashed
-            if not self._create_exclusively():
-                raise UsageError(f"another seqpack run took the lock {self.path} at the same moment; retry")
-        beat = f"{self.path}.beat"
-        if FileSystems.exists(beat):  # a heartbeat write that a crash interrupted
-            FileSystems.delete([beat])
+            if seen is not None:
+                self._remove_stale(seen)
+        raise UsageError(f"could not take the lock {self.path}: other runs keep taking it; retry")
+
+    # -------------------------------------------------------------------------------- holding, fencing
+
+    def holds(self) -> bool:
+        """True while the lock file carries this run's token."""
+        data = self._read()
+        holder = Holder.parse(data) if data is not None else None
+        return holder is not None and holder.token == self.token
+
+    def check(self) -> None:
+        """Fencing: raise :class:`LockLostError` unless this run still holds the lock."""
+        if self._lost is None and not self.holds():
+            self._lost = "the lock file no longer carries this run's token"
+        if self._lost is not None:
+            raise LockLostError(
+                f"this run lost its lock on {self.output} ({self._lost}): another run took over, probably "
+                f"because this one was paused or stalled for more than {self.stale_after_seconds:.0f} s. "
+                "Nothing was committed; run it again when the other run has finished."
+            )
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
         self._thread = threading.Thread(target=self._beat, name="seqpack-lock-heartbeat", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):
-            temporary = f"{self.path}.beat"
-            with FileSystems.create(temporary) as out:
-                out.write(self._content())
-            FileSystems.rename([temporary], [self.path])
+            if not self.holds():
+                self._lost = "another run's token is in the lock file"
+                return
+            self._refresh()
+
+    def _refresh(self) -> None:
+        """Show life without ever writing over another run's lock: locally only the file's time changes."""
+        if not _is_remote(self.path):
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                self._lost = "the lock file was deleted"
+            return
+        temporary = f"{self.path}.{self.token}.beat"
+        with FileSystems.create(temporary) as out:
+            out.write(self._content())
+        FileSystems.rename([temporary], [self.path])
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if FileSystems.exists(self.path):
+            self._thread = None
+        if self.holds():
             FileSystems.delete([self.path])
 
     def __enter__(self) -> OutputLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -14,12 +15,13 @@ from apache_beam.io.filesystems import FileSystems
 
 from seqpack.chat import check_segment_roundtrip, require_chat_template, unknown_special_strings
 from seqpack.pipeline.build import BACKEND_TOKENIZER, META_DIR, build_pipeline
-from seqpack.pipeline.commit import REPORT_NAME, commit, prepare_output, save_tokenizer
+from seqpack.pipeline.commit import abandon, check_output, commit, prepare_output, save_tokenizer
 from seqpack.pipeline.config import RunConfig, UsageError
+from seqpack.pipeline.failures import as_run_failure, stop_on_termination
 from seqpack.pipeline.lock import OutputLock
 from seqpack.pipeline.options import config_from_args, pipeline_options
 from seqpack.pipeline.progress import live_progress
-from seqpack.schemas import Manifest, TokenizerInfo
+from seqpack.schemas import REJECTED_FILE, REPORT_NAME, Manifest, TokenizerInfo
 from seqpack.templates import make_template, template_texts
 from seqpack.tokenizer import (
     BackendPlan,
@@ -71,7 +73,20 @@ def _check_up_front(config: RunConfig) -> tuple[list, Any, TokenizerInfo]:
         files = resolve_inputs(config.inputs)
     except ValueError as error:
         raise UsageError(str(error)) from error
+    _refuse_inputs_inside_output(files, config.output)
     return files, tokenizer, describe(tokenizer, config.tokenizer, pad_id, added)
+
+
+def _refuse_inputs_inside_output(files: list, output: str) -> None:
+    """Reading the output as input would read the dataset's own manifest, stats and shards as pairs."""
+    root = output.rstrip("/") + "/" if "://" in output else os.path.abspath(output) + os.sep
+    for input_file in files:
+        path = input_file.path if "://" in input_file.path else os.path.abspath(input_file.path)
+        if path.startswith(root):
+            raise UsageError(
+                f"input {input_file.path} is inside --output {output}: seqpack would read its own dataset as "
+                "input. Keep inputs and output in separate directories."
+            )
 
 
 def run(
@@ -80,7 +95,8 @@ def run(
     """Run the job described by ``config``; return the committed manifest and statistics.
 
     With Dataflow's ``--dry_run`` the job is built and checked but not run, nothing is committed, and the
-    result is None.
+    result is None. A run that fails or is stopped (SIGTERM, Ctrl-C) removes what it wrote and releases the
+    output lock; the previous dataset, if any, is untouched.
 
     ``progress`` prints a line on stderr every few seconds while the local runner works (see
     ``pipeline.progress``); other runners show their own.
@@ -89,20 +105,30 @@ def run(
     """
     config.validate()
     options, runner = pipeline_options(list(beam_args or []))
+    check_output(config)
     files, tokenizer, tokenizer_info = _check_up_front(config)
-    with OutputLock(config.output):
-        staging = prepare_output(config)
-        if config.add_special_tokens:  # the trainer needs the extended tokenizer: it ships with the data
-            save_tokenizer(tokenizer, staging)
-        pipeline = beam.Pipeline(runner=runner, options=options)
-        backend = _backend_plan(config, tokenizer, staging)
-        build_pipeline(pipeline, config, files, staging, tokenizer_info.pad_id, backend=backend)
-        with live_progress(files, enabled=progress and _is_local(runner)):
-            result = pipeline.run()
-            if _is_dry_run(options):
-                return None
-            result.wait_until_finish()
-        return commit(config, tokenizer_info, staging)
+    with stop_on_termination(), OutputLock(config.output) as lock:
+        destination = prepare_output(config, lock)
+        try:
+            if config.add_special_tokens:  # the trainer needs the extended tokenizer: it ships with the data
+                save_tokenizer(tokenizer, destination)
+            pipeline = beam.Pipeline(runner=runner, options=options)
+            backend = _backend_plan(config, tokenizer, destination.staging)
+            build_pipeline(pipeline, config, files, staging=destination.staging, revision_root=destination.root,
+                           pad_id=tokenizer_info.pad_id, backend=backend)
+            with live_progress(files, enabled=progress and _is_local(runner)):
+                result = pipeline.run()
+                if _is_dry_run(options):
+                    abandon(destination)
+                    return None
+                result.wait_until_finish()
+            return commit(config, tokenizer_info, destination, lock)
+        except BaseException as error:
+            abandon(destination)
+            failure = as_run_failure(error, config.output)
+            if failure is error:
+                raise
+            raise failure from error
 
 
 def _backend_plan(config: RunConfig, tokenizer: Any, staging: str) -> BackendPlan | None:
@@ -154,7 +180,7 @@ def summary(manifest: Manifest, stats: dict[str, Any], output: str, *, report: s
         f"{stats['examples_dropped']:,} dropped" + (f" ({', '.join(changed)})" if changed else ""),
     ]
     if stats["rejected_by_reason"]:
-        lines.append(f"  rejected: {_counts(stats['rejected_by_reason'])} → {output}/rejected/rejected.jsonl")
+        lines.append(f"  rejected: {_counts(stats['rejected_by_reason'])} → {output}/{manifest.path_of(REJECTED_FILE)}")
     if stats["dropped_by_reason"]:
         lines.append(f"  dropped: {_counts(stats['dropped_by_reason'])}")
     if report:

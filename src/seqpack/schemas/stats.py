@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from seqpack.schemas.manifest import DatasetFormatError
+
 COUNTERS = (
     "records_read",
     "records_rejected",
@@ -101,6 +103,44 @@ def finalize(stats: Mapping[str, Any]) -> dict[str, Any]:
     block_tokens = stats["block_tokens"]
     result["fill"] = stats["tokens_written"] / block_tokens if block_tokens else 0.0
     return result
+
+
+def parse(text: str | bytes, where: str) -> dict[str, Any]:
+    """Read and check a ``stats.json`` (a reader's input is data: a tampered file must not crash a tool).
+
+    Raises ``DatasetFormatError`` naming ``where`` and the first bad field."""
+    try:
+        stats = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DatasetFormatError(f"{where} is not valid JSON ({error})") from error
+    if not isinstance(stats, dict):
+        raise DatasetFormatError(f"{where} is not a seqpack statistics file (not a JSON object)")
+    problem = _first_problem(stats)
+    if problem:
+        raise DatasetFormatError(f"{where} is damaged: {problem}; rebuild the dataset or restore the file")
+    return stats
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _first_problem(stats: Mapping[str, Any]) -> str | None:
+    for name in COUNTERS:
+        if not _is_count(stats.get(name)):
+            return f"{name} is {stats.get(name)!r}, not a count"
+    for name in KEYED:
+        keyed = stats.get(name)
+        if not isinstance(keyed, dict) or not all(isinstance(k, str) and _is_count(v) for k, v in keyed.items()):
+            return f"{name} is not a mapping of names to counts"
+    for name in HISTOGRAMS:
+        hist = stats.get(name)
+        if not isinstance(hist, list) or len(hist) != HIST_BINS or not all(_is_count(v) for v in hist):
+            return f"{name} is not a list of {HIST_BINS} counts"
+    fill = stats.get("fill")
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not 0.0 <= fill <= 1.0:
+        return f"fill is {fill!r}, not a fraction"
+    return None
 
 
 def to_json(stats: Mapping[str, Any]) -> str:

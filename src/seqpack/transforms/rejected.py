@@ -11,10 +11,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.readers import Rejected
+from seqpack.schemas import REJECTED_FILE
 from seqpack.schemas import stats as stats_format
 from seqpack.transforms.write import write_atomically
-
-REJECTED_FILE = "rejected/rejected.jsonl"
 
 
 def split_origin(origin: str) -> tuple[str, int | None]:

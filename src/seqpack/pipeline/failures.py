@@ -1,0 +1,90 @@
+"""How a run that cannot finish ends: a one-line reason instead of a traceback, and nothing left behind.
+
+The driver turns SIGTERM (what a scheduler, ``timeout`` or Kubernetes sends) into an exception, so the same
+clean-up runs as for Ctrl-C or a failed pipeline: the run's files and scratch space are removed and the output
+lock is released (``pipeline.run``). Errors the user can act on (a full disk, a read-only filesystem) become
+:class:`RunFailedError` with what to do; anything else keeps its traceback, which is a bug to report.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from seqpack.pipeline.config import RunFailedError
+
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: ("No space left on device", "the disk is full"),
+    errno.EDQUOT: ("Disk quota exceeded", "the disk quota is exhausted"),
+    errno.EROFS: ("Read-only file system", "the output is on a read-only filesystem"),
+}
+
+
+class RunInterrupted(RunFailedError):
+    """The run was stopped by a signal; ``exit_code`` is 128 + the signal number, as a shell reports it."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by the SIGTERM handler; a BaseException so that no ``except Exception``
+    in between swallows it."""
+
+
+@contextmanager
+def stop_on_termination() -> Iterator[None]:
+    """Within the block, SIGTERM stops the run the way Ctrl-C does (only possible in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def as_run_failure(error: BaseException, output: str) -> BaseException:
+    """The exception to raise for ``error``: a clear :class:`RunFailedError` where one fits, else ``error``."""
+    if isinstance(error, _Terminated):
+        return RunInterrupted(
+            f"stopped by SIGTERM; nothing was committed, {output} is as it was before the run", 128 + signal.SIGTERM
+        )
+    if isinstance(error, KeyboardInterrupt):
+        return RunInterrupted(
+            f"interrupted; nothing was committed, {output} is as it was before the run", 128 + signal.SIGINT
+        )
+    environment = _environment_error(error)
+    if environment is not None:
+        return RunFailedError(
+            f"{environment} while the run was writing (output {output}). Nothing was committed and the run's "
+            "temporary files were removed: free space or choose another --output, then run it again."
+        )
+    return error
+
+
+def _environment_error(error: BaseException) -> str | None:
+    """What went wrong, if ``error`` (or what caused it, also inside a worker's traceback text) is one of
+    ``_ENVIRONMENT_ERRORS``."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _ENVIRONMENT_ERRORS:
+            return _ENVIRONMENT_ERRORS[current.errno][1]
+        text = str(current)
+        for marker, meaning in _ENVIRONMENT_ERRORS.values():
+            if marker in text:
+                return meaning
+        current = current.__cause__ or current.__context__
+    return None
