@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from helpers import write_jsonl
+
+from seqpack.pipeline.cli import main
 from seqpack.templates import ALPACA_PROMPT_NO_INPUT, RenderError, make_template
 
 
@@ -50,3 +54,45 @@ def test_bad_template_strings_are_refused() -> None:
         make_template("{source} and nothing else")
     with pytest.raises(ValueError, match="unknown template"):
         make_template("chatml")
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "fix"),
+    [
+        ("{source} {target!r}", "{target!r}", "{target}"),
+        ("{source:>10} {target}", "{source:>10}", "{source}"),
+        ("{source} {target.attr}", "{target.attr}", "{target}"),
+        ("{source[0]} {target}", "{source[0]}", "{source}"),
+        ("{source} {target!s:^8}", "{target!s:^8}", "{target}"),
+        ("{} {target}", "{}", "{question}"),
+        ("{0} {target}", "{0}", "{question}"),
+    ],
+)
+def test_fields_other_than_plain_names_are_refused_with_the_fix(text: str, field: str, fix: str) -> None:
+    """str.format would convert, pad or reach into the text, or fail in every worker: refuse up front."""
+    with pytest.raises(ValueError, match="field") as error:
+        make_template(text)
+    assert field in str(error.value) and fix in str(error.value)
+
+
+def test_escaped_braces_around_the_word_target_are_literal() -> None:
+    template = make_template("{{target}} {source}: {target} }}")
+    assert template.render({"source": "s", "target": "t"}) == ("{target} s: ", "t }")
+
+
+def test_a_broken_format_string_says_how_to_write_braces() -> None:
+    with pytest.raises(ValueError, match="literal braces"):
+        make_template("{source} {target")
+
+
+@pytest.mark.parametrize("text", ["{source} {target!r}", "{source:>10} {target}", "{source} {target[0]}"])
+def test_the_cli_refuses_such_a_template_before_any_work(
+    tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture, text: str
+) -> None:
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"source": "cat", "target": "chat"}])
+    output = tmp_path / "out"
+    code = main(["run", "-q", "-i", str(data), "-o", str(output), "-t", str(tokenizer_dir), "--template", text])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "field {" in error and ("write it as" in error or "write {" in error)
+    assert not output.exists()

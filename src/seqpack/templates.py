@@ -9,9 +9,11 @@ is what it learns to produce. Pure functions, no Beam or tokenizer import.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 ALPACA_PROMPT_WITH_INPUT = (
@@ -87,13 +89,64 @@ class AlpacaTemplate:
         return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction), target
 
 
+Piece = tuple[str, str | None]
+"""Literal text (braces already unescaped) and the placeholder that follows it, if any."""
+
+
+@lru_cache(maxsize=64)
+def parse_format_template(text: str) -> tuple[Piece, ...]:
+    """Split a ``--template`` format string into pieces; raise ``ValueError`` naming any field it cannot fill.
+
+    Only plain ``{name}`` fields are filled: a conversion (``{target!r}``), a format spec (``{source:>10}``) or
+    attribute/index access (``{target.text}``, ``{target[0]}``) would change or reach into the record's text in
+    ways a training set should not depend on, and ``str.format`` would fail on them in every worker.
+
+        >>> parse_format_template("Q: {source}\\nA: {target}")
+        (('Q: ', 'source'), ('\\nA: ', 'target'))
+    """
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ValueError(
+            f"template {text!r} is not a valid format string ({exc}): write literal braces as {{{{ and }}}}"
+        ) from exc
+    pieces = []
+    for literal, name, spec, conversion in parsed:
+        if name is not None:
+            _check_field(text, name, spec, conversion)
+        pieces.append((literal, name))
+    return tuple(pieces)
+
+
+def _check_field(text: str, name: str, spec: str | None, conversion: str | None) -> None:
+    field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+    if conversion or spec:
+        what = f"a conversion ('!{conversion}')" if conversion else f"a format spec (':{spec}')"
+        raise ValueError(
+            f"template {text!r}: field {field} uses {what}; fields are filled with the record's text as it is, "
+            f"so write it as {{{name}}}"
+        )
+    if not name.isidentifier():
+        plain = re.split(r"[.\[]", name, maxsplit=1)[0].strip()
+        fix = (
+            f"write {{{plain}}} to use the field {plain!r} as it is"
+            if plain.isidentifier()
+            else "name a record field, e.g. {question}"
+        )
+        raise ValueError(
+            f"template {text!r}: field {field} is not a plain field name (attribute access, indexing, positional "
+            f"and empty fields are not supported): {fix}"
+        )
+
+
 @dataclass(frozen=True)
 class FormatTemplate:
     """A user template such as ``"Q: {question}\\nA: {target}"``.
 
     Everything before ``{target}`` is the (masked) source, ``{target}`` and anything after it is trained on.
     ``{source}`` and ``{target}`` stand for ``--source-field`` and ``--target-field``; other names are record
-    fields. Literal braces are written ``{{`` and ``}}``.
+    fields. Literal braces are written ``{{`` and ``}}``. Only plain ``{name}`` fields are allowed (see
+    ``parse_format_template``).
     """
 
     text: str
@@ -101,27 +154,26 @@ class FormatTemplate:
     target_field: str = "target"
 
     def __post_init__(self) -> None:
-        names = [name for _, name, _, _ in string.Formatter().parse(self.text) if name is not None]
+        names = [name for _, name in parse_format_template(self.text) if name is not None]
         if names.count("target") != 1:
             raise ValueError(
                 f"template {self.text!r} must contain {{target}} exactly once, where the trained text goes"
             )
-        for name in names:
-            if not name.isidentifier():
-                raise ValueError(f"template placeholder {{{name}}} is not a plain field name")
 
     def _field_name(self, placeholder: str) -> str:
         return {"source": self.source_field, "target": self.target_field}.get(placeholder, placeholder)
 
-    def _fill(self, part: str, record: Mapping[str, Any]) -> str:
-        names = {name for _, name, _, _ in string.Formatter().parse(part) if name}
-        values = {name: _text_field(record, self._field_name(name)) for name in names}
-        return part.format(**values)
+    def _fill(self, pieces: tuple[Piece, ...], record: Mapping[str, Any]) -> str:
+        return "".join(
+            literal + (_text_field(record, self._field_name(name)) if name else "") for literal, name in pieces
+        )
 
     def render(self, record: Mapping[str, Any]) -> tuple[str, str]:
-        before, after = self.text.split("{target}", 1)
+        pieces = parse_format_template(self.text)
+        at = next(n for n, (_, name) in enumerate(pieces) if name == "target")
         target = _require_target(_text_field(record, self.target_field), self.target_field)
-        return self._fill(before, record), target + self._fill(after, record)
+        source = self._fill(pieces[:at], record) + pieces[at][0]
+        return source, target + self._fill(pieces[at + 1 :], record)
 
 
 Template = PlainTemplate | AlpacaTemplate | FormatTemplate
