@@ -11,3 +11,9 @@ def write_jsonl(path: Path, records: list) -> Path:
         for record in records:
             out.write((record if isinstance(record, str) else json.dumps(record, ensure_ascii=False)) + "\n")
     return path
+
+
+def dataset_file(dataset: Path, name: str) -> Path:
+    """Where the committed revision of ``dataset`` keeps ``name`` (``stats.json``, ``rejected/rejected.jsonl``)."""
+    manifest = json.loads((Path(dataset) / "manifest.json").read_text())
+    return Path(dataset) / manifest.get("directory", "") / name

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_jsonl
+from helpers import dataset_file, write_jsonl
 from transformers import AutoTokenizer
 
 from seqpack import IGNORE_INDEX
@@ -72,7 +72,7 @@ def test_only_assistant_turns_are_trained(tmp_path: Path, chatml_dir: Path) -> N
     rows = [r for p in sorted((output / "train").iterdir()) for r in pq.read_table(p).to_pylist()]
     runs = [text for row in rows for text in trained_runs(row, tokenizer)]
     assert sorted(runs) == sorted(text + "<|im_end|>" for text in ASSISTANT_TEXTS)
-    stats = json.loads((output / "stats.json").read_text())
+    stats = json.loads(dataset_file(output, "stats.json").read_text())
     assert stats["rejected_by_reason"] == {"no_assistant_turn": 1}
     decoded = tokenizer.decode(rows[0]["input_ids"], skip_special_tokens=False)
     assert "<|im_start|>system\nTranslate.<|im_end|>" in decoded or "Be brief." in decoded
@@ -92,7 +92,7 @@ def test_non_prefix_stable_template_rejects(tmp_path: Path, tokenizer_dir: Path)
     data = write_jsonl(tmp_path / "chats.jsonl", RECORDS[:3])
     output = tmp_path / "out"
     assert run("-i", str(data), "-o", str(output), "-t", str(counter_dir)) == 0
-    stats = json.loads((output / "stats.json").read_text())
+    stats = json.loads(dataset_file(output, "stats.json").read_text())
     assert stats["rejected_by_reason"] == {"template_not_prefix_stable": 3}
 
 

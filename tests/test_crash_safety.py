@@ -39,9 +39,20 @@ def run_killed(args: list[str], point: str) -> subprocess.CompletedProcess:
 
 
 def dataset_hashes(output: Path) -> dict[str, str]:
+    """Each shard's sha256, by its path inside the revision directory (revisions are numbered per output)."""
     manifest = open_manifest(str(output))
     verify_dataset(str(output))
-    return {s.path: s.sha256 for split in manifest.splits.values() for s in split.shards}
+    prefix = f"{manifest.directory}/"
+    return {s.path.removeprefix(prefix): s.sha256 for split in manifest.splits.values() for s in split.shards}
+
+
+def files_on_disk(output: Path) -> set[str]:
+    return {p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()}
+
+
+def committed_files(output: Path) -> set[str]:
+    manifest = open_manifest(str(output))
+    return set(manifest.shard_paths()) | set(manifest.files) | {"manifest.json"}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +64,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, pairs: list, tokenizer_dir: 
     return {"root": root, "input": input_file, "tokenizer": tokenizer_dir, "hashes": dataset_hashes(baseline)}
 
 
-@pytest.mark.parametrize("point", ["read", "tokenize", "write_shard", "commit_moving", "commit_manifest"])
+@pytest.mark.parametrize("point", ["read", "tokenize", "write_shard", "commit_manifest"])
 def test_killed_fresh_run_leaves_nothing_usable_and_rerun_matches(setup: dict, point: str) -> None:
     output = setup["root"] / f"fresh-{point}"
     killed = run_killed(run_args(setup["input"], output, setup["tokenizer"]), point)
@@ -62,28 +73,37 @@ def test_killed_fresh_run_leaves_nothing_usable_and_rerun_matches(setup: dict, p
         open_manifest(str(output))
     assert main(run_args(setup["input"], output, setup["tokenizer"])) == 0
     assert dataset_hashes(output) == setup["hashes"]
-    leftovers = [p.name for p in output.rglob("*") if ".tmp-" in p.name or p.name in (".seqpack-staging", LOCK_NAME)]
-    assert leftovers == [], "the rerun cleans up what the crashed run left"
+    assert files_on_disk(output) == committed_files(output), "the rerun cleans up what the crashed run left"
 
 
-@pytest.mark.parametrize("point", ["write_shard", "commit_moving", "commit_manifest"])
-def test_killed_overwrite_keeps_previous_dataset_or_nothing(setup: dict, point: str) -> None:
+@pytest.mark.parametrize("point", ["write_shard", "commit_manifest", "commit_cleanup"])
+def test_killed_overwrite_keeps_previous_dataset_or_commits_the_new_one(setup: dict, point: str) -> None:
     output = setup["root"] / f"overwrite-{point}"
     assert main(run_args(setup["input"], output, setup["tokenizer"], "--seed", "7")) == 0
     (output / "report.html").write_text("the report of the previous dataset")
     previous = dataset_hashes(output)
+    assert previous != setup["hashes"]
     killed = run_killed(run_args(setup["input"], output, setup["tokenizer"], "--overwrite"), point)
     assert killed.returncode == -signal.SIGKILL
-    if point == "write_shard":
-        assert dataset_hashes(output) == previous, "the old dataset stays readable until the new one is complete"
+    if point == "commit_cleanup":
+        assert dataset_hashes(output) == setup["hashes"], "the switch happened: the new dataset is whole"
     else:
-        with pytest.raises(DatasetFormatError):
-            open_manifest(str(output))
+        assert dataset_hashes(output) == previous, "the old dataset stays readable until the new one is complete"
     assert main(run_args(setup["input"], output, setup["tokenizer"], "--overwrite")) == 0
     assert dataset_hashes(output) == setup["hashes"]
-    listed = set(setup["hashes"]) | {"stats.json", "manifest.json", "rejected/rejected.jsonl"}
-    on_disk = {str(p.relative_to(output)) for p in output.rglob("*") if p.is_file()}
-    assert on_disk == listed, "no file of the previous dataset is left behind"
+    assert files_on_disk(output) == committed_files(output), "no file of an earlier dataset is left behind"
+
+
+def test_killed_in_cleanup_the_next_run_removes_the_old_revision(setup: dict) -> None:
+    output = setup["root"] / "fresh-cleanup"
+    assert main(run_args(setup["input"], output, setup["tokenizer"], "--seed", "7")) == 0
+    first = committed_files(output)
+    killed = run_killed(run_args(setup["input"], output, setup["tokenizer"], "--overwrite"), "commit_cleanup")
+    assert killed.returncode == -signal.SIGKILL
+    assert first - {"manifest.json"} <= files_on_disk(output), "killed before the old revision was removed"
+    assert main(run_args(setup["input"], output, setup["tokenizer"], "--overwrite", "--seed", "7")) == 0
+    assert files_on_disk(output) == committed_files(output)
+    assert open_manifest(str(output)).revision == 3
 
 
 def test_lost_example_fails_the_accounting_and_commits_nothing(setup: dict) -> None:

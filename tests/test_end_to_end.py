@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_jsonl
+from helpers import dataset_file, write_jsonl
 from transformers import AutoTokenizer
 
 from seqpack import IGNORE_INDEX
@@ -106,7 +106,7 @@ def test_every_pair_comes_out_once_with_exact_masking(dataset: Path, pairs: list
 
 def test_manifest_stats_and_rejected(dataset: Path, pairs: list) -> None:
     manifest = json.loads((dataset / "manifest.json").read_text())
-    stats = json.loads((dataset / "stats.json").read_text())
+    stats = json.loads(dataset_file(dataset, "stats.json").read_text())
     assert stats["records_read"] == len(pairs) + len(BAD_RECORDS)
     assert stats["examples_by_split"] == {"train": len(pairs)}
     assert stats["records_rejected"] == len(BAD_RECORDS)
@@ -114,7 +114,7 @@ def test_manifest_stats_and_rejected(dataset: Path, pairs: list) -> None:
     assert len(manifest["splits"]["train"]["shards"]) > 1, "small buckets give several shards"
     for shard in manifest["splits"]["train"]["shards"]:
         assert hashlib.sha256((dataset / shard["path"]).read_bytes()).hexdigest() == shard["sha256"]
-    rejected = [json.loads(line) for line in (dataset / "rejected" / "rejected.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line) for line in dataset_file(dataset, "rejected/rejected.jsonl").read_text().splitlines()]
     assert sorted(r["reason"] for r in rejected) == sorted(reason for _, reason in BAD_RECORDS)
     lines = Path(rejected[0]["file"]).read_text().splitlines()
     for entry in rejected:
@@ -142,7 +142,7 @@ def test_validation_split_wrap_packing_and_arrow(input_file: Path, tokenizer_dir
     assert run_cli("-i", str(input_file), "-o", str(out), "-t", str(tokenizer_dir), "--max-length", "64",
                    "--packing", "wrap", "--validation-fraction", "0.2", "--format", "arrow") == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    stats = json.loads((out / "stats.json").read_text())
+    stats = json.loads(dataset_file(out, "stats.json").read_text())
     assert set(manifest["splits"]) == {"train", "validation"}
     assert stats["examples_by_split"]["validation"] / stats["examples"] > 0.1 if stats["examples"] else True
     assert stats["fill"] > 0.97
@@ -153,7 +153,7 @@ def test_overlong_drop_is_counted(input_file: Path, tokenizer_dir: Path, tmp_pat
     out = tmp_path / "drop"
     assert run_cli("-i", str(input_file), "-o", str(out), "-t", str(tokenizer_dir), "--max-length", "16",
                    "--overlong", "drop") == 0
-    stats = json.loads((out / "stats.json").read_text())
+    stats = json.loads(dataset_file(out, "stats.json").read_text())
     assert stats["dropped_by_reason"]["overlong"] > 0
     assert stats["tokens_dropped"] > 0
 
@@ -162,7 +162,7 @@ def test_split_policy_and_none_packing(input_file: Path, tokenizer_dir: Path, tm
     out = tmp_path / "split"
     assert run_cli("-i", str(input_file), "-o", str(out), "-t", str(tokenizer_dir), "--max-length", "12",
                    "--overlong", "split", "--packing", "none") == 0
-    stats = json.loads((out / "stats.json").read_text())
+    stats = json.loads(dataset_file(out, "stats.json").read_text())
     rows = read_rows(out)
     assert stats["examples_split"] > 0 and len(rows) == stats["pieces"]
     assert all(len(r["input_ids"]) <= 12 and r["attention_mask"] == [1] * len(r["input_ids"]) for r in rows)
@@ -195,4 +195,4 @@ def test_demo_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     dataset = Path(result.stdout.strip().splitlines()[-1])
     assert (dataset / "manifest.json").exists()
-    assert np.isclose(json.loads((dataset / "stats.json").read_text())["records_read"], 480)
+    assert np.isclose(json.loads(dataset_file(dataset, "stats.json").read_text())["records_read"], 480)

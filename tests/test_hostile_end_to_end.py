@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from helpers import dataset_file
+
 from seqpack.pipeline.cli import main
 
 HOSTILE = Path(__file__).parent / "data" / "hostile"
@@ -24,13 +26,13 @@ def test_hostile_corpus_is_accounted_for(tmp_path: Path, tokenizer_dir: Path) ->
         args += ["-i", path]
     assert main(args) == 0
 
-    stats = json.loads((output / "stats.json").read_text())
+    stats = json.loads(dataset_file(output, "stats.json").read_text())
     total = sum(len(entries) for entries in expected.values()) + 2
     assert stats["records_read"] == total
     written = sum(stats["examples_by_split"].values())
     assert written + stats["records_rejected"] + stats["examples_dropped"] == total
 
-    rejected = [json.loads(line) for line in (output / "rejected" / "rejected.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line) for line in dataset_file(output, "rejected/rejected.jsonl").read_text().splitlines()]
     assert len(rejected) == stats["records_rejected"]
     by_place = {(Path(r["file"]).name, r["line"]): r["reason"] for r in rejected}
     for name, entries in expected.items():

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from helpers import write_jsonl
+from helpers import dataset_file, write_jsonl
 from transformers import AutoTokenizer
 
 from seqpack import IGNORE_INDEX
@@ -19,7 +19,7 @@ def run(*args: str) -> int:
 
 
 def rejected_and_stats(output: Path) -> dict:
-    return json.loads((output / "stats.json").read_text())
+    return json.loads(dataset_file(output, "stats.json").read_text())
 
 
 def test_exact_dedup_keeps_the_first_occurrence(tmp_path: Path, tokenizer_dir: Path) -> None:
@@ -61,7 +61,7 @@ def test_added_special_tokens_round_trip(tmp_path: Path, tokenizer_dir: Path) ->
                "--add-special-tokens", "[SOS]", "[SEP]") == 0
     manifest = json.loads((output / "manifest.json").read_text())
     base = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    saved = AutoTokenizer.from_pretrained(str(output / "tokenizer"))
+    saved = AutoTokenizer.from_pretrained(str(dataset_file(output, "tokenizer")))
     added = manifest["tokenizer"]["added_tokens"]
     assert added == {"[SOS]": len(base), "[SEP]": len(base) + 1}
     assert manifest["tokenizer"]["vocab_size"] == len(base) + 2 == len(saved)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_jsonl
+from helpers import dataset_file, write_jsonl
 from shardgen import Example, write_dataset
 from transformers import AutoTokenizer
 
@@ -210,7 +210,7 @@ def test_a_tokenizer_shipped_in_the_dataset_is_preferred(dataset: Path, tokenize
 
 def test_the_run_summary_is_short_and_says_how_to_look(dataset: Path) -> None:
     manifest = Manifest.from_json((dataset / "manifest.json").read_text())
-    stats = json.loads((dataset / "stats.json").read_text())
+    stats = json.loads(dataset_file(dataset, "stats.json").read_text())
     text = summary(manifest, stats, str(dataset))
     lines = text.splitlines()
     assert lines[0] == f"seqpack: wrote {dataset}"

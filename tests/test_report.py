@@ -11,7 +11,7 @@ from pathlib import Path
 import html5lib
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_jsonl
+from helpers import dataset_file, write_jsonl
 
 from seqpack.pipeline.cli import main
 
@@ -99,7 +99,7 @@ def test_nothing_is_fetched_from_anywhere(report: str) -> None:
 
 
 def test_summary_and_rejected_sections_hold_the_numbers(dataset: Path, report: str) -> None:
-    stats = json.loads((dataset / "stats.json").read_text())
+    stats = json.loads(dataset_file(dataset, "stats.json").read_text())
     page = parse(report)
     summary = page.text["summary"]
     assert f"{stats['records_read']:,}" in summary and f"{stats['fill']:.2%}" in summary
@@ -134,7 +134,7 @@ def test_without_matplotlib_the_error_names_the_extra(dataset: Path, tmp_path: P
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     assert main(["report", str(dataset), "-o", str(tmp_path / "r.html")]) == 2
     assert "pip install 'seqpack[report]'" in capsys.readouterr().err
-    assert main(["run", "--report", "-i", str(dataset / "stats.json"), "-o", str(tmp_path / "never"),
+    assert main(["run", "--report", "-i", str(dataset_file(dataset, "stats.json")), "-o", str(tmp_path / "never"),
                  "-t", str(tokenizer_dir)]) == 2
     assert "pip install 'seqpack[report]'" in capsys.readouterr().err
     assert not (tmp_path / "never").exists() and not (tmp_path / "r.html").exists()

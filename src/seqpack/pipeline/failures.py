@@ -9,6 +9,7 @@ lock is released (``pipeline.run``). Errors the user can act on (a full disk, a 
 from __future__ import annotations
 
 import errno
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -34,35 +35,63 @@ class RunInterrupted(RunFailedError):
 
 class _Terminated(BaseException):
     """Raised in the main thread by the SIGTERM handler; a BaseException so that no ``except Exception``
-    in between swallows it."""
+    in between swallows it (Beam may still wrap it: :class:`Stop` remembers the signal either way)."""
+
+
+class Stop:
+    """The signal that stopped the run, if any: set by the handler, read when the run's error is reported."""
+
+    signum: int | None = None
 
 
 @contextmanager
-def stop_on_termination() -> Iterator[None]:
-    """Within the block, SIGTERM stops the run the way Ctrl-C does (only possible in the main thread)."""
+def stop_on_termination() -> Iterator[Stop]:
+    """Within the block, SIGTERM and Ctrl-C stop the run by an exception, so the run cleans up (only possible
+    in the main thread; elsewhere the signals keep their handlers)."""
+    stop = Stop()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
 
     def terminate(signum: int, frame: FrameType | None) -> None:
-        raise _Terminated()
+        stop.signum = signum
+        raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {signum: signal.signal(signum, terminate) for signum in (signal.SIGTERM, signal.SIGINT)}
+    quiet = _QuietAfterStop(stop)
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(quiet)
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
-def as_run_failure(error: BaseException, output: str) -> BaseException:
+class _QuietAfterStop(logging.Filter):
+    """Once the run is stopped, Beam's error reports of the bundle it interrupted are noise: the run's own
+    one-line message says what happened."""
+
+    def __init__(self, stop: Stop) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.stop.signum is None or not record.name.startswith("apache_beam")
+
+
+def as_run_failure(error: BaseException, output: str, stop: Stop | None = None) -> BaseException:
     """The exception to raise for ``error``: a clear :class:`RunFailedError` where one fits, else ``error``."""
-    if isinstance(error, _Terminated):
+    signum = stop.signum if stop is not None else None
+    if signum is None and isinstance(error, (_Terminated, KeyboardInterrupt)):
+        signum = signal.SIGTERM if isinstance(error, _Terminated) else signal.SIGINT
+    if signum is not None:
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C (SIGINT)"
         return RunInterrupted(
-            f"stopped by SIGTERM; nothing was committed, {output} is as it was before the run", 128 + signal.SIGTERM
-        )
-    if isinstance(error, KeyboardInterrupt):
-        return RunInterrupted(
-            f"interrupted; nothing was committed, {output} is as it was before the run", 128 + signal.SIGINT
+            f"stopped by {name}; nothing was committed, {output} is as it was before the run", 128 + signum
         )
     environment = _environment_error(error)
     if environment is not None:

@@ -54,8 +54,8 @@ class Holder:
         """None for a torn or foreign file."""
         try:
             raw = json.loads(data.decode())
-            return cls(host=str(raw["host"]), pid=int(raw["pid"]), token=str(raw["token"]),
-                       heartbeat=float(raw["heartbeat"]))
+            return cls(host=str(raw["host"]), pid=int(raw["pid"]), token=str(raw.get("token", "")),
+                       heartbeat=float(raw["heartbeat"]))  # older seqpack wrote no token
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 

@@ -107,7 +107,7 @@ def run(
     options, runner = pipeline_options(list(beam_args or []))
     check_output(config)
     files, tokenizer, tokenizer_info = _check_up_front(config)
-    with stop_on_termination(), OutputLock(config.output) as lock:
+    with stop_on_termination() as stop, OutputLock(config.output) as lock:
         destination = prepare_output(config, lock)
         try:
             if config.add_special_tokens:  # the trainer needs the extended tokenizer: it ships with the data
@@ -125,7 +125,7 @@ def run(
             return commit(config, tokenizer_info, destination, lock)
         except BaseException as error:
             abandon(destination)
-            failure = as_run_failure(error, config.output)
+            failure = as_run_failure(error, config.output, stop)
             if failure is error:
                 raise
             raise failure from error
