@@ -1,0 +1,106 @@
+"""The output lock under attack: many processes at once, stale and torn locks, a holder that lost its lock."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from seqpack.pipeline.config import UsageError
+from seqpack.pipeline.lock import LockLostError, OutputLock
+from seqpack.schemas import LOCK_NAME
+
+CONTENDERS = 6
+TRIALS = 40
+
+
+def _contend(output: str, start: float, results: multiprocessing.Queue) -> None:
+    lock = OutputLock(output, heartbeat_seconds=0.05)
+    time.sleep(max(0.0, start - time.time()))
+    try:
+        lock.acquire()
+    except UsageError:
+        results.put("refused")
+        return
+    except Exception as error:  # noqa: BLE001 - any other failure is a defect the test must report
+        results.put(f"crashed: {error!r}")
+        return
+    time.sleep(0.3)  # hold it while the others try
+    try:
+        lock.check()
+        results.put("held")
+    except LockLostError:
+        results.put("lost")
+    lock.release()
+
+
+def _race(output: Path) -> list[str]:
+    context = multiprocessing.get_context("fork")
+    results: multiprocessing.Queue = context.Queue()
+    start = time.time() + 0.2
+    processes = [context.Process(target=_contend, args=(str(output), start, results)) for _ in range(CONTENDERS)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(30)
+    return sorted(results.get(timeout=5) for _ in processes)
+
+
+def _dead_pid() -> int:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(dead.stdout)
+
+
+@pytest.mark.parametrize("stale_first", [False, True], ids=["empty", "stale-lock-present"])
+def test_many_processes_at_once_give_exactly_one_holder(tmp_path: Path, stale_first: bool) -> None:
+    for trial in range(TRIALS):
+        output = tmp_path / f"trial-{trial}"
+        output.mkdir()
+        if stale_first:
+            holder = {"host": os.uname().nodename, "pid": _dead_pid() if trial == 0 else 2**22 + trial,
+                      "token": "dead", "heartbeat": 0}
+            (output / LOCK_NAME).write_text(json.dumps(holder))
+        outcome = _race(output)
+        assert outcome == ["held"] + ["refused"] * (CONTENDERS - 1), f"trial {trial}: {outcome}"
+        assert not (output / LOCK_NAME).exists(), "the holder released it"
+        assert sorted(p.name for p in output.iterdir()) == [], "no temporary lock files are left"
+
+
+def test_an_empty_or_torn_lock_is_a_lock_being_written_not_a_stale_one(tmp_path: Path) -> None:
+    for content in (b"", b'{"host": "x", "pi'):
+        (tmp_path / LOCK_NAME).write_bytes(content)
+        with pytest.raises(UsageError, match="another seqpack run"):
+            OutputLock(str(tmp_path)).acquire()
+        assert (tmp_path / LOCK_NAME).read_bytes() == content
+    old = time.time() - 3600
+    os.utime(tmp_path / LOCK_NAME, (old, old))
+    with OutputLock(str(tmp_path)) as lock:  # an unreadable lock nobody has touched for an hour is stale
+        assert lock.holds()
+
+
+def test_a_holder_that_lost_its_lock_fails_its_check_and_leaves_the_new_lock(tmp_path: Path) -> None:
+    paused = OutputLock(str(tmp_path), heartbeat_seconds=0.05)
+    paused.acquire()
+    taker = OutputLock(str(tmp_path), stale_after_seconds=0.0)  # the paused run's heartbeat looks stale
+    time.sleep(0.01)
+    taker.acquire()
+    time.sleep(0.3)  # the paused run's heartbeat wakes up, sees another token, and writes nothing
+    assert taker.holds() and not paused.holds()
+    with pytest.raises(LockLostError, match="lost its lock"):
+        paused.check()
+    paused.release()
+    assert taker.holds(), "releasing a lost lock does not delete the new holder's"
+    taker.check()
+    taker.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_live_holder_is_refused_with_who_holds_it(tmp_path: Path) -> None:
+    with OutputLock(str(tmp_path)), pytest.raises(UsageError, match=f"pid {os.getpid()}"):
+        OutputLock(str(tmp_path)).acquire()
