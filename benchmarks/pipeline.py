@@ -488,7 +488,8 @@ def run_seqpack(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: 
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.seqpack_src, env.get("PYTHONPATH")]))
     measured = run_measured(cmd, env=env, log=run_dir / "seqpack.log")
     _check(measured, run_dir / "seqpack.log")
-    stats = json.loads((out / "stats.json").read_text())
+    revision = json.loads((out / "manifest.json").read_text()).get("directory", "")  # "" before revisions
+    stats = json.loads((out / revision / "stats.json").read_text())
     examples = sum(stats["example_length_hist"])
     text_tokens = stats["tokens_in"] - examples * _special_tokens_per_example(tokenizer)
     return Result(
