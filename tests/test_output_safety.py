@@ -260,3 +260,25 @@ def test_report_on_tampered_stats_or_manifest_fails_with_a_message(
     (output / "manifest.json").write_text('{"format": "seqpack-blocks"')
     assert main(["report", str(output), "-o", str(tmp_path / "r.html")]) == 1
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_a_stop_after_the_switch_keeps_the_committed_dataset(
+    tmp_path: Path, inputs: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the old revision is being removed: the new one is committed and must stay whole."""
+    from seqpack.pipeline import commit
+
+    output = tmp_path / "out"
+    assert main(run_args(inputs, output, tokenizer_dir)) == 0
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commit, "_remove_empty_directories", interrupted)
+    assert main(run_args(inputs, output, tokenizer_dir, "--overwrite", "--seed", "9")) == 130
+    assert open_manifest(str(output)).revision == 2
+    verify_dataset(str(output))
+    monkeypatch.undo()
+    assert main(run_args(inputs, output, tokenizer_dir, "--overwrite")) == 0
+    fresh = open_manifest(str(output))
+    assert set(tree(output)) == {*fresh.shard_paths(), *fresh.files, "manifest.json"}

@@ -19,6 +19,7 @@ deleted that no seqpack manifest or marker names: a directory holding other file
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -296,22 +297,42 @@ def commit(
     checkpoint("commit_manifest")
     lock.check()
     write_atomically(FileSystems.join(config.output, MANIFEST_NAME), manifest.to_json().encode())
-    checkpoint("commit_cleanup")
-    _delete_existing([FileSystems.join(config.output, path) for path in obsolete])
-    if previous is not None:
-        _delete_existing([FileSystems.join(config.output, REPORT_NAME)])  # it describes data that is gone
-        _remove_empty_directories(config.output, previous)
-    FileSystems.delete([FileSystems.join(config.output, STAGING_NAME)])
+    try:
+        _clean_up_after_switch(config.output, previous, obsolete)
+    except Exception as error:  # noqa: BLE001 - the dataset is committed; the next run removes the rest
+        logging.getLogger("seqpack").warning(
+            "the dataset is committed, but removing the previous revision's files failed (%s); "
+            "the next run into %s removes them", error, config.output,
+        )
     return manifest, stats
 
 
+def _clean_up_after_switch(output: str, previous: Manifest | None, obsolete: list[str]) -> None:
+    checkpoint("commit_cleanup")
+    _delete_existing([FileSystems.join(output, path) for path in obsolete])
+    if previous is not None:
+        _delete_existing([FileSystems.join(output, REPORT_NAME)])  # it describes data that is gone
+        _remove_empty_directories(output, previous)
+    FileSystems.delete([FileSystems.join(output, STAGING_NAME)])
+
+
 def abandon(destination: Destination) -> None:
-    """A run that fails or is stopped removes its own revision directory and scratch space (best effort)."""
+    """A run that fails or is stopped removes its own revision directory and scratch space (best effort),
+    unless the manifest already names its revision (it failed or was stopped after committing)."""
     try:
+        if _committed_directory(destination.output) == destination.directory:
+            return
         _delete_existing([destination.root, destination.staging, destination.marker])
         _delete_existing([FileSystems.join(destination.output, STAGING_NAME)], only_if_empty=True)
     except Exception:  # noqa: BLE001 - the next run clears what is left, from the marker
         pass
+
+
+def _committed_directory(output: str) -> str | None:
+    try:
+        return _read_previous(output).directory  # type: ignore[union-attr]
+    except (UsageError, AttributeError):
+        return None
 
 
 # ------------------------------------------------------------------------------------------- helpers
