@@ -69,7 +69,7 @@ def test_only_assistant_turns_are_trained(tmp_path: Path, chatml_dir: Path) -> N
     assert run("-i", str(data), "-o", str(output), "-t", str(chatml_dir), "--max-length", "256",
                "--system", "Translate.") == 0
     tokenizer = AutoTokenizer.from_pretrained(str(chatml_dir))
-    rows = [r for p in sorted((output / "train").iterdir()) for r in pq.read_table(p).to_pylist()]
+    rows = [r for p in sorted(dataset_file(output, "train").iterdir()) for r in pq.read_table(p).to_pylist()]
     runs = [text for row in rows for text in trained_runs(row, tokenizer)]
     assert sorted(runs) == sorted(text + "<|im_end|>" for text in ASSISTANT_TEXTS)
     stats = json.loads(dataset_file(output, "stats.json").read_text())
@@ -83,7 +83,7 @@ def test_last_turn_only(tmp_path: Path, chatml_dir: Path) -> None:
     output = tmp_path / "out"
     assert run("-i", str(data), "-o", str(output), "-t", str(chatml_dir), "--train-on", "last") == 0
     tokenizer = AutoTokenizer.from_pretrained(str(chatml_dir))
-    rows = [r for p in (output / "train").iterdir() for r in pq.read_table(p).to_pylist()]
+    rows = [r for p in dataset_file(output, "train").iterdir() for r in pq.read_table(p).to_pylist()]
     assert [t for row in rows for t in trained_runs(row, tokenizer)] == ["Le chien<|im_end|>"]
 
 

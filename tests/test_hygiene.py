@@ -33,8 +33,9 @@ def test_exact_dedup_keeps_the_first_occurrence(tmp_path: Path, tokenizer_dir: P
     assert stats["examples_by_split"] == {"train": 3}
     again = tmp_path / "again"
     assert run("-i", str(b), "-i", str(a), "-o", str(again), "-t", str(tokenizer_dir), "--dedup", "exact") == 0
-    first = {p.name: p.read_bytes() for p in (output / "train").iterdir()}
-    assert first == {p.name: p.read_bytes() for p in (again / "train").iterdir()}, "input order does not matter"
+    first = {p.name: p.read_bytes() for p in dataset_file(output, "train").iterdir()}
+    again_shards = {p.name: p.read_bytes() for p in dataset_file(again, "train").iterdir()}
+    assert first == again_shards, "input order does not matter"
 
 
 def test_dedup_key_ignores_origin_only() -> None:
@@ -65,7 +66,7 @@ def test_added_special_tokens_round_trip(tmp_path: Path, tokenizer_dir: Path) ->
     added = manifest["tokenizer"]["added_tokens"]
     assert added == {"[SOS]": len(base), "[SEP]": len(base) + 1}
     assert manifest["tokenizer"]["vocab_size"] == len(base) + 2 == len(saved)
-    row = pq.read_table(next((output / "train").iterdir())).to_pylist()[0]
+    row = pq.read_table(next(dataset_file(output, "train").iterdir())).to_pylist()[0]
     ids = row["input_ids"][: row["seq_lens"][0]]
     assert added["[SOS]"] in ids and added["[SEP]"] in ids
     assert saved.decode(ids, skip_special_tokens=False).startswith("<s>[SOS]The cat[SEP]")

@@ -203,8 +203,8 @@ def test_a_tokenizer_shipped_in_the_dataset_is_preferred(dataset: Path, tokenize
     shutil.copytree(dataset, copy)
     manifest = Manifest.from_json((copy / "manifest.json").read_text())
     assert tokenizer_spec(str(copy), manifest) == str(tokenizer_dir)
-    shutil.copytree(tokenizer_dir, copy / "tokenizer")
-    assert tokenizer_spec(str(copy), manifest) == f"{copy}/tokenizer"
+    shutil.copytree(tokenizer_dir, copy / manifest.path_of("tokenizer"))
+    assert tokenizer_spec(str(copy), manifest) == f"{copy}/{manifest.path_of('tokenizer')}"
     assert tokenizer_spec(str(copy), manifest, "other") == "other"
 
 
