@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import write_jsonl
+from helpers import dataset_file, write_jsonl
 
 from seqpack.pipeline.cli import main
 from seqpack.readers import Record, Rejected, expand_inputs, iter_input, local_match, open_local, printable_path
@@ -56,10 +56,10 @@ def test_a_non_utf8_file_name_does_not_stop_the_run(inputs: Path, tmp_path: Path
         args = ["run", "-q", "-i", f"{inputs}/*.jsonl", "-o", str(output), "-t", str(tokenizer_dir)]
         assert main([*args, "--max-length", "256", "--direct_running_mode=in_memory"]) == 0
         outputs.append(output)
-    stats = json.loads((outputs[0] / "stats.json").read_text())
+    stats = json.loads(dataset_file(outputs[0], "stats.json").read_text())
     assert stats["records_read"] == 3 and stats["records_rejected"] == 1
     assert sum(stats["examples_by_split"].values()) == 2
-    text = (outputs[0] / "rejected" / "rejected.jsonl").read_bytes().decode("utf-8")  # strict: valid UTF-8
+    text = dataset_file(outputs[0], "rejected/rejected.jsonl").read_bytes().decode("utf-8")  # strict: valid UTF-8
     [entry] = [json.loads(line) for line in text.splitlines()]
     assert entry["file"] == f"{inputs}/{ESCAPED_NAME}" and entry["line"] == 2 and entry["reason"] == "invalid_json"
     manifests = [json.loads((output / "manifest.json").read_text()) for output in outputs]

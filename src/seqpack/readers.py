@@ -27,6 +27,7 @@ import lzma
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple
@@ -601,17 +602,116 @@ _LOOKAHEAD = 64
 """Characters that must follow a parsed element (unless at end of file), so a number or literal cut by a
 chunk boundary (``1.5e`` | ``10``) is never taken for a complete value."""
 _TRUNCATED = "the file ends before the array is closed: is it truncated?"
+_STRUCTURE = re.compile(r'["{}\[\],]')
+_STRING_PART_END = re.compile(r'\\.|"', re.DOTALL)
+"""Inside a string: an escape pair (so ``\\"`` does not end it) or the closing quote."""
+_OPENER = {"]": "[", "}": "{"}
+_FIRST_KEY = re.compile(r'\{\s*("(?:[^"\\]|\\.)*")\s*:')
+_COUNT_TAIL = 256
+_PARSED_KEPT = 16 << 10
+"""How much parsed text may stay before a bad element: ``JSONDecodeError`` counts the lines before it, so a
+file of many bad elements would take time quadratic in the read size."""
+_TRACKED_DEPTH = 1 << 20
+"""Bracket kinds kept while stepping over a bad element; deeper ones are only counted, so memory stays bounded."""
 
 
 class _Failure(NamedTuple):
     reason: str
     detail: str
+    at: int | None = None
+    """Where in ``_JsonArray.text`` the parser stopped, if it says."""
+
+
+class _Skipped(NamedTuple):
+    """A bad element that was stepped over, and where it ended."""
+
+    end: str
+    """The ',' or ']' after it at the array's level, or '' when the file ended first."""
+    raw: bytes
+    """Its first ``RAW_PREFIX_BYTES``."""
+    start: int
+    stop: int
+    """Its byte offsets in the text (after a byte-order mark)."""
+    at: int | None
+    """The byte offset where the parser stopped, if known."""
+    starts: int
+    """When the file ended inside it: how many elements the rest seems to hold (see ``_StartCount``)."""
+
+
+class _ElementEnd:
+    """Finds where an element that did not parse ends: at the first ',' or ']' outside any string and any
+    bracket it opened. Strings (with their escapes) and brackets are tracked as the text arrives, in pieces;
+    a closer pops back to its own kind of opener, so one stray or missing bracket does not swallow the rest."""
+
+    def __init__(self) -> None:
+        self.in_string = False
+        self.open = bytearray()
+        """The open brackets, one byte each, up to ``_TRACKED_DEPTH``; ``deeper`` counts the ones beyond."""
+        self.deeper = 0
+
+    def find(self, text: str, pos: int) -> tuple[int, int]:
+        """(index of the ending ',' or ']' in ``text``, or -1; the index to go on from with more text)."""
+        while True:
+            if self.in_string:
+                found = _STRING_PART_END.search(text, pos)
+                if found is None:  # keep a final backslash: its escaped character is in the next piece
+                    return -1, len(text) - 1 if text.endswith("\\") and len(text) > pos else len(text)
+                pos = found.end()
+                self.in_string = found.group() != '"'
+                continue
+            found = _STRUCTURE.search(text, pos)
+            if found is None:
+                return -1, len(text)
+            char, pos = found.group(), found.end()
+            if char == '"':
+                self.in_string = True
+            elif char in "[{":
+                self._push(char)
+            elif char == "," and not (self.open or self.deeper):
+                return found.start(), found.start()
+            elif char in "]}" and not self._pop(_OPENER[char]) and char == "]":
+                return found.start(), found.start()  # the array's own ']'
+
+    def _push(self, bracket: str) -> None:
+        if len(self.open) < _TRACKED_DEPTH:
+            self.open.append(ord(bracket))
+        else:
+            self.deeper += 1
+
+    def _pop(self, bracket: str) -> bool:
+        """Close the innermost ``bracket`` (and any other brackets opened inside it); False if none is open."""
+        if self.deeper:
+            self.deeper -= 1
+            return True
+        index = self.open.rfind(ord(bracket))
+        if index < 0:
+            return False
+        del self.open[index:]
+        return True
+
+
+class _StartCount:
+    """Counts where elements seem to start in text that cannot be parsed: ``, {"key":`` with the bad element's
+    own first key (so the objects nested in a record are not counted), pieces at a time."""
+
+    def __init__(self, first_key: str | None) -> None:
+        key = re.escape(first_key) + r"\s*:" if first_key else ""
+        self.pattern = re.compile(r",\s*\{\s*" + key)
+        self.tail = ""
+        self.count = 0
+
+    def add(self, piece: str) -> None:
+        joined = self.tail + piece
+        self.count += sum(1 for found in self.pattern.finditer(joined) if found.end() > len(self.tail))
+        self.tail = joined[-_COUNT_TAIL:]
 
 
 class _JsonArray:
     """A JSON array parsed one element at a time with ``raw_decode``, so memory follows the largest element,
-    not the file. After an element that cannot be parsed, the rest of the array cannot be found reliably:
-    it is rejected as a whole (one rejection, its detail says so)."""
+    not the file. An element that cannot be parsed (invalid, too deep, too large) is stepped over to the next
+    ',' or ']' at the array's level (``_ElementEnd``) and rejected alone; reading goes on with the next one.
+    Only when the file ends inside it (an unclosed string or bracket) is the rest rejected, one rejection per
+    element it seems to hold, so no element disappears from the counts."""
 
     def __init__(self, chunks: Iterable[bytes], label: str, max_bytes: int) -> None:
         self._chunks = iter(chunks)
@@ -620,6 +720,11 @@ class _JsonArray:
         self.text = ""
         self.pos = 0
         self.eof = False
+        self.read_bytes = 0
+        self._mark: tuple[str | None, int, int] = (None, 0, 0)
+        """A known (text, position, byte offset), for ``_offset``."""
+        self.gap = 0
+        """Whitespace characters the last ``_peek`` passed over."""
         self.label = label
         self.max_bytes = max_bytes
 
@@ -630,21 +735,38 @@ class _JsonArray:
             chunk = next(self._chunks, None)
             part = self._decoder.decode(chunk or b"", final=chunk is None)
             self.eof = chunk is None
+            self.read_bytes += len(chunk or b"")
             parts.append(part)
             added += len(part)
         self.text, self.pos = "".join(parts), 0
 
+    def _offset(self, pos: int) -> int:
+        """The byte offset of ``text[pos]``, for messages. Only bad elements ask, and positions only move on, so
+        each read is encoded at most twice however many bad elements it holds."""
+        text, (mark_text, mark_pos, mark_offset) = self.text, self._mark
+        if mark_text is text and mark_pos <= pos:
+            offset = mark_offset + len(text[mark_pos:pos].encode("utf-8", "surrogateescape"))
+        else:
+            pending = len(self._decoder.getstate()[0])
+            offset = self.read_bytes - pending - len(text[pos:].encode("utf-8", "surrogateescape"))
+        self._mark = (text, pos, offset)
+        return offset
+
     def _peek(self) -> str:
         """The next non-whitespace character ('' at the end of the file), skipping whitespace."""
+        start, self.gap = self.pos, 0
         while True:
             found = _NON_WHITESPACE.search(self.text, self.pos)
             if found:
                 self.pos = found.start()
+                self.gap += self.pos - start
                 return self.text[self.pos]
-            self.pos = len(self.text)
+            self.gap += len(self.text) - start
+            self.pos = start = len(self.text)
             if self.eof:
                 return ""
             self._more(READ_CHUNK)
+            start = 0
 
     def _rest(self) -> bytes:
         if len(self.text) - self.pos < RAW_PREFIX_BYTES:
@@ -654,34 +776,39 @@ class _JsonArray:
     def items(self) -> Iterator[Item]:
         self._peek()
         self.pos += 1  # the opening "["
-        count = 0
-        if self._peek() == "]":
-            self.pos += 1
-            yield from self._trailing(count)
-            return
-        while True:
-            count += 1
-            origin = f"{self.label}:{count}"
-            element = self._element()
-            if isinstance(element, _Failure):
-                yield self._give_up(element, origin, first_unread=count)
+        number, end = 0, self._peek()
+        while end != "]":
+            number += 1
+            found, end = self._next(number)
+            yield from found
+            if not end:
                 return
-            yield self._check(*element, origin)
-            separator = self._peek()
-            self.pos += 1
-            if separator == "]":
-                yield from self._trailing(count)
-                return
-            if separator != ",":
-                failure = _Failure("invalid_json", f"expected ',' or ']' after element {count:,}")
-                if not separator:
-                    failure = _Failure("invalid_json", _TRUNCATED)
-                self.pos -= 1
-                yield self._give_up(failure, self.label, first_unread=count + 1)
-                return
+            if end == ",":
+                self.pos += 1
+        self.pos += 1
+        yield from self._trailing(number)
+
+    def _next(self, number: int) -> tuple[Iterable[Item], str]:
+        """The items of element ``number`` (more than one only if the file ends inside it), and what ends it:
+        ',' or ']' (``pos`` is there), or '' when the file ends."""
+        origin = f"{self.label}:{number}"
+        element, head = self._element(), ""
+        if not isinstance(element, _Failure):
+            end = self._peek()
+            if end in (",", "]"):
+                return [self._check(*element, origin)], end
+            if not end:  # a whole element, then the end of the file: nothing is lost but the ']'
+                truncated = Rejected(
+                    "invalid_json", self.label, b"", f"{_TRUNCATED} (it ends after element {number:,})"
+                )
+                return [self._check(*element, origin), truncated], ""
+            found = f"expected ',' or ']' after the value, found {end!r}"
+            element, head = _Failure("invalid_json", found, self.pos), element[1]
+        skipped = self._skip(head, element.at)
+        return self._rejections(element, skipped, number), skipped.end
 
     def _element(self) -> tuple[Any, str] | _Failure:
-        """The next element and its text, or why parsing must stop."""
+        """The next element and its text, or why it cannot be parsed (``pos`` stays at its start then)."""
         if not self._peek():
             return _Failure("invalid_json", _TRUNCATED)
         want = READ_CHUNK
@@ -694,10 +821,9 @@ class _JsonArray:
                 unterminated = error.msg.startswith("Unterminated")  # reported where the string starts
                 maybe_cut = unterminated or error.pos >= len(self.text) - _LOOKAHEAD
                 if not maybe_cut or self.eof:
-                    cut = "; the file ends inside this element: is it truncated?" if maybe_cut else ""
-                    return _Failure("invalid_json", f"{error.msg}{cut}")
+                    return _Failure("invalid_json", error.msg.removesuffix(" at").lower(), error.pos)
                 if (len(self.text) if unterminated else error.pos) - self.pos > self.max_bytes:
-                    return _Failure("record_too_large", f"the element is larger than {self.max_bytes:,} bytes")
+                    return _Failure("record_too_large", "")
             except ValueError as error:  # an integer too long to convert
                 return _Failure("invalid_json", str(error))
             else:
@@ -710,6 +836,82 @@ class _JsonArray:
         text = self.text[self.pos : end]
         self.pos = end
         return value, text
+
+    def _skip(self, head: str = "", at: int | None = None) -> _Skipped:
+        """Step over the element at ``pos`` (``head``: its start, already taken) to the ',' or ']' that ends it
+        or to the end of the file, a read at a time: memory stays bounded whatever its size. ``at``: a position
+        in the element to give the byte offset of."""
+        start = self._offset(self.pos)
+        at = None if at is None else self._offset(at)
+        if head:
+            start -= self.gap + len(head.encode("utf-8", "surrogateescape"))
+            # the whitespace between the value and what follows it, if it is still in the buffer
+            head += self.text[self.pos - self.gap : self.pos] if self.gap <= self.pos else ""
+        key = _FIRST_KEY.match(head or self.text, 0 if head else self.pos)
+        starts = _StartCount(key.group(1) if key else None)
+        raw, kept = [head], len(head)
+        if self.pos > _PARSED_KEPT:  # the parser's errors count lines from the buffer's start: keep it short
+            self._more(0)
+        scan, index = _ElementEnd(), self.pos
+        while True:
+            end, index = scan.find(self.text, index)
+            if end < 0 and self.eof:
+                index = len(self.text)
+            piece = self.text[self.pos : index]
+            starts.add(piece)
+            if kept < RAW_PREFIX_BYTES:
+                raw.append(piece[: RAW_PREFIX_BYTES - kept])
+                kept += len(raw[-1])
+            self.pos = index
+            if end >= 0 or self.eof:
+                data = "".join(raw).encode("utf-8", "surrogateescape")[:RAW_PREFIX_BYTES]
+                stop = self._offset(index)
+                return _Skipped(self.text[end] if end >= 0 else "", data, start, stop, at, starts.count + 1)
+            self._more(READ_CHUNK)
+            index = 0
+
+    def _rejections(self, failure: _Failure, skipped: _Skipped, number: int) -> Iterator[Rejected]:
+        """The rejection of a stepped-over element; when the file ended inside it, also one for every other
+        element the rest seems to hold."""
+        origin, where = f"{self.label}:{number}", f"bytes {skipped.start:,} to {skipped.stop:,}"
+        if not skipped.end and skipped.start == skipped.stop:  # nothing after the last ','
+            truncated = f"{_TRUNCATED} (it ends at byte {skipped.stop:,}, where element {number:,} should start)"
+            yield Rejected(failure.reason, origin, b"", truncated)
+            return
+        reason, detail = self._why(failure, skipped)
+        if skipped.end:
+            yield Rejected(reason, origin, skipped.raw, f"{detail} (element {number:,}, {where}); reading goes on")
+            return
+        count = skipped.starts
+        detail = (
+            f"{detail}; the file ends inside element {number:,} ({where}, the end): a string or bracket in it is "
+            "never closed. Is the file truncated, or is a quote or bracket missing?"
+        )
+        if count > 1:
+            detail += (
+                f" This rest seems to hold {count:,} elements (counted where one seems to start); each is "
+                f"rejected, elements {number + 1:,} to {number + count - 1:,} with no raw of their own"
+            )
+        yield Rejected(reason, origin, skipped.raw, detail)
+        for other in range(number + 1, number + count):
+            yield Rejected(
+                "invalid_json",
+                f"{self.label}:{other}",
+                b"",
+                f"one of the {count:,} elements that seem to be in the unreadable end of this array ({where}); "
+                f"element {number:,}'s rejection keeps the start of it",
+            )
+
+    def _why(self, failure: _Failure, skipped: _Skipped) -> tuple[str, str]:
+        """Reason and detail of a stepped-over element. Its size decides first, so that the reason does not
+        depend on whether the parser met an error or the size cap first (which follows the read sizes)."""
+        size = skipped.stop - skipped.start
+        if size > self.max_bytes:
+            return "record_too_large", (
+                f"{size:,} bytes, more than max_record_bytes {self.max_bytes:,}; raw keeps the first "
+                f"{len(skipped.raw):,} bytes. Split the record or raise --max-record-bytes"
+            )
+        return failure.reason, failure.detail if skipped.at is None else f"{failure.detail} at byte {skipped.at:,}"
 
     def _check(self, value: Any, text: str, origin: str) -> Item:
         def raw() -> bytes:
@@ -729,13 +931,6 @@ class _JsonArray:
         if "\x00" in text:
             return Rejected("nul_byte", origin, raw(), f"NUL byte at character {text.index(chr(0))}")
         return _record_from_json(value, text, origin, raw)
-
-    def _give_up(self, failure: _Failure, origin: str, *, first_unread: int) -> Rejected:
-        detail = (
-            f"{failure.detail}; element {first_unread:,} and everything after it in this array are not read "
-            "(raw keeps the start); convert the file to JSON lines to isolate bad records"
-        )
-        return Rejected(failure.reason, origin, self._rest(), detail)
 
     def _trailing(self, count: int) -> Iterator[Rejected]:
         if self._peek():
@@ -905,15 +1100,48 @@ def expand_inputs(patterns: Sequence[str], *, match: Match, open_binary: OpenBin
     ``match(pattern)`` lists the files (not directories) a glob matches, like Beam's ``FileSystems.match``.
     A directory is read non-recursively (names starting with ``_`` or ``.`` are skipped, as Hadoop/Spark
     write ``_SUCCESS`` and ``.crc`` files), unless ``datasets.save_to_disk`` wrote it: then its Arrow files,
-    of every split. Raises ``InputError`` for a pattern that matches nothing or a file seqpack cannot read.
+    of every split. Raises ``InputError`` for a pattern that matches nothing, a file seqpack cannot read, or a
+    local path that is not a regular file (a FIFO or a device such as ``/dev/zero`` would hang the run).
     """
     if not patterns:
         raise InputError("no input given: pass --input with a file, a glob or a directory")
-    found: dict[str, InputFile] = {}
+    found: dict[str, tuple[InputFile, str]] = {}
     for pattern in patterns:
         for input_file in _expand_pattern(pattern, match, open_binary):
-            found.setdefault(input_file.path, input_file)
-    return sorted(found.values(), key=lambda input_file: input_file.path)
+            found.setdefault(input_file.path, (input_file, pattern))
+    files = sorted(found.values(), key=lambda pair: pair[0].path)
+    special = [problem for input_file, pattern in files if (problem := _not_regular(input_file.path, pattern))]
+    if special:
+        raise InputError(
+            f"{'; '.join(special)}: seqpack cannot read such a file to a known end (a FIFO waits for a writer, "
+            "a device such as /dev/zero never ends); write the data to a regular file first and pass that file"
+        )
+    return [input_file for input_file, _ in files]
+
+
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _not_regular(path: str, pattern: str) -> str:
+    """What is wrong with a local input that is not a regular file ('' if nothing is): reading it would hang the
+    run instead of failing it. A path that cannot be examined is left to the reader (an ``unreadable_file``)."""
+    if "://" in path:
+        return ""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if stat.S_ISREG(mode):
+        return ""
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
+    source = "" if pattern == path else f" (matched by {printable_path(pattern)!r})"
+    return f"{printable_path(path)}{source} is not a regular file but {kind}"
 
 
 def _expand_pattern(pattern: str, match: Match, open_binary: OpenBinary) -> list[InputFile]:
@@ -1041,8 +1269,9 @@ def _join(directory: str, name: str) -> str:
 
 
 def local_match(pattern: str) -> list[str]:
-    """Local files (not directories) matching a glob, as Beam's ``FileSystems.match`` lists them."""
-    return sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
+    """Local paths other than directories matching a glob, as Beam's ``FileSystems.match`` lists them (a FIFO
+    or device too, which ``expand_inputs`` then refuses by name)."""
+    return sorted(path for path in glob.glob(pattern, recursive=True) if not os.path.isdir(path))
 
 
 def open_local(path: str) -> BinaryIO:
