@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,14 +19,14 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists(
 
 
 @pytest.fixture()
-def inputs(tmp_path: Path) -> Iterator[Path]:
+def inputs(tmp_path: Path) -> Path:
     """A good file beside a FIFO and a link to /dev/zero, both named like JSON lines files."""
     directory = tmp_path / "in"
     directory.mkdir()
     write_jsonl(directory / "good.jsonl", [{"source": "a", "target": "b"}])
     os.mkfifo(directory / "fifo.jsonl")
     (directory / "zero.jsonl").symlink_to("/dev/zero")
-    yield directory
+    return directory
 
 
 Resolve = Callable[[Sequence[str]], list[InputFile]]
@@ -58,6 +58,12 @@ def test_a_fifo_or_device_is_refused_by_name(
     assert "good.jsonl" not in message
     if "fifo" not in pattern and "zero" not in pattern:  # every such file is named at once, in path order
         assert message.index("fifo.jsonl") < message.index("zero.jsonl (matched by")
+
+
+@pytest.mark.parametrize("resolve", _resolvers(), ids=["local", "beam"])
+def test_dev_zero_itself_is_refused_as_a_device(resolve: Resolve) -> None:
+    with pytest.raises(InputError, match=r"^/dev/zero is not a regular file but a character device"):
+        resolve(["/dev/zero"])
 
 
 def test_regular_files_and_links_to_them_still_resolve(tmp_path: Path) -> None:

@@ -1194,16 +1194,22 @@ def expand_inputs(patterns: Sequence[str], *, match: Match, open_binary: OpenBin
         raise InputError("no input given: pass --input with a file, a glob or a directory")
     found: dict[str, tuple[InputFile, str]] = {}
     for pattern in patterns:
+        if not _GLOB_CHARS.search(pattern) and not os.path.isdir(pattern):  # /dev/zero has no known suffix
+            _refuse_special([_not_regular(pattern, pattern)])
         for input_file in _expand_pattern(pattern, match, open_binary):
             found.setdefault(input_file.path, (input_file, pattern))
     files = sorted(found.values(), key=lambda pair: pair[0].path)
-    special = [problem for input_file, pattern in files if (problem := _not_regular(input_file.path, pattern))]
-    if special:
-        raise InputError(
-            f"{'; '.join(special)}: seqpack cannot read such a file to a known end (a FIFO waits for a writer, "
-            "a device such as /dev/zero never ends); write the data to a regular file first and pass that file"
-        )
+    _refuse_special([_not_regular(input_file.path, pattern) for input_file, pattern in files])
     return [input_file for input_file, _ in files]
+
+
+def _refuse_special(problems: list[str]) -> None:
+    if any(problems):
+        raise InputError(
+            f"{'; '.join(filter(None, problems))}: seqpack cannot read such a file to a known end (a FIFO waits "
+            "for a writer, a device such as /dev/zero never ends); write the data to a regular file first and "
+            "pass that file"
+        )
 
 
 _NOT_REGULAR = (
