@@ -219,4 +219,5 @@ def test_the_run_summary_is_short_and_says_how_to_look(dataset: Path) -> None:
     assert lines[-1] == f"  look at it: seqpack inspect {dataset}"
     assert "rejected:" not in text and len(lines) <= 6
     stats = {**stats, "rejected_by_reason": {"invalid_json": 2}, "records_rejected": 2}
-    assert f"rejected: invalid_json 2 → {dataset}/rejected/rejected.jsonl" in summary(manifest, stats, str(dataset))
+    rejected = dataset_file(dataset, "rejected/rejected.jsonl")
+    assert f"rejected: invalid_json 2 → {rejected}" in summary(manifest, stats, str(dataset))
