@@ -1,8 +1,9 @@
 """Conversations through the tokenizer's own chat template, with an exact loss mask on the assistant turns.
 
 Three pure steps, no Beam: ``conversation_from_record`` turns a record (OpenAI ``messages``, ShareGPT
-``conversations`` or a source/target pair) into a list of messages; ``render_segments`` renders it with
-``tokenizer.apply_chat_template`` and cuts the text into (text, trained?) segments; ``tokenize_segments``
+``conversations`` or a source/target pair) into a list of messages; ``render_segments`` renders it with the
+tokenizer's chat template (as ``tokenizer.apply_chat_template`` would, within the work limits of
+``seqpack.chat_sandbox``) and cuts the text into (text, trained?) segments; ``tokenize_segments``
 tokenizes the segments of many conversations in one call and concatenates them, so the boundary between
 masked and trained tokens is exact (the seqpack principle, as for pairs).
 
@@ -19,12 +20,23 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from seqpack.chat_sandbox import (
+    REASON,
+    RenderLimits,
+    TemplateLimitError,
+    chat_template_of,
+    compile_chat_template,
+    render_budget,
+    render_chat,
+)
 from seqpack.templates import RenderError, _require_target, _text_field
+
+DEFAULT_LIMITS = RenderLimits()
 
 Message = dict[str, Any]
 """``{"role": ..., "content": str}``, plus ``tool_calls`` / ``tool_call_id`` / ``name`` when the record had them."""
@@ -174,7 +186,9 @@ def _check_conversation(messages: list[Message]) -> None:
 # --- messages → (text, trained?) segments -------------------------------------------------------------------
 
 
-def render_segments(tokenizer: Any, messages: list[Message], *, train_on: str = "assistant") -> list[Segment]:
+def render_segments(
+    tokenizer: Any, messages: list[Message], *, train_on: str = "assistant", limits: RenderLimits = DEFAULT_LIMITS
+) -> list[Segment]:
     """Render ``messages`` with the tokenizer's chat template and cut the text into (text, trained?) segments.
 
     The segments concatenate to ``apply_chat_template(messages, tokenize=False)``. A trained segment is what the
@@ -185,48 +199,78 @@ def render_segments(tokenizer: Any, messages: list[Message], *, train_on: str = 
     (every assistant turn), ``last`` (the final one), ``all`` (the whole text).
 
     Raises ``RenderError`` (``template_not_prefix_stable``, ``chat_template_error``, ``assistant_turn_first``,
-    ``no_assistant_turn``) for a record, ``ValueError`` when the tokenizer has no usable chat template.
+    ``no_assistant_turn``) for a record, ``ValueError`` when the tokenizer has no usable chat template. All the
+    renderings of one record share the work ``limits`` (``seqpack.chat_sandbox``): a template that loops or grows
+    without bound rejects the record (``chat_template_error``) instead of hanging or exhausting the worker.
     """
     if train_on not in TRAIN_ON:
         raise ValueError(f"unknown train_on {train_on!r}: use one of {', '.join(TRAIN_ON)}")
-    require_chat_template(tokenizer)
-    full = _render(tokenizer, messages, add_generation_prompt=False)
-    if train_on == "all":
-        return [(full, True)] if full else []
-    turns = [index for index, message in enumerate(messages) if message["role"] == "assistant"]
-    if not turns:
-        raise RenderError("no_assistant_turn", "the conversation has no assistant message to train on")
-    if train_on == "last":
-        turns = turns[-1:]
-    spans = _assistant_spans(tokenizer, messages, turns, full)
+    template = require_chat_template(tokenizer, try_sample=False)
+
+    def render(prefix: list[Message], add_generation_prompt: bool) -> str:
+        return _render(template, tokenizer, prefix, add_generation_prompt=add_generation_prompt)
+
+    with render_budget(messages, limits):
+        full = render(messages, False)
+        if train_on == "all":
+            return [(full, True)] if full else []
+        turns = [index for index, message in enumerate(messages) if message["role"] == "assistant"]
+        if not turns:
+            raise RenderError("no_assistant_turn", "the conversation has no assistant message to train on")
+        if train_on == "last":
+            turns = turns[-1:]
+        spans = _assistant_spans(render, messages, turns, full)
     return _cut(full, spans)
 
 
-def require_chat_template(tokenizer: Any) -> None:
-    """Fail up front, with the fix, when the tokenizer cannot render conversations."""
+def require_chat_template(tokenizer: Any, *, try_sample: bool = True) -> Any:
+    """Fail up front, with the fix, when the tokenizer cannot render conversations; return its compiled template.
+
+    Compiling runs none of the template, so it is safe on a hostile one; ``try_sample`` then renders a two-message
+    conversation within the usual limits, so that a template that would go over them on every record (an endless
+    loop, a huge string) stops the run before any work instead of rejecting everything.
+    """
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         raise ValueError(
             f"tokenizer {name!r} has no chat template: pass a tokenizer that has one (an instruct/chat model's "
             "tokenizer, or set tokenizer.chat_template and save it) to use the chat template"
         )
+    template = compile_chat_template(chat_template_of(tokenizer))
+    if try_sample:
+        _try_sample(template, tokenizer)
+    return template
 
 
-def _render(tokenizer: Any, messages: list[Message], *, add_generation_prompt: bool) -> str:
-    import jinja2  # a dependency of transformers' chat templates
+SAMPLE_CONVERSATION: list[Message] = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."}]
 
+
+def _try_sample(template: Any, tokenizer: Any) -> None:
+    with render_budget(SAMPLE_CONVERSATION, DEFAULT_LIMITS):
+        try:
+            render_chat(template, tokenizer, SAMPLE_CONVERSATION, add_generation_prompt=False)
+        except TemplateLimitError as exc:
+            raise ValueError(
+                f"the chat template goes over a limit on a two-message conversation ({exc.detail}), so it would "
+                "reject every record: fix the template (or pass a tokenizer with another one)"
+            ) from exc
+        except Exception:  # a template may refuse this sample (roles, a system message): the records decide
+            pass
+
+
+def _render(template: Any, tokenizer: Any, messages: list[Message], *, add_generation_prompt: bool) -> str:
+    """One rendering, counted against the record's budget; a template's runtime error is the record's."""
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except jinja2.TemplateSyntaxError as exc:  # fails for every record: a usage error, not a rejection
-        raise ValueError(f"the chat template does not compile (line {exc.lineno}): {exc.message}") from exc
+        return render_chat(template, tokenizer, messages, add_generation_prompt=add_generation_prompt)
+    except RenderError:
+        raise
     except Exception as exc:  # the template is code: raise_exception(), undefined names, type errors
-        raise RenderError("chat_template_error", f"{type(exc).__name__}: {exc}") from exc
-    if not isinstance(text, str):
-        raise TypeError(f"apply_chat_template(tokenize=False) returned a {type(text).__name__}, not a string")
-    return text
+        raise RenderError(REASON, f"{type(exc).__name__}: {exc}") from exc
 
 
-def _assistant_spans(tokenizer: Any, messages: list[Message], turns: list[int], full: str) -> list[tuple[int, int]]:
+def _assistant_spans(
+    render: Callable[[list[Message], bool], str], messages: list[Message], turns: list[int], full: str
+) -> list[tuple[int, int]]:
     """Character spans of the trained assistant turns in ``full``, from renderings of growing prefixes.
 
     The renderings before and after each turn, then the full text, must each be a prefix of the next:
@@ -241,8 +285,8 @@ def _assistant_spans(tokenizer: Any, messages: list[Message], turns: list[int], 
                 "message 0 is an assistant turn: there is no prompt to render before it "
                 "(add a system or user message first)",
             )
-        before = _render(tokenizer, messages[:turn], add_generation_prompt=True)
-        after = _render(tokenizer, messages[: turn + 1], add_generation_prompt=False)
+        before = render(messages[:turn], True)
+        after = render(messages[: turn + 1], False)
         label = f"assistant turn at message {turn}"
         _require_prefix(previous, before, f"{previous_label} vs messages[:{turn}] + generation prompt ({label})")
         _require_prefix(before, after, f"messages[:{turn}] + generation prompt vs messages[:{turn + 1}] ({label})")
