@@ -77,19 +77,22 @@ def _limit_memory() -> None:
 
 def _run_child(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     """Python in a child process with at most ``CHILD_MEMORY`` of address space; a child that runs over the time
-    limit is killed and reported, never waited for."""
+    limit is killed, and what it printed until then is returned with return code None."""
+    command = [sys.executable, *args]
     try:
-        return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, check=False,
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
                               preexec_fn=_limit_memory)
     except subprocess.TimeoutExpired as expired:
-        pytest.fail(f"the child process ran for more than {timeout} s: rendering was not bounded ({expired.stderr})")
+        output = (expired.stdout or b"").decode() if isinstance(expired.stdout, bytes) else expired.stdout or ""
+        return subprocess.CompletedProcess(command, None, output, f"killed after {timeout} s: rendering is not bounded")
 
 
 @pytest.fixture(scope="module")
 def attack_results(tokenizer_dir: Path) -> dict[str, Any]:
+    """Every attack in one child (loading transformers once); an attack it did not get to is missing."""
     templates = {name: prefix + CHATML for name, (prefix, _) in ATTACKS.items()}
     script = CHILD.format(messages=repr(MESSAGES))
-    done = _run_child(["-c", script, str(tokenizer_dir), json.dumps(templates)], timeout=240)
+    done = _run_child(["-c", script, str(tokenizer_dir), json.dumps(templates)], timeout=120)
     results: dict[str, Any] = {}
     for line in done.stdout.splitlines():
         if line.startswith("{"):
@@ -126,7 +129,7 @@ def test_the_cli_stops_a_template_that_fails_every_record_before_any_work(
     hostile = _chat_tokenizer_dir(tokenizer_dir, tmp_path / "tok", prefix + CHATML)
     data = write_jsonl(tmp_path / "chats.jsonl", [{"messages": MESSAGES}])
     output = tmp_path / "out"
-    done = _cli("-i", str(data), "-o", str(output), "-t", str(hostile), timeout=120)
+    done = _cli("-i", str(data), "-o", str(output), "-t", str(hostile), timeout=90)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "chat template goes over a limit" in done.stderr
     assert not output.exists()
@@ -147,7 +150,7 @@ def test_records_that_set_off_a_template_are_rejected_and_the_rest_are_kept(tmp_
                for content in ["loop", "grow", "Hello", "Bonjour"]]
     data = write_jsonl(tmp_path / "chats.jsonl", records)
     output = tmp_path / "out"
-    done = _cli("-i", str(data), "-o", str(output), "-t", str(tokenizer_path), timeout=300)
+    done = _cli("-i", str(data), "-o", str(output), "-t", str(tokenizer_path), timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     stats = json.loads(dataset_file(output, STATS_NAME).read_text())
     assert stats["rejected_by_reason"] == {"chat_template_error": 2}
