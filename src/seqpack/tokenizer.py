@@ -53,7 +53,7 @@ def _list_remote(spec: str) -> list[RemoteFile]:
     files = []
     for meta in matches:
         name = meta.path.rstrip("/").rsplit("/", 1)[-1]
-        if name in ("", ".", "..", CACHE_MANIFEST):
+        if name in ("", ".", ".."):
             raise TokenizerError(f"{meta.path} cannot be copied as a tokenizer file: rename or remove it")
         files.append(RemoteFile(name, meta.path, int(meta.size_in_bytes), float(meta.last_updated_in_seconds or 0)))
     names = [file.name for file in files]
