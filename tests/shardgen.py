@@ -19,7 +19,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqpack import IGNORE_INDEX
-from seqpack.schemas import BLOCK_SCHEMA, MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, TokenizerInfo, blocks_to_table
+from seqpack.schemas import (
+    BLOCK_SCHEMA,
+    MANIFEST_NAME,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    TokenizerInfo,
+    blocks_to_table,
+    revision_dir,
+)
 
 PAD_ID = 0
 
@@ -103,9 +112,18 @@ def _flat(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def serialize(table: pa.Table, file_format: str, row_group_size: int) -> bytes:
+    """Shard bytes as ``seqpack.transforms.write.serialize`` makes them (its options, without importing Beam)."""
     buffer = io.BytesIO()
     if file_format == "parquet":
-        pq.write_table(table, buffer, compression="zstd", row_group_size=row_group_size)
+        pq.write_table(
+            table,
+            buffer,
+            compression="zstd",
+            row_group_size=row_group_size,
+            use_dictionary=False,
+            write_statistics=False,
+            write_page_checksum=True,
+        )
     else:
         with pa.ipc.new_file(buffer, BLOCK_SCHEMA, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
             for batch in table.to_batches(max_chunksize=row_group_size):
@@ -136,18 +154,25 @@ def write_dataset(
     packing: str = "wrap",
     vocab_size: int = 1 << 20,
     added_tokens: dict[str, int] | None = None,
+    revision: int = 0,
 ) -> Manifest:
-    """Pack each split, write it as shards under ``url`` (any fsspec URL), manifest last; return the manifest."""
+    """Pack each split, write it as shards under ``url`` (any fsspec URL), manifest last; return the manifest.
+
+    With ``revision`` (1, 2, ...) the shards go into that revision's directory (``v000002/train/...``), as a
+    commit writes them; without, into the older flat layout.
+    """
     fs, root = fsspec.core.url_to_fs(str(url))
+    directory = revision_dir(revision) if revision else ""
     infos = {}
     for split, examples in splits.items():
         blocks = pack(examples, max_length, packing)
         chunks = [blocks[i : i + rows_per_shard] for i in range(0, len(blocks), rows_per_shard)]
         shards = []
         for index, chunk in enumerate(chunks):
-            path = f"{split}/part-{index:05d}-of-{len(chunks):05d}.{file_format}"
+            path = f"{directory}/{split}" if directory else split
+            path = f"{path}/part-{index:05d}-of-{len(chunks):05d}.{file_format}"
             data = serialize(blocks_table(chunk, max_length, padded=packing != "none"), file_format, row_group_size)
-            fs.makedirs(f"{root}/{split}", exist_ok=True)
+            fs.makedirs(f"{root}/{path.rsplit('/', 1)[0]}", exist_ok=True)
             with fs.open(f"{root}/{path}", "wb") as out:
                 out.write(data)
             shards.append(
@@ -174,6 +199,8 @@ def write_dataset(
         splits=infos,
         config={"row_group_size": row_group_size},
         created_by="tests/shardgen.py",
+        revision=revision,
+        directory=directory,
     )
     with fs.open(f"{root}/{MANIFEST_NAME}", "w") as out:
         out.write(manifest.to_json())

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shardgen import blocks_table, examples_in, make_examples, pack, write_dataset
 
-from seqpack.dataset import ShardSet, ipc_batch_rows, open_manifest, verify_dataset
+from seqpack.dataset import ShardSet, data_files, ipc_batch_rows, open_manifest, verify_dataset
 from seqpack.schemas import MANIFEST_NAME, DatasetFormatError
 
 SHARD = "train/part-00000-of-00003.parquet"
@@ -168,9 +171,15 @@ def test_shard_with_a_wrong_schema_is_named_with_the_column(dataset: Path) -> No
 
 
 def test_shard_with_other_rows_than_listed_is_refused(dataset: Path) -> None:
-    rewrite_manifest(dataset, lambda raw: raw["splits"]["train"]["shards"][0].update(rows=3))
-    with pytest.raises(DatasetFormatError, match=rf"{SHARD}: 8 rows, the manifest says 3"):
+    def edit(raw: dict) -> None:  # a consistent manifest: the split's total agrees
+        raw["splits"]["train"]["shards"][0]["rows"] += 1
+        raw["splits"]["train"]["rows"] += 1
+
+    rewrite_manifest(dataset, edit)
+    with pytest.raises(DatasetFormatError, match=rf"{SHARD}: 8 rows, the manifest says 9"):
         ShardSet.open(str(dataset))
+    with pytest.raises(DatasetFormatError, match=rf"{SHARD}: 8 rows, the manifest says 9"):
+        verify_dataset(str(dataset))
 
 
 # ------------------------------------------------------------------------------- filesystems, formats
@@ -209,13 +218,126 @@ def test_ipc_batch_rows_refuses_a_non_arrow_file() -> None:
         ipc_batch_rows(io.BytesIO(b"PAR1" + b"\0" * 40))
 
 
-def test_shards_load_with_hugging_face_datasets(dataset: Path) -> None:
+def test_data_files_gives_hugging_face_datasets_only_the_committed_shards(tmp_path: Path) -> None:
+    """A glob of the directory also takes the shards a crashed or running commit left; data_files does not."""
     datasets = pytest.importorskip("datasets")
-    files = sorted(str(p) for p in (dataset / "train").glob("*.parquet"))
+    out = tmp_path / "out"
+    manifest = write_dataset(str(out), {"train": make_examples(90, seed=2)}, rows_per_shard=8, revision=2)
+    write_dataset(str(tmp_path / "crashed"), {"train": make_examples(40, seed=9)}, rows_per_shard=8, revision=3)
+    shutil.move(tmp_path / "crashed" / "v000003", out / "v000003")  # a later commit, killed before its manifest
+    files = data_files(str(out))
+    assert files == [f"{out}/{shard.path}" for shard in manifest.splits["train"].shards]
+    assert len(list(out.glob("*/train/*.parquet"))) > len(files)
     loaded = datasets.load_dataset("parquet", data_files={"train": files}, split="train")
     expected = pq.read_table(files).to_pylist()
     assert loaded.column_names == ["input_ids", "labels", "attention_mask", "position_ids", "seq_lens"]
-    assert len(loaded) == len(expected)
+    assert len(loaded) == len(expected) == manifest.splits["train"].rows
     for got, want in zip(loaded, expected, strict=True):
         assert got == want
         assert np.sum(got["attention_mask"]) == sum(got["seq_lens"])
+    with pytest.raises(DatasetFormatError, match="no split 'test'; it has train"):
+        data_files(str(out), "test")
+
+
+def test_data_files_keeps_the_url_the_user_gave() -> None:
+    write_dataset("memory://seqpack-data-files/out", {"train": make_examples(20, seed=1)}, revision=1)
+    assert data_files("memory://seqpack-data-files/out/", "train") == [
+        "memory://seqpack-data-files/out/v000001/train/part-00000-of-00001.parquet"
+    ]
+
+
+# ------------------------------------------------------------------------ manifests that cannot be true
+
+
+def test_manifest_json_that_is_a_directory_is_refused(dataset: Path) -> None:
+    (dataset / MANIFEST_NAME).unlink()
+    (dataset / MANIFEST_NAME).mkdir()
+    (dataset / MANIFEST_NAME / "x").write_text("{}")
+    for check in (open_manifest, verify_dataset, ShardSet.open, data_files):
+        with pytest.raises(DatasetFormatError, match="manifest.json is a directory, not a file"):
+            check(str(dataset))
+
+
+def test_manifest_json_that_is_a_directory_on_an_object_store_is_refused() -> None:
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/seqpack-manifest-dir/out/manifest.json/part", b"{}")
+    with pytest.raises(DatasetFormatError, match="manifest.json is a directory, not a file"):
+        verify_dataset("memory://seqpack-manifest-dir/out")
+
+
+def test_seqpack_verify_refuses_a_manifest_directory(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from seqpack.pipeline.cli import main
+
+    (dataset / MANIFEST_NAME).unlink()
+    (dataset / MANIFEST_NAME).mkdir()
+    assert main(["verify", str(dataset)]) != 0
+    assert "manifest.json is a directory" in capsys.readouterr().err
+
+
+def shard0(raw: dict) -> dict:
+    return raw["splits"]["train"]["shards"][0]
+
+
+def listed_twice(raw: dict) -> None:
+    split = raw["splits"]["train"]
+    split["shards"].append(dict(split["shards"][0]))
+    for total in ("rows", "examples", "tokens"):
+        split[total] += split["shards"][0][total]
+
+
+def listed_in_two_splits(raw: dict) -> None:
+    copy = dict(shard0(raw))
+    raw["splits"]["validation"]["shards"].append(copy)
+    for total in ("rows", "examples", "tokens"):
+        raw["splits"]["validation"][total] += copy[total]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (listed_twice, rf"lists {SHARD} twice"),
+        (listed_in_two_splits, rf"lists {SHARD} twice"),
+        (lambda raw: shard0(raw).update(rows=-1), "rows is -1; it must be an integer from 0"),
+        (lambda raw: shard0(raw).update(examples=-3), "examples is -3; it must be an integer from 0"),
+        (lambda raw: shard0(raw).update(tokens=-5), "tokens is -5"),
+        (lambda raw: shard0(raw).update(bytes=-1), "bytes is -1"),
+        (lambda raw: shard0(raw).update(bytes=2**70), "bytes is 1180591620717411303424"),
+        (lambda raw: shard0(raw).update(rows=True), "rows is True"),
+        (lambda raw: shard0(raw).update(tokens=12.5), "tokens is 12.5"),
+        (lambda raw: shard0(raw).update(tokens="12"), "tokens is '12'"),
+        (lambda raw: shard0(raw).update(examples=10**6), "1,000,000 examples and .* rows <= examples <= tokens"),
+        (lambda raw: shard0(raw).update(tokens=10**9), r"<= tokens <= rows \* max_length \(512\)"),
+        (lambda raw: shard0(raw).update(rows=0), "has 0 rows"),
+        (lambda raw: shard0(raw).update(sha256="abc"), "sha256 is 'abc', not 64 lowercase hex digits"),
+        (lambda raw: shard0(raw).update(path=7), "not a string: 7"),
+        (lambda raw: raw["splits"]["train"].update(rows=1), "split 'train' says 1 rows but its 3 shards add up"),
+        (lambda raw: raw["splits"]["train"].update(tokens=-1), "split 'train' tokens is -1"),
+        (lambda raw: raw["splits"]["validation"].update(examples=9), "'validation' says 9 examples but its 1"),
+        (lambda raw: raw.update(max_length=0), "max_length is 0; it must be at least 1"),
+        (lambda raw: raw.update(files=["v1/stats.json", "v1/stats.json"]), "lists v1/stats.json twice"),
+    ],
+)
+def test_manifest_with_impossible_listing_is_refused_by_every_reader(
+    dataset: Path, edit: Callable[[dict], None], message: str
+) -> None:
+    rewrite_manifest(dataset, edit)
+    for check in (open_manifest, verify_dataset, ShardSet.open, data_files):
+        with pytest.raises(DatasetFormatError, match=message):
+            check(str(dataset))
+
+
+def test_verify_counts_examples_and_tokens_in_the_files(dataset: Path) -> None:
+    """A manifest that adds up but lies about a shard's examples and tokens: only the file can tell."""
+
+    def edit(raw: dict) -> None:
+        for key in ("examples", "tokens"):
+            shard0(raw)[key] += 1
+            raw["splits"]["train"][key] += 1
+
+    manifest = open_manifest(str(dataset))
+    shard = manifest.splits["train"].shards[0]
+    rewrite_manifest(dataset, edit)
+    ShardSet.open(str(dataset))  # the cheap open checks rows only
+    message = rf"{SHARD}: {shard.examples} examples and {shard.tokens} tokens, the manifest says {shard.examples + 1}"
+    with pytest.raises(DatasetFormatError, match=message):
+        verify_dataset(str(dataset))

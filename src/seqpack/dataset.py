@@ -5,35 +5,53 @@ loader (:mod:`seqpack.loader`), which only adds the ordering and the tensors.
 
     manifest = open_manifest("gs://bucket/out")        # refuses unfinished and foreign directories
     summary = verify_dataset("gs://bucket/out")         # sha256 of every shard, names the bad one
+    files = data_files("gs://bucket/out", "train")      # the committed shards, for other readers
+
+Every reader here pins the manifest it opened (its sha256) and checks it again whenever it opens a shard, so a
+dataset replaced by ``seqpack run --overwrite`` while it is being read raises :class:`DatasetChangedError`
+instead of mixing two datasets.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from seqpack.schemas import (
     BLOCK_SCHEMA,
     MANIFEST_NAME,
+    STAGING_NAME,
     DatasetFormatError,
     Manifest,
     ShardInfo,
     check_schema,
     safe_relative_path,
 )
+from seqpack.schemas.columns import TOKEN_COLUMNS
+
+__all__ = [
+    "DatasetChangedError",
+    "Location",
+    "ShardSet",
+    "VerifySummary",
+    "data_files",
+    "open_manifest",
+    "verify_dataset",
+]
 
 FILE_FORMATS = ("parquet", "arrow")
-STAGING_NAME = ".seqpack-staging"
-"""Where a run keeps its files until it commits (as in ``pipeline/commit.py``, which needs Beam to import)."""
 COLUMNS = tuple(BLOCK_SCHEMA.names)
 _HASH_CHUNK = 8 << 20
 _IO_THREADS = 16
@@ -65,25 +83,64 @@ class Location:
         return isinstance(self.fs, LocalFileSystem)
 
 
+class DatasetChangedError(DatasetFormatError):
+    """The dataset was committed again (``seqpack run --overwrite``) while a reader had it open.
+
+    Reading on would mix two datasets, so readers stop; open the dataset again to read the new one.
+    """
+
+
 def open_manifest(url: str, *, storage_options: dict[str, Any] | None = None) -> Manifest:
     """Read and validate ``manifest.json``; a directory without one is unfinished or not a seqpack dataset."""
-    return _read_manifest(Location.of(url, storage_options))
+    return _read_manifest(Location.of(url, storage_options))[0]
 
 
-def _read_manifest(location: Location) -> Manifest:
-    fs = location.fs
-    manifest_path = f"{location.root}/{MANIFEST_NAME}"
-    if not fs.exists(manifest_path):
-        raise DatasetFormatError(_missing_manifest_message(location))
-    with fs.open(manifest_path, "rb") as handle:
-        text = handle.read().decode("utf-8", errors="replace")
-    manifest = Manifest.from_json(text, where=location.name(MANIFEST_NAME))
+def data_files(url: str, split: str = "train", *, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The URLs of a split's shards as the committed manifest lists them, for readers other than seqpack's.
+
+    A glob such as ``out/train/*.parquet`` also matches the files of a commit in progress or of a crashed one;
+    the manifest names exactly the committed dataset.
+
+        train = datasets.load_dataset("parquet", data_files={"train": data_files("out/")}, split="train")
+    """
+    location = Location.of(url, storage_options)
+    manifest = _read_manifest(location)[0]
+    _choose_splits(manifest, [split], location)
+    return [location.name(shard.path) for shard in manifest.splits[split].shards]
+
+
+def _read_manifest(location: Location) -> tuple[Manifest, str]:
+    """The validated manifest and the sha256 of its bytes, which readers compare later to notice a new commit."""
+    data = _manifest_bytes(location)
+    manifest = Manifest.from_json(data.decode("utf-8", errors="replace"), where=location.name(MANIFEST_NAME))
     if manifest.file_format not in FILE_FORMATS:
         raise DatasetFormatError(
             f"{location.name(MANIFEST_NAME)} names file format {manifest.file_format!r}; "
             f"this seqpack reads {' and '.join(FILE_FORMATS)}"
         )
-    return manifest
+    return manifest, hashlib.sha256(data).hexdigest()
+
+
+def _manifest_bytes(location: Location) -> bytes:
+    """``manifest.json``'s bytes in one read (no existence check first: readers call this on every shard open)."""
+    path = f"{location.root}/{MANIFEST_NAME}"
+    try:
+        return location.fs.cat_file(path)
+    except IsADirectoryError as exc:
+        raise DatasetFormatError(_manifest_is_directory(location)) from exc
+    except FileNotFoundError as exc:  # object stores and memory:// report a "directory" as a missing file
+        if location.fs.isdir(path):
+            raise DatasetFormatError(_manifest_is_directory(location)) from exc
+        raise DatasetFormatError(_missing_manifest_message(location)) from exc
+    except OSError as exc:
+        raise DatasetFormatError(f"{location.name(MANIFEST_NAME)} cannot be read ({exc})") from exc
+
+
+def _manifest_is_directory(location: Location) -> str:
+    return (
+        f"{location.name(MANIFEST_NAME)} is a directory, not a file: {location.url} is not a seqpack dataset "
+        "(or a copy went wrong); copy the dataset again"
+    )
 
 
 def _missing_manifest_message(location: Location) -> str:
@@ -125,7 +182,7 @@ def verify_dataset(
     Raises one ``DatasetFormatError`` that names every bad file; prints nothing.
     """
     location = Location.of(url, storage_options)
-    manifest = _read_manifest(location)
+    manifest = _read_manifest(location)[0]
     chosen = _choose_splits(manifest, splits, location)
     shards = [shard for name in chosen for shard in manifest.splits[name].shards]
     with ThreadPoolExecutor(max_workers=max(1, min(_IO_THREADS, len(shards)))) as pool:
@@ -171,11 +228,30 @@ def _verify_shard(location: Location, manifest: Manifest, shard: ShardInfo) -> s
         return f"{name}: sha256 {digest.hexdigest()} does not match the manifest's {shard.sha256} (corrupt)"
     try:
         units = _open_shard(location, manifest.file_format, shard).unit_rows
+        examples, tokens = _shard_counts(location, manifest.file_format, shard)
     except DatasetFormatError as exc:
         return str(exc)
     if sum(units) != shard.rows:
         return f"{name}: {sum(units)} rows, the manifest says {shard.rows}"
+    if (examples, tokens) != (shard.examples, shard.tokens):
+        return (
+            f"{name}: {examples:,} examples and {tokens:,} tokens, the manifest says {shard.examples:,} and "
+            f"{shard.tokens:,}"
+        )
     return None
+
+
+def _shard_counts(location: Location, file_format: str, shard: ShardInfo) -> tuple[int, int]:
+    """Examples and real tokens in a shard, from its small ``seq_lens`` column (one length per example)."""
+    with _shard_errors(location, file_format, shard):
+        with location.fs.open(location.path(shard.path), "rb") as handle:
+            if file_format == "parquet":
+                table = pq.ParquetFile(handle, page_checksum_verification=True).read(columns=["seq_lens"])
+            else:
+                fields = [COLUMNS.index("seq_lens")]
+                table = pa.ipc.open_file(handle, options=pa.ipc.IpcReadOptions(included_fields=fields)).read_all()
+        lengths = pc.list_flatten(table.column("seq_lens"))
+        return len(lengths), int(pc.sum(lengths, min_count=0).as_py())
 
 
 # -------------------------------------------------------------------------------------------------- reading
@@ -191,26 +267,32 @@ class ShardLayout:
 def _open_shard(location: Location, file_format: str, shard: ShardInfo) -> ShardLayout:
     """Read only the shard's footer: check its schema and learn its unit sizes."""
     name = location.name(shard.path)
-    path = location.path(shard.path)
+    with _shard_errors(location, file_format, shard), location.fs.open(location.path(shard.path), "rb") as handle:
+        if file_format == "parquet":
+            metadata = pq.ParquetFile(handle).metadata
+            check_schema(metadata.schema.to_arrow_schema(), name)
+            rows = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        else:
+            check_schema(pa.ipc.open_file(handle).schema, name)
+            rows = ipc_batch_rows(handle)
+    return ShardLayout(unit_rows=rows)
+
+
+@contextmanager
+def _shard_errors(location: Location, file_format: str, shard: ShardInfo) -> Iterator[None]:
+    """Turn what pyarrow and the flatbuffer reader raise on a bad shard into a ``DatasetFormatError`` naming it."""
+    name = location.name(shard.path)
     try:
-        with location.fs.open(path, "rb") as handle:
-            if file_format == "parquet":
-                metadata = pq.ParquetFile(handle).metadata
-                check_schema(metadata.schema.to_arrow_schema(), name)
-                rows = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
-            else:
-                check_schema(pa.ipc.open_file(handle).schema, name)
-                rows = ipc_batch_rows(handle)
+        yield
     except DatasetFormatError:
         raise
     except FileNotFoundError as exc:
         raise DatasetFormatError(f"{name}: missing (the manifest lists it)") from exc
-    except (pa.ArrowException, OSError, ValueError) as exc:  # pyarrow and the flatbuffer reader
+    except (pa.ArrowException, OSError, ValueError, IndexError) as exc:  # IndexError: the flatbuffer reader
         raise DatasetFormatError(
             f"{name}: not a readable {file_format} file ({exc}); it is truncated or corrupt. "
             "`seqpack verify` checks every shard against the manifest."
         ) from exc
-    return ShardLayout(unit_rows=rows)
 
 
 class ShardSet:
@@ -218,14 +300,20 @@ class ShardSet:
 
     Opening reads the manifest and every shard's footer (in parallel threads, for remote stores); reading a
     unit decodes only that unit. Memory is bounded by the units a caller keeps, never by the dataset.
+    Parquet pages are checked against their CRC32 as they are decoded, so a flipped bit is an error, not
+    another token id.
 
         shards = ShardSet.open("out/", split="train")
         table = shards.read_unit(0)          # a pyarrow Table with the block columns
     """
 
-    def __init__(self, location: Location, manifest: Manifest, split: str, layouts: list[ShardLayout]) -> None:
+    def __init__(
+        self, location: Location, manifest: Manifest, split: str, layouts: list[ShardLayout], *, manifest_sha256: str
+    ) -> None:
         self.location = location
         self.manifest = manifest
+        self.manifest_sha256 = manifest_sha256
+        """Of the manifest's bytes when opened: a shard is read only while the manifest is still this one."""
         self.split = split
         self.shards = manifest.splits[split].shards
         sizes = [layout.unit_rows for layout in layouts]
@@ -244,14 +332,18 @@ class ShardSet:
         storage_options: dict[str, Any] | None = None,
     ) -> ShardSet:
         location = Location.of(url, storage_options)
-        manifest = _read_manifest(location)
+        manifest, manifest_sha256 = _read_manifest(location)
         _choose_splits(manifest, [split], location)
-        if verify:
-            verify_dataset(url, splits=[split], storage_options=storage_options)
         shards = manifest.splits[split].shards
-        with ThreadPoolExecutor(max_workers=max(1, min(_IO_THREADS, len(shards)))) as pool:
-            layouts = list(pool.map(lambda s: _check_and_open(location, manifest.file_format, s), shards))
-        return cls(location, manifest, split, layouts)
+        try:
+            if verify:
+                verify_dataset(url, splits=[split], storage_options=storage_options)
+            with ThreadPoolExecutor(max_workers=max(1, min(_IO_THREADS, len(shards)))) as pool:
+                layouts = list(pool.map(lambda s: _check_and_open(location, manifest.file_format, s), shards))
+        except DatasetFormatError:
+            _check_manifest(location, manifest_sha256, "opened")  # a commit in between explains a missing shard
+            raise
+        return cls(location, manifest, split, layouts, manifest_sha256=manifest_sha256)
 
     @property
     def num_units(self) -> int:
@@ -261,25 +353,43 @@ class ShardSet:
     def num_rows(self) -> int:
         return int(self.unit_rows.sum())
 
+    def check_unchanged(self) -> None:
+        """Raise :class:`DatasetChangedError` if ``manifest.json`` is no longer the one this set was opened with.
+
+        One small read; it is done on every shard open and costs microseconds locally (see docs/loader.md).
+        """
+        _check_manifest(self.location, self.manifest_sha256, "read")
+
     def read_unit(self, unit: int) -> pa.Table:
         """Decode one row group (or record batch) with every block column."""
         shard = int(self.unit_shard[unit])
         index = int(self.unit_index[unit])
-        reader = self._reader(shard)
+        name = self.location.name(self.shards[shard].path)
         try:
+            reader = self._reader(shard)
             if self.manifest.file_format == "parquet":
                 table = reader.read_row_group(index, columns=list(COLUMNS))
             else:
                 table = pa.Table.from_batches([reader.get_batch(index)])
+            # Microseconds (list offsets only); a corrupt Arrow IPC batch can otherwise abort the process later.
+            table.validate(full=True)
+        except FileNotFoundError as exc:
+            self.check_unchanged()
+            raise _changed(self.location, f"{name} was deleted while the manifest still lists it") from exc
         except (pa.ArrowException, OSError) as exc:
-            name = self.location.name(self.shards[shard].path)
+            self.check_unchanged()
             raise DatasetFormatError(
                 f"{name}: unit {index} cannot be decoded ({exc}); the file is corrupt. "
                 "`seqpack verify` checks every shard against the manifest."
             ) from exc
         if table.num_rows != self.unit_rows[unit]:
-            name = self.location.name(self.shards[shard].path)
+            self.check_unchanged()
             raise DatasetFormatError(f"{name}: unit {index} changed size since the dataset was opened")
+        if problem := _unit_problem(table):
+            raise DatasetFormatError(
+                f"{name}: unit {index} is corrupt ({problem}). "
+                "`seqpack verify` checks every shard against the manifest."
+            )
         return table
 
     def _reader(self, shard: int) -> Any:
@@ -288,10 +398,20 @@ class ShardSet:
             self._readers.move_to_end(shard)
             return self._readers[shard][0]
         path = self.location.path(self.shards[shard].path)
-        arrow = self.manifest.file_format == "arrow"
         # Local files are read, not memory-mapped: the loader wraps decoded buffers, which must be private memory.
         handle: Any = pa.OSFile(path) if self.location.is_local else self.location.fs.open(path, "rb")
-        reader = pa.ipc.open_file(handle) if arrow else pq.ParquetFile(handle)
+        try:
+            if self.manifest.file_format == "arrow":
+                reader = pa.ipc.open_file(handle)
+            else:
+                reader = pq.ParquetFile(handle, page_checksum_verification=True)
+            # Checked after opening: an open handle keeps reading the file it opened even when a commit deletes
+            # it (POSIX), and a commit replaces the manifest before deleting, so an unchanged manifest now means
+            # the handle holds this dataset's file. On object stores a later read of a deleted file fails instead.
+            self.check_unchanged()
+        except BaseException:
+            handle.close()
+            raise
         self._readers[shard] = (reader, handle)
         if len(self._readers) > 8:
             _, (_, old) = self._readers.popitem(last=False)
@@ -307,6 +427,41 @@ class ShardSet:
         state = self.__dict__.copy()
         state["_readers"] = OrderedDict()
         return state
+
+
+def _unit_problem(table: pa.Table) -> str | None:
+    """What breaks the rules that tie a unit's columns together, if anything.
+
+    Page checksums cover page data, not page headers; a flipped bit in a header's value count can drop the last
+    values of one column, which these checks see: a few comparisons per row and one sum over the mask.
+    """
+    lengths = [pc.list_value_length(table.column(name)) for name in TOKEN_COLUMNS]
+    for name, column in zip(TOKEN_COLUMNS[1:], lengths[1:], strict=True):
+        if not column.equals(lengths[0]):
+            return f"rows of {name} and {TOKEN_COLUMNS[0]} differ in length"
+    real = pc.sum(pc.list_flatten(table.column("attention_mask")), min_count=0).as_py()
+    listed = pc.sum(pc.list_flatten(table.column("seq_lens")), min_count=0).as_py()
+    if real != listed:
+        return f"{real} tokens are marked real but seq_lens adds up to {listed}"
+    return None
+
+
+def _check_manifest(location: Location, manifest_sha256: str, doing: str) -> None:
+    """Raise :class:`DatasetChangedError` unless ``manifest.json`` still has the sha256 it had when opened."""
+    try:
+        data = _manifest_bytes(location)
+    except DatasetFormatError as exc:
+        raise _changed(location, f"{MANIFEST_NAME} is gone", doing) from exc
+    if hashlib.sha256(data).hexdigest() != manifest_sha256:
+        raise _changed(location, f"{MANIFEST_NAME} changed", doing)
+
+
+def _changed(location: Location, what: str, doing: str = "read") -> DatasetChangedError:
+    return DatasetChangedError(
+        f"{location.url} was replaced by a newer commit while it was being {doing} ({what}): reading on would mix "
+        "two datasets. Open it again (restart the loader) to read the new dataset; a saved loader state applies "
+        "to it only if the data is the same."
+    )
 
 
 def _check_and_open(location: Location, file_format: str, shard: ShardInfo) -> ShardLayout:

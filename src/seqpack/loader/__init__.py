@@ -14,6 +14,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("seqpack.loader needs PyTorch: pip install 'seqpack[loader]'") from exc
 
+from seqpack.dataset import DatasetChangedError, data_files
 from seqpack.loader.collate import (
     block_causal_mask,
     collate_4d_mask,
@@ -25,6 +26,7 @@ from seqpack.loader.order import EpochOrder, OrderSpec
 from seqpack.loader.packed import PackedDataset
 
 __all__ = [
+    "DatasetChangedError",
     "EpochOrder",
     "OrderSpec",
     "PackedDataLoader",
@@ -33,4 +35,5 @@ __all__ = [
     "collate_4d_mask",
     "collate_padded",
     "collate_padding_free",
+    "data_files",
 ]

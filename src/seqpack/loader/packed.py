@@ -31,11 +31,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from seqpack.dataset import COLUMNS, ShardSet
 from seqpack.loader.order import EpochOrder, OrderSpec, samples_per_rank
+from seqpack.loader.state import ORDER_KEYS, check_epoch, check_state
 from seqpack.schemas import Manifest, TokenizerInfo
 
 Sample = dict[str, torch.Tensor]
 _NUMPY_TYPES = {pa.int32(): np.dtype(np.int32), pa.int8(): np.dtype(np.int8)}
-_ORDER_KEYS = ("seed", "shuffle", "batch_size", "lanes", "shuffle_buffer", "rank", "world_size", "equalize")
 
 
 class PackedDataset(IterableDataset):
@@ -160,6 +160,7 @@ class PackedDataset(IterableDataset):
         Keeping the position makes the usual ``for epoch in ...: ds.set_epoch(epoch)`` loop safe after a
         resume in the middle of an epoch.
         """
+        epoch = check_epoch(epoch)
         if epoch != self.epoch:
             self._set(epoch, 0)
 
@@ -172,26 +173,29 @@ class PackedDataset(IterableDataset):
             "num_samples": self.num_samples,
             "split": self.split,
             "data": self.fingerprint(),
-            **{key: getattr(self.spec, key) for key in _ORDER_KEYS},
+            **{key: getattr(self.spec, key) for key in ORDER_KEYS},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state``: the next sample is the one that would have followed. Settings must match."""
-        mine = self.state_dict()
-        different = [
-            f"{key}={state.get(key)!r} (this dataset: {mine[key]!r})"
-            for key in (*_ORDER_KEYS, "split", "data", "num_samples")
-            if state.get(key) != mine[key]
-        ]
-        if different:
-            raise ValueError(
-                "cannot resume exactly: the state was saved with " + ", ".join(different) + ". Build the "
-                "dataset (and DataLoader batch size) with the settings of the run that saved it."
-            )
-        self._set(int(state["epoch"]), int(state["samples_seen"]))
+        """Continue from ``state``: the next sample is the one that would have followed. Settings must match.
+
+        Every field is checked first (``seqpack.loader.state``): a bad state raises and changes nothing.
+        """
+        self._set(*check_state(state, self.state_dict(), legacy_data=self._path_fingerprint()))
 
     def fingerprint(self) -> str:
-        """Identifies the split's data (the shards' checksums), so a state is not applied to other data."""
+        """Identifies the split's data by content (each shard's sha256 and rows, in order), not by where it lies.
+
+        So a state still applies after the same data is committed again into a new revision directory, and
+        never to other data.
+        """
+        digest = hashlib.sha256()
+        for shard in self.shards.shards:
+            digest.update(f"{shard.sha256}:{shard.rows}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def _path_fingerprint(self) -> str:
+        """What seqpack 0.1 called the fingerprint (paths and checksums): states saved by it still apply."""
         digest = hashlib.sha256()
         for shard in self.shards.shards:
             digest.update(f"{shard.path}:{shard.sha256}\n".encode())
@@ -223,6 +227,9 @@ class PackedDataset(IterableDataset):
     # -------------------------------------------------------------------------------------- iterate
 
     def __iter__(self) -> Iterator[Sample]:
+        # Each pass (in each worker) starts by checking that the dataset was not committed again since it was
+        # opened; shards opened during the pass are checked as they are opened.
+        self.shards.check_unchanged()
         epoch, start = self._normalized(*(int(v) for v in self._start.tolist()))
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)

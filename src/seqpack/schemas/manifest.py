@@ -147,6 +147,62 @@ class Manifest:
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise DatasetFormatError(f"{where} is missing or has a malformed field: {exc}") from exc
+        check_listing(manifest, where)
         for path in [*manifest.shard_paths(), *manifest.files, *([manifest.directory] if manifest.directory else [])]:
             safe_relative_path(path)
         return manifest
+
+
+# --------------------------------------------------------------------------------- listing and counts
+
+_MAX_COUNT = 2**63 - 1
+"""Counts are int64 for every reader (numpy, Arrow); a larger one is not a count."""
+_FIX = "the manifest was edited or is corrupt: restore manifest.json from the original output, or rebuild"
+
+
+def check_listing(manifest: Manifest, where: str) -> None:
+    """Refuse a manifest whose files or counts cannot be true, before any reader trusts them.
+
+    Every file is listed once; counts are integers from 0 to 2**63 - 1; a split's totals are the sums over
+    its shards; and in every shard rows <= examples <= tokens <= rows * max_length (a row holds at least one
+    example, an example at least one token, a row at most max_length tokens).
+    """
+    max_length = _count(manifest.max_length, f"{where}: max_length")
+    if max_length < 1:
+        raise DatasetFormatError(f"{where}: max_length is {max_length}; it must be at least 1 ({_FIX})")
+    seen: set[str] = set()
+    for path in [*manifest.shard_paths(), *manifest.files]:
+        if not isinstance(path, str):
+            raise DatasetFormatError(f"{where} lists a file path that is not a string: {path!r} ({_FIX})")
+        if path in seen:
+            raise DatasetFormatError(f"{where} lists {path} twice; every file must be listed once ({_FIX})")
+        seen.add(path)
+    for name, split in manifest.splits.items():
+        for shard in split.shards:
+            _check_shard(shard, max_length, f"{where}: shard {shard.path}")
+        for total in ("rows", "examples", "tokens"):
+            listed = _count(getattr(split, total), f"{where}: split {name!r} {total}")
+            added = sum(getattr(shard, total) for shard in split.shards)
+            if listed != added:
+                raise DatasetFormatError(
+                    f"{where}: split {name!r} says {listed:,} {total} but its {len(split.shards)} shards add up to "
+                    f"{added:,} ({_FIX})"
+                )
+
+
+def _check_shard(shard: ShardInfo, max_length: int, what: str) -> None:
+    rows, examples, tokens = (_count(getattr(shard, f), f"{what} {f}") for f in ("rows", "examples", "tokens"))
+    _count(shard.bytes, f"{what} bytes")
+    if not rows <= examples <= tokens <= rows * max_length:
+        raise DatasetFormatError(
+            f"{what} has {rows:,} rows, {examples:,} examples and {tokens:,} tokens; it must be rows <= examples "
+            f"<= tokens <= rows * max_length ({rows * max_length:,}) ({_FIX})"
+        )
+    if not isinstance(shard.sha256, str) or len(shard.sha256) != 64 or shard.sha256.strip("0123456789abcdef"):
+        raise DatasetFormatError(f"{what} sha256 is {shard.sha256!r}, not 64 lowercase hex digits ({_FIX})")
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+        raise DatasetFormatError(f"{what} is {value!r}; it must be an integer from 0 to 2**63 - 1 ({_FIX})")
+    return value

@@ -43,7 +43,11 @@ def table_of(blocks: PackedBlocks) -> pa.Table:
 
 
 def serialize(table: pa.Table, file_format: str, row_group_size: int) -> bytes:
-    """The shard's bytes; the same table always gives the same bytes (no timestamps, fixed options)."""
+    """The shard's bytes; the same table always gives the same bytes (no timestamps, fixed options).
+
+    Parquet pages carry a CRC32 of their bytes, which readers check as they decode (``dataset.ShardSet``): without
+    it a flipped bit in a page often decodes into other token ids, silently.
+    """
     buffer = io.BytesIO()
     if file_format == "parquet":
         pq.write_table(
@@ -53,6 +57,7 @@ def serialize(table: pa.Table, file_format: str, row_group_size: int) -> bytes:
             row_group_size=row_group_size,
             use_dictionary=False,
             write_statistics=False,
+            write_page_checksum=True,
         )
     else:
         options = pa.ipc.IpcWriteOptions(compression="zstd")
