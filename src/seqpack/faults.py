@@ -1,8 +1,8 @@
 """Test hooks that kill the process at a named point, to prove crash safety (issue: nothing half-written).
 
 Set ``SEQPACK_FAULT=point`` (optionally ``point:N`` to fire on the N-th time the point is reached) and the
-process kills itself with SIGKILL there, as a machine failure or an OOM killer would. Unset, a checkpoint
-costs one dictionary lookup.
+process kills itself with SIGKILL there, as a machine failure or an OOM killer would; ``SEQPACK_FAULT=raise:point``
+raises an error there instead, as a bug would. Unset, a checkpoint costs one dictionary lookup.
 
 ``SEQPACK_TEST_SLOW_TOKENIZE=seconds`` makes every ``tokenize`` checkpoint (once per batch) sleep that long, so a
 test can watch live progress on a small input. Unset, it costs one more lookup per batch.
@@ -28,6 +28,10 @@ SLOW_ENVS = {"tokenize": "SEQPACK_TEST_SLOW_TOKENIZE"}
 _reached: Counter[str] = Counter()
 
 
+class InjectedFault(RuntimeError):
+    """Raised at a checkpoint that a test asked to fail."""
+
+
 def checkpoint(point: str) -> None:
     """Die here if the test asked for it (or sleep, at a point a test slowed down)."""
     slow_env = SLOW_ENVS.get(point)
@@ -36,6 +40,8 @@ def checkpoint(point: str) -> None:
     wanted = os.environ.get(FAULT_ENV)
     if not wanted:
         return
+    if wanted == f"raise:{point}":
+        raise InjectedFault(f"a test asked this run to fail at {point!r} ({FAULT_ENV}={wanted})")
     name, _, nth = wanted.partition(":")
     if name != point:
         return

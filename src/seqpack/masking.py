@@ -58,6 +58,10 @@ class Outcome:
     truncated_tokens: int = 0
     dropped_tokens: int = 0
     truncated: bool = False
+    prompt_lost: bool = False
+    """Truncation kept none of the prompt (beyond the tokenizer's own prefix, such as BOS)."""
+    target_cut: bool = False
+    """Truncation cut trained tokens: the answer is incomplete (and a pair's target lost its EOS)."""
     split: bool = False
     dropped_reason: str | None = None
 
@@ -119,11 +123,14 @@ def build_example(
     outcome.truncated_tokens = total - max_length
     prefix = source[: min(keep_prefix, len(source), max_length)]
     room = max_length - len(prefix)
+    rest = source[len(prefix) :]
     if len(target) <= room:
-        rest = source[len(prefix) :]
         kept_source = _concat(prefix, rest[len(rest) - (room - len(target)) :])
+        outcome.prompt_lost = len(rest) > 0 and len(kept_source) == len(prefix)
         outcome.pieces.append(Piece(_concat(kept_source, target), len(kept_source) if train_on == "target" else 0))
     else:
+        outcome.prompt_lost = len(rest) > 0
+        outcome.target_cut = True
         outcome.pieces.append(Piece(_concat(prefix, target[:room]), len(prefix) if train_on == "target" else 0))
     return outcome
 
@@ -161,7 +168,10 @@ def build_masked_example(
     outcome.truncated = True
     outcome.truncated_tokens = total - max_length
     prefix = min(keep_prefix, max_length)
-    keep = np.r_[0:prefix, total - (max_length - prefix) : total]
+    cut_from = total - (max_length - prefix)
+    keep = np.r_[0:prefix, cut_from:total]
+    outcome.target_cut = bool(trained[prefix:cut_from].any())
+    outcome.prompt_lost = bool((~trained[prefix:cut_from]).any()) and bool(trained[cut_from:].all())
     outcome.pieces.append(Piece(ids[keep], 0, trained[keep]))
     return outcome
 

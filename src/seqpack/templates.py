@@ -56,7 +56,8 @@ def _text_field(record: Mapping[str, Any], name: str, *, optional: bool = False)
 
 def _require_target(text: str, name: str) -> str:
     if not text.strip():
-        raise RenderError("empty_target", f"target field {name!r} is empty")
+        what = "empty" if not text else f"blank (only whitespace: {text[:20]!r})"
+        raise RenderError("empty_target", f"target field {name!r} is {what}; blank targets are rejected")
     return text
 
 

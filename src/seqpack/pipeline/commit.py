@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 import seqpack
 from seqpack.faults import checkpoint
 from seqpack.pipeline.build import META_DIR, SHARDS_META, STATS_META
-from seqpack.pipeline.config import RunConfig, UsageError
+from seqpack.pipeline.config import RunConfig, RunFailedError, UsageError
 from seqpack.pipeline.lock import OutputLock
 from seqpack.schemas import (
     LOCK_NAME,
@@ -287,6 +287,7 @@ def commit(
     meta = FileSystems.join(destination.staging, META_DIR)
     stats = stats_format.finalize(json.loads(_read_bytes(FileSystems.join(meta, STATS_META))))
     stats_format.check_identity(stats)
+    _check_enough_written(stats, config.max_reject_fraction, destination)
     shards = json.loads(_read_bytes(FileSystems.join(meta, SHARDS_META)))
     write_atomically(FileSystems.join(destination.root, STATS_NAME), stats_format.to_json(stats).encode())
     manifest = build_manifest(config, tokenizer, shards, destination, _revision_files(destination))
@@ -314,6 +315,52 @@ def _clean_up_after_switch(output: str, previous: Manifest | None, obsolete: lis
         _delete_existing([FileSystems.join(output, REPORT_NAME)])  # it describes data that is gone
         _remove_empty_directories(output, previous)
     FileSystems.delete([FileSystems.join(output, STAGING_NAME)])
+
+
+class TooFewWritten(RunFailedError):
+    """The run would commit an empty dataset, or one that lost more records than ``--max-reject-fraction``."""
+
+
+def _check_enough_written(stats: dict[str, Any], max_reject_fraction: float, destination: Destination) -> None:
+    """A wrong field name or template rejects every record: fail loudly rather than commit (nearly) nothing."""
+    read, rejected = stats["records_read"], stats["records_rejected"]
+    written = sum(stats["examples_by_split"].values())
+    if read == 0:
+        raise TooFewWritten("no records were read from the inputs: nothing to write, nothing was committed")
+    if written and rejected <= max_reject_fraction * read:
+        return
+    if written == 0 and not rejected:
+        drops = ", ".join(f"{reason} {n:,}" for reason, n in sorted(stats["dropped_by_reason"].items()))
+        raise TooFewWritten(f"no example would be written: all {read:,} records were dropped ({drops}); "
+                            "nothing was committed")
+    reason, count = max(stats["rejected_by_reason"].items(), key=lambda item: (item[1], item[0]))
+    limit = "every record was rejected" if written == 0 else (
+        f"{rejected / read:.0%} of the records were rejected, more than --max-reject-fraction "
+        f"{max_reject_fraction:g}")
+    raise TooFewWritten(
+        f"{limit} ({rejected:,} of {read:,}); the top reason is {reason} ({count:,}), for example "
+        f"{_first_rejection(destination, reason)}. Nothing was committed: fix the input or the options "
+        "(field names, --template)" + ("" if written == 0 else ", or pass --max-reject-fraction 1 to keep them")
+    )
+
+
+def _first_rejection(destination: Destination, reason: str, *, scan_bytes: int = 64 << 20) -> str:
+    """``file:line: detail`` of the first rejected record with ``reason`` (read from the start of the file)."""
+    path = FileSystems.join(destination.root, REJECTED_FILE)
+    read = 0
+    try:
+        with FileSystems.open(path) as handle:
+            for line in handle:
+                read += len(line)
+                entry = json.loads(line)
+                if entry.get("reason") == reason:
+                    where = f"{entry.get('file')}:{entry['line']}" if entry.get("line") else entry.get("file")
+                    return f"{where}: {entry.get('detail')}"
+                if read > scan_bytes:
+                    break
+    except (OSError, ValueError):
+        pass
+    return f"see {path}"
 
 
 def abandon(destination: Destination) -> None:

@@ -13,6 +13,10 @@ from seqpack.packing import PACKING_STRATEGIES
 FILE_FORMATS = ("parquet", "arrow")
 DEDUP_MODES = ("none", "exact")
 DEFAULT_BUCKET_TOKENS = 1 << 22
+DEFAULT_MAX_REJECT_FRACTION = 0.5
+"""A curated corpus loses a few percent of its records; a wrong field name or template loses nearly all. Half
+sits well between the two, so a misconfigured run fails instead of committing a near-empty dataset; a corpus
+that really is mostly junk says so with ``--max-reject-fraction 1``."""
 
 
 class UsageError(ValueError):
@@ -47,6 +51,8 @@ class RunConfig:
     trust_remote_code: bool = False
     overwrite: bool = False
     max_record_bytes: int = 64 << 20
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION
+    """Fail (commit nothing) when more than this fraction of the records read is rejected."""
     dedup: str = "none"
     """``exact``: drop exact duplicate (source, target) pairs or conversations, keeping the first."""
     min_target_tokens: int = 0
@@ -82,6 +88,7 @@ class RunConfig:
             (bool(self.inputs), "--input is required"),
             (self.dedup in DEDUP_MODES, f"--dedup must be one of {', '.join(DEDUP_MODES)}"),
             (self.min_target_tokens >= 0, "--min-target-tokens must be >= 0"),
+            (0.0 <= self.max_reject_fraction <= 1.0, "--max-reject-fraction must be between 0 and 1"),
             (self.max_source_tokens is None or self.max_source_tokens >= 0, "--max-source-tokens must be >= 0"),
         ]
         for ok, message in checks:

@@ -117,3 +117,13 @@ def _environment_error(error: BaseException) -> str | None:
                 return meaning
         current = current.__cause__ or current.__context__
     return None
+
+
+def crash_summary(error: BaseException) -> str:
+    """One line for an unexpected error: the innermost exception line of the (possibly worker-side) traceback,
+    which is what Beam puts last in the message of the error it raises in the driver."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith(("File ", "Traceback", "^", "During handling", "The above exception")):
+            return line if ":" in line else f"{type(error).__name__}: {line}"
+    return type(error).__name__

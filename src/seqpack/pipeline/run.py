@@ -6,7 +6,11 @@ import argparse
 import logging
 import os
 import shlex
+import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +19,15 @@ from apache_beam.io.filesystems import FileSystems
 
 from seqpack.chat import check_segment_roundtrip, require_chat_template, unknown_special_strings
 from seqpack.pipeline.build import BACKEND_TOKENIZER, META_DIR, build_pipeline
-from seqpack.pipeline.commit import abandon, check_output, commit, prepare_output, save_tokenizer
-from seqpack.pipeline.config import RunConfig, UsageError
-from seqpack.pipeline.failures import as_run_failure, stop_on_termination
+from seqpack.pipeline.commit import Destination, abandon, check_output, commit, prepare_output, save_tokenizer
+from seqpack.pipeline.config import RunConfig, RunFailedError, UsageError
+from seqpack.pipeline.failures import as_run_failure, crash_summary, stop_on_termination
 from seqpack.pipeline.lock import OutputLock
 from seqpack.pipeline.options import config_from_args, pipeline_options
 from seqpack.pipeline.progress import live_progress
+from seqpack.pipeline.worker_logs import WorkerLog, capture_worker_output
 from seqpack.schemas import REJECTED_FILE, REPORT_NAME, Manifest, TokenizerInfo
+from seqpack.schemas.stats import AccountingError
 from seqpack.templates import make_template, template_texts
 from seqpack.tokenizer import (
     BackendPlan,
@@ -90,7 +96,7 @@ def _refuse_inputs_inside_output(files: list, output: str) -> None:
 
 
 def run(
-    config: RunConfig, beam_args: list[str] | None = None, *, progress: bool = False
+    config: RunConfig, beam_args: list[str] | None = None, *, progress: bool = False, verbose: bool = False
 ) -> tuple[Manifest, dict[str, Any]] | None:
     """Run the job described by ``config``; return the committed manifest and statistics.
 
@@ -99,7 +105,8 @@ def run(
     output lock; the previous dataset, if any, is untouched.
 
     ``progress`` prints a line on stderr every few seconds while the local runner works (see
-    ``pipeline.progress``); other runners show their own.
+    ``pipeline.progress``); other runners show their own. On the local runner the workers' log lines go to a
+    file, shown only if the run fails, unless ``verbose`` (see ``pipeline.worker_logs``).
 
         >>> manifest, stats = run(RunConfig(inputs=["pairs.jsonl"], output="out", tokenizer="tok/"))
     """
@@ -107,28 +114,82 @@ def run(
     options, runner = pipeline_options(list(beam_args or []))
     check_output(config)
     files, tokenizer, tokenizer_info = _check_up_front(config)
-    with stop_on_termination() as stop, OutputLock(config.output) as lock:
+    job = _Job(config, files, tokenizer, tokenizer_info, options, runner)
+    with _remove_if_left_empty(config.output), stop_on_termination() as stop, OutputLock(config.output) as lock:
         destination = prepare_output(config, lock)
+        with capture_worker_output(enabled=_is_local(runner) and not verbose) as worker_log:
+            try:
+                committed = job.run_and_commit(destination, lock, progress=progress)
+            except BaseException as error:
+                abandon(destination)
+                failure = _reported(as_run_failure(error, config.output, stop), worker_log)
+                if failure is error:
+                    raise
+                raise failure from error
+        if worker_log is not None:
+            worker_log.discard()
+        return committed
+
+
+@contextmanager
+def _remove_if_left_empty(output: str) -> Iterator[None]:
+    """A run that fails into a directory it created leaves no empty directory behind."""
+    created = "://" not in output and not os.path.exists(output)
+    try:
+        yield
+    except BaseException:
+        if created:
+            with suppress(OSError):
+                os.rmdir(output)  # only succeeds when empty
+        raise
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the checks up front resolved: everything a run needs besides where it writes."""
+
+    config: RunConfig
+    files: list
+    tokenizer: Any
+    tokenizer_info: TokenizerInfo
+    options: Any
+    runner: Any
+
+    def run_and_commit(
+        self, destination: Destination, lock: OutputLock, *, progress: bool
+    ) -> tuple[Manifest, dict[str, Any]] | None:
+        config = self.config
+        if config.add_special_tokens:  # the trainer needs the extended tokenizer: it ships with the data
+            save_tokenizer(self.tokenizer, destination)
+        pipeline = beam.Pipeline(runner=self.runner, options=self.options)
         try:
-            if config.add_special_tokens:  # the trainer needs the extended tokenizer: it ships with the data
-                save_tokenizer(tokenizer, destination)
-            pipeline = beam.Pipeline(runner=runner, options=options)
-            backend = _backend_plan(config, tokenizer, destination.staging)
-            build_pipeline(pipeline, config, files, staging=destination.staging, revision_root=destination.root,
-                           pad_id=tokenizer_info.pad_id, backend=backend)
-            with live_progress(files, enabled=progress and _is_local(runner)):
+            backend = _backend_plan(config, self.tokenizer, destination.staging)
+            build_pipeline(pipeline, config, self.files, staging=destination.staging, revision_root=destination.root,
+                           pad_id=self.tokenizer_info.pad_id, backend=backend)
+            with live_progress(self.files, enabled=progress and _is_local(self.runner)):
                 result = pipeline.run()
-                if _is_dry_run(options):
+                if _is_dry_run(self.options):
                     abandon(destination)
                     return None
                 result.wait_until_finish()
-            return commit(config, tokenizer_info, destination, lock)
-        except BaseException as error:
-            abandon(destination)
-            failure = as_run_failure(error, config.output, stop)
-            if failure is error:
-                raise
-            raise failure from error
+        finally:  # Beam makes this directory when the pipeline is built and removes it only after a run
+            shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+        return commit(config, self.tokenizer_info, destination, lock)
+
+
+def _reported(failure: BaseException, worker_log: WorkerLog | None) -> BaseException:
+    """With the workers' log captured, an unexpected error becomes one line that points at the log (which gets
+    the traceback); errors seqpack explains itself keep their message, and their log is removed."""
+    if worker_log is None:
+        return failure
+    if isinstance(failure, (RunFailedError, AccountingError, UsageError)) or not isinstance(failure, Exception):
+        worker_log.discard()
+        return failure
+    worker_log.append_traceback(failure)
+    return RunFailedError(
+        f"{crash_summary(failure)}. Nothing was committed. The traceback and the workers' log are in "
+        f"{worker_log.path} (seqpack run --verbose shows them as they happen)"
+    )
 
 
 def _backend_plan(config: RunConfig, tokenizer: Any, staging: str) -> BackendPlan | None:
@@ -159,25 +220,27 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def summary(manifest: Manifest, stats: dict[str, Any], output: str, *, report: str | None = None) -> str:
-    """What a finished run says: what was written and where, how full the blocks are, what was left out, and
-    the command that shows the data. Lines about rejected or dropped records appear only when there are some."""
-    unit = "rows" if manifest.packing == "none" else "blocks"
+    """What a finished run says: what was written and where, how full the blocks are, what was left out or cut,
+    and the command that shows the data. Lines about rejected or dropped records appear only when there are some.
+
+    Splits count *segments* (what the blocks hold) when examples can span blocks (``wrap`` packing, ``--overlong
+    split``); the records line counts whole examples, so the two never seem to disagree."""
+    unit = "row" if manifest.packing == "none" else "block"
+    whole = manifest.packing != "wrap" and not stats["examples_split"]
     width = max((len(name) for name in manifest.splits), default=0)
     digits = max((len(f"{s.rows:,}") for s in manifest.splits.values()), default=0)
     splits = [
-        f"  {name:<{width}}  {s.rows:>{digits},} {unit} in {len(s.shards)} shard{'s' * (len(s.shards) != 1)} · "
-        f"{s.examples:,} examples · {s.tokens:,} tokens"
+        f"  {name:<{width}}  {s.rows:>{digits},} {_plural(s.rows, unit)} in {_plural(len(s.shards), 'shard')} · "
+        f"{_plural(s.examples, 'example' if whole else 'segment')} · {s.tokens:,} tokens"
         for name, s in manifest.splits.items()
     ] or ["  no examples were written"]
     written = sum(stats["examples_by_split"].values())
-    changed = [f"{stats[key]:,} {label}" for key, label in (("examples_truncated", "truncated to fit"),
-                                                            ("examples_split", "split into pieces")) if stats[key]]
     lines = [
         f"seqpack: wrote {output}",
         *splits,
         f"  fill {stats['fill']:.1%} of {manifest.max_length:,}-token blocks ({manifest.packing} packing)",
         f"  {stats['records_read']:,} records read: {written:,} written, {stats['records_rejected']:,} rejected, "
-        f"{stats['examples_dropped']:,} dropped" + (f" ({', '.join(changed)})" if changed else ""),
+        f"{stats['examples_dropped']:,} dropped" + _changed(stats),
     ]
     if stats["rejected_by_reason"]:
         lines.append(f"  rejected: {_counts(stats['rejected_by_reason'])} → {output}/{manifest.path_of(REJECTED_FILE)}")
@@ -187,6 +250,23 @@ def summary(manifest: Manifest, stats: dict[str, Any], output: str, *, report: s
         lines.append(f"  report: {report}")
     lines.append(f"  look at it: seqpack inspect {shlex.quote(output)}")
     return "\n".join(lines)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'s' * (count != 1)}"
+
+
+def _changed(stats: dict[str, Any]) -> str:
+    """How many written examples were changed to fit: truncated (and how badly), or split into pieces."""
+    parts = []
+    if stats["examples_truncated"]:
+        lost = [f"{stats[key]:,} {label}" for key, label in (("examples_prompt_lost", "kept none of their prompt"),
+                                                            ("examples_target_cut", "lost part of their answer"))
+                if stats.get(key)]
+        parts.append(f"{stats['examples_truncated']:,} truncated to fit" + (f": {', '.join(lost)}" if lost else ""))
+    if stats["examples_split"]:
+        parts.append(f"{stats['examples_split']:,} split into pieces")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:

@@ -11,8 +11,9 @@ from seqpack.schemas.manifest import DatasetFormatError
 COUNTERS = (
     "records_read",
     "records_rejected",
-    "examples",
     "examples_truncated",
+    "examples_prompt_lost",
+    "examples_target_cut",
     "examples_split",
     "examples_dropped",
     "pieces",
@@ -26,7 +27,11 @@ COUNTERS = (
     "blocks",
     "block_tokens",
 )
-"""Plain additive counters. ``tokens_in`` counts every token the tokenizer produced for an example."""
+"""Plain additive counters. ``tokens_in`` counts every token the tokenizer produced for an example.
+``examples_prompt_lost`` and ``examples_target_cut`` count truncated examples that kept none of their prompt, or
+lost part of their answer."""
+ADDED_LATER = ("examples_prompt_lost", "examples_target_cut")
+"""Counters that older datasets' ``stats.json`` lacks: a reader takes them as 0."""
 
 KEYED = (
     "rejected_by_reason",
@@ -115,6 +120,7 @@ def parse(text: str | bytes, where: str) -> dict[str, Any]:
         raise DatasetFormatError(f"{where} is not valid JSON ({error})") from error
     if not isinstance(stats, dict):
         raise DatasetFormatError(f"{where} is not a seqpack statistics file (not a JSON object)")
+    stats = {**dict.fromkeys(ADDED_LATER, 0), **stats}
     problem = _first_problem(stats)
     if problem:
         raise DatasetFormatError(f"{where} is damaged: {problem}; rebuild the dataset or restore the file")

@@ -186,6 +186,8 @@ class _TokenizeBase(StatsDoFn):
         self.count("tokens_truncated", outcome.truncated_tokens)
         self.count("tokens_dropped", outcome.dropped_tokens)
         self.count("examples_truncated", int(outcome.truncated))
+        self.count("examples_prompt_lost", int(outcome.prompt_lost))
+        self.count("examples_target_cut", int(outcome.target_cut))
         self.count("examples_split", int(outcome.split))
         self.count("pieces", len(outcome.pieces))
         self.stats["example_length_hist"][stats_format.length_bin(outcome.tokens_in)] += 1
