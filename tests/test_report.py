@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import html5lib
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from helpers import dataset_file, write_jsonl
+from shardgen import write_dataset
 
+import seqpack
+from seqpack import report as report_module
 from seqpack.pipeline.cli import main
+from seqpack.readers import REASONS
+from seqpack.schemas import STATS_NAME
+from seqpack.schemas import stats as stats_format
 
 SECTIONS = ("summary", "lengths", "blocks", "rejected", "samples")
 PLOTS = 6  # source, target, example lengths (stats.json); exact example lengths; block fill; examples per block
@@ -145,3 +155,104 @@ def test_a_bad_dataset_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["report", str(tmp_path / "half"), "-o", str(tmp_path / "r.html")]) == 1
     err = capsys.readouterr().err
     assert "has no manifest.json" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------- plot layout, empty datasets
+
+
+def _ticks(axes: Any) -> dict[str, float]:
+    return {label.get_text(): tick for tick, label in zip(axes.get_xticks(), axes.get_xticklabels(), strict=True)}
+
+
+@pytest.mark.parametrize(("max_length", "below", "power"), [(256, "256", 256), (100, "64", 64), (4096, "4k", 4096)])
+def test_max_length_line_falls_where_max_length_is_on_the_labelled_axis(max_length: int, below: str,
+                                                                         power: int) -> None:
+    hist = [0] * 32
+    hist[6], hist[8], hist[10] = 3, 5, 1  # lengths in [32, 64), [128, 256), [512, 1024)
+    axes = report_module.pow2_histogram_figure(hist, title="t", max_length=max_length).axes[0]
+    ticks = _ticks(axes)
+    line = axes.lines[0].get_xdata()[0]
+    # Ticks are lengths at the bar edges, a doubling apart: max_length sits log2(max_length / power) past its tick.
+    assert line == pytest.approx(ticks[below] + math.log2(max_length / power))
+    bars = [patch for patch in axes.patches if patch.get_height()]
+    for patch, (low, high) in zip(bars, [("32", "64"), ("128", "256"), ("512", "1k")], strict=True):
+        assert (patch.get_x(), patch.get_x() + patch.get_width()) == pytest.approx((ticks[low], ticks[high]))
+    assert "log scale" in axes.get_xlabel()
+
+
+def test_one_block_gets_integer_ticks_and_a_sensible_range() -> None:
+    axes = report_module.counts_figure(np.array([2]), title="examples per block", xlabel="examples").axes[0]
+    assert axes.get_xlim() == (1, 3)
+    assert all(float(tick).is_integer() for tick in axes.get_xticks())
+    assert 2 in axes.get_xticks()
+
+
+@pytest.mark.parametrize("draw", [
+    lambda: report_module.pow2_histogram_figure([0] * 32, title="t", max_length=64),
+    lambda: report_module.counts_figure(np.zeros(0, dtype=np.int64), title="t", xlabel="x"),
+    lambda: report_module.histogram_figure(np.zeros(0), title="t", xlabel="x", ylabel="y", bins=4, value_range=(0, 1)),
+])
+def test_an_empty_plot_says_no_data_and_shows_no_made_up_axes(draw: Any) -> None:
+    axes = draw().axes[0]
+    assert [text.get_text() for text in axes.texts] == ["no data"]
+    assert not len(axes.get_xticks()) and not len(axes.get_yticks()) and not axes.patches
+
+
+@pytest.fixture(scope="module")
+def empty_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A committed dataset in which every record was rejected: nothing was written. (``run`` now refuses to commit
+    one, but older datasets and other writers can still hand the report such a directory.)"""
+    out = tmp_path_factory.mktemp("empty") / "ds"
+    out.mkdir()
+    manifest = write_dataset(str(out), {"train": []}, revision=1)
+    stats_file = out / manifest.path_of(STATS_NAME)
+    stats_file.parent.mkdir(parents=True, exist_ok=True)
+    stats = {**stats_format.empty_stats(), "records_read": 3, "records_rejected": 3,
+             "rejected_by_reason": {"missing_field": 1, "invalid_json": 1, "empty_target": 1}}
+    stats_file.write_text(stats_format.to_json(stats_format.finalize(stats)), encoding="utf-8")
+    return out
+
+
+def test_a_dataset_with_nothing_written_gets_a_banner_and_no_empty_plots(
+    empty_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "r.html"
+    assert main(["report", str(empty_dataset), "-o", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == str(path)
+    document = path.read_text(encoding="utf-8")
+    page = parse(document)
+    banner = document.split("<h1>", 1)[1].split('<section id="summary">', 1)[0]
+    assert 'class="banner"' in banner and "Nothing was written" in banner
+    assert "3 records read, 3 were rejected" in banner
+    assert not [tag for tag, _ in page.tags if tag == "img"]
+    assert "Not plotted" in page.text["lengths"] and "Not plotted" in page.text["blocks"]
+    assert "No block was written" in page.text["blocks"]
+
+
+def test_a_dataset_with_examples_has_no_banner(report: str) -> None:
+    assert 'class="banner"' not in report
+
+
+# --------------------------------------------------------------------------------------- the reason catalogue
+
+_EMITTED = re.compile(
+    r"""(?:Rejected|RenderError|_Failure)\(\s*"([a-z_]+)"|^REASON = "([a-z_]+)"|return "([a-z_]+)", \(""", re.MULTILINE
+)
+
+
+def emitted_reasons() -> set[str]:
+    """Every reason code spelled out where a rejection is made, in any module of the package."""
+    found = set()
+    for path in Path(seqpack.__file__).parent.rglob("*.py"):
+        for match in _EMITTED.finditer(path.read_text(encoding="utf-8")):
+            found.add(next(group for group in match.groups() if group))
+    return found
+
+
+def test_every_reason_code_the_code_can_emit_has_a_description() -> None:
+    emitted = emitted_reasons()
+    assert {"invalid_json", "record_too_large", "missing_field", "bad_message", "chat_template_error",
+            "template_not_prefix_stable", "assistant_turn_first"} <= emitted  # the search itself works
+    described = {**REASONS, **report_module.LATER_REASONS}
+    assert sorted(emitted - described.keys()) == []
+    assert all(text.strip() for text in described.values())

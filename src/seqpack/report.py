@@ -45,8 +45,24 @@ LATER_REASONS = {
     "missing_field": "the record lacks the source or target field the template needs",
     "null_field": "the source or target field is null",
     "not_a_string": "the source or target field is not a string",
-    "empty_target": "the target is empty, or tokenizes to no tokens",
+    "empty_target": "the target is empty, or tokenizes to no tokens (for a conversation: no assistant token to "
+    "train on)",
+    "chat_template_error": "the chat template failed, or went over a rendering limit (steps, size, time), for this "
+    "record; the detail says which",
+    "template_not_prefix_stable": "the chat template rewrites earlier text as the conversation grows (a message "
+    "count, reasoning stripped from older turns), so the assistant turns cannot be located exactly; the detail "
+    "shows where the renderings differ",
+    "no_assistant_turn": "the conversation has no assistant message, so there is nothing to train on",
+    "assistant_turn_first": "the conversation starts with an assistant message, with no prompt before it: add a "
+    "system or user message first",
+    "bad_message": "a message is not an object, or lacks a string role or content (or its tool_calls is not a "
+    "list); the detail names the message",
+    "unknown_role": "a message's role is not one seqpack knows: map it with --role-map NAME=ROLE (e.g. human=user)",
+    "not_a_list": "the messages field is not a list of messages",
+    "empty_conversation": "the messages field is an empty list",
 }
+"""What the reason codes of later steps (templates, chat rendering, tokenizing) mean; ``readers.REASONS`` has
+the reader's."""
 PLOT_COLOR, MARK_COLOR = "#4c72b0", "#c44e52"
 _NONCHARACTERS = re.compile("[\ufdd0-\ufdef\ufffe\uffff]")
 
@@ -93,7 +109,12 @@ def _png(figure: Any) -> bytes:
 
 
 def _no_data(axes: Any) -> None:
+    """Say so, and drop the ticks: autoscaled limits of an empty plot (-0.04 to 0.04) would read as data."""
     axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes, color="#777777")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xticks([])
+    axes.set_yticks([])
 
 
 def _short(value: int) -> str:
@@ -103,51 +124,97 @@ def _short(value: int) -> str:
     return str(value)
 
 
-def plot_pow2_histogram(hist: Sequence[int], *, title: str, max_length: int) -> bytes:
-    """A ``stats.json`` length histogram (bin b counts lengths in [2**(b-1), 2**b)) with ``max_length`` marked."""
-    figure, axes = _figure(title, "length in tokens (each bin doubles; label = its lower bound)", "examples")
+@dataclass(frozen=True)
+class Pow2Axis:
+    """Where things go on a power-of-two length histogram: bin b is the bar centred at x = b, spanning
+    [b - 0.5, b + 0.5), so a length v >= 1 sits at x = log2(v) + 0.5 and the edge left of bin b is 2**(b-1)."""
+
+    bins: np.ndarray
+    """The bins drawn, one bar each: every bin from the first used one to the last, and ``max_length``'s."""
+    edges: np.ndarray
+    """x of every bar edge, where the ticks go."""
+    edge_labels: list[str]
+    """The length at each edge: the ticks read as lengths, not as bin numbers."""
+    mark: float
+    """x of ``max_length``."""
+
+
+def length_x(length: int) -> float:
+    """x of a length on a ``Pow2Axis`` (length 0 is bin 0's centre)."""
+    return float(np.log2(length)) + 0.5 if length >= 1 else 0.0
+
+
+def pow2_axis(hist: Sequence[int], max_length: int) -> Pow2Axis:
+    """The layout of a ``stats.json`` length histogram (bin b counts lengths in [2**(b-1), 2**b); bin 0 is 0)."""
     counts = np.asarray(hist, dtype=np.int64)
     limit_bin = int(max_length).bit_length()
     used = np.flatnonzero(counts)
     low = min(int(used[0]) if len(used) else limit_bin, limit_bin)
     high = max(int(used[-1]) if len(used) else limit_bin, limit_bin)
     bins = np.arange(low, high + 1)
-    axes.bar(bins, counts[low : high + 1], width=0.9, color=PLOT_COLOR)
-    axes.set_xticks(bins, [_short(0 if b == 0 else 1 << (b - 1)) for b in bins], rotation=45 if len(bins) > 12 else 0)
-    # A length v sits at x = log2(v) + 0.5 on this axis (bin b spans [b - 0.5, b + 0.5)).
-    axes.axvline(np.log2(max_length) + 0.5, color=MARK_COLOR, linestyle="--", label=f"max_length {max_length:,}")
-    axes.legend(frameon=False)
-    if not len(used):
+    edges = np.arange(low, high + 2) - 0.5
+    labels = [_short(0 if b == 0 else 1 << (b - 1)) for b in range(low, high + 2)]
+    return Pow2Axis(bins, edges, labels, length_x(max_length))
+
+
+def pow2_histogram_figure(hist: Sequence[int], *, title: str, max_length: int) -> Any:
+    """A ``stats.json`` length histogram with ``max_length`` marked where it falls among the bar edges."""
+    figure, axes = _figure(title, "length in tokens (log scale: each bar covers [n, 2n))", "examples")
+    counts = np.asarray(hist, dtype=np.int64)
+    if not counts.any():
         _no_data(axes)
-    return _png(figure)
+        return figure
+    layout = pow2_axis(counts, max_length)
+    padded = np.concatenate([counts, np.zeros(max(0, int(layout.bins[-1]) + 1 - len(counts)), dtype=np.int64)])
+    axes.bar(layout.bins, padded[layout.bins], width=1.0, color=PLOT_COLOR, edgecolor="white", linewidth=0.8)
+    axes.set_xticks(layout.edges, layout.edge_labels, rotation=45 if len(layout.edges) > 12 else 0)
+    axes.set_xlim(layout.edges[0], layout.edges[-1])
+    axes.axvline(layout.mark, color=MARK_COLOR, linestyle="--", label=f"max_length {max_length:,}")
+    axes.legend(frameon=False)
+    return figure
 
 
-def plot_histogram(
+def histogram_figure(
     values: np.ndarray, *, title: str, xlabel: str, ylabel: str, bins: int, value_range: tuple[float, float],
     mark: float | None = None, mark_label: str = "",
-) -> bytes:
+) -> Any:
     figure, axes = _figure(title, xlabel, ylabel)
-    if len(values):
-        axes.hist(values, bins=bins, range=value_range, color=PLOT_COLOR)
-    else:
+    if not len(values):
         _no_data(axes)
+        return figure
+    axes.hist(values, bins=bins, range=value_range, color=PLOT_COLOR)
     if mark is not None:
         axes.axvline(mark, color=MARK_COLOR, linestyle="--", label=mark_label)
         axes.legend(frameon=False)
-    return _png(figure)
+    return figure
 
 
-def plot_counts(values: np.ndarray, *, title: str, xlabel: str) -> bytes:
+MAX_COUNT_TICKS = 20
+"""Up to this many distinct counts, every integer between the least and the greatest gets a tick."""
+
+
+def count_limits(values: np.ndarray) -> tuple[float, float]:
+    """x limits for a bar per integer: one empty step either side, so a single bar at 2 spans 1 to 3, not the
+    1.6 to 2.4 that autoscaling gives."""
+    return float(np.min(values)) - 1, float(np.max(values)) + 1
+
+
+def counts_figure(values: np.ndarray, *, title: str, xlabel: str) -> Any:
     """A bar per integer value: right for small counts such as examples per block."""
     figure, axes = _figure(title, xlabel, "blocks")
-    if len(values):
-        counts = np.bincount(values)
-        present = np.flatnonzero(counts)
-        axes.bar(present, counts[present], width=0.8, color=PLOT_COLOR)
-        axes.xaxis.get_major_locator().set_params(integer=True)
-    else:
+    if not len(values):
         _no_data(axes)
-    return _png(figure)
+        return figure
+    counts = np.bincount(values)
+    present = np.flatnonzero(counts)
+    axes.bar(present, counts[present], width=0.8, color=PLOT_COLOR)
+    low, high = count_limits(values)
+    axes.set_xlim(low, high)
+    if high - low <= MAX_COUNT_TICKS:
+        axes.set_xticks(np.arange(low + 1, high))
+    else:
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    return figure
 
 
 # ------------------------------------------------------------------------------------------ reading the data
@@ -347,44 +414,66 @@ def summary_section(url: str, manifest: Manifest, stats: Mapping[str, Any]) -> s
     )
 
 
+def _plots(figures: Sequence[tuple[str, bool, Any]]) -> str:
+    """The plots that have data, and a line naming those left out (an empty plot only shows made-up axes)."""
+    drawn = "".join(_img(_png(figure), alt) for alt, has_data, figure in figures if has_data)
+    empty = [alt for alt, has_data, _ in figures if not has_data]
+    left_out = f"<p>Not plotted, as there is nothing to count: {esc(', '.join(empty))}.</p>" if empty else ""
+    return f'{left_out}<div class="plots">{drawn}</div>'
+
+
 def lengths_section(manifest: Manifest, stats: Mapping[str, Any], blocks: BlockStats) -> str:
     limit = manifest.max_length
-    plots = [
-        _img(plot_pow2_histogram(stats.get(f"{role}_length_hist", []), title=f"{role} lengths (tokens, from "
-                                 "stats.json)", max_length=limit), f"histogram of {role} lengths")
-        for role in ("source", "target", "example")
-    ]
-    plots.append(
-        _img(
-            plot_histogram(
-                blocks.segment_lengths, title="example lengths in the blocks (exact, from seq_lens)",
-                xlabel="tokens", ylabel="examples", bins=min(64, limit), value_range=(0, limit), mark=limit,
-                mark_label=f"max_length {limit:,}",
-            ),
-            "histogram of example lengths in the blocks",
-        )
+    figures = []
+    for role in ("source", "target", "example"):
+        hist = stats.get(f"{role}_length_hist", [])
+        title = f"{role} lengths (tokens, from stats.json)"
+        figures.append((f"histogram of {role} lengths", any(hist),
+                        pow2_histogram_figure(hist, title=title, max_length=limit)))
+    exact = histogram_figure(
+        blocks.segment_lengths, title="example lengths in the blocks (exact, from seq_lens)", xlabel="tokens",
+        ylabel="examples", bins=min(64, limit), value_range=(0, limit), mark=limit, mark_label=f"max_length {limit:,}",
     )
+    figures.append(("histogram of example lengths in the blocks", bool(len(blocks.segment_lengths)), exact))
     note = (
         "<p>Source, target and example lengths are as tokenized, before truncation, so examples longer than "
         "max_length show right of the line. The last plot counts what was packed: examples after truncation, "
         "and each piece of a split one.</p>"
     )
-    return f'<section id="lengths"><h2>Lengths</h2>{note}<div class="plots">{"".join(plots)}</div></section>'
+    return f'<section id="lengths"><h2>Lengths</h2>{note}{_plots(figures)}</section>'
 
 
 def blocks_section(blocks: BlockStats) -> str:
-    fill = plot_histogram(
+    fill = histogram_figure(
         blocks.fill * 100, title="block fill", xlabel="real tokens, % of the block", ylabel="blocks", bins=20,
         value_range=(0, 100),
     )
-    examples = plot_counts(blocks.examples_per_block, title="examples per block", xlabel="examples")
-    sampled = (
-        f"<p>From {blocks.units_read:,} of {blocks.units_total:,} row groups, spread evenly.</p>"
-        if blocks.units_read < blocks.units_total
-        else f"<p>From every block ({len(blocks.fill):,}).</p>"
-    )
-    plots = _img(fill, "histogram of block fill") + _img(examples, "examples per block")
-    return f'<section id="blocks"><h2>Blocks</h2>{sampled}<div class="plots">{plots}</div></section>'
+    examples = counts_figure(blocks.examples_per_block, title="examples per block", xlabel="examples")
+    if not blocks.units_total:
+        sampled = "<p>No block was written.</p>"
+    elif blocks.units_read < blocks.units_total:
+        sampled = f"<p>From {blocks.units_read:,} of {blocks.units_total:,} row groups, spread evenly.</p>"
+    else:
+        sampled = f"<p>From every block ({len(blocks.fill):,}).</p>"
+    has_blocks = bool(len(blocks.fill))
+    plots = _plots([("histogram of block fill", has_blocks, fill), ("examples per block", has_blocks, examples)])
+    return f'<section id="blocks"><h2>Blocks</h2>{sampled}{plots}</section>'
+
+
+def nothing_written_banner(stats: Mapping[str, Any]) -> str:
+    """A banner at the top when no example was written: otherwise a reader meets empty plots and has to work out
+    from the numbers why."""
+    if sum(stats.get("examples_by_split", {}).values()) or stats.get("blocks", 0):
+        return ""
+    read = stats.get("records_read", 0)
+    if not read:
+        why = "no record was read from the inputs"
+    else:
+        why = (
+            f"of {read:,} records read, {stats.get('records_rejected', 0):,} were rejected and "
+            f"{stats.get('examples_dropped', 0):,} examples dropped; the reasons are under Rejected records below"
+        )
+    return f'<p class="banner" role="alert"><strong>Nothing was written</strong>: {esc(why)}.</p>'
 
 
 def _sample_html(entry: Mapping[str, Any]) -> str:
@@ -464,6 +553,7 @@ margin:.2em 0;background:#f8f8f8;padding:.3em;max-height:12em;overflow:auto}.whe
 ol{margin:0;padding-left:2.5em}li{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;
 word-break:break-word;border-top:1px dashed #ccc;padding:.2em 0}li::marker{color:#1a73e8}
 .m{color:#8a8f95}.t{background:#e6f4ea;color:#0d652d;font-weight:600}.problem{color:#b3261e}
+.banner{background:#fce8e6;border:1px solid #b3261e;border-radius:4px;color:#8c1d18;padding:.6em 1em;font-size:1.1em}
 """
 
 
@@ -494,7 +584,7 @@ def build_report(
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<meta name="generator" content="seqpack {esc(seqpack.__version__)}">'
         f"<title>seqpack report: {esc(url)}</title><style>{CSS}</style></head><body>"
-        f"<h1>seqpack report: {esc(url)}</h1>" + "".join(sections) + "</body></html>\n"
+        f"<h1>seqpack report: {esc(url)}</h1>{nothing_written_banner(stats)}" + "".join(sections) + "</body></html>\n"
     )
 
 
