@@ -189,6 +189,21 @@ def test_errors_are_one_line_with_the_right_exit_code(dataset: Path, tmp_path: P
     assert usage.value.code == 2
 
 
+def test_a_block_past_the_end_does_not_hide_the_blocks_that_exist(dataset: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    code, out, err = inspect_plain(capsys, str(dataset), "--block", "0", "--block", "100000", "--block", "-1",
+                                   "--block", "-100000")
+    rows = len(shard_rows(dataset))
+    assert [line.split(" (")[0] for line in out.splitlines() if line.startswith("block ")] == [
+        "block 0", f"block {rows - 1}"
+    ]
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"seqpack: error: blocks 100000, -100000 do not exist: the split has {rows:,} blocks (0 to {rows - 1:,}, "
+        f"or -1 to -{rows:,})"
+    ]
+
+
 def test_color_is_off_when_piped_and_on_when_asked(dataset: Path, capsys: pytest.CaptureFixture,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_COLOR", raising=False)

@@ -272,22 +272,33 @@ def load_dataset_tokenizer(url: str, manifest: Manifest, override: str | None = 
 
 def choose_rows(
     num_rows: int, *, blocks: Sequence[int] = (), random_count: int = 0, seed: int | None = None
-) -> list[int]:
+) -> tuple[list[int], list[int]]:
     """Which rows to show: the ones asked for (negative counts from the end), ``random_count`` distinct random
-    ones (sorted, so shards are read in order), or the first one."""
+    ones (sorted, so shards are read in order), or the first one; and the blocks asked for that do not exist.
+
+    A block past the end does not stop the others from being shown: ``inspect`` prints them, then one error
+    line (``missing_blocks``). Raises ``NoSuchBlock`` only when there is nothing at all to show."""
     if num_rows == 0:
         raise NoSuchBlock("the split has no blocks to show")
     if random_count:
-        return sorted(random.Random(seed).sample(range(num_rows), min(random_count, num_rows)))
-    rows = []
+        return sorted(random.Random(seed).sample(range(num_rows), min(random_count, num_rows))), []
+    rows, missing = [], []
     for block in blocks or [0]:
         row = block + num_rows if block < 0 else block
-        if not 0 <= row < num_rows:
-            raise NoSuchBlock(
-                f"block {block} does not exist: the split has {num_rows:,} blocks (0 to {num_rows - 1:,})"
-            )
-        rows.append(row)
-    return rows
+        if 0 <= row < num_rows:
+            rows.append(row)
+        else:
+            missing.append(block)
+    if not rows:
+        raise NoSuchBlock(missing_blocks(missing, num_rows))
+    return rows, missing
+
+
+def missing_blocks(missing: Sequence[int], num_rows: int) -> str:
+    """One line for the blocks that do not exist: ``blocks 500, -900 do not exist: the split has 120 blocks
+    (0 to 119)``."""
+    which = f"block {missing[0]} does" if len(missing) == 1 else f"blocks {', '.join(map(str, missing))} do"
+    return f"{which} not exist: the split has {num_rows:,} blocks (0 to {num_rows - 1:,}, or -1 to -{num_rows:,})"
 
 
 def read_rows(shards: ShardSet, rows: Iterable[int]) -> Iterator[tuple[int, dict[str, list[int]]]]:
@@ -324,6 +335,8 @@ class Inspection:
     num_rows: int
     tokenizer: LoadedTokenizer
     blocks: list[BlockView]
+    missing: str | None = None
+    """An error line for requested blocks that do not exist, printed after the blocks that do."""
 
     def header(self) -> str:
         blocks = f"{self.num_rows:,} block{'s' * (self.num_rows != 1)}"
@@ -340,15 +353,19 @@ def inspect_blocks(
     tokenizer: str | None = None,
 ) -> Inspection:
     """Open the dataset, pick the rows, decode them. Raises ``DatasetFormatError`` for a bad dataset and
-    ``InspectError`` for a block that does not exist or a tokenizer that cannot be loaded."""
+    ``InspectError`` when no requested block exists or the tokenizer cannot be loaded; requested blocks that
+    do not exist among ones that do are named in ``Inspection.missing``."""
     shards = ShardSet.open(url, split=split)
     try:
-        chosen = choose_rows(shards.num_rows, blocks=rows, random_count=random_count, seed=seed)
+        chosen, missing = choose_rows(shards.num_rows, blocks=rows, random_count=random_count, seed=seed)
         loaded = load_dataset_tokenizer(url, shards.manifest, tokenizer)
         blocks = list(decoded_blocks(shards, chosen, loaded.decode))
     finally:
         shards.close()
-    return Inspection(url=url, split=split, num_rows=shards.num_rows, tokenizer=loaded, blocks=blocks)
+    return Inspection(
+        url=url, split=split, num_rows=shards.num_rows, tokenizer=loaded, blocks=blocks,
+        missing=missing_blocks(missing, shards.num_rows) if missing else None,
+    )
 
 
 def render_inspection(inspection: Inspection, *, color: bool) -> Iterator[str]:

@@ -149,6 +149,9 @@ def _inspect(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     except BrokenPipeError:  # `seqpack inspect OUT | head`: the reader has seen enough
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit-time flush quiet
+    if inspection.missing:  # after the blocks that exist, so one bad number does not hide the others
+        print(f"seqpack: error: {inspection.missing}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 
