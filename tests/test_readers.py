@@ -7,6 +7,7 @@ import csv
 import gzip
 import io
 import json
+import logging
 import lzma
 import tracemalloc
 from pathlib import Path
@@ -499,8 +500,31 @@ def test_glob_and_directory_results_are_sorted_deduplicated_and_skip_markers(tmp
 
 def test_directory_without_readable_files_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(InputError, match="holds no file"):
+    with pytest.raises(InputError, match=r"holds no file .*\(it holds notes.txt\)"):
         expand(str(tmp_path))
+
+
+def test_a_directory_says_which_files_it_skips_and_why(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for name in ["a.jsonl", "README.md", "notes.txt", "data.jsonl.txt", "schema.yaml", "_SUCCESS", ".a.crc"]:
+        (tmp_path / name).write_text("")
+    with caplog.at_level(logging.WARNING, logger="seqpack"):
+        files = expand(str(tmp_path))
+    assert [Path(f.path).name for f in files] == ["a.jsonl"]
+    [record] = [r for r in caplog.records if r.name == "seqpack"]
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING
+    assert f"skipped 4 files in {tmp_path} that are not in a format seqpack reads" in message
+    assert "(README.md, data.jsonl.txt, notes.txt, ... (4 in all))" in message
+    assert ".jsonl" in message and "rename" in message
+    assert "_SUCCESS" not in message and ".a.crc" not in message  # markers stay silent
+
+
+def test_a_directory_of_readable_files_skips_nothing_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "a.jsonl").write_text("")
+    (tmp_path / "_SUCCESS").write_text("")
+    with caplog.at_level(logging.WARNING, logger="seqpack"):
+        expand(str(tmp_path))
+    assert not [r for r in caplog.records if r.name == "seqpack"]
 
 
 def test_glob_into_a_saved_dataset_asks_for_the_directory(tmp_path: Path) -> None:

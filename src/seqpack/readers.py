@@ -23,6 +23,7 @@ import glob
 import gzip
 import itertools
 import json
+import logging
 import lzma
 import os
 import posixpath
@@ -1281,17 +1282,34 @@ def _expand_directory(directory: str, listing: Sequence[str], open_binary: OpenB
         ]
     if {"state.json", "dataset_info.json"} <= names:
         return _hf_dataset(directory, directory, None, open_binary)
-    files = [
-        InputFile(path, fmt, path)
-        for path in sorted(listing)
-        if not _is_hidden(path) and (fmt := _format_or_none(path)) is not None
-    ]
+    files, skipped = [], []
+    for path in sorted(p for p in listing if not _is_hidden(p)):
+        fmt = _format_or_none(path)
+        if fmt is None:
+            skipped.append(posixpath.basename(path))
+        else:
+            files.append(InputFile(path, fmt, path))
     if not files:
+        has = f" (it holds {_some(skipped)})" if skipped else ""
         raise InputError(
-            f"directory {directory!r} holds no file seqpack reads ({', '.join(sorted(FORMATS))}); "
+            f"directory {directory!r} holds no file seqpack reads ({', '.join(sorted(FORMATS))}){has}; "
             "subdirectories are not searched: use a glob such as 'dir/**/*.jsonl'"
         )
+    if skipped:
+        # Said, not silent: a corpus file with an unexpected suffix (.txt, .jsonl.txt) would otherwise go missing.
+        logging.getLogger("seqpack").warning(
+            "skipped %d file%s in %s that %s not in a format seqpack reads (%s): only %s files, compressed or not, "
+            "are read from a directory; rename a file to its format's suffix to read it",
+            len(skipped), "" if len(skipped) == 1 else "s", printable_path(directory),
+            "is" if len(skipped) == 1 else "are", _some(skipped), ", ".join(sorted(FORMATS)),
+        )
     return files
+
+
+def _some(names: Sequence[str], shown: int = 3) -> str:
+    """A few names for a message: ``a, b, c, ... (7 in all)``."""
+    listed = ", ".join(printable_path(name) for name in names[:shown])
+    return listed if len(names) <= shown else f"{listed}, ... ({len(names):,} in all)"
 
 
 def _hf_dataset(data_dir: str, label_dir: str, split: str | None, open_binary: OpenBinary) -> list[InputFile]:
