@@ -152,9 +152,36 @@ def test_a_job_file_means_the_same_as_the_flags(tmp_path_factory: pytest.TempPat
     for name, value in chosen.items():
         if isinstance(value, bool):
             flags += [f"--{name}"] if value else []
-        else:
-            flags.append(f"--{name}={value}")
+        else:  # a backslash on the command line is written \\ (see the escapes test below)
+            flags.append(f"--{name}={value}".replace("\\", "\\\\"))
     assert resolve(["--config", str(job)]) == resolve(flags)
+
+
+def test_escapes_on_the_command_line_are_newlines_tabs_and_backslashes() -> None:
+    """A shell passes `\\n` as two characters; a template with `\\n` means a newline (the README's example)."""
+    flags = ["-i", "a.jsonl", "-o", "out", "-t", "tok"]
+    config, _ = resolve([*flags, "--template", r"Q: {question}\nContext: {source}\nA: {target}",
+                         "--separator", r"\t=>\n"])
+    assert config.template == "Q: {question}\nContext: {source}\nA: {target}"
+    assert config.separator == "\t=>\n"
+    literal, _ = resolve([*flags, "--template", r"C:\\new {source} \x {target}\\", "--separator", "\\\\n"])
+    assert literal.template == "C:\\new {source} \\x {target}\\", "\\\\ is a backslash; others stay as typed"
+    assert literal.separator == r"\n", "\\\\n is a backslash and an n"
+    assert resolve(flags)[0].separator == " = ", "the default is untouched"
+
+
+def test_job_files_are_read_as_written_without_unescaping(tmp_path: Path) -> None:
+    job = write_job(tmp_path / "job.yaml", (
+        "input: [a.jsonl]\noutput: out\ntokenizer: tok\n"
+        "template: 'Q: {source}\\nA: {target}'\n"  # single quotes: YAML keeps the backslash and the n
+        'separator: "\\t|\\n"\n'  # double quotes: YAML makes a tab and a newline
+    ))
+    config, _ = resolve(["--config", str(job)])
+    assert config.template == r"Q: {source}\nA: {target}"
+    assert config.separator == "\t|\n"
+    block = write_job(tmp_path / "block.yaml",
+                      "input: [a]\noutput: o\ntokenizer: t\ntemplate: |-\n  Q: {source}\n  A: {target}\n")
+    assert resolve(["--config", str(block)])[0].template == "Q: {source}\nA: {target}"
 
 
 def test_every_run_option_can_be_set_from_a_job_file(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from seqpack.pipeline.config import RunFailedError, UsageError
 from seqpack.schemas.stats import AccountingError
@@ -19,24 +20,65 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that ends with the option's default, where it has one worth showing and does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if not text or "default" in text or not action.option_strings or default in (None, "", [], argparse.SUPPRESS):
+            return text
+        if isinstance(default, bool):  # a switch: its help says what giving it does
+            return text
+        shown = f"{default:,}" if isinstance(default, int) else str(default)
+        if shown != shown.strip():
+            shown = repr(shown)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: a mistake gets one line saying what to change, not the whole usage."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(**kwargs)
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        from seqpack.pipeline.options import choice_error
+
+        if action.choices is not None and value not in action.choices:
+            name = next((flag for flag in action.option_strings if flag.startswith("--")), action.dest)
+            raise argparse.ArgumentError(None, choice_error(name, value, action.choices))
+
+    def error(self, message: str) -> NoReturn:
+        # A bad choice already names every valid value; other mistakes point at the help.
+        hint = "" if " must be one of " in message else f" (see `{self.prog} --help`)"
+        self.exit(EXIT_USAGE, f"seqpack: error: {message}{hint}\n")
+
+
+def _command(commands: argparse._SubParsersAction, name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` opens with the line that ``seqpack --help`` shows for it."""
+    return commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".", **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
     from seqpack.pipeline.options import add_run_arguments
 
-    parser = argparse.ArgumentParser(prog="seqpack", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="turn source/target pairs into packed shards",
-                              epilog="Any Apache Beam pipeline option (--runner, --project, ...) is passed on.")
+    parser = argparse.ArgumentParser(prog="seqpack", description=__doc__.splitlines()[0].replace("``", ""))
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
+    run = _command(commands, "run", "turn source/target pairs into packed shards",
+                   epilog="Any Apache Beam pipeline option (--runner, --project, ...) is passed on.")
     add_run_arguments(run)
     run.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     run.add_argument("--config", metavar="JOB.yaml",
                      help="take options from this YAML file (option: value, Beam options under beam:); "
                      "flags given here override it")
     run.set_defaults(_run_parser=run)  # the job file is read against this parser's options
-    demo = commands.add_parser("demo", help="run the whole pipeline on the bundled demo data")
+    demo = _command(commands, "demo", "run the whole pipeline on the bundled demo data")
     demo.add_argument("--output", "-o", default="seqpack-demo", help="where to put the demo tokenizer and dataset")
-    verify = commands.add_parser("verify", help="check every shard of a dataset against its manifest")
+    verify = _command(commands, "verify", "check every shard of a dataset against its manifest")
     verify.add_argument("dataset", help="dataset directory or URL")
-    inspect = commands.add_parser("inspect", help="print decoded blocks: masked text dim, trained text highlighted")
+    inspect = _command(commands, "inspect", "print decoded blocks: masked text dim, trained text highlighted")
     inspect.add_argument("dataset", help="dataset directory or URL")
     inspect.add_argument("--split", default="train", help="split to show (default train)")
     which = inspect.add_mutually_exclusive_group()
@@ -49,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     colors.add_argument("--plain", "--no-color", dest="color", action="store_false", default=None,
                         help="no colours: mark masked text ⟦like this⟧ (the default when not on a terminal)")
     colors.add_argument("--color", dest="color", action="store_true", default=None, help="colours even when piped")
-    report = commands.add_parser("report", help="write a self-contained HTML report with plots")
+    report = _command(commands, "report", "write a self-contained HTML report with plots")
     report.add_argument("dataset", help="dataset directory or URL")
     report.add_argument("--output", "-o", default="report.html", help="HTML file to write (default report.html)")
     report.add_argument("--split", default="train", help="split of the decoded sample blocks")
@@ -86,10 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
-            from seqpack.pipeline.options import apply_job_file
+            from seqpack.pipeline.options import apply_job_file, check_command_line
             from seqpack.pipeline.run import run_from_args
 
             run_argv = argv[argv.index("run") + 1 :]
+            check_command_line(args._run_parser, extra)
             return run_from_args(args, apply_job_file(args._run_parser, args, run_argv) + extra)
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
@@ -12,7 +15,45 @@ from seqpack.chat import STYLES as CHAT_STYLES
 from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
 from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
-from seqpack.pipeline.config import DEDUP_MODES, DEFAULT_BUCKET_TOKENS, FILE_FORMATS, RunConfig, UsageError
+from seqpack.pipeline.config import (
+    DEDUP_MODES,
+    DEFAULT_BUCKET_TOKENS,
+    DEFAULT_MAX_REJECT_FRACTION,
+    FILE_FORMATS,
+    RunConfig,
+    UsageError,
+)
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    r"""``\n``, ``\t`` and ``\\`` typed on the command line become a newline, a tab and a backslash.
+
+    A shell passes ``'Q: {question}\nA: {target}'`` as a backslash and an ``n``; a template means a newline. Any
+    other backslash stays as typed. Job files hold real newlines and are read as written (see ``_job_scalar``).
+
+        >>> unescape(r"Q: {source}\nA: {target}")
+        'Q: {source}\nA: {target}'
+    """
+    return re.sub(r"\\([nt\\])", lambda match: _ESCAPES[match.group(1)], text)
+
+
+_ESCAPES_HELP = r"; on the command line \n, \t and \\ are a newline, a tab and a backslash"
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known option most like ``name`` (dashes and underscores alike), for a "did you mean" hint."""
+    by_key = {}
+    for option in known:
+        by_key.setdefault(_job_key(option), option)
+    close = difflib.get_close_matches(_job_key(name), list(by_key), n=1)
+    return by_key[close[0]] if close else None
+
+
+def choice_error(name: str, value: object, choices: Iterable[object]) -> str:
+    """The one line for a value that is not among an option's choices, on the command line or in a job file."""
+    return f"{name} must be one of {', '.join(map(str, choices))} (got {value!r})"
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,22 +63,27 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                     "save_to_disk dirs; local or gs://, s3://); repeat for several")
     io.add_argument("--output", "-o", help="dataset directory to write (local or gs://, s3://)")
     io.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output")
-    io.add_argument("--format", dest="file_format", choices=FILE_FORMATS, default="parquet")
+    io.add_argument("--format", dest="file_format", choices=FILE_FORMATS, default="parquet",
+                    help="shard files: parquet (zstd) or arrow (Arrow IPC files, same schema)")
     io.add_argument("--validation-fraction", type=float, default=0.0,
                     help="hold out this fraction of pairs (chosen by a hash of their text) into validation/")
     io.add_argument("--row-group-size", type=int, default=256, help="blocks per Parquet row group")
     io.add_argument("--max-record-bytes", type=int, default=64 << 20,
                     help="records larger than this are rejected without being parsed")
+    io.add_argument("--max-reject-fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION,
+                    help="fail, committing nothing, when more than this fraction of the records read is rejected "
+                    "(a wrong field name or template); 1 commits whatever is left")
     io.add_argument("--report", action="store_true",
                     help="also write OUT/report.html: plots, rejected records and decoded blocks (needs matplotlib)")
 
     text = parser.add_argument_group("rendering")
-    text.add_argument("--template", default="plain",
+    text.add_argument("--template", default="plain", type=unescape,
                       help="plain (source + separator → target), alpaca, chat (the tokenizer's chat template), "
-                      "or a format string with {target}")
-    text.add_argument("--source-field", default="source")
-    text.add_argument("--target-field", default="target")
-    text.add_argument("--separator", default=" = ", help="plain template: text between source and target")
+                      "or a format string with {target}: the text before it is masked" + _ESCAPES_HELP)
+    text.add_argument("--source-field", default="source", help="record field of the source, {source} in templates")
+    text.add_argument("--target-field", default="target", help="record field of the target, {target} in templates")
+    text.add_argument("--separator", default=" = ", type=unescape,
+                      help="plain template: masked text between source and target" + _ESCAPES_HELP)
 
     chat = parser.add_argument_group("conversations (--template chat)")
     chat.add_argument("--chat-style", choices=CHAT_STYLES, default="auto",
@@ -52,12 +98,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                      help="Hugging Face tokenizer: local dir, tokenizer.json, .gguf file, gs:// dir or hub id")
     tok.add_argument("--trust-remote-code", action="store_true",
                      help="allow tokenizers that run code from their repository (off by default)")
-    tok.add_argument("--max-length", type=int, default=2048)
+    tok.add_argument("--max-length", type=int, default=2048,
+                     help="tokens per packed block: the context length the model trains with")
     tok.add_argument("--no-eos", dest="add_eos", action="store_false", help="do not append EOS to the target")
     tok.add_argument("--train-on", choices=TRAIN_ON + CHAT_TRAIN_ON[:2], default="target",
                      help="pairs: target (default), source+target (every token of each example), all (also across "
                      "example boundaries); chat: assistant (default), last (final assistant turn), all")
-    tok.add_argument("--overlong", choices=OVERLONG_POLICIES, default="truncate")
+    tok.add_argument("--overlong", choices=OVERLONG_POLICIES, default="truncate",
+                     help="an example longer than --max-length: truncate (keep the target, cut the source from the "
+                     "left), split (into --max-length pieces) or drop")
     tok.add_argument("--pad-id", type=int, default=None, help="padding id (default: pad token, else EOS)")
 
     hygiene = parser.add_argument_group("special tokens and data hygiene")
@@ -70,8 +119,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                          help="drop examples with more source (untrained) tokens")
 
     packing = parser.add_argument_group("shuffling and packing")
-    packing.add_argument("--packing", choices=PACKING_STRATEGIES, default="bfd")
-    packing.add_argument("--seed", type=int, default=0)
+    packing.add_argument("--packing", choices=PACKING_STRATEGIES, default="bfd",
+                         help="bfd (best-fit decreasing: examples never split), wrap (concatenate and cut every "
+                         "--max-length tokens), none (one example per row, unpadded)")
+    packing.add_argument("--seed", type=int, default=0,
+                         help="shuffle seed: the same seed, data and options give the same shards, byte for byte")
     packing.add_argument("--bucket-tokens", type=int, default=DEFAULT_BUCKET_TOKENS,
                          help="tokens per shuffle bucket and shard; bounds a worker's memory")
 
@@ -102,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         trust_remote_code=args.trust_remote_code,
         overwrite=args.overwrite,
         max_record_bytes=args.max_record_bytes,
+        max_reject_fraction=args.max_reject_fraction,
         dedup=args.dedup,
         min_target_tokens=args.min_target_tokens,
         max_source_tokens=args.max_source_tokens,
@@ -135,14 +188,46 @@ def _all_option_classes() -> list[type[PipelineOptions]]:
     return found
 
 
-def unknown_beam_args(beam_args: list[str]) -> list[str]:
-    """Flags that no Beam options class knows: most likely a typo in a seqpack flag."""
+def _beam_parser() -> argparse.ArgumentParser:
+    """A parser of every Beam pipeline option loaded so far (``--dask_*`` once the Dask runner is loaded)."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for cls in _all_option_classes():
         with contextlib.suppress(argparse.ArgumentError):  # an option registered by two classes
             cls._add_argparse_args(parser)
-    _, unknown = parser.parse_known_args(beam_args)
+    return parser
+
+
+def unknown_beam_args(beam_args: list[str]) -> list[str]:
+    """Flags that no Beam options class knows: most likely a typo in a seqpack flag."""
+    _, unknown = _beam_parser().parse_known_args(beam_args)
     return [arg for arg in unknown if arg.startswith("-")]
+
+
+def _long_flags(parser: argparse.ArgumentParser) -> list[str]:
+    return [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+
+
+def check_beam_args(beam_args: list[str], seqpack_flags: Iterable[str] = ()) -> None:
+    """Refuse the first flag that no Beam option class knows, naming the seqpack or Beam option it most looks like.
+
+    Flags Beam knows (``--runner``, ``--project``, ``--direct_running_mode=in_memory``) pass; only the others are
+    reported, so a misspelled ``--max-lenght 128`` fails up front instead of being handed to Beam.
+    """
+    unknown = unknown_beam_args(beam_args)
+    if not unknown:
+        return
+    flag = unknown[0].split("=", 1)[0]
+    hint = closest(flag, [*seqpack_flags, *_long_flags(_beam_parser())])
+    did_you_mean = f" (did you mean {hint}?)" if hint else ""
+    raise UsageError(
+        f"unknown option {flag}{did_you_mean}: see `seqpack run --help`; Beam pipeline options pass through"
+    )
+
+
+def check_command_line(parser: argparse.ArgumentParser, extra: list[str]) -> None:
+    """The flags ``parser`` (``seqpack run``) left over must be Beam options; say which option a typo meant."""
+    _wants_dask(extra)  # loads the --dask_* options when the Dask runner is asked for
+    check_beam_args(extra, _long_flags(parser))
 
 
 DASK_RUNNERS = ("DaskRunner", "seqpack.pipeline.dask_runner.DaskRunner")
@@ -173,11 +258,7 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | No
     offline, so it picks the FnApiRunner itself, with one worker process per core.
     """
     dask = _wants_dask(beam_args)
-    unknown = unknown_beam_args(beam_args)
-    if unknown:
-        raise UsageError(
-            f"unknown option {unknown[0]}: see `seqpack run --help`; Beam pipeline options pass through"
-        )
+    check_beam_args(beam_args)
     options = PipelineOptions(beam_args)
     if dask:
         from seqpack.pipeline.dask_runner import DaskRunner
@@ -232,13 +313,14 @@ def _job_scalar(action: argparse.Action, key: str, value: Any) -> Any:
         value = ",".join(f"{name}={item}" for name, item in value.items())
     if isinstance(value, bool | list):
         raise ValueError(f"{key} takes a single value, got {value!r}")
+    convert = None if action.type is unescape else action.type  # YAML has real newlines: no escapes to undo
     try:
-        converted = action.type(str(value)) if callable(action.type) else str(value)
+        converted = convert(str(value)) if callable(convert) else str(value)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
         kind = getattr(action.type, "__name__", "value")
         raise ValueError(f"{key} must be of type {kind}, got {value!r} ({error})") from None
     if action.choices is not None and converted not in action.choices:
-        raise ValueError(f"{key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+        raise ValueError(choice_error(key, value, action.choices))
     return converted
 
 
@@ -279,8 +361,6 @@ def read_job_file(path: str, parser: argparse.ArgumentParser) -> tuple[dict[str,
     Raises ``UsageError`` (exit code 2) for a file that cannot be read, is not a YAML mapping, names an option
     ``seqpack run`` does not have, or gives a value the option would refuse on the command line.
     """
-    import difflib
-
     import yaml
     from apache_beam.io.filesystems import FileSystems
 
@@ -309,8 +389,8 @@ def read_job_file(path: str, parser: argparse.ArgumentParser) -> tuple[dict[str,
             continue
         found = names.get(_job_key(str(key)))
         if found is None:
-            close = difflib.get_close_matches(_job_key(str(key)), list(names), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(str(key), names)
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise UsageError(f"job file {path}: unknown option {key!r}{hint}; Beam options go under `beam:`")
         action, via_dest = found
         if action.dest in values:
