@@ -45,7 +45,7 @@ def test_a_wrong_field_name_fails_and_names_the_reason_and_an_example(
     output = tmp_path / "out"
     assert main(run_args(inputs, output, tokenizer_dir, "--source-field", "english")) == 1
     error = capsys.readouterr().err
-    assert "every record was rejected" in error and "missing_field" in error
+    assert "no example would be written (480 of 480)" in error and "missing_field" in error
     assert f"{inputs}:1: field 'english' is missing" in error, "one example, with its file and line"
     assert not output.exists(), "nothing committed, nothing left"
 
@@ -69,7 +69,7 @@ def test_nothing_to_write_fails_even_without_rejections(
     tmp_path: Path, inputs: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     assert main(run_args(inputs, tmp_path / "out", tokenizer_dir, "--min-target-tokens", "100")) == 1
-    assert "no example would be written: all 480 records were dropped (target_too_short 480)" in \
+    assert "no example would be written: of 480 records, 480 were dropped (target_too_short 480)" in \
         capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

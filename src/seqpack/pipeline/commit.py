@@ -329,12 +329,16 @@ def _check_enough_written(stats: dict[str, Any], max_reject_fraction: float, des
         raise TooFewWritten("no records were read from the inputs: nothing to write, nothing was committed")
     if written and rejected <= max_reject_fraction * read:
         return
-    if written == 0 and not rejected:
+    dropped = stats["examples_dropped"]
+    if written == 0 and dropped >= rejected:
         drops = ", ".join(f"{reason} {n:,}" for reason, n in sorted(stats["dropped_by_reason"].items()))
-        raise TooFewWritten(f"no example would be written: all {read:,} records were dropped ({drops}); "
-                            "nothing was committed")
+        raise TooFewWritten(
+            f"no example would be written: of {read:,} records, {dropped:,} were dropped ({drops})"
+            + (f" and {rejected:,} rejected" if rejected else "") + "; nothing was committed: check the filters "
+            "(--max-length, --overlong, --min-target-tokens, --max-source-tokens, --dedup)"
+        )
     reason, count = max(stats["rejected_by_reason"].items(), key=lambda item: (item[1], item[0]))
-    limit = "every record was rejected" if written == 0 else (
+    limit = "no example would be written" if written == 0 else (
         f"{rejected / read:.0%} of the records were rejected, more than --max-reject-fraction "
         f"{max_reject_fraction:g}")
     raise TooFewWritten(

@@ -3,8 +3,8 @@
 - **Taking it** is one atomic step: the lock's content (host, pid, a random token) is written to a private
   file first and then hard-linked into place, which fails if a lock exists. No one ever sees an empty lock.
 - **A stale lock** (its process is gone, or its heartbeat stopped for ``STALE_AFTER_SECONDS``) is taken over
-  by renaming it aside and checking that what was moved is the very lock judged stale; a fresh lock moved
-  by mistake in a race is put back. Two runs never both believe they hold it.
+  under a short exclusive takeover guard: the lock is removed only if it is still the very lock judged stale,
+  so a lock another run has just taken over is never removed. Two runs never both believe they hold it.
 - **Fencing**: the heartbeat never writes over a lock that is not its own (locally it only touches the file's
   time), and :meth:`OutputLock.check` compares the token in the file with the run's own before every
   destructive step. A run that was paused past the stale limit and lost its lock to another run stops with
@@ -34,6 +34,8 @@ from seqpack.schemas import LOCK_NAME
 
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 120.0
+TAKEOVER_SUFFIX = ".takeover"
+GUARD_STALE_SECONDS = 10.0
 
 
 class LockLostError(RunFailedError):
@@ -70,6 +72,18 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _take_guard(guard: str) -> bool:
+    """Create ``guard`` exclusively; remove it if a crashed run left it (a takeover takes milliseconds)."""
+    try:
+        os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return True
+    except FileExistsError:
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - os.stat(guard).st_mtime > GUARD_STALE_SECONDS:
+                os.unlink(guard)
+        return False
 
 
 def _is_remote(path: str) -> bool:
@@ -147,27 +161,24 @@ class OutputLock:
         finally:
             os.unlink(private)
 
-    def _remove_stale(self, seen: bytes | None) -> None:
-        """Remove the lock judged stale from ``seen``, and only that one."""
+    def _remove_stale(self, seen: bytes) -> None:
+        """Remove the lock judged stale from ``seen``, and only that one: under a short takeover guard, so a
+        run never removes a lock that another run has just taken over (then it finds that lock fresh)."""
         if _is_remote(self.path):
             FileSystems.delete([self.path])  # best effort on object stores (module docstring)
             return
-        aside = f"{self.path}.{self.token}.stale"
+        guard = f"{self.path}{TAKEOVER_SUFFIX}"
+        if not _take_guard(guard):
+            time.sleep(0.01)  # another run is taking it over: look again
+            return
         try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return  # another run removed it first
-        with open(aside, "rb") as handle:
-            moved = handle.read()
-        if moved != seen:  # a race: what was moved is a fresh lock someone took meanwhile; give it back
-            with contextlib.suppress(FileExistsError):  # else yet another run holds it: the owner fails fencing
-                os.link(aside, self.path)
-            os.unlink(aside)
-            raise UsageError(f"another seqpack run took the lock {self.path} at the same moment; retry")
-        os.unlink(aside)
+            if self._read() == seen:
+                os.unlink(self.path)
+        finally:
+            os.unlink(guard)
 
     def acquire(self) -> None:
-        for _ in range(3):
+        for _ in range(20):
             if self._create_exclusively():
                 self._start_heartbeat()
                 return
