@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                    epilog="Any Apache Beam pipeline option (--runner, --project, ...) is passed on.")
     add_run_arguments(run)
     run.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    run.add_argument("--verbose", "-v", action="store_true",
+                     help="also print Beam's and the local workers' log lines as they happen (by default they go "
+                     "to a log file, named only if the run fails)")
     run.add_argument("--config", metavar="JOB.yaml",
                      help="take options from this YAML file (option: value, Beam options under beam:); "
                      "flags given here override it")

@@ -230,7 +230,7 @@ def summary(manifest: Manifest, stats: dict[str, Any], output: str, *, report: s
     width = max((len(name) for name in manifest.splits), default=0)
     digits = max((len(f"{s.rows:,}") for s in manifest.splits.values()), default=0)
     splits = [
-        f"  {name:<{width}}  {s.rows:>{digits},} {_plural(s.rows, unit)} in {_plural(len(s.shards), 'shard')} · "
+        f"  {name:<{width}}  {s.rows:>{digits},} {unit}{'s' * (s.rows != 1)} in {_plural(len(s.shards), 'shard')} · "
         f"{_plural(s.examples, 'example' if whole else 'segment')} · {s.tokens:,} tokens"
         for name, s in manifest.splits.items()
     ] or ["  no examples were written"]
@@ -273,7 +273,10 @@ def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
     config = config_from_args(args)
     if args.report:
         _require_report_dependencies()
-    committed = run(config, beam_args, progress=not args.quiet)
+    verbose = bool(getattr(args, "verbose", False))
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    committed = run(config, beam_args, progress=not args.quiet, verbose=verbose)
     if committed is None:
         print("seqpack: dry run: the job was built and checked; nothing was run or written", file=sys.stderr)
         return 0
@@ -327,5 +330,6 @@ def run_demo(output: str) -> int:
     )
     manifest, stats = run(config)
     print(summary(manifest, stats, config.output), file=sys.stderr)
+    print(f"  the demo's tokenizer (built from the pairs): {tokenizer_dir}", file=sys.stderr)
     print(config.output)
     return 0
