@@ -194,6 +194,10 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
         from transformers import AutoTokenizer, PreTrainedTokenizerFast
     except ImportError as exc:  # pragma: no cover - transformers is a core dependency
         raise TokenizerError("transformers is not installed: pip install seqpack") from exc
+    if spec.endswith((".json", ".gguf")) and not _is_remote(spec) and not os.path.exists(spec):
+        raise TokenizerError(f"no such tokenizer file {spec!r}: check the path")
+    if _is_hub_id(spec):
+        return _load_from_hub(spec, trust_remote_code=trust_remote_code)
     path = _copy_remote_dir(spec) if _is_remote(spec) else spec
     try:
         if path.endswith(".gguf"):
@@ -203,8 +207,72 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
             return PreTrainedTokenizerFast(tokenizer_file=path)
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many types (OSError, ValueError, HF hub errors)
-        hint = "" if os.path.exists(path) else " (no such local path; a hub id needs network access or the HF cache)"
-        raise TokenizerError(f"cannot load tokenizer {spec!r}{hint}: {exc}") from exc
+        hint = "" if os.path.exists(path) else " (no such local path, nor a name the Hugging Face hub could hold)"
+        raise TokenizerError(f"cannot load tokenizer {spec!r}{hint}: {_one_line(exc)}") from exc
+
+
+HUB_PROBE_SECONDS = 5.0
+"""How long to wait for the Hugging Face hub to answer before calling it unreachable. Without this check, a hub
+id loaded with no network takes most of a minute of retries, each printing warnings, before it fails."""
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def _is_hub_id(spec: str) -> bool:
+    """Not a local path or URL, and shaped like a hub repository (``name`` or ``org/name``)."""
+    if _is_remote(spec) or os.path.exists(spec):
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return False
+    return True
+
+
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be used now (offline mode is set, or it did not answer in ``HUB_PROBE_SECONDS``), or
+    None when it answers. One request, through the same proxy settings the hub client uses."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    for name in _OFFLINE_VARIABLES:
+        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{name} is set"
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=HUB_PROBE_SECONDS)
+    except urllib.error.HTTPError:
+        return None  # an answer, if only an error status: the hub is there
+    except (OSError, ValueError) as error:  # URLError, a timeout, a refused connection
+        return f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached ({getattr(error, 'reason', error)})"
+    return None
+
+
+def _load_from_hub(spec: str, *, trust_remote_code: bool) -> Any:
+    """A hub id: from the hub when it answers, else from the local Hugging Face cache only, failing at once."""
+    from transformers import AutoTokenizer
+
+    offline = hub_unreachable()
+    try:
+        return AutoTokenizer.from_pretrained(
+            spec, trust_remote_code=trust_remote_code, local_files_only=offline is not None
+        )
+    except Exception as exc:  # transformers raises many types (OSError, ValueError, HF hub errors)
+        if offline is None:
+            raise TokenizerError(f"cannot load tokenizer {spec!r} from the Hugging Face hub: {_one_line(exc)}") from exc
+        raise TokenizerError(
+            f"cannot load tokenizer {spec!r}: it is not a local path, {offline}, and it is not in the local "
+            "Hugging Face cache. Pass a local tokenizer: --tokenizer path/to/dir (a directory with tokenizer.json), "
+            f"a tokenizer.json file or a .gguf file; `hf download {spec} --local-dir DIR` on a machine with network "
+            "makes such a directory"
+        ) from exc
+
+
+def _one_line(error: Exception) -> str:
+    """An exception's message on one line: transformers' span several, and seqpack prints one line per error."""
+    return " ".join(str(error).split())
 
 
 def add_special_tokens(tokenizer: Any, tokens: list[str] | tuple[str, ...]) -> dict[str, int]:
