@@ -188,3 +188,15 @@ def test_ctrl_c_and_sigterm_print_one_line_and_release_everything(
     assert not output.exists() or sorted(os.listdir(output)) == [], "no lock, no staging, no revision left"
     assert os.listdir(private_tmp["TMPDIR"]) == []
     assert not (output / LOCK_NAME).exists()
+
+
+def test_verbose_shows_beams_log_lines(tmp_path: Path, inputs: Path, tokenizer_dir: Path) -> None:
+    result = cli("run", "-v", "-i", str(inputs), "-o", str(tmp_path / "out"), "-t", str(tokenizer_dir),
+                 "--max-length", "128", IN_PROCESS)
+    assert result.returncode == 0, result.stderr
+    assert "apache_beam" in result.stderr
+
+
+def test_the_demo_says_where_its_tokenizer_is(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["demo", "-o", str(tmp_path / "demo")]) == 0
+    assert f"the demo's tokenizer (built from the pairs): {tmp_path / 'demo' / 'tokenizer'}" in capsys.readouterr().err
