@@ -87,13 +87,15 @@ def test_last_turn_only(tmp_path: Path, chatml_dir: Path) -> None:
     assert [t for row in rows for t in trained_runs(row, tokenizer)] == ["Le chien<|im_end|>"]
 
 
-def test_non_prefix_stable_template_rejects(tmp_path: Path, tokenizer_dir: Path) -> None:
+def test_non_prefix_stable_template_rejects(tmp_path: Path, tokenizer_dir: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
     counter_dir = chat_tokenizer(tokenizer_dir, tmp_path / "counter", COUNTER)
     data = write_jsonl(tmp_path / "chats.jsonl", RECORDS[:3])
     output = tmp_path / "out"
-    assert run("-i", str(data), "-o", str(output), "-t", str(counter_dir)) == 0
-    stats = json.loads(dataset_file(output, "stats.json").read_text())
-    assert stats["rejected_by_reason"] == {"template_not_prefix_stable": 3}
+    assert run("-i", str(data), "-o", str(output), "-t", str(counter_dir)) == 1, "every record rejected: no commit"
+    assert "the top reason is template_not_prefix_stable (3)" in capsys.readouterr().err
+    assert run("-i", str(data), "-o", str(output), "-t", str(counter_dir), "--max-reject-fraction", "1") == 1
+    assert not (output / "manifest.json").exists()
 
 
 def test_tokenizer_without_chat_template_is_a_usage_error(tmp_path: Path, tokenizer_dir: Path,
