@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from seqpack.demo import build_tokenizer, make_pairs
+
+# helpers.py and shardgen.py live here; the tests in tests/dataset/, tests/loader/ and tests/tools/ import them too.
+TESTS = str(Path(__file__).resolve().parent)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
 
 EXTRA_TEXTS = ["Hello world", "Translate to French", "### Response:", "Below is an instruction"]
 

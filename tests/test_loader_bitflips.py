@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shardgen import blocks_table, make_examples, pack, write_dataset
 
-from seqpack.dataset import COLUMNS, _Flatbuffer
+from seqpack.dataset import COLUMNS
+from seqpack.dataset.arrow_footer import _Flatbuffer
 from seqpack.loader import PackedDataset
 from seqpack.schemas import DatasetFormatError
 

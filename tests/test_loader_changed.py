@@ -153,9 +153,9 @@ def test_a_commit_while_opening_is_reported_as_a_change(tmp_path: Path, monkeypa
     """The shards vanish between reading the manifest and checking them: not "re-copy the dataset"."""
     url = str(tmp_path / "out")
     write_old(url)
-    from seqpack import dataset as dataset_module
+    from seqpack.dataset import shards as shards_module
 
-    original = dataset_module._check_and_open
+    original = shards_module.check_and_open
     once = threading.Lock()  # shards are checked in threads: the first one commits
 
     def commit_first(*args: object) -> object:
@@ -164,7 +164,7 @@ def test_a_commit_while_opening_is_reported_as_a_change(tmp_path: Path, monkeypa
                 commit_new_revision(url)
         return original(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(dataset_module, "_check_and_open", commit_first)
+    monkeypatch.setattr(shards_module, "check_and_open", commit_first)
     with pytest.raises(DatasetChangedError, match="while it was being opened"):
         ShardSet.open(url)
 

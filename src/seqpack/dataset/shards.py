@@ -1,0 +1,178 @@
+"""One split's shards, cut into units (row groups or record batches) that are read one at a time.
+
+Every ``ShardSet`` pins the manifest it opened (its sha256) and checks it again whenever it opens a shard, so a
+dataset replaced by ``seqpack run --overwrite`` while it is being read raises :class:`DatasetChangedError`
+instead of mixing two datasets.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from seqpack.dataset.footers import COLUMNS, IO_THREADS, ShardLayout, check_and_open
+from seqpack.dataset.location import Location
+from seqpack.dataset.manifest_io import changed_error, check_manifest, choose_splits, read_manifest
+from seqpack.dataset.verify import verify_dataset
+from seqpack.schemas import DatasetFormatError, Manifest
+from seqpack.schemas.columns import TOKEN_COLUMNS
+
+_OPEN_READERS = 8
+"""Shards a ``ShardSet`` keeps open at once."""
+
+
+class ShardSet:
+    """The shards of one split, cut into units (row groups or record batches) that can be read one at a time.
+
+    Opening reads the manifest and every shard's footer (in parallel threads, for remote stores); reading a
+    unit decodes only that unit. Memory is bounded by the units a caller keeps, never by the dataset.
+    Parquet pages are checked against their CRC32 as they are decoded, so a flipped bit is an error, not
+    another token id.
+
+        shards = ShardSet.open("out/", split="train")
+        table = shards.read_unit(0)          # a pyarrow Table with the block columns
+    """
+
+    def __init__(
+        self, location: Location, manifest: Manifest, split: str, layouts: list[ShardLayout], *, manifest_sha256: str
+    ) -> None:
+        self.location = location
+        self.manifest = manifest
+        self.manifest_sha256 = manifest_sha256
+        """Of the manifest's bytes when opened: a shard is read only while the manifest is still this one."""
+        self.split = split
+        self.shards = manifest.splits[split].shards
+        sizes = [layout.unit_rows for layout in layouts]
+        self.unit_shard = np.repeat(np.arange(len(sizes), dtype=np.int64), [len(s) for s in sizes])
+        self.unit_index = np.asarray([i for s in sizes for i in range(len(s))], dtype=np.int64)
+        self.unit_rows = np.asarray([r for s in sizes for r in s], dtype=np.int64)
+        self._readers: OrderedDict[int, Any] = OrderedDict()
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        split: str = "train",
+        verify: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> ShardSet:
+        location = Location.of(url, storage_options)
+        manifest, manifest_sha256 = read_manifest(location)
+        choose_splits(manifest, [split], location)
+        shards = manifest.splits[split].shards
+        try:
+            if verify:
+                verify_dataset(url, splits=[split], storage_options=storage_options)
+            with ThreadPoolExecutor(max_workers=max(1, min(IO_THREADS, len(shards)))) as pool:
+                layouts = list(pool.map(lambda s: check_and_open(location, manifest.file_format, s), shards))
+        except DatasetFormatError:
+            check_manifest(location, manifest_sha256, "opened")  # a commit in between explains a missing shard
+            raise
+        return cls(location, manifest, split, layouts, manifest_sha256=manifest_sha256)
+
+    @property
+    def num_units(self) -> int:
+        return len(self.unit_rows)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.unit_rows.sum())
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`DatasetChangedError` if ``manifest.json`` is no longer the one this set was opened with.
+
+        One small read; it is done on every shard open and costs microseconds locally (see docs/loader.md).
+        """
+        check_manifest(self.location, self.manifest_sha256, "read")
+
+    def read_unit(self, unit: int) -> pa.Table:
+        """Decode one row group (or record batch) with every block column."""
+        shard = int(self.unit_shard[unit])
+        index = int(self.unit_index[unit])
+        name = self.location.name(self.shards[shard].path)
+        try:
+            reader = self._reader(shard)
+            if self.manifest.file_format == "parquet":
+                table = reader.read_row_group(index, columns=list(COLUMNS))
+            else:
+                table = pa.Table.from_batches([reader.get_batch(index)])
+            # Microseconds (list offsets only); a corrupt Arrow IPC batch can otherwise abort the process later.
+            table.validate(full=True)
+        except FileNotFoundError as exc:
+            self.check_unchanged()
+            raise changed_error(self.location, f"{name} was deleted while the manifest still lists it") from exc
+        except (pa.ArrowException, OSError) as exc:
+            self.check_unchanged()
+            raise DatasetFormatError(
+                f"{name}: unit {index} cannot be decoded ({exc}); the file is corrupt. "
+                "`seqpack verify` checks every shard against the manifest."
+            ) from exc
+        if table.num_rows != self.unit_rows[unit]:
+            self.check_unchanged()
+            raise DatasetFormatError(f"{name}: unit {index} changed size since the dataset was opened")
+        if problem := _unit_problem(table):
+            raise DatasetFormatError(
+                f"{name}: unit {index} is corrupt ({problem}). "
+                "`seqpack verify` checks every shard against the manifest."
+            )
+        return table
+
+    def _reader(self, shard: int) -> Any:
+        """An open reader for ``shard``, from a small per-process cache (file handles are not pickled)."""
+        if shard in self._readers:
+            self._readers.move_to_end(shard)
+            return self._readers[shard][0]
+        path = self.location.path(self.shards[shard].path)
+        # Local files are read, not memory-mapped: the loader wraps decoded buffers, which must be private memory.
+        handle: Any = pa.OSFile(path) if self.location.is_local else self.location.fs.open(path, "rb")
+        try:
+            if self.manifest.file_format == "arrow":
+                reader = pa.ipc.open_file(handle)
+            else:
+                reader = pq.ParquetFile(handle, page_checksum_verification=True)
+            # Checked after opening: an open handle keeps reading the file it opened even when a commit deletes
+            # it (POSIX), and a commit replaces the manifest before deleting, so an unchanged manifest now means
+            # the handle holds this dataset's file. On object stores a later read of a deleted file fails instead.
+            self.check_unchanged()
+        except BaseException:
+            handle.close()
+            raise
+        self._readers[shard] = (reader, handle)
+        if len(self._readers) > _OPEN_READERS:
+            _, (_, old) = self._readers.popitem(last=False)
+            old.close()
+        return reader
+
+    def close(self) -> None:
+        while self._readers:
+            _, (_, handle) = self._readers.popitem()
+            handle.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_readers"] = OrderedDict()
+        return state
+
+
+def _unit_problem(table: pa.Table) -> str | None:
+    """What breaks the rules that tie a unit's columns together, if anything.
+
+    Page checksums cover page data, not page headers; a flipped bit in a header's value count can drop the last
+    values of one column, which these checks see: a few comparisons per row and one sum over the mask.
+    """
+    lengths = [pc.list_value_length(table.column(name)) for name in TOKEN_COLUMNS]
+    for name, column in zip(TOKEN_COLUMNS[1:], lengths[1:], strict=True):
+        if not column.equals(lengths[0]):
+            return f"rows of {name} and {TOKEN_COLUMNS[0]} differ in length"
+    real = pc.sum(pc.list_flatten(table.column("attention_mask")), min_count=0).as_py()
+    listed = pc.sum(pc.list_flatten(table.column("seq_lens")), min_count=0).as_py()
+    if real != listed:
+        return f"{real} tokens are marked real but seq_lens adds up to {listed}"
+    return None

@@ -1,0 +1,105 @@
+"""``seqpack verify``: every shard against the manifest, byte for byte, before a long training run trusts it.
+
+    summary = verify_dataset("gs://bucket/out")         # sha256 of every shard, names the bad one
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from seqpack.dataset.footers import COLUMNS, IO_THREADS, open_shard, shard_errors
+from seqpack.dataset.location import Location
+from seqpack.dataset.manifest_io import choose_splits, read_manifest
+from seqpack.schemas import MANIFEST_NAME, DatasetFormatError, Manifest, ShardInfo
+
+_HASH_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class VerifySummary:
+    """What :func:`verify_dataset` checked."""
+
+    splits: int
+    shards: int
+    bytes: int
+    rows: int
+
+    def __str__(self) -> str:
+        return f"{self.shards} shards in {self.splits} splits, {self.bytes:,} bytes, {self.rows:,} rows checked"
+
+
+def verify_dataset(
+    url: str, *, splits: list[str] | None = None, storage_options: dict[str, Any] | None = None
+) -> VerifySummary:
+    """Check every shard against the manifest: present, same size, same sha256, block schema, row count.
+
+    Raises one ``DatasetFormatError`` that names every bad file; prints nothing.
+    """
+    location = Location.of(url, storage_options)
+    manifest = read_manifest(location)[0]
+    chosen = choose_splits(manifest, splits, location)
+    shards = [shard for name in chosen for shard in manifest.splits[name].shards]
+    with ThreadPoolExecutor(max_workers=max(1, min(IO_THREADS, len(shards)))) as pool:
+        problems = [p for p in pool.map(lambda s: _verify_shard(location, manifest, s), shards) if p]
+    if problems:
+        raise DatasetFormatError(
+            f"{len(problems)} of {len(shards)} shards in {location.url} do not match {MANIFEST_NAME}:\n  "
+            + "\n  ".join(problems)
+            + "\nRe-copy these files from the original output, or rebuild the dataset."
+        )
+    return VerifySummary(
+        splits=len(chosen),
+        shards=len(shards),
+        bytes=sum(s.bytes for s in shards),
+        rows=sum(s.rows for s in shards),
+    )
+
+
+def _verify_shard(location: Location, manifest: Manifest, shard: ShardInfo) -> str | None:
+    """One line describing what is wrong with ``shard``, or None when it matches the manifest."""
+    name = location.name(shard.path)
+    path = location.path(shard.path)
+    if not location.fs.exists(path):
+        return f"{name}: missing"
+    size = location.fs.size(path)
+    if size != shard.bytes:
+        return f"{name}: {size} bytes, the manifest says {shard.bytes} (truncated or replaced)"
+    digest = hashlib.sha256()
+    with location.fs.open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    if digest.hexdigest() != shard.sha256:
+        return f"{name}: sha256 {digest.hexdigest()} does not match the manifest's {shard.sha256} (corrupt)"
+    try:
+        units = open_shard(location, manifest.file_format, shard).unit_rows
+        examples, tokens = _shard_counts(location, manifest.file_format, shard)
+    except DatasetFormatError as exc:
+        return str(exc)
+    if sum(units) != shard.rows:
+        return f"{name}: {sum(units)} rows, the manifest says {shard.rows}"
+    if (examples, tokens) != (shard.examples, shard.tokens):
+        return (
+            f"{name}: {examples:,} examples and {tokens:,} tokens, the manifest says {shard.examples:,} and "
+            f"{shard.tokens:,}"
+        )
+    return None
+
+
+def _shard_counts(location: Location, file_format: str, shard: ShardInfo) -> tuple[int, int]:
+    """Examples and real tokens in a shard, from its small ``seq_lens`` column (one length per example)."""
+    with shard_errors(location, file_format, shard):
+        with location.fs.open(location.path(shard.path), "rb") as handle:
+            if file_format == "parquet":
+                table = pq.ParquetFile(handle, page_checksum_verification=True).read(columns=["seq_lens"])
+            else:
+                fields = [COLUMNS.index("seq_lens")]
+                table = pa.ipc.open_file(handle, options=pa.ipc.IpcReadOptions(included_fields=fields)).read_all()
+        lengths = pc.list_flatten(table.column("seq_lens"))
+        return len(lengths), int(pc.sum(lengths, min_count=0).as_py())
