@@ -7,23 +7,33 @@
         loss = model(**batch).loss
 
 Needs torch: ``pip install 'seqpack[loader]'``. See docs/loader.md.
+
+The names that need torch are imported when first used (PEP 562), so the pure-numpy parts (the sample order in
+:mod:`seqpack.loader.order`, the state checks in :mod:`seqpack.loader.state`) and ``data_files`` work without it.
 """
 
-try:
-    import torch  # noqa: F401
-except ImportError as exc:  # pragma: no cover - exercised only without torch
-    raise ImportError("seqpack.loader needs PyTorch: pip install 'seqpack[loader]'") from exc
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from seqpack.dataset import DatasetChangedError, data_files
-from seqpack.loader.collate import (
-    block_causal_mask,
-    collate_4d_mask,
-    collate_padded,
-    collate_padding_free,
-)
-from seqpack.loader.dataloader import PackedDataLoader
 from seqpack.loader.order import EpochOrder, OrderSpec
-from seqpack.loader.packed import PackedDataset
+
+if TYPE_CHECKING:
+    from seqpack.loader.collate import block_causal_mask, collate_4d_mask, collate_padded, collate_padding_free
+    from seqpack.loader.dataloader import PackedDataLoader
+    from seqpack.loader.packed import PackedDataset
+
+_NEED_TORCH = {
+    "PackedDataLoader": "seqpack.loader.dataloader",
+    "PackedDataset": "seqpack.loader.packed",
+    "block_causal_mask": "seqpack.loader.collate",
+    "collate_4d_mask": "seqpack.loader.collate",
+    "collate_padded": "seqpack.loader.collate",
+    "collate_padding_free": "seqpack.loader.collate",
+}
+"""Each name that needs torch, and the module that defines it."""
 
 __all__ = [
     "DatasetChangedError",
@@ -37,3 +47,23 @@ __all__ = [
     "collate_padding_free",
     "data_files",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a name that needs torch on first use, or say how to install torch."""
+    module = _NEED_TORCH.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"seqpack.loader.{name} needs PyTorch, which is not installed: pip install 'seqpack[loader]'"
+        ) from exc
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_NEED_TORCH})

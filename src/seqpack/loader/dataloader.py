@@ -43,15 +43,14 @@ class PackedDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         dataset: PackedDataset = self.dataset  # type: ignore[assignment]
-        epoch, seen = dataset._position()
-        dataset._set(epoch, seen)
+        epoch, seen = dataset.start_pass()
         total = len(dataset)
         step = self.batch_size or 1
         for batch in super().__iter__():
             seen = min(seen + step, total)
-            dataset._advance(epoch, seen)
+            dataset.mark_received(epoch, seen)
             yield batch
-        dataset._set(epoch + 1, 0)
+        dataset.finish_pass(epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """The dataset's state: epoch, samples the loop has received, and the settings that fix the order."""

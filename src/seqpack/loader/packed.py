@@ -201,16 +201,41 @@ class PackedDataset(IterableDataset):
             digest.update(f"{shard.path}:{shard.sha256}\n".encode())
         return digest.hexdigest()[:16]
 
+    # ------------------------------------------------------- for a DataLoader that counts the batches
+
+    # With workers, only the main process knows which samples the loop has received. A DataLoader that counts
+    # them (``PackedDataLoader``) keeps the position with these three calls, so that ``state_dict()`` is right:
+    #
+    #     epoch, seen = ds.start_pass()             # before the workers start
+    #     ds.mark_received(epoch, seen + n)         # after each batch of n samples reaches the loop
+    #     ds.finish_pass(epoch)                     # after the last batch of the epoch
+
+    def start_pass(self) -> tuple[int, int]:
+        """Make the loop's position (epoch, samples received) the point where the next pass starts; return it.
+
+        Call it before the pass starts its workers: they read the start when they begin.
+        """
+        epoch, seen = self._position()
+        self._set(epoch, seen)
+        return epoch, seen
+
+    def mark_received(self, epoch: int, samples_seen: int) -> None:
+        """The loop has received the first ``samples_seen`` samples of ``epoch``: ``state_dict()`` reports it.
+
+        Workers already running are not moved: they go on from where the pass started.
+        """
+        self._progress = (epoch, samples_seen)
+
+    def finish_pass(self, epoch: int) -> None:
+        """The loop has received the whole of ``epoch``: the next pass starts epoch + 1 from its beginning."""
+        self._set(epoch + 1, 0)
+
     def _set(self, epoch: int, seen: int) -> None:
         """Move both the loop's position and the next pass's start (between passes only)."""
         self._progress = (epoch, seen)
         start = self._start.numpy()  # a numpy view writes in 0.2 µs, a tensor item in 3 µs
         start[0] = epoch
         start[1] = seen
-
-    def _advance(self, epoch: int, seen: int) -> None:
-        """Record the loop's position during a pass, leaving the start that workers read alone."""
-        self._progress = (epoch, seen)
 
     def _normalized(self, epoch: int, seen: int) -> tuple[int, int]:
         """A finished epoch is the start of the next one."""

@@ -10,7 +10,7 @@ import pytest
 from shardgen import make_examples, write_dataset
 
 pytest.importorskip("transformers")
-EXAMPLE = Path(__file__).parent.parent / "examples" / "train_hf.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_hf.py"
 
 
 def load_example() -> ModuleType:
