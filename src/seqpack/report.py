@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 
 import seqpack
 from seqpack.dataset import Location, ShardSet, open_manifest
-from seqpack.inspect import BlockView, InspectError, decoded_blocks, escape_text, load_dataset_tokenizer
 from seqpack.readers import REASONS
 from seqpack.schemas import REJECTED_FILE, STATS_NAME, DatasetFormatError, Manifest
 from seqpack.schemas import stats as stats_format
+from seqpack.tools.blocks import BlockView, InspectError, decoded_blocks, escape_text, load_dataset_tokenizer
 
 EXAMPLES_PER_REASON = 3
 RAW_CHARS = 400

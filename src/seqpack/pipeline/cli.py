@@ -175,8 +175,8 @@ def _verify(dataset: str) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from seqpack.inspect import InspectError, NoSuchBlock, inspect_blocks, render_inspection, use_color
     from seqpack.schemas import DatasetFormatError
+    from seqpack.tools.blocks import InspectError, NoSuchBlock, inspect_blocks, render_inspection, use_color
 
     try:
         inspection = inspect_blocks(args.dataset, split=args.split, rows=args.block or (),

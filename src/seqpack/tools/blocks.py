@@ -1,4 +1,5 @@
-"""Look at blocks the way the model will see them: decoded, masked text dim, trained text highlighted.
+"""``seqpack inspect``: look at blocks the way the model will see them, decoded, masked text dim, trained text
+highlighted.
 
 ``seqpack inspect OUT`` prints blocks of a finished dataset in the terminal; ``seqpack report`` renders the same
 views as HTML. No Beam and no torch: the dataset is read through :mod:`seqpack.dataset` (any fsspec filesystem)
@@ -29,8 +30,6 @@ from seqpack import IGNORE_INDEX
 from seqpack.dataset import Location, ShardSet
 from seqpack.schemas import TOKENIZER_DIR, Manifest
 from seqpack.tokenizer import TokenizerError, fingerprint, load_tokenizer
-
-"""A dataset may carry its tokenizer in this subdirectory; ``inspect`` prefers it to the manifest's name."""
 
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"
 NEWLINE_MARK = "↵"

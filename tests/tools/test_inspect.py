@@ -14,7 +14,10 @@ from helpers import dataset_file, write_jsonl
 from shardgen import Example, write_dataset
 from transformers import AutoTokenizer
 
-from seqpack.inspect import (
+from seqpack.pipeline.cli import main
+from seqpack.pipeline.run import summary
+from seqpack.schemas import Manifest
+from seqpack.tools.blocks import (
     MASK_CLOSE,
     MASK_OPEN,
     block_view,
@@ -23,9 +26,6 @@ from seqpack.inspect import (
     render_block,
     tokenizer_spec,
 )
-from seqpack.pipeline.cli import main
-from seqpack.pipeline.run import summary
-from seqpack.schemas import Manifest
 
 EXAMPLE_LINE = re.compile(r"^ +#(\d+) ⟦<s>(.*) = ⟧(.*)</s>$")
 

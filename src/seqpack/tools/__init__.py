@@ -1,0 +1,5 @@
+"""The tools that show a finished dataset to a person; no Beam and no torch.
+
+- :mod:`seqpack.tools.blocks`: ``seqpack inspect``, decoded blocks in the terminal.
+- :mod:`seqpack.tools.report`: ``seqpack report``, one self-contained HTML file with plots.
+"""
