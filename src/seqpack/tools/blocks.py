@@ -74,10 +74,6 @@ class Span:
 class ExampleView:
     spans: tuple[Span, ...]
 
-    @property
-    def tokens(self) -> int:
-        return sum(span.tokens for span in self.spans)
-
 
 @dataclass(frozen=True)
 class BlockView:
