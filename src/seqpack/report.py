@@ -29,8 +29,7 @@ import pyarrow.parquet as pq
 
 import seqpack
 from seqpack.dataset import Location, ShardSet, open_manifest
-from seqpack.readers import REASONS
-from seqpack.schemas import REJECTED_FILE, STATS_NAME, DatasetFormatError, Manifest
+from seqpack.schemas import REASONS, REJECTED_FILE, STATS_NAME, DatasetFormatError, Manifest, RejectedLine
 from seqpack.schemas import stats as stats_format
 from seqpack.tools.blocks import BlockView, InspectError, decoded_blocks, escape_text, load_dataset_tokenizer
 
@@ -41,28 +40,6 @@ REJECTED_SCAN_BYTES = 64 << 20
 """Read at most this much of rejected.jsonl looking for examples: a huge file must not make the report slow."""
 MAX_UNITS = 2000
 """Row groups whose ``seq_lens`` are read for the block plots; a larger dataset is sampled evenly."""
-LATER_REASONS = {
-    "missing_field": "the record lacks the source or target field the template needs",
-    "null_field": "the source or target field is null",
-    "not_a_string": "the source or target field is not a string",
-    "empty_target": "the target is empty, or tokenizes to no tokens (for a conversation: no assistant token to "
-    "train on)",
-    "chat_template_error": "the chat template failed, or went over a rendering limit (steps, size, time), for this "
-    "record; the detail says which",
-    "template_not_prefix_stable": "the chat template rewrites earlier text as the conversation grows (a message "
-    "count, reasoning stripped from older turns), so the assistant turns cannot be located exactly; the detail "
-    "shows where the renderings differ",
-    "no_assistant_turn": "the conversation has no assistant message, so there is nothing to train on",
-    "assistant_turn_first": "the conversation starts with an assistant message, with no prompt before it: add a "
-    "system or user message first",
-    "bad_message": "a message is not an object, or lacks a string role or content (or its tool_calls is not a "
-    "list); the detail names the message",
-    "unknown_role": "a message's role is not one seqpack knows: map it with --role-map NAME=ROLE (e.g. human=user)",
-    "not_a_list": "the messages field is not a list of messages",
-    "empty_conversation": "the messages field is an empty list",
-}
-"""What the reason codes of later steps (templates, chat rendering, tokenizing) mean; ``readers.REASONS`` has
-the reader's."""
 PLOT_COLOR, MARK_COLOR = "#4c72b0", "#c44e52"
 _NONCHARACTERS = re.compile("[\ufdd0-\ufdef\ufffe\uffff]")
 
@@ -286,7 +263,7 @@ def block_stats(url: str, manifest: Manifest, *, max_units: int = MAX_UNITS) -> 
 class RejectedSamples:
     """A few raw rejected records per reason, read from the start of ``rejected.jsonl``."""
 
-    by_reason: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    by_reason: dict[str, list[RejectedLine]] = field(default_factory=dict)
     truncated_scan: bool = False
     path: str = REJECTED_FILE
     """The file, relative to the dataset directory."""
@@ -476,7 +453,7 @@ def nothing_written_banner(stats: Mapping[str, Any]) -> str:
     return f'<p class="banner" role="alert"><strong>Nothing was written</strong>: {esc(why)}.</p>'
 
 
-def _sample_html(entry: Mapping[str, Any]) -> str:
+def _sample_html(entry: RejectedLine) -> str:
     raw = str(entry.get("raw", ""))
     shown = raw[:RAW_CHARS] + ("…" if len(raw) > RAW_CHARS else "")
     where = f"{entry.get('file')}:{entry.get('line')}" if entry.get("line") is not None else str(entry.get("file"))
@@ -493,7 +470,7 @@ def rejected_section(stats: Mapping[str, Any], samples: RejectedSamples) -> str:
         (
             esc(reason),
             f"{count:,}",
-            esc(REASONS.get(reason) or LATER_REASONS.get(reason, "")),
+            esc(REASONS.get(reason, "")),
             "".join(_sample_html(entry) for entry in samples.by_reason.get(reason, [])),
         )
         for reason, count in sorted(rejected.items(), key=lambda item: (-item[1], item[0]))

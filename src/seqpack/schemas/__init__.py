@@ -1,7 +1,7 @@
 """The on-disk contract between the writer (Beam pipeline) and the reader (loader, verify, inspect).
 
 Everything that both sides need to agree on is defined here once: the Arrow schema of a shard, the
-manifest that marks a dataset as complete, and the statistics file.
+manifest that marks a dataset as complete, the statistics file, and the reason codes of rejected records.
 """
 
 from seqpack.schemas.columns import (
@@ -30,6 +30,7 @@ from seqpack.schemas.manifest import (
     TokenizerInfo,
     safe_relative_path,
 )
+from seqpack.schemas.rejected import REASONS, RejectedLine
 
 __all__ = [
     "BLOCK_SCHEMA",
@@ -52,4 +53,6 @@ __all__ = [
     "blocks_to_table",
     "check_schema",
     "safe_relative_path",
+    "REASONS",
+    "RejectedLine",
 ]
