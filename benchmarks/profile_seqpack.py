@@ -47,7 +47,7 @@ IDLE_LEAVES = (
 )
 
 STAGES = [  # (stage, predicate on the innermost seqpack frame's file and function, the stack text)
-    ("read: open/parse JSONL (seqpack.readers)", lambda f, s: f in ("readers.py", "transforms/read.py")),
+    ("read: open/parse JSONL (seqpack.inputs)", lambda f, s: f.startswith("inputs/") or f == "transforms/read.py"),
     ("render template", lambda f, s: f in ("transforms/render.py", "templates.py")),
     # the Rust call has no Python frame of its own: it shows as the seqpack line that calls it
     ("tokenize: Python thread in the tokenizer call (encode_batch, ids to lists)",

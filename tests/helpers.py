@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def write_jsonl(path: Path, records: list) -> Path:
@@ -17,3 +21,9 @@ def dataset_file(dataset: Path, name: str) -> Path:
     """Where the committed revision of ``dataset`` keeps ``name`` (``stats.json``, ``rejected/rejected.jsonl``)."""
     manifest = json.loads((Path(dataset) / "manifest.json").read_text())
     return Path(dataset) / manifest.get("directory", "") / name
+
+
+def flat(lists: Iterable[list[T]]) -> list[T]:
+    """The items of a reader's lists (``iter_file_lists``, ``iter_input_lists``), in order: readers hand records
+    on a list at a time, and most tests compare items, not how they were grouped."""
+    return [item for items in lists for item in items]

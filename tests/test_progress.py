@@ -16,8 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import dataset_file, write_jsonl
+from helpers import dataset_file, flat, write_jsonl
 
+from seqpack.inputs import InputFile, Record, iter_file_lists
 from seqpack.pipeline.cli import main
 from seqpack.pipeline.progress import (
     InputSize,
@@ -28,7 +29,6 @@ from seqpack.pipeline.progress import (
     input_size,
     read_totals,
 )
-from seqpack.readers import InputFile, Record, iter_file
 from seqpack.transforms.progress import CHECK_EVERY, FIELDS, PROGRESS_DIR_ENV, ProgressCounter, progress_from_env
 from seqpack.transforms.read import beam_open
 
@@ -105,8 +105,8 @@ def _input_files(root: Path) -> dict[str, tuple[Path, str]]:
 def test_counting_open_reads_every_format_exactly_like_beam_open(tmp_path: Path) -> None:
     for name, (path, fmt) in _input_files(tmp_path).items():
         counter = ProgressCounter(str(tmp_path), period=60.0)
-        expected = list(iter_file(str(path), beam_open, fmt))
-        counted = list(iter_file(str(path), counter.counting_open, fmt))
+        expected = flat(iter_file_lists(str(path), beam_open, fmt))
+        counted = flat(iter_file_lists(str(path), counter.counting_open, fmt))
         assert counted == expected, name
         assert all(isinstance(item, Record) for item in counted), name
         size = path.stat().st_size

@@ -15,7 +15,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from seqpack.readers import InputError, Record
+from seqpack.inputs import InputError, Record
 from seqpack.transforms.read import ReadRecords, resolve_inputs
 
 

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from seqpack.readers import InputFile
+from seqpack.inputs import InputFile
 from seqpack.transforms.progress import FIELDS, PROGRESS_DIR_ENV, SUFFIX, interval_from_env
 
 _TAIL_BYTES = 4096
@@ -91,7 +91,7 @@ class InputSize:
     bytes: int | None
     """None when some file's size cannot be learnt cheaply."""
     parts: int = 0
-    """Units the workers read: files, or byte ranges of big files (``seqpack.ranges``); 0 means ``files``."""
+    """Units the workers read: files, or byte ranges of big files (``seqpack.inputs.ranges``); 0 means ``files``."""
 
     @property
     def units(self) -> int:

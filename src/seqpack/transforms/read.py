@@ -4,7 +4,7 @@
     >>> read = pipeline | "ReadRecords" >> ReadRecords(files)
     >>> read.records, read.rejected                                 # PCollections of Record and Rejected
 
-``records`` holds ``seqpack.readers.Record`` objects (fields dict + origin). Beam encodes them with its
+``records`` holds ``seqpack.inputs.Record`` objects (fields dict + origin). Beam encodes them with its
 fallback coder, which pickles a slotted dataclass compactly (the class name once, then the two
 values); the read path never unpickles input data. Records come out in no particular order: downstream
 steps that need determinism order by ``origin``, which is unique and stable.
@@ -21,14 +21,14 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.faults import checkpoint
-from seqpack.ranges import split_inputs
-from seqpack.readers import (
+from seqpack.inputs import (
     DEFAULT_MAX_RECORD_BYTES,
     InputError,
     InputFile,
     Record,
     expand_inputs,
     iter_input_lists,
+    split_inputs,
 )
 from seqpack.transforms.progress import ProgressCounter, progress_from_env
 
@@ -57,7 +57,7 @@ def beam_open(path: str) -> BinaryIO:
 
 def resolve_inputs(patterns: Sequence[str]) -> list[InputFile]:
     """Globs, files and directories to a sorted list of files, big local JSON lines files cut into byte ranges
-    (``seqpack.ranges``); ``InputError`` (a ``ValueError``) if any pattern matches nothing or names a file
+    (``seqpack.inputs.ranges``); ``InputError`` (a ``ValueError``) if any pattern matches nothing or names a file
     seqpack cannot read. Runs in the driver, before any work."""
     return split_inputs(expand_inputs(patterns, match=beam_match, open_binary=beam_open))
 

@@ -10,8 +10,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from seqpack.readers import Rejected
-from seqpack.schemas import REJECTED_FILE
+from seqpack.inputs import Rejected
+from seqpack.schemas import REJECTED_FILE, RejectedLine
 from seqpack.schemas import stats as stats_format
 from seqpack.transforms.write import write_atomically
 
@@ -25,13 +25,13 @@ def split_origin(origin: str) -> tuple[str, int | None]:
 def rejected_line(rejected: Rejected) -> str:
     """One JSON line: reason, detail, file, line and the raw record (base64 too when it is not UTF-8)."""
     path, line = split_origin(rejected.origin)
-    entry: dict[str, Any] = {
-        "reason": rejected.reason,
-        "detail": rejected.detail,
-        "file": path,
-        "line": line,
-        "raw": rejected.raw.decode("utf-8", "replace"),
-    }
+    entry = RejectedLine(
+        reason=rejected.reason,
+        detail=rejected.detail,
+        file=path,
+        line=line,
+        raw=rejected.raw.decode("utf-8", "replace"),
+    )
     try:
         rejected.raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -10,7 +10,7 @@ from typing import Any
 import apache_beam as beam
 
 from seqpack.chat import conversation_from_record
-from seqpack.readers import Record, Rejected
+from seqpack.inputs import Record, Rejected
 from seqpack.templates import RenderError, Template
 from seqpack.transforms.bundle_stats import StatsDoFn
 

@@ -26,9 +26,9 @@ from seqpack.chat import render_segments, tokenize_segments
 from seqpack.encode_cache import EncodeCache, Ids
 from seqpack.examples import ExampleBuffer, offsets_of
 from seqpack.faults import checkpoint
+from seqpack.inputs import Rejected
 from seqpack.masking import Outcome, build_example, build_masked_example
 from seqpack.pipeline.config import RunConfig
-from seqpack.readers import Rejected
 from seqpack.schemas import stats as stats_format
 from seqpack.templates import RenderError
 from seqpack.tokenizer import BackendPlan, equivalent_backend, load_backend, load_for_run, pair_layout

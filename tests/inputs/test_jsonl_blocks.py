@@ -11,11 +11,11 @@ import io
 import json
 
 import pytest
+from helpers import flat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqpack import readers
-from seqpack.readers import Record, Rejected, iter_file
+from seqpack.inputs import DEFAULT_MAX_RECORD_BYTES, Record, Rejected, iter_file_lists, jsonl
 
 LABEL = "data.jsonl"
 
@@ -81,11 +81,11 @@ lines = st.lists(
 
 
 def reference(data: bytes, max_bytes: int, first_line: int = 1) -> list[Record | Rejected]:
-    return list(readers._jsonl_lines((data,), LABEL, max_bytes, first_line))
+    return list(jsonl._jsonl_lines((data,), LABEL, max_bytes, first_line))
 
 
 def by_blocks(chunks: list[bytes], max_bytes: int, first_line: int = 1) -> list[Record | Rejected]:
-    lists = list(readers._jsonl_from_chunks(iter(chunks), LABEL, max_bytes, first_line))
+    lists = list(jsonl.jsonl_from_chunks(iter(chunks), LABEL, max_bytes, first_line))
     assert all(isinstance(items, list) and items for items in lists)
     return [item for items in lists for item in items]
 
@@ -117,7 +117,7 @@ def test_blocks_give_exactly_what_the_line_parser_gives(
     newline = b"\r\n" if crlf else b"\n"
     data = newline.join(body) + (newline if final_newline else b"")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(readers, "_LINE_BLOCK_BYTES", block_bytes)  # many blocks out of a few lines
+        patch.setattr(jsonl, "_LINE_BLOCK_BYTES", block_bytes)  # many blocks out of a few lines
         assert by_blocks(cut(data, points), max_bytes, first_line) == reference(data, max_bytes, first_line)
 
 
@@ -150,8 +150,8 @@ def test_whole_files_read_by_blocks_match_line_by_line_reading() -> None:
     rows[777] = b"{broken"
     rows[15_000] = b""
     data = b"\xef\xbb\xbf" + b"\n".join(rows)
-    items = list(iter_file("f.jsonl", lambda _: io.BytesIO(data), "jsonl", label=LABEL))
-    assert items == reference(data[3:], readers.DEFAULT_MAX_RECORD_BYTES)
+    items = flat(iter_file_lists("f.jsonl", lambda _: io.BytesIO(data), "jsonl", label=LABEL))
+    assert items == reference(data[3:], DEFAULT_MAX_RECORD_BYTES)
     assert len(items) == 19_999 and items[777].reason == "invalid_json"
     assert items[-1].origin == f"{LABEL}:20000"
 
@@ -167,6 +167,6 @@ def test_a_read_failure_keeps_the_records_before_it() -> None:
                 raise OSError("disk on fire")
             return chunk
 
-    items = list(iter_file("f.jsonl", lambda _: Failing(good), "jsonl", label=LABEL))
+    items = flat(iter_file_lists("f.jsonl", lambda _: Failing(good), "jsonl", label=LABEL))
     assert sum(isinstance(item, Record) for item in items) == 3000
     assert items[-1].reason == "unreadable_file" and "after 3,000 records" in items[-1].detail

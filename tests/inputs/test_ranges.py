@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from helpers import flat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqpack.ranges import can_split, line_starts, split_input
-from seqpack.readers import InputFile, Record, Rejected, iter_file, iter_input, open_local
+from seqpack.inputs import InputFile, Record, Rejected, iter_file_lists, iter_input_lists
+from seqpack.inputs.ranges import can_split, line_starts, split_input
+from seqpack.transforms.read import beam_open
 
 
 def _items(files: list[InputFile]) -> list[tuple[str, str]]:
     out = []
     for unit in files:
-        for item in iter_input(unit, open_local):
+        for item in flat(iter_input_lists(unit, beam_open)):
             kind = "record" if isinstance(item, Record) else f"rejected:{item.reason}"
             out.append((item.origin, kind))
     return sorted(out)
@@ -46,7 +48,7 @@ def test_ranges_read_what_the_whole_file_reads(
     assert [p.part for p in parts] == [(i, len(parts)) for i in range(len(parts))]
     expected = sorted(
         (item.origin, "record" if isinstance(item, Record) else f"rejected:{item.reason}")
-        for item in iter_file(str(path), open_local, label="data.jsonl")
+        for item in flat(iter_file_lists(str(path), beam_open, label="data.jsonl"))
     )
     assert _items(parts) == expected
 
@@ -79,5 +81,5 @@ def test_a_utf16_file_is_not_split_and_stays_one_rejection(tmp_path: Path) -> No
     path.write_bytes(('{"source": "a", "target": "b"}\n' * 50).encode("utf-16"))
     parts = split_input(InputFile(str(path), "jsonl", "wide.jsonl"), target_bytes=64)
     assert len(parts) == 1 and not parts[0].is_range
-    items = list(iter_input(parts[0], open_local))
+    items = flat(iter_input_lists(parts[0], beam_open))
     assert len(items) == 1 and isinstance(items[0], Rejected) and items[0].reason == "unreadable_file"

@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 from helpers import write_jsonl
 
-from seqpack.readers import InputError, InputFile, expand_inputs, local_match, open_local
+from seqpack.inputs import InputError
 from seqpack.transforms.read import resolve_inputs
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="POSIX only")
@@ -29,15 +28,6 @@ def inputs(tmp_path: Path) -> Path:
     return directory
 
 
-Resolve = Callable[[Sequence[str]], list[InputFile]]
-
-
-def _resolvers() -> list[Resolve]:
-    """Input resolution with local listing, and with Beam's (which lists FIFOs and devices too)."""
-    return [lambda patterns: expand_inputs(patterns, match=local_match, open_binary=open_local), resolve_inputs]
-
-
-@pytest.mark.parametrize("resolve", _resolvers(), ids=["local", "beam"])
 @pytest.mark.parametrize(
     ("pattern", "name", "kind"),
     [
@@ -47,12 +37,10 @@ def _resolvers() -> list[Resolve]:
         ("{}", "fifo.jsonl", "a named pipe (FIFO)"),
     ],
 )
-def test_a_fifo_or_device_is_refused_by_name(
-    inputs: Path, resolve: Resolve, pattern: str, name: str, kind: str
-) -> None:
+def test_a_fifo_or_device_is_refused_by_name(inputs: Path, pattern: str, name: str, kind: str) -> None:
     """Resolution only lists and stats: nothing here opens the FIFO, so a broken check fails, it cannot hang."""
     with pytest.raises(InputError, match="is not a regular file") as raised:
-        resolve([pattern.format(inputs)])
+        resolve_inputs([pattern.format(inputs)])
     message = str(raised.value)
     assert message.startswith(f"{inputs}/{name}") and kind in message and "regular file first" in message
     assert "good.jsonl" not in message
@@ -60,17 +48,15 @@ def test_a_fifo_or_device_is_refused_by_name(
         assert message.index("fifo.jsonl") < message.index("zero.jsonl (matched by")
 
 
-@pytest.mark.parametrize("resolve", _resolvers(), ids=["local", "beam"])
-def test_dev_zero_itself_is_refused_as_a_device(resolve: Resolve) -> None:
+def test_dev_zero_itself_is_refused_as_a_device() -> None:
     with pytest.raises(InputError, match=r"^/dev/zero is not a regular file but a character device"):
-        resolve(["/dev/zero"])
+        resolve_inputs(["/dev/zero"])
 
 
 def test_regular_files_and_links_to_them_still_resolve(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "good.jsonl", [{"source": "a", "target": "b"}])
     (tmp_path / "link.jsonl").symlink_to(tmp_path / "good.jsonl")
-    for resolve in _resolvers():
-        assert [Path(f.path).name for f in resolve([str(tmp_path / "*.jsonl")])] == ["good.jsonl", "link.jsonl"]
+    assert [Path(f.path).name for f in resolve_inputs([str(tmp_path / "*.jsonl")])] == ["good.jsonl", "link.jsonl"]
 
 
 @pytest.mark.parametrize("name", ["fifo.jsonl", "zero.jsonl"])

@@ -14,7 +14,8 @@ import codecs
 import dataclasses
 import os
 
-from seqpack.readers import COMPRESSION_SUFFIXES, InputFile
+from seqpack.inputs.formats import COMPRESSION_SUFFIXES
+from seqpack.inputs.records import InputFile
 
 RANGE_BYTES = 16 << 20
 """About how many bytes each range of a split file holds."""
@@ -77,4 +78,5 @@ def split_input(input_file: InputFile, *, target_bytes: int = RANGE_BYTES) -> li
 
 
 def split_inputs(files: list[InputFile], *, target_bytes: int = RANGE_BYTES) -> list[InputFile]:
+    """Every file of ``files`` as ``split_input`` cuts it, in order."""
     return [part for input_file in files for part in split_input(input_file, target_bytes=target_bytes)]

@@ -11,16 +11,18 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
+from helpers import flat
 
-from seqpack import readers
-from seqpack.readers import Record, Rejected, iter_file, open_local
+from seqpack.inputs import Record, Rejected, columnar, iter_file_lists
+from seqpack.schemas.rejected import RAW_PREFIX_BYTES
+from seqpack.transforms.read import beam_open
 
 CAP = 1 << 20
 HUGE = 20 << 20
 
 
 def read(path: Path, **kwargs: Any) -> list[Record | Rejected]:
-    return list(iter_file(str(path), open_local, **kwargs))
+    return flat(iter_file_lists(str(path), beam_open, **kwargs))
 
 
 def write(table: pa.Table, path: Path, kind: str) -> Path:
@@ -54,7 +56,7 @@ def test_a_huge_cell_is_rejected_and_the_other_rows_are_read(tmp_path: Path, kin
     rejected = items[4]
     assert isinstance(rejected, Rejected) and rejected.reason == "record_too_large"
     assert f"{HUGE + 2:,} bytes, more than max_record_bytes {CAP:,}" in rejected.detail
-    assert len(rejected.raw) <= readers.RAW_PREFIX_BYTES and rejected.raw.startswith(b'{"source": "xxxx')
+    assert len(rejected.raw) <= RAW_PREFIX_BYTES and rejected.raw.startswith(b'{"source": "xxxx')
 
 
 def test_the_default_cap_applies(tmp_path: Path) -> None:
@@ -93,7 +95,7 @@ def test_the_huge_cell_never_comes_into_python_whole() -> None:
     batches = pairs_with_a_huge_cell(row=2, rows=3).to_batches()
     tracemalloc.start()  # counts Python objects, not Arrow's buffers
     try:
-        items = [item for items in readers._iter_batches(batches, "t", CAP) for item in items]
+        items = [item for items in columnar._iter_batches(batches, "t", CAP) for item in items]
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

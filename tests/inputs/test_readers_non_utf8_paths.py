@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import dataset_file, write_jsonl
+from helpers import dataset_file, flat, write_jsonl
 
+from seqpack.inputs import Record, Rejected, expand_inputs, iter_input_lists, printable_path
 from seqpack.pipeline.cli import main
-from seqpack.readers import Record, Rejected, expand_inputs, iter_input, local_match, open_local, printable_path
+from seqpack.transforms.read import beam_match, beam_open
 
 BAD_NAME = b"bad\xff\xfename.jsonl"
 ESCAPED_NAME = "bad\\xff\\xfename.jsonl"
@@ -39,8 +40,8 @@ def test_printable_path_escapes_only_what_is_not_utf8() -> None:
 
 @pytest.mark.parametrize("pattern", ["{}/*.jsonl", "{}", "{}/"])
 def test_a_non_utf8_name_is_read_with_an_escaped_label(inputs: Path, pattern: str) -> None:
-    files = expand_inputs([pattern.format(inputs)], match=local_match, open_binary=open_local)
-    items = [item for input_file in files for item in iter_input(input_file, open_local)]
+    files = expand_inputs([pattern.format(inputs)], match=beam_match, open_binary=beam_open)
+    items = [item for input_file in files for item in flat(iter_input_lists(input_file, beam_open))]
     origins = [item.origin for item in items]
     assert origins == [f"{inputs}/{ESCAPED_NAME}:1", f"{inputs}/{ESCAPED_NAME}:2", f"{inputs}/good.jsonl:1"]
     assert [type(item) for item in items] == [Record, Rejected, Record]

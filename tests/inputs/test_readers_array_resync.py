@@ -10,13 +10,14 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from helpers import dataset_file
+from helpers import dataset_file, flat
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from seqpack import readers
+from seqpack.inputs import Record, Rejected, iter_file_lists, json_array, streams
 from seqpack.pipeline.cli import main
-from seqpack.readers import Record, Rejected, iter_file
+from seqpack.schemas.rejected import RAW_PREFIX_BYTES
+from seqpack.transforms.read import beam_open
 
 MAX_BYTES = 8000
 """Above the deep element's size: the size cap decides before anything else."""
@@ -46,12 +47,12 @@ SEPARATORS = [b",", b", ", b",\n  ", b"\r\n,\t"]
 
 def read(data: bytes, chunk: int = 1 << 20, **kwargs: Any) -> list[Record | Rejected]:
     """The items of ``data`` as a .json file, read ``chunk`` bytes at a time (every boundary gets hit)."""
-    original = readers.READ_CHUNK
-    readers.READ_CHUNK = chunk
+    original = streams.READ_CHUNK
+    streams.READ_CHUNK = chunk
     try:
-        return list(iter_file("f.json", lambda _: io.BytesIO(data), **kwargs))
+        return flat(iter_file_lists("f.json", lambda _: io.BytesIO(data), **kwargs))
     finally:
-        readers.READ_CHUNK = original
+        streams.READ_CHUNK = original
 
 
 def outcome(item: Record | Rejected) -> tuple[int, str]:
@@ -92,7 +93,7 @@ def test_every_element_comes_out_once_with_its_number(
         if isinstance(item, Record):
             assert item.fields == element
         else:
-            assert squeezed(item.raw) == squeezed(text)[: readers.RAW_PREFIX_BYTES] and item.detail
+            assert squeezed(item.raw) == squeezed(text)[: RAW_PREFIX_BYTES] and item.detail
             assert not re.search(r"bytes [\d,]+ to", item.detail) or f"bytes {start:,} to " in item.detail
 
 
@@ -124,7 +125,7 @@ def test_the_element_scanner_finds_the_end_of_any_value_in_pieces(value: Any, cu
     """The scanner that steps over a bad element, fed a valid value (escapes, brackets and commas inside
     strings) in arbitrary pieces, stops exactly at the ',' or ']' after it."""
     text = json.dumps(value) + " " + end + '{"after": 1}'
-    scan = readers._ElementEnd()
+    scan = json_array._ElementEnd()
     pieces = [text[a:b] for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(text)], strict=True)]
     buffer, consumed, index = "", 0, 0
     for piece in pieces:
@@ -181,7 +182,7 @@ def test_a_string_that_runs_to_the_end_of_the_file_rejects_every_element_it_seem
         assert [i.origin for i in items] == [f"f.json:{n}" for n in range(1, ELEMENT_COUNT + 1)]
         assert isinstance(items[0], Record) and all(isinstance(i, Rejected) for i in items[1:])
         first, start = items[1], data.index(b'{"source": "bad')
-        assert first.raw == data[start:][: readers.RAW_PREFIX_BYTES]
+        assert first.raw == data[start:][: RAW_PREFIX_BYTES]
         assert f"bytes {start} to {len(data):,}" in first.detail and f"{ELEMENT_COUNT - 1:,} elements" in first.detail
         assert all(i.raw == b"" and "element 2's rejection" in i.detail for i in items[2:])
 
@@ -203,12 +204,12 @@ def test_stepping_over_a_huge_bad_element_keeps_memory_bounded(tmp_path: Path) -
         out.write(b'[{"source": "a"}, {"source": "' + b"x" * (40 << 20) + b'", ' + b'"y": [[' * 1000)
     tracemalloc.start()
     try:
-        items = list(iter_file(str(path), readers.open_local, max_record_bytes=1 << 20))
+        items = flat(iter_file_lists(str(path), beam_open, max_record_bytes=1 << 20))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert [outcome(i) for i in items] == [(1, "record"), (2, "record_too_large")]
-    assert len(items[1].raw) == readers.RAW_PREFIX_BYTES
+    assert len(items[1].raw) == RAW_PREFIX_BYTES
     assert peak < 16 << 20, f"peak {peak:,} bytes while stepping over a 40 MiB element"
 
 
