@@ -163,14 +163,17 @@ def test_a_worker_error_is_one_line_and_the_log_keeps_the_traceback(
     assert not output.exists()
 
 
-STOPS = [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")]
+STOPS = [(signal.SIGINT, True, 130, "Ctrl-C"), (signal.SIGTERM, True, 143, "SIGTERM"),
+         (signal.SIGTERM, False, 143, "SIGTERM")]
 
 
-@pytest.mark.parametrize(("signum", "code", "words"), STOPS)
+@pytest.mark.parametrize(("signum", "to_group", "code", "words"), STOPS,
+                         ids=["ctrl-c-terminal", "sigterm-group", "sigterm-driver-only"])
 def test_ctrl_c_and_sigterm_print_one_line_and_release_everything(
-    tmp_path: Path, pairs: list, tokenizer_dir: Path, private_tmp: dict[str, str], signum: int, code: int,
-    words: str,
+    tmp_path: Path, pairs: list, tokenizer_dir: Path, private_tmp: dict[str, str], signum: int, to_group: bool,
+    code: int, words: str,
 ) -> None:
+    """A terminal's Ctrl-C reaches the whole process group; a scheduler's SIGTERM often only the driver."""
     data = write_jsonl(tmp_path / "many.jsonl", pairs * 8)
     output = tmp_path / "out"
     env = {**os.environ, **private_tmp, "SEQPACK_TEST_SLOW_TOKENIZE": "1"}
@@ -180,7 +183,10 @@ def test_ctrl_c_and_sigterm_print_one_line_and_release_everything(
     deadline = time.monotonic() + 120
     while not list((output / STAGING_NAME).glob("*/_spill")) and time.monotonic() < deadline:
         time.sleep(0.1)  # until the workers are tokenizing
-    os.killpg(process.pid, signum)  # as a terminal's Ctrl-C does: the whole process group
+    if to_group:
+        os.killpg(process.pid, signum)
+    else:
+        os.kill(process.pid, signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]

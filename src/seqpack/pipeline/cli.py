@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -217,5 +218,16 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def console_main() -> None:
+    """The ``seqpack`` command. A stopped run ends the process at once: Beam's local runner may keep threads
+    waiting on workers the signal killed, and the interpreter would wait for them at exit."""
+    code = main()
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

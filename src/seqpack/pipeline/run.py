@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +116,12 @@ def run(
     check_output(config)
     files, tokenizer, tokenizer_info = _check_up_front(config)
     job = _Job(config, files, tokenizer, tokenizer_info, options, runner)
-    with _remove_if_left_empty(config.output), stop_on_termination() as stop, OutputLock(config.output) as lock:
+    created = "://" not in config.output and not os.path.exists(config.output)
+    with _remove_if_left_empty(config.output, created), stop_on_termination() as stop, \
+            OutputLock(config.output) as lock:
         destination = prepare_output(config, lock)
         with capture_worker_output(enabled=_is_local(runner) and not verbose) as worker_log:
+            stop.cleanup = partial(_clean_up_after_stop, destination, lock, worker_log, created)
             try:
                 committed = job.run_and_commit(destination, lock, progress=progress)
             except BaseException as error:
@@ -132,9 +136,8 @@ def run(
 
 
 @contextmanager
-def _remove_if_left_empty(output: str) -> Iterator[None]:
+def _remove_if_left_empty(output: str, created: bool) -> Iterator[None]:
     """A run that fails into a directory it created leaves no empty directory behind."""
-    created = "://" not in output and not os.path.exists(output)
     try:
         yield
     except BaseException:
@@ -142,6 +145,19 @@ def _remove_if_left_empty(output: str) -> Iterator[None]:
             with suppress(OSError):
                 os.rmdir(output)  # only succeeds when empty
         raise
+
+
+def _clean_up_after_stop(destination: Destination, lock: OutputLock, worker_log: WorkerLog | None,
+                         created: bool) -> None:
+    """What a stopped run leaves behind, removed by the watchdog when the run itself cannot unwind (see
+    ``failures.Stop``): its files, its worker log, its lock, and the output directory if it made it."""
+    abandon(destination)
+    if worker_log is not None:
+        worker_log.discard()
+    lock.release()
+    if created:
+        with suppress(OSError):
+            os.rmdir(destination.output)
 
 
 @dataclass(frozen=True)
