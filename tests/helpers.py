@@ -27,3 +27,12 @@ def flat(lists: Iterable[list[T]]) -> list[T]:
     """The items of a reader's lists (``iter_file_lists``, ``iter_input_lists``), in order: readers hand records
     on a list at a time, and most tests compare items, not how they were grouped."""
     return [item for items in lists for item in items]
+
+
+def pack(pieces: list, *, strategy: str, max_length: int, pad_id: int, mask_boundaries: bool = True):  # noqa: ANN201
+    """``packing.pack_columns`` for a list of ``masking.Piece`` (what tests write by hand)."""
+    from seqpack.examples import columns_of_pieces
+    from seqpack.packing import pack_columns
+
+    return pack_columns(columns_of_pieces(pieces), strategy=strategy, max_length=max_length, pad_id=pad_id,
+                        mask_boundaries=mask_boundaries)

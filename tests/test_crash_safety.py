@@ -133,8 +133,9 @@ def test_stale_lock_of_a_dead_run_is_taken_over(setup: dict) -> None:
 
 
 def test_a_retried_shard_write_gives_one_correct_shard(tmp_path: Path) -> None:
+    from helpers import pack
+
     from seqpack.masking import Piece
-    from seqpack.packing import pack
 
     pieces = [Piece(np.arange(1, 9, dtype=np.int32) * (i + 1), 2) for i in range(10)]
     blocks = pack(pieces, strategy="bfd", max_length=32, pad_id=0)

@@ -8,9 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqpack import IGNORE_INDEX
-from seqpack.masking import Piece, build_example, build_masked_example, piece_labels
+from seqpack.masking import Piece, build_example, build_masked_example
 
 ids = st.lists(st.integers(min_value=3, max_value=1000), min_size=0, max_size=60)
+
+
+def piece_labels(piece: Piece) -> np.ndarray:
+    """Labels of a piece on its own: its ids, with -100 where it takes no loss (the packer's rule, one piece)."""
+    return np.where(piece.label_mask(), piece.ids, IGNORE_INDEX).astype(np.int32)
 
 
 def test_short_example_is_kept_whole_with_source_masked() -> None:
@@ -83,8 +88,6 @@ def test_masked_examples_keep_each_tokens_mask(tokens: list, max_length: int, po
     assert kept + outcome.truncated_tokens + outcome.dropped_tokens == len(ids)
     for piece in outcome.pieces:
         assert len(piece.ids) <= max_length
-        again = Piece.from_payload(piece.ids.tobytes(), piece.mask_payload())
-        assert (again.ids == piece.ids).all() and (again.label_mask() == piece.label_mask()).all()
     if policy == "split":
         assert np.concatenate([p.label_mask() for p in outcome.pieces]).tolist() == trained.tolist()
     if policy == "truncate" and len(ids) > max_length:

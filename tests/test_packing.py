@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from helpers import pack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqpack import IGNORE_INDEX
 from seqpack.masking import Piece
-from seqpack.packing import PackedBlocks, bfd_assign, pack
+from seqpack.packing import PackedBlocks, bfd_assign
 
 lengths_strategy = st.lists(st.integers(min_value=1, max_value=64), min_size=0, max_size=200)
 

@@ -2,7 +2,10 @@
 
 Set ``SEQPACK_FAULT=point`` (optionally ``point:N`` to fire on the N-th time the point is reached) and the
 process kills itself with SIGKILL there, as a machine failure or an OOM killer would; ``SEQPACK_FAULT=raise:point``
-raises an error there instead, as a bug would. Unset, a checkpoint costs one dictionary lookup.
+raises an error there instead, as a bug would. Unset, a checkpoint costs one dictionary lookup. The points:
+``read`` (reading input records), ``tokenize`` (once per batch), ``write_shard`` (a shard's temporary file is
+written, not yet renamed), ``commit_manifest`` (the new revision is complete beside the old one; the manifest
+not yet switched), ``commit_cleanup`` (the manifest names the new revision; the old one's files not yet removed).
 
 ``SEQPACK_TEST_SLOW_TOKENIZE=seconds`` makes every ``tokenize`` checkpoint (once per batch) sleep that long, so a
 test can watch live progress on a small input. Unset, it costs one more lookup per batch.
@@ -16,13 +19,6 @@ import time
 from collections import Counter
 
 FAULT_ENV = "SEQPACK_FAULT"
-POINTS = (
-    "read",  # while reading input records
-    "tokenize",  # while tokenizing a batch
-    "write_shard",  # a shard's temporary file is written, not yet renamed
-    "commit_manifest",  # the new revision is complete beside the old one; manifest.json not yet switched
-    "commit_cleanup",  # manifest.json names the new revision; the old revision's files not yet removed
-)
 SLOW_ENVS = {"tokenize": "SEQPACK_TEST_SLOW_TOKENIZE"}
 """Points a test can slow down, and the variable that holds the seconds to sleep there."""
 _reached: Counter[str] = Counter()

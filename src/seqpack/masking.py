@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from seqpack import IGNORE_INDEX
-
 OVERLONG_POLICIES = ("truncate", "split", "drop")
 TRAIN_ON = ("target", "source+target", "all")
 
@@ -37,14 +35,6 @@ class Piece:
     def mask_payload(self) -> int | bytes:
         """The mask in compact form for the shuffle: the prefix length, or the packed bits of ``trained``."""
         return self.n_masked if self.trained is None else np.packbits(self.trained).tobytes()
-
-    @classmethod
-    def from_payload(cls, ids: bytes, mask: int | bytes) -> Piece:
-        tokens = np.frombuffer(ids, dtype=np.int32)
-        if isinstance(mask, int):
-            return cls(tokens, mask)
-        trained = np.unpackbits(np.frombuffer(mask, dtype=np.uint8), count=len(tokens)).astype(bool)
-        return cls(tokens, 0, trained)
 
 
 @dataclass
@@ -174,8 +164,3 @@ def build_masked_example(
     outcome.prompt_lost = bool((~trained[prefix:cut_from]).any()) and bool(trained[cut_from:].all())
     outcome.pieces.append(Piece(ids[keep], 0, trained[keep]))
     return outcome
-
-
-def piece_labels(piece: Piece) -> np.ndarray:
-    """Labels of a piece on its own: its ids, with -100 where it takes no loss."""
-    return np.where(piece.label_mask(), piece.ids, IGNORE_INDEX).astype(np.int32)

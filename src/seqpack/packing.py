@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqpack import IGNORE_INDEX
-from seqpack.examples import ExampleColumns, columns_of_pieces, gather_index
-from seqpack.masking import Piece
+from seqpack.examples import ExampleColumns, gather_index
 
 PACKING_STRATEGIES = ("bfd", "wrap", "none")
 
@@ -279,23 +278,5 @@ def pack_columns(
         max_length=max_length,
         pad_id=pad_id,
         pad=strategy != "none",
-        mask_boundaries=mask_boundaries,
-    )
-
-
-def pack(
-    pieces: Sequence[Piece],
-    *,
-    strategy: str,
-    max_length: int,
-    pad_id: int,
-    mask_boundaries: bool = True,
-) -> PackedBlocks:
-    """``pack_columns`` for a list of ``Piece`` objects (tests, small inputs)."""
-    return pack_columns(
-        columns_of_pieces(pieces),
-        strategy=strategy,
-        max_length=max_length,
-        pad_id=pad_id,
         mask_boundaries=mask_boundaries,
     )

@@ -8,7 +8,6 @@ saves it as a Hugging Face tokenizer directory. Tests use the same builder.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -47,12 +46,6 @@ def make_pairs() -> list[dict[str, str]]:
 
 def demo_pairs_path() -> Path:
     return Path(str(resources.files("seqpack.demo").joinpath("pairs.jsonl")))
-
-
-def write_pairs(path: Path, pairs: Iterable[dict[str, str]]) -> None:
-    with open(path, "w", encoding="utf-8") as out:
-        for pair in pairs:
-            out.write(json.dumps(pair, ensure_ascii=False) + "\n")
 
 
 def build_tokenizer(
