@@ -197,6 +197,16 @@ def test_memory_filesystem_and_arrow_format_read_every_example() -> None:
     assert sorted(keys) == sorted(e.key() for e in examples)
 
 
+@pytest.mark.parametrize("file_format", ["parquet", "arrow"])
+def test_a_unit_read_with_some_columns_holds_those_columns_of_the_whole_unit(tmp_path: Path, file_format: str) -> None:
+    write_dataset(str(tmp_path), {"train": make_examples(30, seed=6)}, file_format=file_format, row_group_size=4)
+    shards = ShardSet.open(str(tmp_path))
+    for unit in range(shards.num_units):
+        whole = shards.read_unit(unit)
+        assert shards.read_unit(unit, columns=["seq_lens"]).equals(whole.select(["seq_lens"]))
+        assert shards.read_unit(unit, columns=["labels", "input_ids"]).equals(whole.select(["labels", "input_ids"]))
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=9), min_size=1, max_size=8), st.sampled_from([None, "zstd"]))
 def test_ipc_batch_rows_reads_lengths_from_metadata(lengths: list[int], compression: str | None) -> None:

@@ -8,6 +8,7 @@ instead of mixing two datasets.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -92,17 +93,20 @@ class ShardSet:
         """
         check_manifest(self.location, self.manifest_sha256, "read")
 
-    def read_unit(self, unit: int) -> pa.Table:
-        """Decode one row group (or record batch) with every block column."""
+    def read_unit(self, unit: int, *, columns: Sequence[str] = COLUMNS) -> pa.Table:
+        """Decode one row group (or record batch): every block column, or only ``columns`` (Parquet decodes only
+        those). The checks that tie the columns together need every column, so a subset skips them."""
         shard = int(self.unit_shard[unit])
         index = int(self.unit_index[unit])
         name = self.location.name(self.shards[shard].path)
         try:
             reader = self._reader(shard)
             if self.manifest.file_format == "parquet":
-                table = reader.read_row_group(index, columns=list(COLUMNS))
+                table = reader.read_row_group(index, columns=list(columns))
             else:
                 table = pa.Table.from_batches([reader.get_batch(index)])
+                if tuple(columns) != COLUMNS:
+                    table = table.select(list(columns))
             # Microseconds (list offsets only); a corrupt Arrow IPC batch can otherwise abort the process later.
             table.validate(full=True)
         except FileNotFoundError as exc:
@@ -117,7 +121,7 @@ class ShardSet:
         if table.num_rows != self.unit_rows[unit]:
             self.check_unchanged()
             raise DatasetFormatError(f"{name}: unit {index} changed size since the dataset was opened")
-        if problem := _unit_problem(table):
+        if set(COLUMNS) <= set(columns) and (problem := _unit_problem(table)):
             raise DatasetFormatError(
                 f"{name}: unit {index} is corrupt ({problem}). "
                 "`seqpack verify` checks every shard against the manifest."

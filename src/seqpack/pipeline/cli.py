@@ -203,8 +203,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from seqpack.report import MissingDependencyError, write_report
     from seqpack.schemas import DatasetFormatError
+    from seqpack.tools.report import MissingDependencyError, write_report
 
     try:
         write_report(args.dataset, args.output, split=args.split, blocks=args.blocks, tokenizer=args.tokenizer)

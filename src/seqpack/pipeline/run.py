@@ -305,7 +305,7 @@ def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 def _require_report_dependencies() -> None:
     """``--report`` without matplotlib is found before the run, not after an hour of work."""
-    from seqpack.report import MissingDependencyError, require_matplotlib
+    from seqpack.tools.report import MissingDependencyError, require_matplotlib
 
     try:
         require_matplotlib()
@@ -315,7 +315,7 @@ def _require_report_dependencies() -> None:
 
 def _write_report(output: str) -> str | None:
     """Write ``OUT/report.html``; on failure say that the dataset itself is complete, and how to retry."""
-    from seqpack.report import write_report
+    from seqpack.tools.report import write_report
 
     path = f"{output}/{REPORT_NAME}"
     try:

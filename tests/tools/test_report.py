@@ -19,10 +19,10 @@ from helpers import dataset_file, write_jsonl
 from shardgen import write_dataset
 
 import seqpack
-from seqpack import report as report_module
 from seqpack.pipeline.cli import main
 from seqpack.schemas import REASONS, STATS_NAME
 from seqpack.schemas import stats as stats_format
+from seqpack.tools.report import plots
 
 SECTIONS = ("summary", "lengths", "blocks", "rejected", "samples")
 PLOTS = 6  # source, target, example lengths (stats.json); exact example lengths; block fill; examples per block
@@ -168,7 +168,7 @@ def test_max_length_line_falls_where_max_length_is_on_the_labelled_axis(max_leng
                                                                          power: int) -> None:
     hist = [0] * 32
     hist[6], hist[8], hist[10] = 3, 5, 1  # lengths in [32, 64), [128, 256), [512, 1024)
-    axes = report_module.pow2_histogram_figure(hist, title="t", max_length=max_length).axes[0]
+    axes = plots.pow2_histogram_figure(hist, title="t", max_length=max_length).axes[0]
     ticks = _ticks(axes)
     line = axes.lines[0].get_xdata()[0]
     # Ticks are lengths at the bar edges, a doubling apart: max_length sits log2(max_length / power) past its tick.
@@ -180,16 +180,16 @@ def test_max_length_line_falls_where_max_length_is_on_the_labelled_axis(max_leng
 
 
 def test_one_block_gets_integer_ticks_and_a_sensible_range() -> None:
-    axes = report_module.counts_figure(np.array([2]), title="examples per block", xlabel="examples").axes[0]
+    axes = plots.counts_figure(np.array([2]), title="examples per block", xlabel="examples").axes[0]
     assert axes.get_xlim() == (1, 3)
     assert all(float(tick).is_integer() for tick in axes.get_xticks())
     assert 2 in axes.get_xticks()
 
 
 @pytest.mark.parametrize("draw", [
-    lambda: report_module.pow2_histogram_figure([0] * 32, title="t", max_length=64),
-    lambda: report_module.counts_figure(np.zeros(0, dtype=np.int64), title="t", xlabel="x"),
-    lambda: report_module.histogram_figure(np.zeros(0), title="t", xlabel="x", ylabel="y", bins=4, value_range=(0, 1)),
+    lambda: plots.pow2_histogram_figure([0] * 32, title="t", max_length=64),
+    lambda: plots.counts_figure(np.zeros(0, dtype=np.int64), title="t", xlabel="x"),
+    lambda: plots.histogram_figure(np.zeros(0), title="t", xlabel="x", ylabel="y", bins=4, value_range=(0, 1)),
 ])
 def test_an_empty_plot_says_no_data_and_shows_no_made_up_axes(draw: Any) -> None:
     axes = draw().axes[0]
