@@ -20,6 +20,7 @@ from apache_beam.portability.api import beam_runner_api_pb2  # noqa: E402
 from seqpack.pipeline.build import build_pipeline  # noqa: E402
 from seqpack.pipeline.config import RunConfig  # noqa: E402
 from seqpack.pipeline.options import pipeline_options  # noqa: E402
+from seqpack.schemas import STAGING_NAME  # noqa: E402
 from seqpack.tokenizer import load_tokenizer, pad_id_of  # noqa: E402
 from seqpack.transforms.read import resolve_inputs  # noqa: E402
 
@@ -41,7 +42,7 @@ def test_the_dataflow_job_builds_offline_with_the_custom_container(
     options, runner = pipeline_options(DATAFLOW_ARGS)
     pipeline = beam.Pipeline(runner=runner, options=options)
     pad_id = pad_id_of(load_tokenizer(config.tokenizer))
-    build_pipeline(pipeline, config, resolve_inputs(config.inputs), staging=f"{config.output}/.seqpack-staging",
+    build_pipeline(pipeline, config, resolve_inputs(config.inputs), staging=f"{config.output}/{STAGING_NAME}",
                    revision_root=f"{config.output}/v000001", pad_id=pad_id)
     result = pipeline.run()  # --dry_run: translated, validated, not submitted
 

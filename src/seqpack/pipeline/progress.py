@@ -33,21 +33,13 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from seqpack.inputs import InputFile
-from seqpack.transforms.progress import FIELDS, PROGRESS_DIR_ENV, SUFFIX, interval_from_env
+from seqpack.transforms.progress import FIELDS, PROGRESS_DIR_ENV, SUFFIX, ProgressCounts, interval_from_env
 
 _TAIL_BYTES = 4096
 
 
-@dataclass(frozen=True)
-class Totals:
-    """The workers' counts summed: what the whole run has done so far."""
-
-    records_read: int = 0
-    records_rejected: int = 0
-    bytes_read: int = 0
-    files_read: int = 0
-    records_tokenized: int = 0
-    tokens: int = 0
+Totals = ProgressCounts
+"""The workers' counts summed: what the whole run has done so far."""
 
 
 

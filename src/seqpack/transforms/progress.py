@@ -21,6 +21,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from typing import Any, BinaryIO
 
 from apache_beam.io.filesystem import CompressedFile, CompressionTypes
@@ -32,7 +33,21 @@ DEFAULT_INTERVAL = 5.0
 MAX_FLUSH_PERIOD = 2.0
 CHECK_EVERY = 64
 """Records between two clock reads."""
-FIELDS = ("records_read", "records_rejected", "bytes_read", "files_read", "records_tokenized", "tokens")
+
+
+@dataclass(frozen=True)
+class ProgressCounts:
+    """What a worker's progress line holds, and, summed over the workers, what the whole run has done so far."""
+
+    records_read: int = 0
+    records_rejected: int = 0
+    bytes_read: int = 0
+    files_read: int = 0
+    records_tokenized: int = 0
+    tokens: int = 0
+
+
+FIELDS = tuple(f.name for f in fields(ProgressCounts))
 SUFFIX = ".jsonl"
 
 
