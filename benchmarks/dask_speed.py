@@ -21,8 +21,8 @@ from pathlib import Path
 import psutil
 from memory import write_pairs
 
+from seqpack.config import RunConfig
 from seqpack.demo import build_demo_tokenizer
-from seqpack.pipeline.config import RunConfig
 from seqpack.pipeline.run import run
 
 

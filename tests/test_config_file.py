@@ -10,8 +10,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seqpack.config import RunConfig
+from seqpack.errors import UsageError
 from seqpack.pipeline.cli import _parser, main
-from seqpack.pipeline.config import RunConfig, UsageError
 from seqpack.pipeline.options import apply_job_file, config_from_args, read_job_file
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from helpers import write_jsonl
 
+from seqpack.config import RunConfig
 from seqpack.dataset import open_manifest, verify_dataset
 from seqpack.faults import FAULT_ENV
 from seqpack.pipeline.cli import main
-from seqpack.pipeline.config import RunConfig
 from seqpack.pipeline.lock import LOCK_NAME, OutputLock
 from seqpack.schemas import DatasetFormatError
 from seqpack.transforms.pack import ShardBlocks

@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.dask.dask_runner import DaskRunner as BeamDaskRunner
 from apache_beam.transforms.window import GlobalWindows
 
-from seqpack.pipeline.config import RunConfig
+from seqpack.config import RunConfig
 from seqpack.pipeline.dask_runner import DaskRunner
 from seqpack.pipeline.run import run
 

@@ -17,8 +17,8 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.portability import common_urns  # noqa: E402
 from apache_beam.portability.api import beam_runner_api_pb2  # noqa: E402
 
+from seqpack.config import RunConfig  # noqa: E402
 from seqpack.pipeline.build import build_pipeline  # noqa: E402
-from seqpack.pipeline.config import RunConfig  # noqa: E402
 from seqpack.pipeline.options import pipeline_options  # noqa: E402
 from seqpack.schemas import STAGING_NAME  # noqa: E402
 from seqpack.tokenizer import load_tokenizer, pad_id_of  # noqa: E402

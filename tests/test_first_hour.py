@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import dataset_file, write_jsonl
 
+from seqpack.config import RunConfig
 from seqpack.pipeline.cli import main
-from seqpack.pipeline.config import RunConfig
 from seqpack.pipeline.run import run, summary
 from seqpack.schemas import LOCK_NAME, STAGING_NAME, Manifest
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from seqpack.pipeline.config import UsageError
+from seqpack.errors import UsageError
 from seqpack.pipeline.lock import LockLostError, OutputLock
 from seqpack.schemas import LOCK_NAME
 

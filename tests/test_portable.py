@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import write_jsonl
 
-from seqpack.pipeline.config import RunConfig
+from seqpack.config import RunConfig
 from seqpack.pipeline.run import run
 
 BAD = ['{"source": "no target"}', "{not json"]

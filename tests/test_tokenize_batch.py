@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from apache_beam.utils.windowed_value import WindowedValue
 
+from seqpack.config import RunConfig
 from seqpack.inputs import Rejected
 from seqpack.masking import build_example
-from seqpack.pipeline.config import RunConfig
 from seqpack.tokenizer import load_for_run, pair_layout
 from seqpack.transforms.spill import SpillFile, read_spill_range
 from seqpack.transforms.tokenize import TokenizeDoFn, choose_split, example_key, filtered_reason

@@ -10,9 +10,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from seqpack.config import RunConfig
 from seqpack.examples import ExampleBuffer
 from seqpack.inputs import Record
-from seqpack.pipeline.config import RunConfig
 from seqpack.templates import make_template
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.pack import ShuffleAndPack, bucket_count, read_bucket

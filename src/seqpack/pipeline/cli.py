@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from seqpack.pipeline.config import RunFailedError, UsageError
+from seqpack.errors import RunFailedError, UsageError
 from seqpack.schemas.stats import AccountingError
 
 EXIT_USAGE = 2

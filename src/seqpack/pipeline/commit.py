@@ -28,9 +28,10 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 import seqpack
+from seqpack.config import RunConfig
+from seqpack.errors import RunFailedError, UsageError
 from seqpack.faults import checkpoint
 from seqpack.pipeline.build import META_DIR, SHARDS_META, STATS_META
-from seqpack.pipeline.config import RunConfig, RunFailedError, UsageError
 from seqpack.pipeline.lock import OutputLock
 from seqpack.schemas import (
     LOCK_NAME,

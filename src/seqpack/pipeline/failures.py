@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from seqpack.pipeline.config import RunFailedError
+from seqpack.errors import RunFailedError
 
 _ENVIRONMENT_ERRORS = {
     errno.ENOSPC: ("No space left on device", "the disk is full"),

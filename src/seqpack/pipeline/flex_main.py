@@ -17,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from seqpack.pipeline.config import UsageError
+from seqpack.errors import UsageError
 from seqpack.pipeline.options import add_run_arguments
 
 SEPARATOR = ","

@@ -29,7 +29,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from seqpack.pipeline.config import RunFailedError, UsageError
+from seqpack.errors import RunFailedError, UsageError
 from seqpack.schemas import LOCK_NAME
 
 HEARTBEAT_SECONDS = 10.0

@@ -7,24 +7,23 @@ import contextlib
 import difflib
 import re
 from collections.abc import Iterable
+from dataclasses import MISSING, fields
 from typing import Any
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from seqpack.chat import STYLES as CHAT_STYLES
 from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
+from seqpack.config import DEDUP_MODES, FILE_FORMATS, RunConfig
+from seqpack.errors import UsageError
 from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
-from seqpack.pipeline.config import (
-    DEDUP_MODES,
-    DEFAULT_BUCKET_TOKENS,
-    DEFAULT_MAX_REJECT_FRACTION,
-    FILE_FORMATS,
-    RunConfig,
-    UsageError,
-)
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+"""RunConfig is the one place defaults live; the flags show them and fall back to them."""
 
 
 def unescape(text: str) -> str:
@@ -63,68 +62,73 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                     "save_to_disk dirs; local or gs://, s3://); repeat for several")
     io.add_argument("--output", "-o", help="dataset directory to write (local or gs://, s3://)")
     io.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output")
-    io.add_argument("--format", dest="file_format", choices=FILE_FORMATS, default="parquet",
+    io.add_argument("--format", dest="file_format", choices=FILE_FORMATS, default=DEFAULTS["file_format"],
                     help="shard files: parquet (zstd) or arrow (Arrow IPC files, same schema)")
-    io.add_argument("--validation-fraction", type=float, default=0.0,
+    io.add_argument("--validation-fraction", type=float, default=DEFAULTS["validation_fraction"],
                     help="hold out this fraction of pairs (chosen by a hash of their text) into validation/")
-    io.add_argument("--row-group-size", type=int, default=256, help="blocks per Parquet row group")
-    io.add_argument("--max-record-bytes", type=int, default=64 << 20,
+    io.add_argument("--row-group-size", type=int, default=DEFAULTS["row_group_size"],
+                    help="blocks per Parquet row group")
+    io.add_argument("--max-record-bytes", type=int, default=DEFAULTS["max_record_bytes"],
                     help="records larger than this are rejected without being parsed")
-    io.add_argument("--max-reject-fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION,
+    io.add_argument("--max-reject-fraction", type=float, default=DEFAULTS["max_reject_fraction"],
                     help="fail, committing nothing, when more than this fraction of the records read is rejected "
                     "(a wrong field name or template); 1 commits whatever is left")
     io.add_argument("--report", action="store_true",
                     help="also write OUT/report.html: plots, rejected records and decoded blocks (needs matplotlib)")
 
     text = parser.add_argument_group("rendering")
-    text.add_argument("--template", default="plain", type=unescape,
+    text.add_argument("--template", default=DEFAULTS["template"], type=unescape,
                       help="plain (source + separator → target), alpaca, chat (the tokenizer's chat template), "
                       "or a format string with {target}: the text before it is masked" + _ESCAPES_HELP)
-    text.add_argument("--source-field", default="source", help="record field of the source, {source} in templates")
-    text.add_argument("--target-field", default="target", help="record field of the target, {target} in templates")
-    text.add_argument("--separator", default=" = ", type=unescape,
+    text.add_argument("--source-field", default=DEFAULTS["source_field"],
+                      help="record field of the source, {source} in templates")
+    text.add_argument("--target-field", default=DEFAULTS["target_field"],
+                      help="record field of the target, {target} in templates")
+    text.add_argument("--separator", default=DEFAULTS["separator"], type=unescape,
                       help="plain template: masked text between source and target" + _ESCAPES_HELP)
 
     chat = parser.add_argument_group("conversations (--template chat)")
-    chat.add_argument("--chat-style", choices=CHAT_STYLES, default="auto",
+    chat.add_argument("--chat-style", choices=CHAT_STYLES, default=DEFAULTS["chat_style"],
                       help="messages (OpenAI role/content), sharegpt (from/value), pair (source/target), or auto")
-    chat.add_argument("--messages-field", default=None, help="field holding the message list")
+    chat.add_argument("--messages-field", default=DEFAULTS["messages_field"], help="field holding the message list")
     chat.add_argument("--role-map", default="", metavar="NAME=ROLE,...",
                       help="extra role names, e.g. human=user,bot=assistant")
-    chat.add_argument("--system", default=None, help="system prompt for pairs and conversations without one")
+    chat.add_argument("--system", default=DEFAULTS["system"],
+                      help="system prompt for pairs and conversations without one")
 
     tok = parser.add_argument_group("tokenization and labels")
     tok.add_argument("--tokenizer", "-t",
                      help="Hugging Face tokenizer: local dir, tokenizer.json, .gguf file, gs:// dir or hub id")
     tok.add_argument("--trust-remote-code", action="store_true",
                      help="allow tokenizers that run code from their repository (off by default)")
-    tok.add_argument("--max-length", type=int, default=2048,
+    tok.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
                      help="tokens per packed block: the context length the model trains with")
     tok.add_argument("--no-eos", dest="add_eos", action="store_false", help="do not append EOS to the target")
-    tok.add_argument("--train-on", choices=TRAIN_ON + CHAT_TRAIN_ON[:2], default="target",
+    tok.add_argument("--train-on", choices=TRAIN_ON + CHAT_TRAIN_ON[:2], default=DEFAULTS["train_on"],
                      help="pairs: target (default), source+target (every token of each example), all (also across "
                      "example boundaries); chat: assistant (default), last (final assistant turn), all")
-    tok.add_argument("--overlong", choices=OVERLONG_POLICIES, default="truncate",
+    tok.add_argument("--overlong", choices=OVERLONG_POLICIES, default=DEFAULTS["overlong"],
                      help="an example longer than --max-length: truncate (keep the target, cut the source from the "
                      "left), split (into --max-length pieces) or drop")
-    tok.add_argument("--pad-id", type=int, default=None, help="padding id (default: pad token, else EOS)")
+    tok.add_argument("--pad-id", type=int, default=DEFAULTS["pad_id"], help="padding id (default: pad token, else EOS)")
 
     hygiene = parser.add_argument_group("special tokens and data hygiene")
     hygiene.add_argument("--add-special-tokens", nargs="+", default=[], metavar="TOKEN",
                          help="add new special tokens (e.g. [SEP]); the extended tokenizer is saved in OUT/tokenizer/")
-    hygiene.add_argument("--dedup", choices=DEDUP_MODES, default="none",
+    hygiene.add_argument("--dedup", choices=DEDUP_MODES, default=DEFAULTS["dedup"],
                          help="exact: drop exact duplicate pairs/conversations, keeping the first (file, line)")
-    hygiene.add_argument("--min-target-tokens", type=int, default=0, help="drop examples with fewer target tokens")
-    hygiene.add_argument("--max-source-tokens", type=int, default=None,
+    hygiene.add_argument("--min-target-tokens", type=int, default=DEFAULTS["min_target_tokens"],
+                         help="drop examples with fewer target tokens")
+    hygiene.add_argument("--max-source-tokens", type=int, default=DEFAULTS["max_source_tokens"],
                          help="drop examples with more source (untrained) tokens")
 
     packing = parser.add_argument_group("shuffling and packing")
-    packing.add_argument("--packing", choices=PACKING_STRATEGIES, default="bfd",
+    packing.add_argument("--packing", choices=PACKING_STRATEGIES, default=DEFAULTS["packing"],
                          help="bfd (best-fit decreasing: examples never split), wrap (concatenate and cut every "
                          "--max-length tokens), none (one example per row, unpadded)")
-    packing.add_argument("--seed", type=int, default=0,
+    packing.add_argument("--seed", type=int, default=DEFAULTS["seed"],
                          help="shuffle seed: the same seed, data and options give the same shards, byte for byte")
-    packing.add_argument("--bucket-tokens", type=int, default=DEFAULT_BUCKET_TOKENS,
+    packing.add_argument("--bucket-tokens", type=int, default=DEFAULTS["bucket_tokens"],
                          help="tokens per shuffle bucket and shard; bounds a worker's memory")
 
 

@@ -19,9 +19,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.chat import check_segment_roundtrip, require_chat_template, unknown_special_strings
+from seqpack.config import RunConfig
+from seqpack.errors import RunFailedError, UsageError
 from seqpack.pipeline.build import BACKEND_TOKENIZER, META_DIR, build_pipeline
 from seqpack.pipeline.commit import Destination, abandon, check_output, commit, prepare_output, save_tokenizer
-from seqpack.pipeline.config import RunConfig, RunFailedError, UsageError
 from seqpack.pipeline.failures import as_run_failure, crash_summary, stop_on_termination
 from seqpack.pipeline.lock import OutputLock
 from seqpack.pipeline.options import config_from_args, pipeline_options

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 
+from seqpack.config import RunConfig
 from seqpack.examples import ExampleColumns, empty_columns
 from seqpack.faults import lose_one_example
 from seqpack.packing import PackedBlocks, pack_columns
-from seqpack.pipeline.config import RunConfig
 from seqpack.transforms.spill import SpillFile, read_spill_range
 
 SPLIT_CODES = {"train": 0, "validation": 1}

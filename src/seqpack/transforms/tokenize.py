@@ -23,12 +23,12 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from seqpack.chat import render_segments, tokenize_segments
+from seqpack.config import RunConfig
 from seqpack.encode_cache import EncodeCache, Ids
 from seqpack.examples import ExampleBuffer, offsets_of
 from seqpack.faults import checkpoint
 from seqpack.inputs import Rejected
 from seqpack.masking import Outcome, build_example, build_masked_example
-from seqpack.pipeline.config import RunConfig
 from seqpack.schemas import stats as stats_format
 from seqpack.templates import RenderError
 from seqpack.tokenizer import BackendPlan, equivalent_backend, load_backend, load_for_run, pair_layout

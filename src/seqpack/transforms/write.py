@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack import IGNORE_INDEX
+from seqpack.config import RunConfig
 from seqpack.faults import checkpoint
 from seqpack.packing import PackedBlocks
-from seqpack.pipeline.config import RunConfig
 from seqpack.schemas import BLOCK_SCHEMA, blocks_to_table
 from seqpack.transforms.bundle_stats import StatsDoFn
 from seqpack.transforms.pack import ShardBlocks

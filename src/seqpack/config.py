@@ -7,6 +7,7 @@ from typing import Any
 
 from seqpack.chat import STYLES as CHAT_STYLES
 from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
+from seqpack.errors import UsageError
 from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
 
@@ -19,15 +20,9 @@ sits well between the two, so a misconfigured run fails instead of committing a 
 that really is mostly junk says so with ``--max-reject-fraction 1``."""
 
 
-class UsageError(ValueError):
-    """A bad flag, input, tokenizer or output location, found before any work starts (exit code 2)."""
 
 
-class RunFailedError(RuntimeError):
-    """The run started but could not finish; nothing was committed (exit code 1). The message says why."""
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     inputs: list[str]
     output: str
