@@ -18,6 +18,7 @@ from helpers import write_jsonl
 from seqpack.config import RunConfig
 from seqpack.dataset import open_manifest, verify_dataset
 from seqpack.faults import FAULT_ENV
+from seqpack.pipeline.build import shard_format
 from seqpack.pipeline.cli import main
 from seqpack.pipeline.lock import LOCK_NAME, OutputLock
 from seqpack.schemas import DatasetFormatError
@@ -143,7 +144,7 @@ def test_a_retried_shard_write_gives_one_correct_shard(tmp_path: Path) -> None:
     config = RunConfig(inputs=["x"], output=str(tmp_path), tokenizer="t", max_length=32)
     results = []
     for _attempt in range(2):  # the runner retries the bundle: the same shard is written twice
-        do_fn = WriteShardDoFn(config, str(tmp_path))
+        do_fn = WriteShardDoFn(shard_format(config), str(tmp_path))
         do_fn.start_bundle()
         results.append(list(do_fn.process(shard)))
     assert results[0] == results[1]

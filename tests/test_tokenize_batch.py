@@ -13,6 +13,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from seqpack.config import RunConfig
 from seqpack.inputs import Rejected
 from seqpack.masking import build_example
+from seqpack.pipeline.build import tokenize_options
 from seqpack.tokenizer import load_for_run, pair_layout
 from seqpack.transforms.spill import SpillFile, read_spill_range
 from seqpack.transforms.tokenize import TokenizeDoFn, choose_split, example_key, filtered_reason
@@ -47,7 +48,7 @@ def reference(config: RunConfig, tokenizer: Any, pairs: list[Triple]) -> Found:
             rejected.append(("empty_target", origin))
             continue
         src, tgt = list(layout.prefix) + src, tgt + list(layout.suffix)
-        reason = filtered_reason(len(src), len(tgt), config)
+        reason = filtered_reason(len(src), len(tgt), tokenize_options(config))
         if reason:
             counts[f"dropped:{reason}"] += 1
             continue
@@ -71,7 +72,7 @@ def reference(config: RunConfig, tokenizer: Any, pairs: list[Triple]) -> Found:
 
 def batched(config: RunConfig, spill_dir: Path, pairs: list[Triple]) -> Found:
     """The same through ``TokenizeDoFn``, the whole list as one batch."""
-    tokenize = TokenizeDoFn(config, str(spill_dir))
+    tokenize = TokenizeDoFn(tokenize_options(config), str(spill_dir))
     tokenize.setup()
     tokenize.start_bundle()
     outputs = list(tokenize.process(pairs))

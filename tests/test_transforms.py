@@ -13,6 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from seqpack.config import RunConfig
 from seqpack.examples import ExampleBuffer
 from seqpack.inputs import Record
+from seqpack.pipeline.build import pack_options, tokenize_options
 from seqpack.templates import make_template
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.pack import ShuffleAndPack, bucket_count, read_bucket
@@ -47,7 +48,9 @@ def test_tokenize_spills_keyed_examples_with_masked_source(tokenizer_dir: Path, 
         out = (
             p
             | beam.Create([[("Hello world = ", "Hello", "f:1")]])
-            | beam.ParDo(TokenizeDoFn(config, spill_dir)).with_outputs(REJECTED_TAG, STATS_TAG, main="spills")
+            | beam.ParDo(TokenizeDoFn(tokenize_options(config), spill_dir)).with_outputs(
+                REJECTED_TAG, STATS_TAG, main="spills"
+            )
         )
 
         def check(spill: SpillFile) -> list[tuple]:
@@ -85,7 +88,7 @@ def test_shuffle_and_pack_makes_one_shard_per_bucket_and_keeps_every_example(tmp
     n = bucket_count(total, 64)
     assert n > 1
     with pipeline() as p:
-        shards = p | beam.Create(spills) | ShuffleAndPack(config, pad_id=0)
+        shards = p | beam.Create(spills) | ShuffleAndPack(pack_options(config, pad_id=0))
         summary = shards | beam.Map(lambda s: (s.index, s.count, s.blocks.examples))
         counts = summary | beam.Map(lambda s: s[2]) | beam.CombineGlobally(sum)
         indices = summary | beam.Map(lambda s: (s[0], s[1]))

@@ -164,3 +164,9 @@ def build_masked_example(
     outcome.prompt_lost = bool((~trained[prefix:cut_from]).any()) and bool(trained[cut_from:].all())
     outcome.pieces.append(Piece(ids[keep], 0, trained[keep]))
     return outcome
+
+
+def masks_example_starts(train_on: str, *, chat: bool) -> bool:
+    """Whether each packed example's first token gets label -100, so that no example learns to predict the
+    next one: always, except for pairs with ``--train-on all`` (which trains across boundaries on purpose)."""
+    return not (train_on == "all" and not chat)

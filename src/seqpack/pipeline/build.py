@@ -6,17 +6,18 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.config import RunConfig
+from seqpack.masking import masks_example_starts
 from seqpack.templates import make_template
 from seqpack.tokenizer import BackendPlan
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.dedup import DropExactDuplicates
-from seqpack.transforms.pack import ShuffleAndPack
+from seqpack.transforms.pack import PackOptions, ShuffleAndPack
 from seqpack.transforms.read import ReadRecords
 from seqpack.transforms.rejected import WriteRejected
-from seqpack.transforms.render import REJECTED_TAG, ChatRenderDoFn, RenderDoFn
+from seqpack.transforms.render import REJECTED_TAG, ChatFields, ChatRenderDoFn, RenderDoFn
 from seqpack.transforms.spill import SPILL_DIR
-from seqpack.transforms.tokenize import ChatTokenizeDoFn, TokenizeDoFn
-from seqpack.transforms.write import WriteJson, WriteShardDoFn
+from seqpack.transforms.tokenize import ChatTokenizeDoFn, TokenizeDoFn, TokenizeOptions
+from seqpack.transforms.write import ShardFormat, WriteJson, WriteShardDoFn
 
 META_DIR = "_meta"
 STATS_META = "stats.json"
@@ -28,9 +29,52 @@ def _tag(stage: str):  # noqa: ANN202 - a small labelled lambda factory
     return lambda rejected: (stage, rejected)
 
 
+def tokenize_options(config: RunConfig) -> TokenizeOptions:
+    return TokenizeOptions(
+        tokenizer=config.tokenizer,
+        trust_remote_code=config.trust_remote_code,
+        added_tokens=tuple(config.add_special_tokens),
+        max_length=config.max_length,
+        overlong=config.overlong,
+        train_on=config.train_on,
+        add_eos=config.add_eos,
+        seed=config.seed,
+        validation_fraction=config.validation_fraction,
+        min_target_tokens=config.min_target_tokens,
+        max_source_tokens=config.max_source_tokens,
+    )
+
+
+def pack_options(config: RunConfig, pad_id: int) -> PackOptions:
+    return PackOptions(
+        max_length=config.max_length,
+        packing=config.packing,
+        bucket_tokens=config.bucket_tokens,
+        seed=config.seed,
+        pad_id=pad_id,
+        with_trained=config.is_chat,
+        mask_boundaries=masks_example_starts(config.train_on, chat=config.is_chat),
+    )
+
+
+def shard_format(config: RunConfig) -> ShardFormat:
+    return ShardFormat(file_format=config.file_format, row_group_size=config.row_group_size)
+
+
+def chat_fields(config: RunConfig) -> ChatFields:
+    return ChatFields(
+        style=config.chat_style,
+        messages_field=config.messages_field,
+        role_map=tuple(config.role_map.items()),
+        source_field=config.source_field,
+        target_field=config.target_field,
+        system=config.system,
+    )
+
+
 def _render_fn(config: RunConfig) -> beam.DoFn:
     if config.is_chat:
-        return ChatRenderDoFn(config)
+        return ChatRenderDoFn(chat_fields(config))
     template = make_template(
         config.template,
         source_field=config.source_field,
@@ -41,7 +85,8 @@ def _render_fn(config: RunConfig) -> beam.DoFn:
 
 
 def _tokenize_fn(config: RunConfig, spill_dir: str, backend: BackendPlan | None) -> beam.DoFn:
-    return ChatTokenizeDoFn(config, spill_dir) if config.is_chat else TokenizeDoFn(config, spill_dir, backend)
+    options = tokenize_options(config)
+    return ChatTokenizeDoFn(options, spill_dir) if config.is_chat else TokenizeDoFn(options, spill_dir, backend)
 
 
 def build_pipeline(
@@ -73,8 +118,8 @@ def build_pipeline(
     tokenized = batches | "Tokenize" >> beam.ParDo(_tokenize_fn(config, spill_dir, backend)).with_outputs(
         REJECTED_TAG, STATS_TAG, main="spills"
     )
-    shards = tokenized.spills | "ShuffleAndPack" >> ShuffleAndPack(config, pad_id)
-    written = shards | "WriteShards" >> beam.ParDo(WriteShardDoFn(config, revision_root)).with_outputs(
+    shards = tokenized.spills | "ShuffleAndPack" >> ShuffleAndPack(pack_options(config, pad_id))
+    written = shards | "WriteShards" >> beam.ParDo(WriteShardDoFn(shard_format(config), revision_root)).with_outputs(
         STATS_TAG, main="shards"
     )
     rejected_stats = (

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 
-from seqpack.config import RunConfig
 from seqpack.examples import ExampleColumns, empty_columns
 from seqpack.faults import lose_one_example
 from seqpack.packing import PackedBlocks, pack_columns
@@ -64,25 +63,39 @@ def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bo
     return ExampleColumns.concat(parts).sorted_by_key() if parts else empty_columns(with_trained)
 
 
+@dataclass(frozen=True, kw_only=True)
+class PackOptions:
+    """What packing needs of a run's configuration."""
+
+    max_length: int
+    packing: str
+    bucket_tokens: int
+    seed: int
+    pad_id: int
+    with_trained: bool
+    """Examples carry a per-token loss mask (conversations), not a masked-prefix length."""
+    mask_boundaries: bool
+    """Label -100 on each example's first token (``masking.masks_example_starts``)."""
+
+
 class PackBucketDoFn(beam.DoFn):
     """A bucket in (with every spill file as a side input); its packed, block-shuffled ``ShardBlocks`` out."""
 
-    def __init__(self, config: RunConfig, pad_id: int) -> None:
-        self.config = config
-        self.pad_id = pad_id
+    def __init__(self, options: PackOptions) -> None:
+        self.options = options
 
     def process(self, bucket: Bucket, spills: Sequence[SpillFile]) -> Iterator[ShardBlocks]:
-        cfg = self.config
+        cfg = self.options
         split, index, count = bucket
-        examples = read_bucket(bucket, spills, with_trained=cfg.is_chat)
+        examples = read_bucket(bucket, spills, with_trained=cfg.with_trained)
         if lose_one_example() and len(examples):  # a test hook: the accounting must catch this
             examples = examples.slice(0, len(examples) - 1)
         blocks = pack_columns(
             examples,
             strategy=cfg.packing,
             max_length=cfg.max_length,
-            pad_id=self.pad_id,
-            mask_boundaries=not (cfg.train_on == "all" and not cfg.is_chat),
+            pad_id=cfg.pad_id,
+            mask_boundaries=cfg.mask_boundaries,
         )
         rng = np.random.default_rng([cfg.seed, SPLIT_CODES[split], index])
         blocks = blocks.take_rows(rng.permutation(blocks.rows))
@@ -103,13 +116,12 @@ class ShuffleAndPack(beam.PTransform):
     key range happens to hold no example.
     """
 
-    def __init__(self, config: RunConfig, pad_id: int) -> None:
+    def __init__(self, options: PackOptions) -> None:
         super().__init__()
-        self.config = config
-        self.pad_id = pad_id
+        self.options = options
 
     def expand(self, spills: beam.PCollection) -> beam.PCollection:
-        bucket_tokens = self.config.bucket_tokens
+        bucket_tokens = self.options.bucket_tokens
         return (
             spills
             | "TokensPerSplit" >> beam.Map(lambda spill: (spill.split, spill.tokens))
@@ -118,5 +130,5 @@ class ShuffleAndPack(beam.PTransform):
             | "Buckets" >> beam.FlatMap(_buckets)
             # Buckets are few and small: spread them so that every worker packs some.
             | "SpreadBuckets" >> beam.Reshuffle()
-            | "PackBuckets" >> beam.ParDo(PackBucketDoFn(self.config, self.pad_id), beam.pvalue.AsList(spills))
+            | "PackBuckets" >> beam.ParDo(PackBucketDoFn(self.options), beam.pvalue.AsList(spills))
         )

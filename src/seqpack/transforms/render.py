@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -48,19 +49,31 @@ class RenderDoFn(_RenderBase):
         return source, target, origin
 
 
+@dataclass(frozen=True, kw_only=True)
+class ChatFields:
+    """Where a record holds its conversation (``seqpack.chat.conversation_from_record``'s arguments)."""
+
+    style: str = "auto"
+    messages_field: str | None = None
+    role_map: tuple[tuple[str, str], ...] = ()
+    source_field: str = "source"
+    target_field: str = "target"
+    system: str | None = None
+
+
 class ChatRenderDoFn(_RenderBase):
     """Lists of records in, lists of ``(messages, origin)`` out: conversations read in the configured style."""
 
-    def __init__(self, config: Any) -> None:
-        self.config = config
+    def __init__(self, chat_fields: ChatFields) -> None:
+        self.chat_fields = chat_fields
 
     def render(self, fields: dict[str, Any], origin: str) -> tuple[list[dict[str, Any]], str]:
-        cfg = self.config
+        cfg = self.chat_fields
         messages = conversation_from_record(
             fields,
-            style=cfg.chat_style,
+            style=cfg.style,
             messages_field=cfg.messages_field,
-            role_map=cfg.role_map or None,
+            role_map=dict(cfg.role_map) or None,
             source_field=cfg.source_field,
             target_field=cfg.target_field,
             system=cfg.system,

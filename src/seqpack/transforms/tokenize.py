@@ -16,6 +16,7 @@ import itertools
 import json
 import operator
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -23,7 +24,6 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from seqpack.chat import render_segments, tokenize_segments
-from seqpack.config import RunConfig
 from seqpack.encode_cache import EncodeCache, Ids
 from seqpack.examples import ExampleBuffer, offsets_of
 from seqpack.faults import checkpoint
@@ -83,11 +83,29 @@ def example_keys(ids: np.ndarray, offsets: np.ndarray, n_masked: np.ndarray, see
     return b"".join(keys)
 
 
-def filtered_reason(source_tokens: int, target_tokens: int, config: RunConfig) -> str | None:
+@dataclass(frozen=True, kw_only=True)
+class TokenizeOptions:
+    """What the tokenize step needs of a run's configuration: the tokenizer to load, and how examples are built,
+    filtered, keyed and held out."""
+
+    tokenizer: str
+    trust_remote_code: bool = False
+    added_tokens: tuple[str, ...] = ()
+    max_length: int
+    overlong: str = "truncate"
+    train_on: str = "target"
+    add_eos: bool = True
+    seed: int = 0
+    validation_fraction: float = 0.0
+    min_target_tokens: int = 0
+    max_source_tokens: int | None = None
+
+
+def filtered_reason(source_tokens: int, target_tokens: int, options: TokenizeOptions) -> str | None:
     """Why ``--min-target-tokens`` / ``--max-source-tokens`` drop an example, or None to keep it."""
-    if target_tokens < config.min_target_tokens:
+    if target_tokens < options.min_target_tokens:
         return "target_too_short"
-    if config.max_source_tokens is not None and source_tokens > config.max_source_tokens:
+    if options.max_source_tokens is not None and source_tokens > options.max_source_tokens:
         return "source_too_long"
     return None
 
@@ -102,8 +120,8 @@ class _TokenizeBase(StatsDoFn):
     progress: ProgressCounter | None = None
     """Live progress counts, only in a local run that shows progress (see ``transforms.progress``)."""
 
-    def __init__(self, config: RunConfig, spill_dir: str) -> None:
-        self.config = config
+    def __init__(self, options: TokenizeOptions, spill_dir: str) -> None:
+        self.options = options
         self.spill_dir = spill_dir
         self.tokens_in = beam.metrics.Metrics.counter("seqpack", "tokens_in")
 
@@ -133,9 +151,9 @@ class _TokenizeBase(StatsDoFn):
     def setup(self) -> None:
         self.progress = progress_from_env()
         self.tokenizer = load_for_run(
-            self.config.tokenizer,
-            trust_remote_code=self.config.trust_remote_code,
-            extra_tokens=self.config.add_special_tokens,
+            self.options.tokenizer,
+            trust_remote_code=self.options.trust_remote_code,
+            extra_tokens=self.options.added_tokens,
         )
         self._fast = _fast_encoder(self.tokenizer)
 
@@ -146,7 +164,7 @@ class _TokenizeBase(StatsDoFn):
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     def _filtered(self, source_tokens: int, target_tokens: int) -> bool:
-        reason = filtered_reason(source_tokens, target_tokens, self.config)
+        reason = filtered_reason(source_tokens, target_tokens, self.options)
         if reason:
             self.count_keyed("dropped_by_reason", reason)
             self.count("examples_dropped")
@@ -164,11 +182,11 @@ class _TokenizeBase(StatsDoFn):
             self.count_keyed("dropped_by_reason", outcome.dropped_reason)
             self.count("examples_dropped")
             return
-        split = choose_split(split_text, self.config.validation_fraction)
+        split = choose_split(split_text, self.options.validation_fraction)
         self.count_keyed("examples_by_split", split)
         buffer = self.buffer(split)
         for index, piece in enumerate(outcome.pieces):
-            key = example_key(piece.ids, piece.mask_payload(), index, self.config.seed)
+            key = example_key(piece.ids, piece.mask_payload(), index, self.options.seed)
             buffer.add(key, piece.ids, piece.n_masked, piece.trained)
 
     def finish_bundle(self):  # noqa: ANN201 - Beam's signature
@@ -214,14 +232,14 @@ class TokenizeDoFn(_TokenizeBase):
     what is trained on is exact. Special tokens follow the tokenizer (e.g. its BOS), and EOS ends the target.
     """
 
-    def __init__(self, config: RunConfig, spill_dir: str, backend: BackendPlan | None = None) -> None:
-        super().__init__(config, spill_dir)
+    def __init__(self, options: TokenizeOptions, spill_dir: str, backend: BackendPlan | None = None) -> None:
+        super().__init__(options, spill_dir)
         self.backend = backend
 
     def setup(self) -> None:
         if self.backend is None:
             super().setup()
-            self.layout = pair_layout(self.tokenizer, add_eos=self.config.add_eos)
+            self.layout = pair_layout(self.tokenizer, add_eos=self.options.add_eos)
         else:
             # The driver checked that the Rust tokenizer alone gives the same ids: no transformers (and torch)
             # import and no second tokenizer load in every worker.
@@ -234,7 +252,7 @@ class TokenizeDoFn(_TokenizeBase):
 
     def process(self, batch: Sequence[tuple[str, str, str]]) -> Iterator[Any]:
         checkpoint("tokenize")
-        cfg = self.config
+        cfg = self.options
         sources = self.source_cache.encode([pair[0] for pair in batch])
         targets = self.target_cache.encode([pair[1] for pair in batch])
         n_source = _lengths(sources) + len(self.layout.prefix)
@@ -268,7 +286,7 @@ class TokenizeDoFn(_TokenizeBase):
         prefix, suffix = list(self.layout.prefix), list(self.layout.suffix)
         if self._filtered(len(prefix) + len(source), len(target) + len(suffix)):
             return
-        cfg = self.config
+        cfg = self.options
         outcome = build_example(
             prefix + list(source),
             list(target) + suffix,
@@ -290,7 +308,7 @@ class TokenizeDoFn(_TokenizeBase):
         """Buffer and count examples that fit in ``max_length`` whole; ``n_*`` count the special tokens too."""
         if not len(batch):
             return
-        holdout = self.config.validation_fraction
+        holdout = self.options.validation_fraction
         if not holdout:
             self._buffer_whole("train", sources, targets, n_source, n_target)
         else:
@@ -315,8 +333,8 @@ class TokenizeDoFn(_TokenizeBase):
         parts = zip(itertools.repeat(self.layout.prefix), sources, targets, itertools.repeat(self.layout.suffix))
         flat = itertools.chain.from_iterable(itertools.chain.from_iterable(parts))
         ids = np.fromiter(flat, dtype=np.int32, count=int(offsets[-1]))
-        masked = n_source.astype(np.int32) if self.config.train_on == "target" else np.zeros(len(lengths), np.int32)
-        keys = example_keys(ids, offsets, masked, self.config.seed)
+        masked = n_source.astype(np.int32) if self.options.train_on == "target" else np.zeros(len(lengths), np.int32)
+        keys = example_keys(ids, offsets, masked, self.options.seed)
         self.buffer(split).extend(keys, lengths, ids, masked)
         self.count_keyed("examples_by_split", split, len(lengths))
 
@@ -362,7 +380,7 @@ class ChatTokenizeDoFn(_TokenizeBase):
 
     def process(self, batch: Sequence[tuple[list[dict[str, Any]], str]]) -> Iterator[Any]:
         checkpoint("tokenize")
-        cfg = self.config
+        cfg = self.options
         rendered = []
         for messages, origin in batch:
             try:

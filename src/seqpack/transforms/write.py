@@ -7,6 +7,7 @@ import io
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -16,7 +17,6 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack import IGNORE_INDEX
-from seqpack.config import RunConfig
 from seqpack.faults import checkpoint
 from seqpack.packing import PackedBlocks
 from seqpack.schemas import BLOCK_SCHEMA, blocks_to_table
@@ -80,15 +80,23 @@ def write_atomically(path: str, data: bytes, *, fault_point: str | None = None) 
     FileSystems.rename([temporary], [path])
 
 
+@dataclass(frozen=True)
+class ShardFormat:
+    """How shards are written: ``parquet`` or ``arrow``, and rows per row group (record batch)."""
+
+    file_format: str = "parquet"
+    row_group_size: int = 256
+
+
 class WriteShardDoFn(StatsDoFn):
     """``ShardBlocks`` in, shard files written under ``staging``, one shard description dict out."""
 
-    def __init__(self, config: RunConfig, staging: str) -> None:
-        self.config = config
+    def __init__(self, shard_format: ShardFormat, staging: str) -> None:
+        self.shard_format = shard_format
         self.staging = staging
 
     def process(self, shard: ShardBlocks) -> Iterator[dict[str, Any]]:
-        cfg = self.config
+        cfg = self.shard_format
         name = shard_name(shard.split, shard.index, shard.count, cfg.file_format)
         data = serialize(table_of(shard.blocks), cfg.file_format, cfg.row_group_size)
         write_atomically(FileSystems.join(self.staging, name), data, fault_point="write_shard")
