@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
-import string
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,6 +43,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import generate_lorem_ipsum
 from jinja2.visitor import NodeTransformer
 
+from seqpack.chat_estimates import FILTERS, STR_METHODS, as_count, binop_estimate, size_of
 from seqpack.templates import RenderError
 
 REASON = "chat_template_error"
@@ -123,7 +122,7 @@ class _Budget:
                   f"{self.max_chars:,} for this conversation")
 
     def made(self, value: Any) -> Any:
-        size = len(value) if type(value) is str else _size(value)
+        size = len(value) if type(value) is str else size_of(value)
         if size > self.max_chars:
             _fail(f"the chat template made a value of {size:,} characters, more than the limit of "
                   f"{self.max_chars:,} for this conversation")
@@ -165,178 +164,6 @@ def render_budget(messages: list[dict[str, Any]], limits: RenderLimits) -> Itera
         yield
     finally:
         _BUDGET.reset(token)
-
-
-def _size(value: Any) -> int:
-    """What a value costs, in characters (items for containers; a string item counts its characters too)."""
-    if isinstance(value, str | bytes):
-        return len(value)
-    if isinstance(value, list | tuple):
-        return len(value) + sum(len(item) for item in value if isinstance(item, str))
-    if isinstance(value, dict | set | frozenset):
-        return len(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value.bit_length() // 8
-    return 0
-
-
-# --- estimates of operations whose result can be far larger than their inputs --------------------------------
-
-_HUGE = 1 << 62
-_PRINTF = re.compile(r"%(?:\(([^)]*)\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+)?)?[hlL]?([a-zA-Z%])")
-
-
-def _number(text: str) -> int:
-    return int(text) if len(text) <= 9 else _HUGE
-
-
-def _int(value: Any, default: int = 0) -> int:
-    return abs(value) if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def _printf(fmt: str, args: Any) -> int:
-    """``fmt % args``: the format, every value, and every width and precision (literal or ``*``)."""
-    values = args if isinstance(args, tuple) else (args,)
-    total, index = len(fmt), 0
-    for match in _PRINTF.finditer(fmt):
-        key, width, precision, kind = match.groups()
-        if kind == "%":
-            continue
-        for part in (width, precision):
-            if part == "*":
-                total += _int(values[index] if index < len(values) else 0)
-                index += 1
-            elif part:
-                total += _number(part)
-        if key is not None and isinstance(args, Mapping):
-            value = args.get(key)
-        else:
-            value, index = (values[index] if index < len(values) else None), index + 1
-        total += _size(value) + 24
-    return total
-
-
-def _format(fmt: str, args: tuple, kwargs: Mapping[str, Any]) -> int:
-    """``fmt.format(...)``: any field may show the largest argument, padded to any width its spec names."""
-    values = [*args, *kwargs.values()]
-    largest = max((_size(value) for value in values), default=0)
-    widest = max((_int(value) for value in values), default=0)
-    try:
-        fields = [spec or "" for _, name, spec, _ in string.Formatter().parse(fmt) if name is not None]
-    except ValueError:
-        return 0  # the call itself raises the error
-    widths = sum(_number(digits) for spec in fields for digits in re.findall(r"\d+", spec))
-    nested = widest * sum(spec.count("{") for spec in fields)
-    return len(fmt) + len(fields) * (largest + 24) + widths + nested
-
-
-def _replace(text: Any, old: Any, new: Any, count: Any = -1) -> int:
-    if not (isinstance(text, str) and isinstance(old, str) and isinstance(new, str)):
-        return _size(text)
-    times = text.count(old) if old else len(text) + 1
-    if isinstance(count, int) and count >= 0:
-        times = min(times, count)
-    return len(text) + times * max(len(new) - len(old), 0)
-
-
-def _joined(separator: Any, items: list) -> int:
-    return _size(separator) * len(items) + sum(_size(item) + 24 for item in items)
-
-
-def _json_depth(value: Any) -> int:
-    depth, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, Mapping | list | tuple):
-            depth = max(depth, level)
-            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, Mapping) else item))
-    return depth
-
-
-def _tojson(value: Any, args: tuple, kwargs: Mapping[str, Any]) -> int:
-    """Pretty-printed JSON: each line is indented by ``indent`` per level, and separators repeat per item."""
-    try:
-        compact = len(json.dumps(value, ensure_ascii=False, default=str))
-    except (TypeError, ValueError, RecursionError):
-        return 0
-    options = [*args, *kwargs.values()]
-    indent = max([_int(option) if not isinstance(option, str) else len(option) for option in options], default=0)
-    separators = sum(_size(part) for option in options if isinstance(option, list | tuple) for part in option)
-    return compact * (1 + indent * _json_depth(value) + separators)
-
-
-def _arg(args: tuple, kwargs: Mapping[str, Any], position: int, name: str, default: Any = None) -> Any:
-    return args[position] if len(args) > position else kwargs.get(name, default)
-
-
-def _padded(text: str, args: tuple, kwargs: Mapping[str, Any], default: int = 0) -> int:
-    return max(len(text), _int(_arg(args, kwargs, 0, "width", default)))
-
-
-def _indented(text: str, args: tuple, kwargs: Mapping[str, Any]) -> int:
-    width = _arg(args, kwargs, 0, "width", 4)
-    return len(text) + (text.count("\n") + 1) * (len(width) if isinstance(width, str) else _int(width))
-
-
-def _wrapped(text: str, args: tuple, kwargs: Mapping[str, Any]) -> int:
-    width = max(_int(_arg(args, kwargs, 0, "width", 79), 79), 1)
-    wrapstring = _arg(args, kwargs, 2, "wrapstring") or "\n"
-    return len(text) + (len(text) // width + text.count("\n") + 1) * _size(wrapstring)
-
-
-def _translated(text: str, args: tuple, kwargs: Mapping[str, Any]) -> int:
-    table = _arg(args, kwargs, 0, "table")
-    return len(text) * max([1] + [_size(value) for value in (table.values() if isinstance(table, Mapping) else ())])
-
-
-def _urlized(text: str, args: tuple, kwargs: Mapping[str, Any]) -> int:
-    """Each link (at least a few characters) gets the ``target``/``rel`` strings and the anchor tag around it."""
-    inserted = sum(len(option) for option in [*args, *kwargs.values()] if isinstance(option, str))
-    return len(text) + (len(text) // 3 + 1) * (inserted + 48)
-
-
-_Estimate = Callable[[Any, tuple, dict], int]
-_STR_METHODS: dict[str, _Estimate] = {
-    "center": _padded,
-    "ljust": _padded,
-    "rjust": _padded,
-    "zfill": _padded,
-    "expandtabs": lambda s, a, k: len(s) + s.count("\t") * _int(_arg(a, k, 0, "tabsize", 8)),
-    "replace": lambda s, a, k: _replace(s, *a, **k),
-    "join": lambda s, a, k: _joined(s, a[0]) if a and isinstance(a[0], list | tuple) else 0,
-    "format": _format,
-    "format_map": lambda s, a, k: _format(s, (), a[0] if a and isinstance(a[0], Mapping) else {}),
-    "translate": _translated,
-}
-"""Estimates of the result size of ``str`` methods that can make far more text than they are given."""
-
-_FILTERS: dict[str, _Estimate] = {
-    "center": lambda v, a, k: _padded(str(v), a, k, 80),
-    "indent": lambda v, a, k: _indented(str(v), a, k),
-    "wordwrap": lambda v, a, k: _wrapped(str(v), a, k),
-    "replace": lambda v, a, k: _replace(str(v), *a, **k),
-    "join": lambda v, a, k: _joined(_arg(a, k, 0, "d", ""), v) if isinstance(v, list | tuple) else 0,
-    "format": lambda v, a, k: _printf(str(v), k or a),
-    "batch": lambda v, a, k: _size(v) + _int(_arg(a, k, 0, "linecount")),
-    "slice": lambda v, a, k: _size(v) + _int(_arg(a, k, 0, "slices")),
-    "tojson": _tojson,
-    "urlize": lambda v, a, k: _urlized(str(v), a, k),
-}
-"""The same for filters (the value the filter is applied to comes first)."""
-
-
-def _binop_estimate(operator: str, left: Any, right: Any) -> int:
-    if operator == "*":
-        if isinstance(left, int) and isinstance(right, int):
-            return (left.bit_length() + right.bit_length()) // 8
-        for sequence, times in ((left, right), (right, left)):
-            if isinstance(sequence, str | list | tuple | bytes) and isinstance(times, int):
-                return _size(sequence) * max(times, 0)
-    if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
-        return max(abs(left).bit_length() - 1, 0) * right // 8
-    if operator == "%" and isinstance(left, str):
-        return _printf(left, right)
-    return 0
 
 
 # --- the environment -----------------------------------------------------------------------------------------
@@ -385,7 +212,7 @@ def _counting_filter(name: str, function: Callable[..., Any]) -> Callable[..., A
     budget: ``{{ 'x' | center(10**9) }}`` would be evaluated while compiling).
     """
     passes = getattr(getattr(function, "jinja_pass_arg", None), "name", None)
-    estimate = _FILTERS.get(name)
+    estimate = FILTERS.get(name)
 
     @jinja2.pass_context
     def counted(context: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
@@ -421,21 +248,21 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         owner = getattr(method, "__self__", None)
         if isinstance(owner, Sized) and len(owner) > _LARGE:
             budget.check_clock()
-        if isinstance(owner, str) and getattr(method, "__name__", "") in _STR_METHODS:
+        if isinstance(owner, str) and getattr(method, "__name__", "") in STR_METHODS:
             name = method.__name__
             if name == "join" and args and not isinstance(args[0], list | tuple):
                 args = (list(args[0]), *args[1:])  # to measure it first; join would iterate it all the same
-            budget.expect(_STR_METHODS[name](owner, args, kwargs), "the method", name)
+            budget.expect(STR_METHODS[name](owner, args, kwargs), "the method", name)
         elif __obj is generate_lorem_ipsum:
-            paragraphs = _int(args[0] if args else kwargs.get("n", 5))
-            words = _int(args[3] if len(args) > 3 else kwargs.get("max", 100))
+            paragraphs = as_count(args[0] if args else kwargs.get("n", 5))
+            words = as_count(args[3] if len(args) > 3 else kwargs.get("max", 100))
             budget.expect(paragraphs * words * 16, "the function", "lipsum")
         return budget.made(super().call(__context, __obj, *args, **kwargs))
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         budget = _budget()
         budget.step()
-        budget.expect(_binop_estimate(operator, left, right), "the operator", operator)
+        budget.expect(binop_estimate(operator, left, right), "the operator", operator)
         return budget.made(super().call_binop(context, operator, left, right))
 
     def getitem(self, obj: Any, argument: Any) -> Any:
