@@ -95,7 +95,7 @@ def measure(command: list[str], interval: float) -> Peak:
 
 def run_command(data: Path, out: Path, tokenizer: Path, bucket_tokens: int, workers: int) -> list[str]:
     return [
-        sys.executable, "-m", "seqpack.pipeline.cli", "run", "--quiet", "--overwrite",
+        sys.executable, "-m", "seqpack.cli", "run", "--quiet", "--overwrite",
         "--input", str(data), "--output", str(out), "--tokenizer", str(tokenizer),
         "--max-length", "2048", "--bucket-tokens", str(bucket_tokens),
         "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}",

@@ -61,6 +61,15 @@ TOKENIZER_SAMPLE_PAIRS = 100_000
 # Each runs in its own process: ``python pipeline.py _worker ceiling|datasets ...``. It writes a JSON result
 # with ``done_at`` (time.time() when the work was done) and its own counts; measuring happens in the parent.
 
+SEQPACK_MAIN = (
+    "import sys\n"
+    "try:\n    from seqpack.cli.main import main\n"
+    "except ImportError:  # revisions from before the CLI moved (--seqpack-rev)\n"
+    "    from seqpack.pipeline.cli import main\n"
+    "sys.exit(main())"
+)
+"""The ``seqpack`` command as a ``python -c`` program that works for old and new revisions alike."""
+
 
 def _read_texts(path: str) -> tuple[list[str], list[str]]:
     sources, targets = [], []
@@ -480,7 +489,7 @@ def _special_tokens_per_example(tokenizer: Path) -> int:
 def run_seqpack(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: Path) -> Result:
     out = run_dir / "seqpack-out"
     # what the `seqpack` console script does; PYTHONPATH (set for --seqpack-rev) takes precedence over the install
-    cmd = [sys.executable, "-c", "import sys; from seqpack.pipeline.cli import main; sys.exit(main())",
+    cmd = [sys.executable, "-c", SEQPACK_MAIN,
            "run", "-i", str(data), "-o", str(out), "-t", str(tokenizer), "--max-length", str(args.max_length),
            *args.seqpack_arg]
     env = _base_env()

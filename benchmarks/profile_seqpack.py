@@ -67,6 +67,15 @@ STAGES = [  # (stage, predicate on the innermost seqpack frame's file and functi
 PROCESS = re.compile(r'process \d+:"[^"]*"(;|$)')
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?):(?P<line>\d+)\)$")
 
+SEQPACK_MAIN = (
+    "import sys\n"
+    "try:\n    from seqpack.cli.main import main\n"
+    "except ImportError:  # revisions from before the CLI moved (--seqpack-rev)\n"
+    "    from seqpack.pipeline.cli import main\n"
+    "sys.exit(main())"
+)
+"""The ``seqpack`` command as a ``python -c`` program that works for old and new revisions alike."""
+
 
 def seqpack_file(path: str) -> str | None:
     marker = "seqpack/"
@@ -280,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="seqpack-profile-") as tmp:
         out = os.path.join(tmp, "out")
         # what the `seqpack` console script does (so that PYTHONPATH takes precedence over the install)
-        run = [sys.executable, "-c", "import sys; from seqpack.pipeline.cli import main; sys.exit(main())",
+        run = [sys.executable, "-c", SEQPACK_MAIN,
                "run", "-i", args.input, "-o", out, "-t", args.tokenizer,
                "--max-length", str(args.max_length), "-q", *args.seqpack_args]
         if args.cprofile:

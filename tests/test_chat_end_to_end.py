@@ -11,7 +11,7 @@ from helpers import dataset_file, write_jsonl
 from transformers import AutoTokenizer
 
 from seqpack import IGNORE_INDEX
-from seqpack.pipeline.cli import main
+from seqpack.cli.main import main
 
 CHATML = (
     "{%- for message in messages %}"

@@ -118,7 +118,7 @@ def _chat_tokenizer_dir(base: Path, out: Path, template: str) -> Path:
 
 
 def _cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return _run_child(["-m", "seqpack.pipeline.cli", "run", "-q", "--direct_running_mode=in_memory",
+    return _run_child(["-m", "seqpack.cli", "run", "-q", "--direct_running_mode=in_memory",
                        "--template", "chat", *args], timeout=timeout)
 
 

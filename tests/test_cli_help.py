@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from seqpack.pipeline.cli import _parser, main
-from seqpack.pipeline.options import check_command_line
+from seqpack.cli.flags import check_command_line
+from seqpack.cli.main import _parser, main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEAM_FLAGS = ["--runner", "DirectRunner", "--project", "p", "--region", "r", "--temp_location", "/tmp/t",
@@ -23,7 +23,7 @@ BEAM_FLAGS = ["--runner", "DirectRunner", "--project", "p", "--region", "r", "--
 
 def seqpack(*args: str) -> subprocess.CompletedProcess:
     """The command as a user runs it, in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "seqpack.pipeline.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "seqpack.cli", *args], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "120"}, timeout=120)
 
 

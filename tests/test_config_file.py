@@ -10,10 +10,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seqpack.cli.flags import config_from_args
+from seqpack.cli.jobfile import apply_job_file, read_job_file
+from seqpack.cli.main import _parser, main
 from seqpack.config import RunConfig
 from seqpack.errors import UsageError
-from seqpack.pipeline.cli import _parser, main
-from seqpack.pipeline.options import apply_job_file, config_from_args, read_job_file
 
 
 def write_job(path: Path, job: dict | str) -> Path:

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from helpers import write_jsonl
 
+from seqpack.cli.main import main
 from seqpack.config import RunConfig
 from seqpack.dataset import open_manifest, verify_dataset
 from seqpack.faults import FAULT_ENV
 from seqpack.pipeline.build import shard_format
-from seqpack.pipeline.cli import main
 from seqpack.pipeline.lock import LOCK_NAME, OutputLock
 from seqpack.schemas import DatasetFormatError
 from seqpack.transforms.pack import ShardBlocks
@@ -35,7 +35,7 @@ def run_args(input_file: Path, output: Path, tokenizer: Path, *extra: str) -> li
 
 def run_killed(args: list[str], point: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, **{FAULT_ENV: point})
-    return subprocess.run([sys.executable, "-m", "seqpack.pipeline.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "seqpack.cli", *args], env=env, capture_output=True,
                           text=True, timeout=300)
 
 

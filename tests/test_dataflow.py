@@ -19,7 +19,7 @@ from apache_beam.portability.api import beam_runner_api_pb2  # noqa: E402
 
 from seqpack.config import RunConfig  # noqa: E402
 from seqpack.pipeline.build import build_pipeline  # noqa: E402
-from seqpack.pipeline.options import pipeline_options  # noqa: E402
+from seqpack.pipeline.runners import pipeline_options  # noqa: E402
 from seqpack.schemas import STAGING_NAME  # noqa: E402
 from seqpack.tokenizer import load_tokenizer, pad_id_of  # noqa: E402
 from seqpack.transforms.read import resolve_inputs  # noqa: E402

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from seqpack.pipeline.flex_main import run_options, to_run_argv
+from seqpack.cli.flex import run_options, to_run_argv
 
 try:
     import tomllib
@@ -217,7 +217,7 @@ def test_metadata_lists_every_run_option(metadata: dict) -> None:
 def test_metadata_validation_matches_the_code(metadata: dict) -> None:
     import argparse
 
-    from seqpack.pipeline.options import add_run_arguments
+    from seqpack.cli.flags import add_run_arguments
 
     parser = argparse.ArgumentParser(add_help=False)
     add_run_arguments(parser)
@@ -251,7 +251,7 @@ def test_template_parameters_become_run_flags() -> None:
 
 
 def test_a_bad_switch_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from seqpack.pipeline.flex_main import main
+    from seqpack.cli.flex import main
 
     assert main(["--overwrite=yes"]) == 2
     assert "overwrite is a switch" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from helpers import dataset_file, write_jsonl
 from transformers import AutoTokenizer
 
 from seqpack import IGNORE_INDEX
-from seqpack.pipeline.cli import main
+from seqpack.cli.main import main
 from seqpack.schemas import STAGING_NAME
 
 BAD_RECORDS = [
@@ -174,7 +174,7 @@ def test_split_policy_and_none_packing(input_file: Path, tokenizer_dir: Path, tm
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seqpack.pipeline.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "seqpack.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
 
 

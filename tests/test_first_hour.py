@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import dataset_file, write_jsonl
 
+from seqpack.cli.main import main
 from seqpack.config import RunConfig
-from seqpack.pipeline.cli import main
 from seqpack.pipeline.run import run, summary
 from seqpack.schemas import LOCK_NAME, STAGING_NAME, Manifest
 
@@ -27,7 +27,7 @@ def run_args(input_file: Path, output: Path, tokenizer: Path, *extra: str) -> li
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seqpack.pipeline.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "seqpack.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
@@ -177,7 +177,7 @@ def test_ctrl_c_and_sigterm_print_one_line_and_release_everything(
     data = write_jsonl(tmp_path / "many.jsonl", pairs * 8)
     output = tmp_path / "out"
     env = {**os.environ, **private_tmp, "SEQPACK_TEST_SLOW_TOKENIZE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "seqpack.pipeline.cli", "run", "-q", "-i", str(data), "-o",
+    process = subprocess.Popen([sys.executable, "-m", "seqpack.cli", "run", "-q", "-i", str(data), "-o",
                                 str(output), "-t", str(tokenizer_dir), "--max-length", "128"],
                                env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from helpers import dataset_file
 
-from seqpack.pipeline.cli import main
+from seqpack.cli.main import main
 
 HOSTILE = Path(__file__).parent / "data" / "hostile"
 

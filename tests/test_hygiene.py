@@ -10,7 +10,7 @@ from helpers import dataset_file, write_jsonl
 from transformers import AutoTokenizer
 
 from seqpack import IGNORE_INDEX
-from seqpack.pipeline.cli import main
+from seqpack.cli.main import main
 from seqpack.transforms.dedup import content_key
 
 

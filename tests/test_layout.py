@@ -4,8 +4,9 @@
     pure modules (inputs, templates, ...) no Beam, no torch
     config                                the run's settings
     transforms                            Beam steps, each with its own small options
-    pipeline                              the driver and the command line (the top)
+    pipeline                              the driver: build, run, commit, lock, runners
     dataset, tools, loader                the read side: no Beam; torch only in loader
+    cli                                   the `seqpack` command (the top: may use every layer)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ PACKAGE = SRC / "seqpack"
 
 CONTRACT = ("seqpack.schemas", "seqpack.errors", "seqpack.faults")
 WRITE_SIDE = ("seqpack.transforms", "seqpack.pipeline")
+TOP = ("seqpack.cli",)
 READ_SIDE = ("seqpack.dataset", "seqpack.tools", "seqpack.loader")
 RULES: dict[str, tuple[str, ...]] = {
     # layer: what it must not import (seqpack modules by prefix, or third-party roots)
@@ -27,12 +29,14 @@ RULES: dict[str, tuple[str, ...]] = {
     "seqpack.errors": ("seqpack.", "apache_beam", "torch"),
     "seqpack.faults": ("seqpack.", "apache_beam", "torch"),
     "seqpack.config": (*WRITE_SIDE, *READ_SIDE, "seqpack.inputs", "apache_beam", "torch"),
-    "seqpack.transforms": ("seqpack.pipeline", "seqpack.config", *READ_SIDE, "torch"),
-    "seqpack.dataset": (*WRITE_SIDE, "seqpack.tools", "seqpack.loader", "seqpack.config", "apache_beam", "torch"),
-    "seqpack.tools": (*WRITE_SIDE, "seqpack.loader", "seqpack.config", "apache_beam", "torch"),
-    "seqpack.loader": (*WRITE_SIDE, "seqpack.tools", "seqpack.config", "apache_beam"),
+    "seqpack.transforms": ("seqpack.pipeline", "seqpack.config", *READ_SIDE, *TOP, "torch"),
+    "seqpack.pipeline": (*READ_SIDE, *TOP, "torch"),
+    "seqpack.dataset": (*WRITE_SIDE, *TOP, "seqpack.tools", "seqpack.loader", "seqpack.config", "apache_beam",
+                        "torch"),
+    "seqpack.tools": (*WRITE_SIDE, *TOP, "seqpack.loader", "seqpack.config", "apache_beam", "torch"),
+    "seqpack.loader": (*WRITE_SIDE, *TOP, "seqpack.tools", "seqpack.config", "apache_beam"),
 }
-PURE_FORBIDDEN = (*WRITE_SIDE, *READ_SIDE, "seqpack.config", "apache_beam", "torch")
+PURE_FORBIDDEN = (*WRITE_SIDE, *READ_SIDE, *TOP, "seqpack.config", "apache_beam", "torch")
 """Every other module (inputs, templates, chat, tokenizer, masking, examples, packing, ...) is pure."""
 ALLOWED = {
     "seqpack.schemas": ("seqpack.schemas",),
@@ -76,7 +80,7 @@ def _forbidden_for(module: str) -> tuple[str, ...]:
     for layer, forbidden in RULES.items():
         if module == layer or module.startswith(layer + "."):
             return forbidden
-    if module.startswith(WRITE_SIDE) or module == "seqpack":
+    if module.startswith(TOP) or module == "seqpack":
         return ()
     return PURE_FORBIDDEN
 
@@ -147,6 +151,7 @@ def test_the_rules_catch_an_upward_import() -> None:
     assert any(_matches("seqpack.pipeline.build", f) for f in _forbidden_for("seqpack.transforms.pack"))
     assert any(_matches("seqpack.masking", f) for f in _forbidden_for("seqpack.schemas.stats"))
     assert not any(_matches("seqpack.schemas.manifest", f) for f in _forbidden_for("seqpack.pipeline.run"))
+    assert any(_matches("seqpack.cli.flags", f) for f in _forbidden_for("seqpack.pipeline.run"))
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from helpers import dataset_file, write_jsonl
 
+from seqpack.cli.main import main
 from seqpack.dataset import open_manifest, verify_dataset
-from seqpack.pipeline.cli import main
 from seqpack.schemas import LOCK_NAME, STAGING_NAME
 
 IN_PROCESS = "--direct_running_mode=in_memory"
@@ -168,7 +168,7 @@ def many(tmp_path_factory: pytest.TempPathFactory, pairs: list) -> Path:
 
 def _slow_run(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, SEQPACK_TEST_SLOW_TOKENIZE="1")
-    return subprocess.Popen([sys.executable, "-m", "seqpack.pipeline.cli", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "seqpack.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

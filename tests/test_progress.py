@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import dataset_file, flat, write_jsonl
 
+from seqpack.cli.main import main
 from seqpack.inputs import InputFile, Record, iter_file_lists
-from seqpack.pipeline.cli import main
 from seqpack.pipeline.progress import (
     InputSize,
     LiveProgress,
@@ -206,7 +206,7 @@ def test_a_slow_run_shows_progress_and_the_same_data(slow_input: Path, tokenizer
     env = {**os.environ, "SEQPACK_TEST_SLOW_TOKENIZE": "0.3", "SEQPACK_PROGRESS_INTERVAL": "0.5"}
     shown = tmp_path / "shown"
     result = subprocess.run(
-        [sys.executable, "-m", "seqpack.pipeline.cli", "run", "-i", str(slow_input), "-o", str(shown),
+        [sys.executable, "-m", "seqpack.cli", "run", "-i", str(slow_input), "-o", str(shown),
          "-t", str(tokenizer_dir), "--max-length", "128", "--direct_running_mode=multi_processing",
          "--direct_num_workers=1"],
         capture_output=True, text=True, env=env, timeout=300,

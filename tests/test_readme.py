@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from seqpack.cli.main import _parser
 from seqpack.demo import demo_pairs_path
-from seqpack.pipeline.cli import _parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -222,7 +222,7 @@ def check_shown_output(command: str, shown: list[str], output: str) -> None:
 
 def test_the_custom_template_example_means_newlines(tmp_path: Path) -> None:
     """The Input styles example, typed in a shell, gives a template with real newlines (not backslash-n)."""
-    from seqpack.pipeline.options import config_from_args
+    from seqpack.cli.flags import config_from_args
     from seqpack.templates import make_template
 
     example = re.search(r"`(--template '[^`]*\{target\}')`", README)

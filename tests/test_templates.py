@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from helpers import write_jsonl
 
-from seqpack.pipeline.cli import main
+from seqpack.cli.main import main
 from seqpack.templates import ALPACA_PROMPT_NO_INPUT, RenderError, make_template
 
 

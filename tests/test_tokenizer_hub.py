@@ -54,7 +54,7 @@ def seqpack_run(tmp_path: Path, tokenizer: str, env: dict[str, str]) -> tuple[su
     source = write_jsonl(tmp_path / "pairs.jsonl", [{"source": "a", "target": "b"}])
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "seqpack.pipeline.cli", "run", "-i", str(source), "-o", str(tmp_path / "out"),
+        [sys.executable, "-m", "seqpack.cli", "run", "-i", str(source), "-o", str(tmp_path / "out"),
          "-t", tokenizer], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
     )
     return done, time.monotonic() - started

@@ -1,5 +1,5 @@
 """The Dataflow Flex Template launcher runs this file (FLEX_TEMPLATE_PYTHON_PY_FILE) with the template's
-parameters as flags; ``seqpack.pipeline.flex_main`` turns them into a ``seqpack run`` command line.
+parameters as flags; ``seqpack.cli.flex`` turns them into a ``seqpack run`` command line.
 
 It sits outside the package on purpose: run as a script, a file's directory goes first on ``sys.path``, and
 ``src/seqpack/pipeline/`` holds modules (``config``, ``build``, ``run``) that would shadow other packages.
@@ -7,7 +7,7 @@ It sits outside the package on purpose: run as a script, a file's directory goes
 
 import sys
 
-from seqpack.pipeline.flex_main import main
+from seqpack.cli.flex import main
 
 if __name__ == "__main__":
     sys.exit(main())

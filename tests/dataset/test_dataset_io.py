@@ -276,7 +276,7 @@ def test_manifest_json_that_is_a_directory_on_an_object_store_is_refused() -> No
 
 
 def test_seqpack_verify_refuses_a_manifest_directory(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from seqpack.pipeline.cli import main
+    from seqpack.cli.main import main
 
     (dataset / MANIFEST_NAME).unlink()
     (dataset / MANIFEST_NAME).mkdir()

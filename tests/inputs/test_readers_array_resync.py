@@ -14,8 +14,8 @@ from helpers import dataset_file, flat
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from seqpack.cli.main import main
 from seqpack.inputs import Record, Rejected, iter_file_lists, json_array, streams
-from seqpack.pipeline.cli import main
 from seqpack.schemas.rejected import RAW_PREFIX_BYTES
 from seqpack.transforms.read import beam_open
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import dataset_file, flat, write_jsonl
 
+from seqpack.cli.main import main
 from seqpack.inputs import Record, Rejected, expand_inputs, iter_input_lists, printable_path
-from seqpack.pipeline.cli import main
 from seqpack.transforms.read import beam_match, beam_open
 
 BAD_NAME = b"bad\xff\xfename.jsonl"

@@ -62,7 +62,7 @@ def test_regular_files_and_links_to_them_still_resolve(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["fifo.jsonl", "zero.jsonl"])
 def test_the_cli_exits_2_instead_of_hanging(inputs: Path, tmp_path: Path, tokenizer_dir: Path, name: str) -> None:
     """In a subprocess with a timeout: without the check the run blocks on the FIFO, or reads /dev/zero forever."""
-    command = [sys.executable, "-m", "seqpack.pipeline.cli", "run", "-q", "-i", str(inputs / name)]
+    command = [sys.executable, "-m", "seqpack.cli", "run", "-q", "-i", str(inputs / name)]
     command += ["-o", str(tmp_path / "out"), "-t", str(tokenizer_dir), "--direct_running_mode=in_memory"]
     # its own process group, so that a hung run is ended with everything it started
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True) as process:

@@ -14,7 +14,7 @@ from helpers import dataset_file, write_jsonl
 from shardgen import Example, write_dataset
 from transformers import AutoTokenizer
 
-from seqpack.pipeline.cli import main
+from seqpack.cli.main import main
 from seqpack.pipeline.run import summary
 from seqpack.schemas import Manifest
 from seqpack.tools.blocks import (

@@ -19,7 +19,7 @@ from helpers import dataset_file, write_jsonl
 from shardgen import write_dataset
 
 import seqpack
-from seqpack.pipeline.cli import main
+from seqpack.cli.main import main
 from seqpack.schemas import REASONS, STATS_NAME
 from seqpack.schemas import stats as stats_format
 from seqpack.tools.report import plots

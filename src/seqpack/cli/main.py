@@ -45,7 +45,7 @@ class _CommandParser(argparse.ArgumentParser):
         super().__init__(**kwargs)
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
-        from seqpack.pipeline.options import choice_error
+        from seqpack.cli.flags import choice_error
 
         if action.choices is not None and value not in action.choices:
             name = next((flag for flag in action.option_strings if flag.startswith("--")), action.dest)
@@ -63,7 +63,7 @@ def _command(commands: argparse._SubParsersAction, name: str, summary: str, **kw
 
 
 def _parser() -> argparse.ArgumentParser:
-    from seqpack.pipeline.options import add_run_arguments
+    from seqpack.cli.flags import add_run_arguments
 
     parser = argparse.ArgumentParser(prog="seqpack", description=__doc__.splitlines()[0].replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
@@ -132,8 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
-            from seqpack.pipeline.options import apply_job_file, check_command_line
-            from seqpack.pipeline.run import run_from_args
+            from seqpack.cli.commands import run_from_args
+            from seqpack.cli.flags import check_command_line
+            from seqpack.cli.jobfile import apply_job_file
 
             run_argv = argv[argv.index("run") + 1 :]
             check_command_line(args._run_parser, extra)
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "demo":
-            from seqpack.pipeline.run import run_demo
+            from seqpack.cli.commands import run_demo
 
             return run_demo(args.output)
         if args.command == "verify":

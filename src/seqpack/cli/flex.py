@@ -17,8 +17,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from seqpack.cli.flags import add_run_arguments
 from seqpack.errors import UsageError
-from seqpack.pipeline.options import add_run_arguments
 
 SEPARATOR = ","
 """Separates the values of a template parameter for an option that takes several (``input``)."""
@@ -82,8 +82,8 @@ def to_run_argv(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``seqpack run`` with the template's parameters; the exit code is the CLI's (0, 1 or 2)."""
-    from seqpack.pipeline.cli import EXIT_USAGE
-    from seqpack.pipeline.cli import main as cli_main
+    from seqpack.cli.main import EXIT_USAGE
+    from seqpack.cli.main import main as cli_main
 
     try:
         run_argv = to_run_argv(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,81 @@
+"""``seqpack run`` and ``seqpack demo``: a run from the command line's flags, its summary and its report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from seqpack.cli.flags import config_from_args
+from seqpack.config import RunConfig
+from seqpack.errors import UsageError
+from seqpack.pipeline.run import run, summary
+from seqpack.schemas import REPORT_NAME
+
+
+def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
+    config = config_from_args(args)
+    if args.report:
+        _require_report_dependencies()
+    verbose = bool(getattr(args, "verbose", False))
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    committed = run(config, beam_args, progress=not args.quiet, verbose=verbose)
+    if committed is None:
+        print("seqpack: dry run: the job was built and checked; nothing was run or written", file=sys.stderr)
+        return 0
+    manifest, stats = committed
+    report = _write_report(config.output) if args.report else None
+    if not args.quiet:
+        print(summary(manifest, stats, config.output, report=report), file=sys.stderr)
+    return 1 if args.report and report is None else 0
+
+
+def _require_report_dependencies() -> None:
+    """``--report`` without matplotlib is found before the run, not after an hour of work."""
+    from seqpack.tools.report import MissingDependencyError, require_matplotlib
+
+    try:
+        require_matplotlib()
+    except MissingDependencyError as error:
+        raise UsageError(str(error)) from error
+
+
+def _write_report(output: str) -> str | None:
+    """Write ``OUT/report.html``; on failure say that the dataset itself is complete, and how to retry."""
+    from seqpack.tools.report import write_report
+
+    path = f"{output}/{REPORT_NAME}"
+    try:
+        return write_report(output, path)
+    except Exception as error:  # noqa: BLE001 - the dataset is committed; only the report is missing
+        print(
+            f"seqpack: the dataset in {output} is complete, but its report failed: {error}. "
+            f"Retry with: seqpack report {shlex.quote(output)} -o {shlex.quote(path)}",
+            file=sys.stderr,
+        )
+        return None
+
+
+def run_demo(output: str) -> int:
+    """Build the demo tokenizer, run the pipeline on the bundled pairs, print where the result is."""
+    from seqpack.demo import build_demo_tokenizer, demo_pairs_path
+
+    root = Path(output)
+    tokenizer_dir = build_demo_tokenizer(root / "tokenizer")
+    config = RunConfig(
+        inputs=[str(demo_pairs_path())],
+        output=str(root / "dataset"),
+        tokenizer=str(tokenizer_dir),
+        max_length=256,
+        validation_fraction=0.05,
+        bucket_tokens=4096,
+        overwrite=True,
+    )
+    manifest, stats = run(config)
+    print(summary(manifest, stats, config.output), file=sys.stderr)
+    print(f"  the demo's tokenizer (built from the pairs): {tokenizer_dir}", file=sys.stderr)
+    print(config.output)
+    return 0

@@ -1,0 +1,176 @@
+"""The flags of ``seqpack run``, and the ``RunConfig`` they make (defaults come from ``RunConfig``)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Iterable
+from dataclasses import MISSING, fields
+
+from seqpack.chat import STYLES as CHAT_STYLES
+from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
+from seqpack.config import DEDUP_MODES, FILE_FORMATS, RunConfig
+from seqpack.errors import UsageError
+from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
+from seqpack.packing import PACKING_STRATEGIES
+from seqpack.pipeline.runners import check_beam_args, long_flags, wants_dask
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+"""RunConfig is the one place defaults live; the flags show them and fall back to them."""
+
+
+def unescape(text: str) -> str:
+    r"""``\n``, ``\t`` and ``\\`` typed on the command line become a newline, a tab and a backslash.
+
+    A shell passes ``'Q: {question}\nA: {target}'`` as a backslash and an ``n``; a template means a newline. Any
+    other backslash stays as typed. Job files hold real newlines and are read as written (see ``_job_scalar``).
+
+        >>> unescape(r"Q: {source}\nA: {target}")
+        'Q: {source}\nA: {target}'
+    """
+    return re.sub(r"\\([nt\\])", lambda match: _ESCAPES[match.group(1)], text)
+
+
+_ESCAPES_HELP = r"; on the command line \n, \t and \\ are a newline, a tab and a backslash"
+
+
+def choice_error(name: str, value: object, choices: Iterable[object]) -> str:
+    """The one line for a value that is not among an option's choices, on the command line or in a job file."""
+    return f"{name} must be one of {', '.join(map(str, choices))} (got {value!r})"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--input", "-i", action="append", metavar="GLOB",
+                    help="input files, globs or directories (JSONL, JSON, Parquet, Arrow, CSV/TSV, datasets "
+                    "save_to_disk dirs; local or gs://, s3://); repeat for several")
+    io.add_argument("--output", "-o", help="dataset directory to write (local or gs://, s3://)")
+    io.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output")
+    io.add_argument("--format", dest="file_format", choices=FILE_FORMATS, default=DEFAULTS["file_format"],
+                    help="shard files: parquet (zstd) or arrow (Arrow IPC files, same schema)")
+    io.add_argument("--validation-fraction", type=float, default=DEFAULTS["validation_fraction"],
+                    help="hold out this fraction of pairs (chosen by a hash of their text) into validation/")
+    io.add_argument("--row-group-size", type=int, default=DEFAULTS["row_group_size"],
+                    help="blocks per Parquet row group")
+    io.add_argument("--max-record-bytes", type=int, default=DEFAULTS["max_record_bytes"],
+                    help="records larger than this are rejected without being parsed")
+    io.add_argument("--max-reject-fraction", type=float, default=DEFAULTS["max_reject_fraction"],
+                    help="fail, committing nothing, when more than this fraction of the records read is rejected "
+                    "(a wrong field name or template); 1 commits whatever is left")
+    io.add_argument("--report", action="store_true",
+                    help="also write OUT/report.html: plots, rejected records and decoded blocks (needs matplotlib)")
+
+    text = parser.add_argument_group("rendering")
+    text.add_argument("--template", default=DEFAULTS["template"], type=unescape,
+                      help="plain (source + separator → target), alpaca, chat (the tokenizer's chat template), "
+                      "or a format string with {target}: the text before it is masked" + _ESCAPES_HELP)
+    text.add_argument("--source-field", default=DEFAULTS["source_field"],
+                      help="record field of the source, {source} in templates")
+    text.add_argument("--target-field", default=DEFAULTS["target_field"],
+                      help="record field of the target, {target} in templates")
+    text.add_argument("--separator", default=DEFAULTS["separator"], type=unescape,
+                      help="plain template: masked text between source and target" + _ESCAPES_HELP)
+
+    chat = parser.add_argument_group("conversations (--template chat)")
+    chat.add_argument("--chat-style", choices=CHAT_STYLES, default=DEFAULTS["chat_style"],
+                      help="messages (OpenAI role/content), sharegpt (from/value), pair (source/target), or auto")
+    chat.add_argument("--messages-field", default=DEFAULTS["messages_field"], help="field holding the message list")
+    chat.add_argument("--role-map", default="", metavar="NAME=ROLE,...",
+                      help="extra role names, e.g. human=user,bot=assistant")
+    chat.add_argument("--system", default=DEFAULTS["system"],
+                      help="system prompt for pairs and conversations without one")
+
+    tok = parser.add_argument_group("tokenization and labels")
+    tok.add_argument("--tokenizer", "-t",
+                     help="Hugging Face tokenizer: local dir, tokenizer.json, .gguf file, gs:// dir or hub id")
+    tok.add_argument("--trust-remote-code", action="store_true",
+                     help="allow tokenizers that run code from their repository (off by default)")
+    tok.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
+                     help="tokens per packed block: the context length the model trains with")
+    tok.add_argument("--no-eos", dest="add_eos", action="store_false", help="do not append EOS to the target")
+    tok.add_argument("--train-on", choices=TRAIN_ON + CHAT_TRAIN_ON[:2], default=DEFAULTS["train_on"],
+                     help="pairs: target (default), source+target (every token of each example), all (also across "
+                     "example boundaries); chat: assistant (default), last (final assistant turn), all")
+    tok.add_argument("--overlong", choices=OVERLONG_POLICIES, default=DEFAULTS["overlong"],
+                     help="an example longer than --max-length: truncate (keep the target, cut the source from the "
+                     "left), split (into --max-length pieces) or drop")
+    tok.add_argument("--pad-id", type=int, default=DEFAULTS["pad_id"], help="padding id (default: pad token, else EOS)")
+
+    hygiene = parser.add_argument_group("special tokens and data hygiene")
+    hygiene.add_argument("--add-special-tokens", nargs="+", default=[], metavar="TOKEN",
+                         help="add new special tokens (e.g. [SEP]); the extended tokenizer is saved in OUT/tokenizer/")
+    hygiene.add_argument("--dedup", choices=DEDUP_MODES, default=DEFAULTS["dedup"],
+                         help="exact: drop exact duplicate pairs/conversations, keeping the first (file, line)")
+    hygiene.add_argument("--min-target-tokens", type=int, default=DEFAULTS["min_target_tokens"],
+                         help="drop examples with fewer target tokens")
+    hygiene.add_argument("--max-source-tokens", type=int, default=DEFAULTS["max_source_tokens"],
+                         help="drop examples with more source (untrained) tokens")
+
+    packing = parser.add_argument_group("shuffling and packing")
+    packing.add_argument("--packing", choices=PACKING_STRATEGIES, default=DEFAULTS["packing"],
+                         help="bfd (best-fit decreasing: examples never split), wrap (concatenate and cut every "
+                         "--max-length tokens), none (one example per row, unpadded)")
+    packing.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+                         help="shuffle seed: the same seed, data and options give the same shards, byte for byte")
+    packing.add_argument("--bucket-tokens", type=int, default=DEFAULTS["bucket_tokens"],
+                         help="tokens per shuffle bucket and shard; bounds a worker's memory")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    for flag, value in (("--input", args.input), ("--output", args.output), ("--tokenizer", args.tokenizer)):
+        if not value:  # not required by argparse: a --config job file may give it
+            raise UsageError(f"{flag} is required: pass it on the command line or in the --config job file")
+    config = RunConfig(
+        inputs=list(args.input),
+        output=args.output.rstrip("/") or "/",
+        tokenizer=args.tokenizer,
+        max_length=args.max_length,
+        template=args.template,
+        source_field=args.source_field,
+        target_field=args.target_field,
+        separator=args.separator,
+        add_eos=args.add_eos,
+        train_on=args.train_on,
+        overlong=args.overlong,
+        packing=args.packing,
+        seed=args.seed,
+        bucket_tokens=args.bucket_tokens,
+        file_format=args.file_format,
+        validation_fraction=args.validation_fraction,
+        row_group_size=args.row_group_size,
+        pad_id=args.pad_id,
+        trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite,
+        max_record_bytes=args.max_record_bytes,
+        max_reject_fraction=args.max_reject_fraction,
+        dedup=args.dedup,
+        min_target_tokens=args.min_target_tokens,
+        max_source_tokens=args.max_source_tokens,
+        add_special_tokens=tuple(args.add_special_tokens),
+        chat_style=args.chat_style,
+        messages_field=args.messages_field,
+        role_map=parse_role_map(args.role_map),
+        system=args.system,
+    )
+    config.validate()
+    return config
+
+
+def parse_role_map(text: str) -> dict[str, str]:
+    """``"human=user,bot=assistant"`` → ``{"human": "user", "bot": "assistant"}``."""
+    mapping = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, role = item.partition("=")
+        if not sep or not name.strip() or not role.strip():
+            raise UsageError(f"--role-map item {item!r} is not NAME=ROLE (e.g. human=user)")
+        mapping[name.strip()] = role.strip()
+    return mapping
+
+
+def check_command_line(parser: argparse.ArgumentParser, extra: list[str]) -> None:
+    """The flags ``parser`` (``seqpack run``) left over must be Beam options; say which option a typo meant."""
+    wants_dask(extra)  # loads the --dask_* options when the Dask runner is asked for
+    check_beam_args(extra, long_flags(parser))

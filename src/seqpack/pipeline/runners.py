@@ -1,0 +1,109 @@
+"""Which Beam runner a run uses, and the Beam pipeline options it passes on unchanged.
+
+With no ``--runner``, seqpack runs locally on Beam's FnApiRunner, one worker process per core (Beam's default
+DirectRunner first tries the Prism runner, which downloads a binary). ``--runner DaskRunner`` means seqpack's own
+Dask runner (``pipeline.dask_runner``). A flag that no Beam options class knows is refused up front, with the
+option it most looks like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterable
+
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from seqpack.errors import UsageError, closest
+
+
+def _all_option_classes() -> list[type[PipelineOptions]]:
+    found, pending = [], [PipelineOptions]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """A parser of every Beam pipeline option loaded so far (``--dask_*`` once the Dask runner is loaded)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for cls in _all_option_classes():
+        with contextlib.suppress(argparse.ArgumentError):  # an option registered by two classes
+            cls._add_argparse_args(parser)
+    return parser
+
+
+def unknown_beam_args(beam_args: list[str]) -> list[str]:
+    """Flags that no Beam options class knows: most likely a typo in a seqpack flag."""
+    _, unknown = _beam_parser().parse_known_args(beam_args)
+    return [arg for arg in unknown if arg.startswith("-")]
+
+
+def long_flags(parser: argparse.ArgumentParser) -> list[str]:
+    return [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+
+
+def check_beam_args(beam_args: list[str], seqpack_flags: Iterable[str] = ()) -> None:
+    """Refuse the first flag that no Beam option class knows, naming the seqpack or Beam option it most looks like.
+
+    Flags Beam knows (``--runner``, ``--project``, ``--direct_running_mode=in_memory``) pass; only the others are
+    reported, so a misspelled ``--max-lenght 128`` fails up front instead of being handed to Beam.
+    """
+    unknown = unknown_beam_args(beam_args)
+    if not unknown:
+        return
+    flag = unknown[0].split("=", 1)[0]
+    hint = closest(flag, [*seqpack_flags, *long_flags(_beam_parser())])
+    did_you_mean = f" (did you mean {hint}?)" if hint else ""
+    raise UsageError(
+        f"unknown option {flag}{did_you_mean}: see `seqpack run --help`; Beam pipeline options pass through"
+    )
+
+
+DASK_RUNNERS = ("DaskRunner", "seqpack.pipeline.dask_runner.DaskRunner")
+
+
+def wants_dask(beam_args: list[str]) -> bool:
+    """Whether ``--runner`` names the Dask runner; if so, load it, which also registers the ``--dask_*`` flags.
+
+    Beam knows no short name for its ``DaskRunner``, and the one it ships cannot run seqpack's pipeline (see
+    ``seqpack.pipeline.dask_runner``): ``--runner DaskRunner`` means seqpack's.
+    """
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--runner")
+    runner = parser.parse_known_args(beam_args)[0].runner
+    if runner not in DASK_RUNNERS and not any(arg.startswith("--dask_") for arg in beam_args):
+        return False
+    try:
+        import seqpack.pipeline.dask_runner  # noqa: F401 - registers Beam's DaskOptions
+    except ImportError as error:
+        raise UsageError(f"--runner {runner}: {error}") from error
+    return runner in DASK_RUNNERS
+
+
+def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | None]:
+    """Beam options from the leftover flags; with no ``--runner``, the local multi-process FnApiRunner.
+
+    Beam's default DirectRunner first tries the Prism runner, which downloads a binary; seqpack must run
+    offline, so it picks the FnApiRunner itself, with one worker process per core.
+    """
+    dask = wants_dask(beam_args)
+    check_beam_args(beam_args)
+    options = PipelineOptions(beam_args)
+    if dask:
+        from seqpack.pipeline.dask_runner import DaskRunner
+
+        return options, DaskRunner()
+    if options.view_as(StandardOptions).runner is not None:
+        return options, None
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    direct = options.view_as(DirectOptions)
+    given = " ".join(beam_args)
+    if "--direct_running_mode" not in given:
+        direct.direct_running_mode = "multi_processing"
+    if "--direct_num_workers" not in given and direct.direct_running_mode != "in_memory":
+        direct.direct_num_workers = 0  # one worker per core
+    return options, FnApiRunner()
