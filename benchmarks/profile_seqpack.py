@@ -55,7 +55,7 @@ STAGES = [  # (stage, predicate on the innermost seqpack frame's file and functi
          "tokenization_utils" in s or "encode" in s.split(";")[0].split(" (")[0].lower())),
     ("tokenize DoFn: encode cache lookups (seqpack.encode_cache)", lambda f, s: f == "encode_cache.py"),
     ("tokenize DoFn: build_example (masking)", lambda f, s: f == "masking.py"),
-    ("tokenize DoFn: example key hash", lambda f, s: f == "transforms/tokenize.py" and "example_key" in s),
+    ("tokenize DoFn: example key hash", lambda f, s: f == "keys.py" and "example_key" in s),
     ("tokenize DoFn: other per-example Python", lambda f, s: f == "transforms/tokenize.py"),
     ("stats bookkeeping", lambda f, s: f in ("transforms/bundle_stats.py", "schemas/stats.py")),
     ("pack: sort + bfd + blocks (seqpack.packing)", lambda f, s: f in ("transforms/pack.py", "packing.py")),

@@ -31,7 +31,7 @@ def flat(lists: Iterable[list[T]]) -> list[T]:
 
 def pack(pieces: list, *, strategy: str, max_length: int, pad_id: int, mask_boundaries: bool = True):  # noqa: ANN201
     """``packing.pack_columns`` for a list of ``masking.Piece`` (what tests write by hand)."""
-    from seqpack.examples import columns_of_pieces
+    from seqpack.example_columns import columns_of_pieces
     from seqpack.packing import pack_columns
 
     return pack_columns(columns_of_pieces(pieces), strategy=strategy, max_length=max_length, pad_id=pad_id,

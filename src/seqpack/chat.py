@@ -34,7 +34,7 @@ from seqpack.chat_sandbox import (
     render_budget,
     render_chat,
 )
-from seqpack.templates import RenderError, _require_target, _text_field
+from seqpack.prompt_templates import RenderError, _require_target, _text_field
 
 DEFAULT_LIMITS = RenderLimits()
 

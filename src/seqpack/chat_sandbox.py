@@ -44,7 +44,7 @@ from jinja2.utils import generate_lorem_ipsum
 from jinja2.visitor import NodeTransformer
 
 from seqpack.chat_estimates import FILTERS, STR_METHODS, as_count, binop_estimate, size_of
-from seqpack.templates import RenderError
+from seqpack.prompt_templates import RenderError
 
 REASON = "chat_template_error"
 MAX_INT_BITS = 1 << 16

@@ -170,3 +170,14 @@ def masks_example_starts(train_on: str, *, chat: bool) -> bool:
     """Whether each packed example's first token gets label -100, so that no example learns to predict the
     next one: always, except for pairs with ``--train-on all`` (which trains across boundaries on purpose)."""
     return not (train_on == "all" and not chat)
+
+
+def filtered_reason(
+    source_tokens: int, target_tokens: int, *, min_target_tokens: int = 0, max_source_tokens: int | None = None
+) -> str | None:
+    """Why ``--min-target-tokens`` / ``--max-source-tokens`` drop an example, or None to keep it."""
+    if target_tokens < min_target_tokens:
+        return "target_too_short"
+    if max_source_tokens is not None and source_tokens > max_source_tokens:
+        return "source_too_long"
+    return None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqpack import IGNORE_INDEX
-from seqpack.examples import ExampleColumns, gather_index
+from seqpack.example_columns import ExampleColumns, gather_index
 
 PACKING_STRATEGIES = ("bfd", "wrap", "none")
 

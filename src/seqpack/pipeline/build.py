@@ -7,7 +7,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from seqpack.config import RunConfig
 from seqpack.masking import masks_example_starts
-from seqpack.templates import make_template
+from seqpack.prompt_templates import make_template
 from seqpack.tokenizer import BackendPlan
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.dedup import DropExactDuplicates

@@ -21,13 +21,13 @@ from seqpack.errors import RunFailedError, UsageError
 from seqpack.pipeline.build import BACKEND_TOKENIZER, META_DIR, build_pipeline
 from seqpack.pipeline.commit import Destination, abandon, check_output, commit, prepare_output, save_tokenizer
 from seqpack.pipeline.failures import as_run_failure, crash_summary, stop_on_termination
+from seqpack.pipeline.live_progress import live_progress
 from seqpack.pipeline.lock import OutputLock
-from seqpack.pipeline.progress import live_progress
 from seqpack.pipeline.runners import pipeline_options
 from seqpack.pipeline.worker_logs import WorkerLog, capture_worker_output
+from seqpack.prompt_templates import make_template, template_texts
 from seqpack.schemas import REJECTED_FILE, Manifest, TokenizerInfo
 from seqpack.schemas.stats import AccountingError
-from seqpack.templates import make_template, template_texts
 from seqpack.tokenizer import (
     BackendPlan,
     TokenizerError,
@@ -104,7 +104,7 @@ def run(
     output lock; the previous dataset, if any, is untouched.
 
     ``progress`` prints a line on stderr every few seconds while the local runner works (see
-    ``pipeline.progress``); other runners show their own. On the local runner the workers' log lines go to a
+    ``pipeline.live_progress``); other runners show their own. On the local runner the workers' log lines go to a
     file, shown only if the run fails, unless ``verbose`` (see ``pipeline.worker_logs``).
 
         >>> manifest, stats = run(RunConfig(inputs=["pairs.jsonl"], output="out", tokenizer="tok/"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 
-from seqpack.examples import ExampleColumns, empty_columns
+from seqpack.example_columns import ExampleColumns, empty_columns
 from seqpack.faults import lose_one_example
 from seqpack.packing import PackedBlocks, pack_columns
 from seqpack.transforms.spill import SpillFile, read_spill_range

@@ -30,7 +30,7 @@ from seqpack.inputs import (
     iter_input_lists,
     split_inputs,
 )
-from seqpack.transforms.progress import ProgressCounter, progress_from_env
+from seqpack.transforms.progress_counts import ProgressCounter, progress_from_env
 
 REJECTED_TAG = "rejected"
 _EXTRAS = {"gs": "gcp", "s3": "aws"}
@@ -70,7 +70,7 @@ class ReadFileDoFn(beam.DoFn):
     """One input file in; lists of its records on the main output, its rejections on ``rejected``."""
 
     progress: ProgressCounter | None = None
-    """Live progress counts, only in a local run that shows progress (see ``transforms.progress``)."""
+    """Live progress counts, only in a local run that shows progress (see ``transforms.progress_counts``)."""
 
     def __init__(
         self, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, batch_size: int = RECORDS_PER_BATCH

@@ -12,7 +12,7 @@ import apache_beam as beam
 
 from seqpack.chat import conversation_from_record
 from seqpack.inputs import Record, Rejected
-from seqpack.templates import RenderError, Template
+from seqpack.prompt_templates import RenderError, Template
 from seqpack.transforms.bundle_stats import StatsDoFn
 
 REJECTED_TAG = "rejected"

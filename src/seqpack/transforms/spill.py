@@ -25,7 +25,7 @@ import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from seqpack.examples import ExampleColumns, empty_columns
+from seqpack.example_columns import ExampleColumns, empty_columns
 from seqpack.schemas.columns import list_array
 
 SPILL_DIR = "_spill"

@@ -1,7 +1,7 @@
 """Tokenize rendered pairs or conversations in batches and spill them, keyed, to the run's staging directory.
 
 Every example gets a 16-byte seeded hash of its content as its key: the order of the global shuffle. The
-examples of a bundle collect in a columnar buffer per split (``seqpack.examples``) and are written, sorted by
+examples of a bundle collect in a columnar buffer per split (``seqpack.example_columns``) and are written, sorted by
 key, as spill files (``transforms.spill``) whenever the buffer is full and when the bundle ends; only a small
 ``SpillFile`` description per file goes on through the pipeline.
 
@@ -11,7 +11,6 @@ repeat in parallel corpora and instruction sets); the ids, and so the output, ar
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import operator
@@ -25,62 +24,21 @@ from apache_beam.transforms.window import GlobalWindows
 
 from seqpack.chat import render_segments, tokenize_segments
 from seqpack.encode_cache import EncodeCache, Ids
-from seqpack.examples import ExampleBuffer, offsets_of
+from seqpack.example_columns import ExampleBuffer, offsets_of
 from seqpack.faults import checkpoint
 from seqpack.inputs import Rejected
+from seqpack.keys import choose_split, example_key, example_keys
 from seqpack.masking import Outcome, build_example, build_masked_example
+from seqpack.masking import filtered_reason as masking_filter
+from seqpack.prompt_templates import RenderError
 from seqpack.schemas import stats as stats_format
-from seqpack.templates import RenderError
 from seqpack.tokenizer import BackendPlan, equivalent_backend, load_backend, load_for_run, pair_layout
 from seqpack.transforms.bundle_stats import StatsDoFn
-from seqpack.transforms.progress import ProgressCounter, progress_from_env
+from seqpack.transforms.progress_counts import ProgressCounter, progress_from_env
 from seqpack.transforms.render import REJECTED_TAG, raw_json
 from seqpack.transforms.spill import SPILL_TOKENS, SpillFile, spill_path, write_spill
 
-SPLIT_SALT = b"seqpack-validation-split"
 _IDS = operator.attrgetter("ids")
-
-
-def choose_split(text: str, validation_fraction: float) -> str:
-    """Hold out an example by a hash of its text: stable across seeds and runs, and duplicates stay together."""
-    if validation_fraction <= 0:
-        return "train"
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=SPLIT_SALT).digest()
-    return "validation" if int.from_bytes(digest, "big") / 2**64 < validation_fraction else "train"
-
-
-_NO_PREFIX_MASK = b"\xff\xff\xff\xff"
-
-
-def _salt(seed: int) -> bytes:
-    return seed.to_bytes(16, "big", signed=True)
-
-
-def example_key(ids: np.ndarray | memoryview, mask: int | bytes, piece: int, seed: int) -> bytes:
-    """A seeded content hash: the order of the global shuffle, independent of runner and worker count.
-
-    ``ids`` are int32 token ids (an array, or their bytes); ``mask`` the masked-prefix length, or for
-    conversations the packed bits of the loss mask; ``piece`` the index of the piece of a split example. The seed
-    is BLAKE2b's salt and the piece and mask its personalization, so a short example is hashed in one call.
-    """
-    data = ids.tobytes() if isinstance(ids, np.ndarray) else ids
-    person = piece.to_bytes(4, "big") + (_NO_PREFIX_MASK if isinstance(mask, bytes) else mask.to_bytes(4, "big"))
-    digest = hashlib.blake2b(data, digest_size=16, salt=_salt(seed), person=person)
-    if isinstance(mask, bytes):
-        digest.update(mask)
-    return digest.digest()
-
-
-def example_keys(ids: np.ndarray, offsets: np.ndarray, n_masked: np.ndarray, seed: int) -> bytes:
-    """``example_key`` of many whole (piece 0) pair examples laid out flat, concatenated."""
-    data = memoryview(np.ascontiguousarray(ids, dtype=np.int32)).cast("B")
-    bounds = (offsets * 4).tolist()
-    salt, blake2b, first = _salt(seed), hashlib.blake2b, bytes(4)
-    keys = (
-        blake2b(data[lo:hi], digest_size=16, salt=salt, person=first + m.to_bytes(4, "big")).digest()
-        for lo, hi, m in zip(bounds, bounds[1:], n_masked.tolist(), strict=False)
-    )
-    return b"".join(keys)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,12 +60,9 @@ class TokenizeOptions:
 
 
 def filtered_reason(source_tokens: int, target_tokens: int, options: TokenizeOptions) -> str | None:
-    """Why ``--min-target-tokens`` / ``--max-source-tokens`` drop an example, or None to keep it."""
-    if target_tokens < options.min_target_tokens:
-        return "target_too_short"
-    if options.max_source_tokens is not None and source_tokens > options.max_source_tokens:
-        return "source_too_long"
-    return None
+    """``masking.filtered_reason`` with the run's ``--min-target-tokens`` / ``--max-source-tokens``."""
+    return masking_filter(source_tokens, target_tokens, min_target_tokens=options.min_target_tokens,
+                          max_source_tokens=options.max_source_tokens)
 
 
 class _TokenizeBase(StatsDoFn):
@@ -118,7 +73,7 @@ class _TokenizeBase(StatsDoFn):
     """
 
     progress: ProgressCounter | None = None
-    """Live progress counts, only in a local run that shows progress (see ``transforms.progress``)."""
+    """Live progress counts, only in a local run that shows progress (see ``transforms.progress_counts``)."""
 
     def __init__(self, options: TokenizeOptions, spill_dir: str) -> None:
         self.options = options

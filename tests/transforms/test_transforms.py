@@ -11,15 +11,16 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from seqpack.config import RunConfig
-from seqpack.examples import ExampleBuffer
+from seqpack.example_columns import ExampleBuffer
 from seqpack.inputs import Record
+from seqpack.keys import example_key, example_keys
 from seqpack.pipeline.build import pack_options, tokenize_options
-from seqpack.templates import make_template
+from seqpack.prompt_templates import make_template
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.pack import ShuffleAndPack, bucket_count, read_bucket
 from seqpack.transforms.render import REJECTED_TAG, RenderDoFn
 from seqpack.transforms.spill import SpillFile, read_spill_range, spill_path, write_spill
-from seqpack.transforms.tokenize import TokenizeDoFn, example_key, example_keys
+from seqpack.transforms.tokenize import TokenizeDoFn
 
 
 def pipeline() -> BeamTestPipeline:

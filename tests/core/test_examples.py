@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqpack.examples import ExampleBuffer, ExampleColumns, columns_of_pieces, gather_index
+from seqpack.example_columns import ExampleBuffer, ExampleColumns, columns_of_pieces, gather_index
 from seqpack.masking import Piece
 from seqpack.transforms import spill
 from seqpack.transforms.pack import bucket_bounds, read_bucket

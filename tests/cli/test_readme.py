@@ -24,7 +24,7 @@ import pytest
 from seqpack.cli.main import _parser
 from seqpack.demo import demo_pairs_path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 CI_SCRIPT = ROOT / ".ci" / "run"
 VENV_BIN = ".venv/bin/"  # the README's commands name the venv's programs; here they are on PATH
@@ -41,7 +41,8 @@ SKIPPED = {  # a command, as the README writes it → why it is not run here
     "seqpack run --report": "a flag named in a sentence, not a whole command",
     "seqpack run": "the command named in a sentence",
     "--runner DataflowRunner --project P --region R --temp_location gs://...":
-        "runs on Dataflow: needs a Google Cloud project and gs:// (tests/test_dataflow.py checks the job offline)",
+        "runs on Dataflow: needs a Google Cloud project and gs:// "
+        "(tests/pipeline/test_dataflow.py checks the job offline)",
 }
 SET_UP = "the set-up (venv, pip install): compared with .ci/run's commands instead (test_set_up_is_what_ci_runs)"
 
@@ -223,7 +224,7 @@ def check_shown_output(command: str, shown: list[str], output: str) -> None:
 def test_the_custom_template_example_means_newlines(tmp_path: Path) -> None:
     """The Input styles example, typed in a shell, gives a template with real newlines (not backslash-n)."""
     from seqpack.cli.flags import config_from_args
-    from seqpack.templates import make_template
+    from seqpack.prompt_templates import make_template
 
     example = re.search(r"`(--template '[^`]*\{target\}')`", README)
     assert example, "the README's custom-template example is gone"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from seqpack.schemas.rejected import READ_REASONS, REASONS, RejectedLine
 
-FORMAT_DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"
+FORMAT_DOC = Path(__file__).resolve().parents[2] / "docs" / "format.md"
 BEGIN, END = "<!-- reasons: begin -->", "<!-- reasons: end -->"
 
 

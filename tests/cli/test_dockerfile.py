@@ -29,7 +29,7 @@ try:
 except ImportError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 METADATA = REPO / "templates" / "flex" / "metadata.json"
 NOT_TEMPLATE_PARAMETERS = {"report", "quiet"}
 """`seqpack run` options a Flex Template does not offer: --report needs matplotlib, which the image lacks."""

@@ -19,7 +19,7 @@ from helpers import dataset_file, flat, write_jsonl
 
 from seqpack.cli.main import main
 from seqpack.inputs import InputFile, Record, iter_file_lists
-from seqpack.pipeline.progress import (
+from seqpack.pipeline.live_progress import (
     InputSize,
     LiveProgress,
     ProgressFormatter,
@@ -28,7 +28,7 @@ from seqpack.pipeline.progress import (
     input_size,
     read_totals,
 )
-from seqpack.transforms.progress import CHECK_EVERY, FIELDS, PROGRESS_DIR_ENV, ProgressCounter, progress_from_env
+from seqpack.transforms.progress_counts import CHECK_EVERY, FIELDS, PROGRESS_DIR_ENV, ProgressCounter, progress_from_env
 from seqpack.transforms.read import beam_open
 
 PROGRESS_LINE = re.compile(r"^seqpack: \d+:\d\d ")

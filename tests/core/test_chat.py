@@ -22,7 +22,7 @@ from seqpack.chat import (
     tokenize_segments,
     unknown_special_strings,
 )
-from seqpack.templates import RenderError
+from seqpack.prompt_templates import RenderError
 
 CHATML = (
     "{%- for message in messages %}"

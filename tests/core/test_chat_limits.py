@@ -22,8 +22,8 @@ from transformers import AutoTokenizer
 
 from seqpack.chat import render_segments
 from seqpack.chat_sandbox import RenderLimits
+from seqpack.prompt_templates import RenderError
 from seqpack.schemas import REJECTED_FILE, STATS_NAME
-from seqpack.templates import RenderError
 
 CHATML = (
     "{%- for message in messages %}"
@@ -58,7 +58,7 @@ CHILD = """
 import json, sys
 from transformers import AutoTokenizer
 from seqpack.chat import render_segments
-from seqpack.templates import RenderError
+from seqpack.prompt_templates import RenderError
 tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
 for name, template in json.loads(sys.argv[2]).items():
     tokenizer.chat_template = template

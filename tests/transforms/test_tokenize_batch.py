@@ -12,11 +12,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from seqpack.config import RunConfig
 from seqpack.inputs import Rejected
+from seqpack.keys import choose_split, example_key
 from seqpack.masking import build_example
 from seqpack.pipeline.build import tokenize_options
 from seqpack.tokenizer import load_for_run, pair_layout
 from seqpack.transforms.spill import SpillFile, read_spill_range
-from seqpack.transforms.tokenize import TokenizeDoFn, choose_split, example_key, filtered_reason
+from seqpack.transforms.tokenize import TokenizeDoFn, filtered_reason
 
 PAIRS = [
     ("Translate: cat = ", "chat"),

@@ -14,7 +14,7 @@ import pytest
 from seqpack.cli.flags import check_command_line
 from seqpack.cli.main import _parser, main
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 BEAM_FLAGS = ["--runner", "DirectRunner", "--project", "p", "--region", "r", "--temp_location", "/tmp/t",
               "--direct_num_workers", "1", "--direct_running_mode=in_memory", "--save_main_session",
               "--experiments=a", "--job_name", "j", "--dry_run=True", "--no_auth", "--max_num_workers", "4",

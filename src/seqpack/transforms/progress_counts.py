@@ -1,7 +1,7 @@
 """Worker side of live progress: cheap counters that a DoFn appends, now and then, to a tiny file of its own.
 
 Beam's local FnApiRunner runs DoFns in worker subprocesses and reports their metrics to the driver only when a
-stage ends, too late to watch a long job. So for a local run the driver (:mod:`seqpack.pipeline.progress`) makes a
+stage ends, too late to watch a long job. So for a local run the driver (:mod:`seqpack.pipeline.live_progress`) makes a
 directory and names it in ``SEQPACK_PROGRESS_DIR``; worker processes inherit the variable. Each DoFn instance that
 finds it keeps its counts in memory and appends them, cumulative, as one short JSON line to
 ``<dir>/<pid>-<random>.jsonl`` at most every ``SEQPACK_PROGRESS_INTERVAL / 2`` seconds (2 at most) and at the end

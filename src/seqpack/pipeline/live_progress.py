@@ -9,7 +9,7 @@ ends with the run's summary::
     seqpack: 0:35 tokenizing 61% · 470,000 of 770,000 records (24,000/s) · 52.1M tokens (2.7M/s) · ~0:12 left
     seqpack: 0:50 tokenized 770,000 records (85.3M tokens) · packing and writing shards
 
-Workers write their counts to files (see :mod:`seqpack.transforms.progress`) in a local temporary directory that
+Workers write their counts to files (see :mod:`seqpack.transforms.progress_counts`) in a local temporary directory that
 this module creates, names to them through ``SEQPACK_PROGRESS_DIR`` and removes at the end. Only the local
 runner's workers can reach it: on Dataflow, Flink or Spark a run shows no live progress (watch the runner's own
 UI, where the ``seqpack`` counters appear under their names).
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from seqpack.inputs import InputFile
-from seqpack.transforms.progress import FIELDS, PROGRESS_DIR_ENV, SUFFIX, ProgressCounts, interval_from_env
+from seqpack.transforms.progress_counts import FIELDS, PROGRESS_DIR_ENV, SUFFIX, ProgressCounts, interval_from_env
 
 _TAIL_BYTES = 4096
 

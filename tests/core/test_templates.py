@@ -8,7 +8,7 @@ import pytest
 from helpers import write_jsonl
 
 from seqpack.cli.main import main
-from seqpack.templates import ALPACA_PROMPT_NO_INPUT, RenderError, make_template
+from seqpack.prompt_templates import ALPACA_PROMPT_NO_INPUT, RenderError, make_template
 
 
 def test_plain_puts_separator_in_the_source() -> None:

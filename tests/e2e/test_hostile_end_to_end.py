@@ -9,7 +9,7 @@ from helpers import dataset_file
 
 from seqpack.cli.main import main
 
-HOSTILE = Path(__file__).parent / "data" / "hostile"
+HOSTILE = Path(__file__).resolve().parents[1] / "data" / "hostile"
 
 
 def test_hostile_corpus_is_accounted_for(tmp_path: Path, tokenizer_dir: Path) -> None:
