@@ -67,14 +67,7 @@ STAGES = [  # (stage, predicate on the innermost seqpack frame's file and functi
 PROCESS = re.compile(r'process \d+:"[^"]*"(;|$)')
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?):(?P<line>\d+)\)$")
 
-SEQPACK_MAIN = (
-    "import sys\n"
-    "try:\n    from seqpack.cli.main import main\n"
-    "except ImportError:  # revisions from before the CLI moved (--seqpack-rev)\n"
-    "    from seqpack.pipeline.cli import main\n"
-    "sys.exit(main())"
-)
-"""The ``seqpack`` command as a ``python -c`` program that works for old and new revisions alike."""
+from pipeline import SEQPACK_MAIN  # noqa: E402 - the harness next door (benchmarks/ is on sys.path)
 
 
 def seqpack_file(path: str) -> str | None:

@@ -10,17 +10,14 @@ token; position ids restart per example; real tokens first, padding after.
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from seqpack import IGNORE_INDEX
 from seqpack.schemas import (
-    BLOCK_SCHEMA,
     MANIFEST_NAME,
     Manifest,
     ShardInfo,
@@ -28,6 +25,7 @@ from seqpack.schemas import (
     TokenizerInfo,
     blocks_to_table,
     revision_dir,
+    serialize_shard,
 )
 
 PAD_ID = 0
@@ -111,26 +109,6 @@ def _flat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def serialize(table: pa.Table, file_format: str, row_group_size: int) -> bytes:
-    """Shard bytes as ``seqpack.transforms.write.serialize`` makes them (its options, without importing Beam)."""
-    buffer = io.BytesIO()
-    if file_format == "parquet":
-        pq.write_table(
-            table,
-            buffer,
-            compression="zstd",
-            row_group_size=row_group_size,
-            use_dictionary=False,
-            write_statistics=False,
-            write_page_checksum=True,
-        )
-    else:
-        with pa.ipc.new_file(buffer, BLOCK_SCHEMA, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
-            for batch in table.to_batches(max_chunksize=row_group_size):
-                writer.write_batch(batch)
-    return buffer.getvalue()
-
-
 def tokenizer_info(vocab_size: int = 1 << 20, added_tokens: dict[str, int] | None = None) -> TokenizerInfo:
     return TokenizerInfo(
         name="test",
@@ -171,7 +149,8 @@ def write_dataset(
         for index, chunk in enumerate(chunks):
             path = f"{directory}/{split}" if directory else split
             path = f"{path}/part-{index:05d}-of-{len(chunks):05d}.{file_format}"
-            data = serialize(blocks_table(chunk, max_length, padded=packing != "none"), file_format, row_group_size)
+            table = blocks_table(chunk, max_length, padded=packing != "none")
+            data = serialize_shard(table, file_format, row_group_size)
             fs.makedirs(f"{root}/{path.rsplit('/', 1)[0]}", exist_ok=True)
             with fs.open(f"{root}/{path}", "wb") as out:
                 out.write(data)

@@ -25,7 +25,7 @@ from seqpack.loader import PackedDataset
 from seqpack.schemas import DatasetFormatError
 
 pytest.importorskip("apache_beam")
-from seqpack.transforms.write import serialize  # noqa: E402  (needs Beam)
+from seqpack.schemas import serialize_shard  # noqa: E402
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -35,7 +35,7 @@ EXAMPLES = make_examples(40, seed=1, vocab_size=50_000)
 
 def shard_bytes() -> bytes:
     """A shard as the pipeline writes it (its own serialize, so its options are what is tested)."""
-    return serialize(blocks_table(pack(EXAMPLES, 64), 64), "parquet", row_group_size=4)
+    return serialize_shard(blocks_table(pack(EXAMPLES, 64), 64), "parquet", row_group_size=4)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from seqpack.schemas.columns import (
     FORMAT_VERSION,
     blocks_to_table,
     check_schema,
+    serialize_shard,
 )
 from seqpack.schemas.layout import (
     LOCK_NAME,
@@ -53,6 +54,7 @@ __all__ = [
     "blocks_to_table",
     "check_schema",
     "safe_relative_path",
+    "serialize_shard",
     "REASONS",
     "RejectedLine",
 ]

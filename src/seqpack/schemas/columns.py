@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 FORMAT_NAME = "seqpack"
 FORMAT_VERSION = 1
@@ -73,3 +76,28 @@ def check_schema(schema: pa.Schema, where: str) -> None:
             raise DatasetFormatError(
                 f"{where}: column {field.name!r} has type {actual}, expected {field.type}"
             )
+
+
+def serialize_shard(table: pa.Table, file_format: str, row_group_size: int) -> bytes:
+    """The shard's bytes; the same table always gives the same bytes (no timestamps, fixed options).
+
+    Parquet pages carry a CRC32 of their bytes, which readers check as they decode (``seqpack.dataset``): without
+    it a flipped bit in a page often decodes into other token ids, silently.
+    """
+    buffer = io.BytesIO()
+    if file_format == "parquet":
+        pq.write_table(
+            table,
+            buffer,
+            compression="zstd",
+            row_group_size=row_group_size,
+            use_dictionary=False,
+            write_statistics=False,
+            write_page_checksum=True,
+        )
+    else:
+        options = pa.ipc.IpcWriteOptions(compression="zstd")
+        with pa.ipc.new_file(buffer, BLOCK_SCHEMA, options=options) as writer:
+            for batch in table.to_batches(max_chunksize=row_group_size):
+                writer.write_batch(batch)
+    return buffer.getvalue()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import uuid
 from collections.abc import Iterator
@@ -13,13 +12,12 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack import IGNORE_INDEX
 from seqpack.faults import checkpoint
 from seqpack.packing import PackedBlocks
-from seqpack.schemas import BLOCK_SCHEMA, blocks_to_table
+from seqpack.schemas import blocks_to_table, serialize_shard
 from seqpack.transforms.bundle_stats import StatsDoFn
 from seqpack.transforms.pack import ShardBlocks
 
@@ -40,31 +38,6 @@ def table_of(blocks: PackedBlocks) -> pa.Table:
         seq_len_offsets=blocks.seq_len_offsets,
         seq_lens=blocks.seq_lens,
     )
-
-
-def serialize(table: pa.Table, file_format: str, row_group_size: int) -> bytes:
-    """The shard's bytes; the same table always gives the same bytes (no timestamps, fixed options).
-
-    Parquet pages carry a CRC32 of their bytes, which readers check as they decode (``dataset.ShardSet``): without
-    it a flipped bit in a page often decodes into other token ids, silently.
-    """
-    buffer = io.BytesIO()
-    if file_format == "parquet":
-        pq.write_table(
-            table,
-            buffer,
-            compression="zstd",
-            row_group_size=row_group_size,
-            use_dictionary=False,
-            write_statistics=False,
-            write_page_checksum=True,
-        )
-    else:
-        options = pa.ipc.IpcWriteOptions(compression="zstd")
-        with pa.ipc.new_file(buffer, BLOCK_SCHEMA, options=options) as writer:
-            for batch in table.to_batches(max_chunksize=row_group_size):
-                writer.write_batch(batch)
-    return buffer.getvalue()
 
 
 def write_atomically(path: str, data: bytes, *, fault_point: str | None = None) -> None:
@@ -98,7 +71,7 @@ class WriteShardDoFn(StatsDoFn):
     def process(self, shard: ShardBlocks) -> Iterator[dict[str, Any]]:
         cfg = self.shard_format
         name = shard_name(shard.split, shard.index, shard.count, cfg.file_format)
-        data = serialize(table_of(shard.blocks), cfg.file_format, cfg.row_group_size)
+        data = serialize_shard(table_of(shard.blocks), cfg.file_format, cfg.row_group_size)
         write_atomically(FileSystems.join(self.staging, name), data, fault_point="write_shard")
         blocks = shard.blocks
         self.count("blocks", blocks.rows)
