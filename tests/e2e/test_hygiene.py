@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from seqpack import IGNORE_INDEX
 from seqpack.cli.main import main
 from seqpack.transforms.dedup import content_key
+from seqpack.transforms.render import RenderedChat, RenderedPair
 
 
 def run(*args: str) -> int:
@@ -39,8 +40,10 @@ def test_exact_dedup_keeps_the_first_occurrence(tmp_path: Path, tokenizer_dir: P
 
 
 def test_dedup_key_ignores_origin_only() -> None:
-    assert content_key(("a", "b", "f:1")) == content_key(("a", "b", "g:9"))
-    assert content_key(("a", "b", "f:1")) != content_key(("a", "c", "f:1"))
+    assert content_key(RenderedPair("a", "b", "f:1")) == content_key(RenderedPair("a", "b", "g:9"))
+    assert content_key(RenderedPair("a", "b", "f:1")) != content_key(RenderedPair("a", "c", "f:1"))
+    assert content_key(RenderedChat([{"role": "user", "content": "a"}], "f:1")) == \
+        content_key(RenderedChat([{"role": "user", "content": "a"}], "h:2"))
 
 
 def test_length_filters_are_counted(tmp_path: Path, tokenizer_dir: Path) -> None:

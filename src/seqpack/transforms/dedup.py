@@ -15,25 +15,27 @@ import apache_beam as beam
 
 from seqpack.transforms.bundle_stats import StatsDoFn
 from seqpack.transforms.rejected import split_origin
+from seqpack.transforms.render import Rendered
 
 DROPPED_REASON = "duplicate"
 
 
-def content_key(element: tuple) -> bytes:
-    """A hash of everything but the origin (the last field): the same pair or conversation, the same key."""
-    text = json.dumps(element[:-1], ensure_ascii=False, separators=(",", ":"))
+def content_key(element: Rendered) -> bytes:
+    """A hash of everything but the origin: the same pair or conversation, the same key."""
+    content = [value for name, value in zip(element._fields, element, strict=True) if name != "origin"]
+    text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def origin_order(element: tuple) -> tuple[str, int]:
-    path, line = split_origin(element[-1])
+def origin_order(element: Rendered) -> tuple[str, int]:
+    path, line = split_origin(element.origin)
     return path, line or 0
 
 
 class KeepFirstDoFn(StatsDoFn):
     """All copies of one record in, the first by origin out; the others are counted as dropped."""
 
-    def process(self, group: tuple[bytes, Iterable[tuple]]) -> Iterator[Any]:
+    def process(self, group: tuple[bytes, Iterable[Rendered]]) -> Iterator[Any]:
         _, copies = group
         copies = list(copies)
         yield min(copies, key=origin_order)
@@ -43,7 +45,7 @@ class KeepFirstDoFn(StatsDoFn):
 
 
 class DropExactDuplicates(beam.PTransform):
-    """Rendered elements (tuples whose last field is the origin) in; one per distinct content out."""
+    """Rendered pairs or conversations in; one per distinct content out."""
 
     def expand(self, elements: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 
@@ -18,10 +18,29 @@ from seqpack.transforms.bundle_stats import StatsDoFn
 REJECTED_TAG = "rejected"
 
 
+class RenderedPair(NamedTuple):
+    """A pair ready to tokenize: the masked text, the trained text, and where the record came from."""
+
+    source: str
+    target: str
+    origin: str
+
+
+class RenderedChat(NamedTuple):
+    """A conversation ready to tokenize, and where the record came from."""
+
+    messages: list[dict[str, Any]]
+    origin: str
+
+
+Rendered = RenderedPair | RenderedChat
+"""What ``Render`` emits: named fields, ``origin`` always last (``transforms.dedup`` keys on the others)."""
+
+
 class _RenderBase(StatsDoFn):
     """Renders every record of a list; the ones that cannot be rendered go to ``rejected``."""
 
-    def render(self, fields: dict[str, Any], origin: str) -> tuple:
+    def render(self, fields: dict[str, Any], origin: str) -> Rendered:
         raise NotImplementedError
 
     def process(self, records: Sequence[Record]) -> Iterator[Any]:
@@ -44,9 +63,9 @@ class RenderDoFn(_RenderBase):
     def __init__(self, template: Template) -> None:
         self.template = template
 
-    def render(self, fields: dict[str, Any], origin: str) -> tuple[str, str, str]:
+    def render(self, fields: dict[str, Any], origin: str) -> RenderedPair:
         source, target = self.template.render(fields)
-        return source, target, origin
+        return RenderedPair(source, target, origin)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +86,7 @@ class ChatRenderDoFn(_RenderBase):
     def __init__(self, chat_fields: ChatFields) -> None:
         self.chat_fields = chat_fields
 
-    def render(self, fields: dict[str, Any], origin: str) -> tuple[list[dict[str, Any]], str]:
+    def render(self, fields: dict[str, Any], origin: str) -> RenderedChat:
         cfg = self.chat_fields
         messages = conversation_from_record(
             fields,
@@ -78,7 +97,7 @@ class ChatRenderDoFn(_RenderBase):
             target_field=cfg.target_field,
             system=cfg.system,
         )
-        return messages, origin
+        return RenderedChat(messages, origin)
 
 
 def raw_json(fields: dict[str, Any]) -> bytes:
