@@ -7,6 +7,7 @@ leading tokens that take no loss; labels are only materialised when a block is w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def build_example(
     target = np.asarray(target_ids, dtype=np.int32)
     total = len(source) + len(target)
     outcome = Outcome(tokens_in=total, source_tokens=len(source), target_tokens=len(target))
-    n_masked = len(source) if train_on == "target" else 0
+    n_masked = masked_prefix(len(source), train_on)
     if total <= max_length:
         outcome.pieces.append(Piece(_concat(source, target), n_masked))
         return outcome
@@ -172,6 +173,12 @@ def masks_example_starts(train_on: str, *, chat: bool) -> bool:
     return not (train_on == "all" and not chat)
 
 
+def masked_prefix(source_tokens: Any, train_on: str) -> Any:
+    """How many leading tokens of a pair example take no loss: its source with ``--train-on target``, else none.
+    Works on one length or an array of them (the tokenize step's array path)."""
+    return source_tokens if train_on == "target" else source_tokens * 0
+
+
 def filtered_reason(
     source_tokens: int, target_tokens: int, *, min_target_tokens: int = 0, max_source_tokens: int | None = None
 ) -> str | None:
@@ -181,3 +188,14 @@ def filtered_reason(
     if max_source_tokens is not None and source_tokens > max_source_tokens:
         return "source_too_long"
     return None
+
+
+def filtered_mask(
+    source_tokens: np.ndarray, target_tokens: np.ndarray, *, min_target_tokens: int = 0,
+    max_source_tokens: int | None = None,
+) -> np.ndarray:
+    """``filtered_reason(...) is not None`` for many examples at once."""
+    dropped = target_tokens < min_target_tokens
+    if max_source_tokens is not None:
+        dropped |= source_tokens > max_source_tokens
+    return dropped

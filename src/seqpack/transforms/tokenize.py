@@ -28,7 +28,7 @@ from seqpack.example_columns import ExampleBuffer, offsets_of
 from seqpack.faults import checkpoint
 from seqpack.inputs import Rejected
 from seqpack.keys import choose_split, example_key, example_keys
-from seqpack.masking import Outcome, build_example, build_masked_example
+from seqpack.masking import Outcome, build_example, build_masked_example, filtered_mask, masked_prefix
 from seqpack.masking import filtered_reason as masking_filter
 from seqpack.prompt_templates import RenderError
 from seqpack.schemas import stats as stats_format
@@ -153,9 +153,7 @@ class _TokenizeBase(StatsDoFn):
         yield from super().finish_bundle()
 
     def _count(self, outcome: Outcome) -> None:
-        self.count("tokens_in", outcome.tokens_in)
-        self.count("source_tokens", outcome.source_tokens)
-        self.count("target_tokens", outcome.target_tokens)
+        self._count_lengths(np.array([outcome.source_tokens]), np.array([outcome.target_tokens]))
         self.count("tokens_truncated", outcome.truncated_tokens)
         self.count("tokens_dropped", outcome.dropped_tokens)
         self.count("examples_truncated", int(outcome.truncated))
@@ -163,9 +161,20 @@ class _TokenizeBase(StatsDoFn):
         self.count("examples_target_cut", int(outcome.target_cut))
         self.count("examples_split", int(outcome.split))
         self.count("pieces", len(outcome.pieces))
-        self.stats["example_length_hist"][stats_format.length_bin(outcome.tokens_in)] += 1
-        self.stats["source_length_hist"][stats_format.length_bin(outcome.source_tokens)] += 1
-        self.stats["target_length_hist"][stats_format.length_bin(outcome.target_tokens)] += 1
+
+    def _count_lengths(self, sources: np.ndarray, targets: np.ndarray) -> int:
+        """Count examples' tokens and length histograms (one example or many); return the tokens counted."""
+        totals = sources + targets
+        tokens = int(totals.sum())
+        self.count("tokens_in", tokens)
+        self.count("source_tokens", int(sources.sum()))
+        self.count("target_tokens", int(targets.sum()))
+        for name, lengths in (("example", totals), ("source", sources), ("target", targets)):
+            hist = np.bincount(length_bins(lengths), minlength=stats_format.HIST_BINS)
+            bins = self.stats[f"{name}_length_hist"]
+            for index in np.flatnonzero(hist):
+                bins[index] += int(hist[index])
+        return tokens
 
 
 def _fast_encoder(tokenizer: Any) -> Any:
@@ -213,9 +222,8 @@ class TokenizeDoFn(_TokenizeBase):
         n_source = _lengths(sources) + len(self.layout.prefix)
         n_target = _lengths(targets) + len(self.layout.suffix)
         empty = n_target == len(self.layout.suffix)
-        filtered = n_target < cfg.min_target_tokens
-        if cfg.max_source_tokens is not None:
-            filtered |= n_source > cfg.max_source_tokens
+        filtered = filtered_mask(n_source, n_target, min_target_tokens=cfg.min_target_tokens,
+                                 max_source_tokens=cfg.max_source_tokens)
         whole = (n_source + n_target <= cfg.max_length) & ~empty & ~filtered
         # The examples that fit as they are (nearly all) go to the buffers in array operations, with no Python
         # step per example; the others (empty targets, filtered, over max_length) go one at a time.
@@ -288,27 +296,18 @@ class TokenizeDoFn(_TokenizeBase):
         parts = zip(itertools.repeat(self.layout.prefix), sources, targets, itertools.repeat(self.layout.suffix))
         flat = itertools.chain.from_iterable(itertools.chain.from_iterable(parts))
         ids = np.fromiter(flat, dtype=np.int32, count=int(offsets[-1]))
-        masked = n_source.astype(np.int32) if self.options.train_on == "target" else np.zeros(len(lengths), np.int32)
+        masked = masked_prefix(n_source, self.options.train_on).astype(np.int32)
         keys = example_keys(ids, offsets, masked, self.options.seed)
         self.buffer(split).extend(keys, lengths, ids, masked)
         self.count_keyed("examples_by_split", split, len(lengths))
 
     def _count_whole(self, sources: np.ndarray, targets: np.ndarray) -> None:
         """Add examples that fitted whole to the statistics, in a few array operations."""
-        totals = sources + targets
-        tokens = int(totals.sum())
-        self.count("tokens_in", tokens)
-        self.count("source_tokens", int(sources.sum()))
-        self.count("target_tokens", int(targets.sum()))
-        self.count("pieces", len(totals))
-        for name, lengths in (("example", totals), ("source", sources), ("target", targets)):
-            hist = np.bincount(length_bins(lengths), minlength=stats_format.HIST_BINS)
-            bins = self.stats[f"{name}_length_hist"]
-            for index in np.flatnonzero(hist):
-                bins[index] += int(hist[index])
+        tokens = self._count_lengths(sources, targets)
+        self.count("pieces", len(sources))
         self.tokens_in.inc(tokens)
         if self.progress is not None:
-            self.progress.tokenized(len(totals), tokens)
+            self.progress.tokenized(len(sources), tokens)
 
 
 def _lengths(token_lists: list[Ids]) -> np.ndarray:
