@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 
 from seqpack.example_columns import ExampleBuffer, ExampleColumns, columns_of_pieces, gather_index
 from seqpack.masking import Piece
-from seqpack.transforms import spill
-from seqpack.transforms.pack import bucket_bounds, read_bucket
-from seqpack.transforms.spill import SpillFile, read_spill_range, write_spill
+from seqpack.transforms import shuffle as spill
+from seqpack.transforms.shuffle import SpillFile, bucket_bounds, read_bucket, read_spill_range, write_spill
 
 example_lists = st.lists(
     st.tuples(st.binary(min_size=16, max_size=16), st.lists(st.integers(0, 2**31 - 1), max_size=12)),

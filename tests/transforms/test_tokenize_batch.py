@@ -16,7 +16,7 @@ from seqpack.keys import choose_split, example_key
 from seqpack.masking import build_example
 from seqpack.pipeline.build import tokenize_options
 from seqpack.tokenizer import load_for_run, pair_layout
-from seqpack.transforms.spill import SpillFile, read_spill_range
+from seqpack.transforms.shuffle import SpillFile, read_spill_range
 from seqpack.transforms.tokenize import TokenizeDoFn, filtered_reason
 
 PAIRS = [

@@ -17,9 +17,9 @@ from seqpack.keys import example_key, example_keys
 from seqpack.pipeline.build import pack_options, tokenize_options
 from seqpack.prompt_templates import make_template
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
-from seqpack.transforms.pack import ShuffleAndPack, bucket_count, read_bucket
+from seqpack.transforms.pack import ShuffleAndPack
 from seqpack.transforms.render import REJECTED_TAG, RenderDoFn
-from seqpack.transforms.spill import SpillFile, read_spill_range, spill_path, write_spill
+from seqpack.transforms.shuffle import SpillFile, bucket_count, read_bucket, read_spill_range, spill_path, write_spill
 from seqpack.transforms.tokenize import TokenizeDoFn
 
 

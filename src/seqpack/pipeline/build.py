@@ -15,7 +15,7 @@ from seqpack.transforms.pack import PackOptions, ShuffleAndPack
 from seqpack.transforms.read import ReadRecords
 from seqpack.transforms.rejected import WriteRejected
 from seqpack.transforms.render import REJECTED_TAG, ChatFields, ChatRenderDoFn, RenderDoFn
-from seqpack.transforms.spill import SPILL_DIR
+from seqpack.transforms.shuffle import SPILL_DIR
 from seqpack.transforms.tokenize import ChatTokenizeDoFn, TokenizeDoFn, TokenizeOptions
 from seqpack.transforms.write import ShardFormat, WriteJson, WriteShardDoFn
 

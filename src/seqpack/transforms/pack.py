@@ -1,10 +1,8 @@
-"""The seeded global shuffle into bounded buckets, and best-fit packing of each bucket.
+"""Best-fit packing of each shuffle bucket into blocks (the shuffle itself: ``transforms.shuffle``).
 
-A bucket is a range of example keys (the keys are seeded hashes, so every bucket gets a uniform random share
-of the examples). Tokenization left its examples in key-sorted spill files (``transforms.spill``); packing a
-bucket reads the bucket's slice of every spill file of its split, sorts it by key, packs it and shuffles the
-block order with the seed. The result depends only on the set of examples, never on how they were spread
-over workers or files.
+``ShuffleAndPack`` turns the spill files' descriptions into buckets (key ranges sized by ``--bucket-tokens``),
+reads each bucket in key order, packs it, and shuffles its block order with the seed. The result depends only
+on the set of examples, never on how they were spread over workers or files.
 
 Removing the shuffle changes the data: examples would be packed and written in input order.
 """
@@ -15,28 +13,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
-import numpy as np
 
-from seqpack.example_columns import ExampleColumns, empty_columns
 from seqpack.faults import lose_one_example
 from seqpack.packing import PackedBlocks, pack_columns
-from seqpack.transforms.spill import SpillFile, read_spill_range
-
-SPLIT_CODES = {"train": 0, "validation": 1}
-Bucket = tuple[str, int, int]
-"""(split, index, count)."""
-
-
-def bucket_count(tokens: int, bucket_tokens: int) -> int:
-    """How many buckets (and shards) a split of ``tokens`` tokens gets: each holds about ``bucket_tokens``."""
-    return max(1, -(-tokens // bucket_tokens))
-
-
-def bucket_bounds(index: int, count: int) -> tuple[int, int | None]:
-    """The ``key_hi`` range ``[low, high)`` of bucket ``index`` of ``count``; ``high`` is None for the last."""
-    low = -(-(index << 64) // count)
-    high = None if index == count - 1 else -(-((index + 1) << 64) // count)
-    return low, high
+from seqpack.transforms.shuffle import Bucket, SpillFile, bucket_count, permute_blocks, read_bucket
 
 
 @dataclass(frozen=True)
@@ -49,18 +29,6 @@ class ShardBlocks:
     blocks: PackedBlocks
     pieces_whole: int
     """Pieces that start in this shard (a piece cut by ``wrap`` counts once)."""
-
-
-def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bool) -> ExampleColumns:
-    """Every example of the bucket, from every spill file of its split, in key order."""
-    split, index, count = bucket
-    low, high = bucket_bounds(index, count)
-    parts = [
-        read_spill_range(spill.path, low, high, with_trained=with_trained)
-        for spill in sorted(spills, key=lambda s: s.path)
-        if spill.split == split
-    ]
-    return ExampleColumns.concat(parts).sorted_by_key() if parts else empty_columns(with_trained)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,8 +65,7 @@ class PackBucketDoFn(beam.DoFn):
             pad_id=cfg.pad_id,
             mask_boundaries=cfg.mask_boundaries,
         )
-        rng = np.random.default_rng([cfg.seed, SPLIT_CODES[split], index])
-        blocks = blocks.take_rows(rng.permutation(blocks.rows))
+        blocks = permute_blocks(blocks, cfg.seed, split, index)
         yield ShardBlocks(split, index, count, blocks, len(examples))
 
 

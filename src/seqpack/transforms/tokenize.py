@@ -2,7 +2,7 @@
 
 Every example gets a 16-byte seeded hash of its content as its key: the order of the global shuffle. The
 examples of a bundle collect in a columnar buffer per split (``seqpack.example_columns``) and are written, sorted by
-key, as spill files (``transforms.spill``) whenever the buffer is full and when the bundle ends; only a small
+key, as spill files (``transforms.shuffle``) whenever the buffer is full and when the bundle ends; only a small
 ``SpillFile`` description per file goes on through the pipeline.
 
 A worker tokenizes each distinct source or target text once while its ``EncodeCache`` keeps it (sources
@@ -36,7 +36,7 @@ from seqpack.tokenizer import BackendPlan, equivalent_backend, load_backend, loa
 from seqpack.transforms.bundle_stats import StatsDoFn
 from seqpack.transforms.progress_counts import ProgressCounter, progress_from_env
 from seqpack.transforms.render import REJECTED_TAG, raw_json
-from seqpack.transforms.spill import SPILL_TOKENS, SpillFile, spill_path, write_spill
+from seqpack.transforms.shuffle import SPILL_TOKENS, SpillFile, spill_path, write_spill
 
 _IDS = operator.attrgetter("ids")
 

@@ -1,4 +1,7 @@
-"""Spill files: the global shuffle through the filesystem instead of through the runner.
+"""The global shuffle, all of it: key-sorted spill files, and buckets that are key ranges of them.
+
+The keys themselves are ``seqpack.keys``. Spill files take the shuffle through the filesystem instead of
+through the runner.
 
 Tokenization writes its examples, sorted by their seeded 16-byte key, into Arrow IPC files under the run's
 staging directory and passes on only a small ``SpillFile`` description. A bucket is a range of keys, so the
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +30,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.example_columns import ExampleColumns, empty_columns
+from seqpack.packing import PackedBlocks
 from seqpack.schemas.columns import list_array
 
 SPILL_DIR = "_spill"
@@ -133,3 +138,41 @@ def read_spill_range(path: str, low: int, high: int | None, *, with_trained: boo
             parts.append(columns.slice(start, stop))
         # concat copies every column: the result does not point into the file, which closes on return
         return ExampleColumns.concat(parts) if parts else empty_columns(with_trained)
+
+
+# --- buckets: key ranges of about --bucket-tokens tokens, each read from every spill file of its split -------
+
+SPLIT_CODES = {"train": 0, "validation": 1}
+Bucket = tuple[str, int, int]
+"""(split, index, count)."""
+
+
+def bucket_count(tokens: int, bucket_tokens: int) -> int:
+    """How many buckets (and shards) a split of ``tokens`` tokens gets: each holds about ``bucket_tokens``."""
+    return max(1, -(-tokens // bucket_tokens))
+
+
+def bucket_bounds(index: int, count: int) -> tuple[int, int | None]:
+    """The ``key_hi`` range ``[low, high)`` of bucket ``index`` of ``count``; ``high`` is None for the last."""
+    low = -(-(index << 64) // count)
+    high = None if index == count - 1 else -(-((index + 1) << 64) // count)
+    return low, high
+
+
+def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bool) -> ExampleColumns:
+    """Every example of the bucket, from every spill file of its split, in key order."""
+    split, index, count = bucket
+    low, high = bucket_bounds(index, count)
+    parts = [
+        read_spill_range(spill.path, low, high, with_trained=with_trained)
+        for spill in sorted(spills, key=lambda s: s.path)
+        if spill.split == split
+    ]
+    return ExampleColumns.concat(parts).sorted_by_key() if parts else empty_columns(with_trained)
+
+
+def permute_blocks(blocks: PackedBlocks, seed: int, split: str, index: int) -> PackedBlocks:
+    """The shard's blocks in a seeded random order (bucket ``index`` of ``split``), so that long and short
+    examples do not sit in blocks sorted by how best-fit placed them."""
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
+    return blocks.take_rows(rng.permutation(blocks.rows))
