@@ -12,6 +12,8 @@ steps that need determinism order by ``origin``, which is unique and stable.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import posixpath
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO, NamedTuple
@@ -50,8 +52,44 @@ def beam_match(pattern: str) -> list[str]:
     return [metadata.path for metadata in result.metadata_list]
 
 
+class _GzipReader(gzip.GzipFile):
+    """gzip over a Beam file, closing it too."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
+
+
+class _Bz2Reader(bz2.BZ2File):
+    """bz2 over a Beam file, closing it too."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__(raw, mode="rb")
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
+
+
+_STRICT_DECOMPRESSORS = {".gz": _GzipReader, ".gzip": _GzipReader, ".bz2": _Bz2Reader}
+"""Beam's own decompression ends a truncated .gz or .bz2 file quietly at the cut, so the records after it would
+vanish from the accounting; Python's raises ``EOFError`` there, which the reader turns into a rejection."""
+
+
 def beam_open(path: str) -> BinaryIO:
     """Open a file on any Beam filesystem, decompressing ``.gz``/``.bz2``/``.zst``/... by suffix."""
+    strict = next((cls for suffix, cls in _STRICT_DECOMPRESSORS.items() if path.lower().endswith(suffix)), None)
+    if strict is not None:
+        return strict(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
     return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
 
 
