@@ -36,3 +36,13 @@ def pack(pieces: list, *, strategy: str, max_length: int, pad_id: int, mask_boun
 
     return pack_columns(columns_of_pieces(pieces), strategy=strategy, max_length=max_length, pad_id=pad_id,
                         mask_boundaries=mask_boundaries)
+
+
+IN_PROCESS = "--direct_running_mode=in_memory"
+"""Beam's local runner in this process: fast for small inputs, and faults and monkeypatches reach it."""
+
+
+def run_args(input_file: Path, output: Path, tokenizer: Path, *extra: str) -> list[str]:
+    """``seqpack run`` arguments for a small test run (small blocks and buckets, in this process)."""
+    return ["run", "-q", "-i", str(input_file), "-o", str(output), "-t", str(tokenizer), "--max-length", "128",
+            "--bucket-tokens", "2048", IN_PROCESS, *extra]

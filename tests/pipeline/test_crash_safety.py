@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_jsonl
+from helpers import run_args, write_jsonl
 
 from seqpack.cli.main import main
 from seqpack.config import RunConfig
@@ -24,13 +24,6 @@ from seqpack.pipeline.lock import LOCK_NAME, OutputLock
 from seqpack.schemas import DatasetFormatError
 from seqpack.transforms.pack import ShardBlocks
 from seqpack.transforms.write import WriteShardDoFn
-
-IN_PROCESS = "--direct_running_mode=in_memory"
-
-
-def run_args(input_file: Path, output: Path, tokenizer: Path, *extra: str) -> list[str]:
-    return ["run", "-q", "-i", str(input_file), "-o", str(output), "-t", str(tokenizer), "--max-length", "128",
-            "--bucket-tokens", "2048", IN_PROCESS, *extra]
 
 
 def run_killed(args: list[str], point: str) -> subprocess.CompletedProcess:

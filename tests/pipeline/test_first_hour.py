@@ -11,19 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import dataset_file, write_jsonl
+from helpers import IN_PROCESS, dataset_file, run_args, write_jsonl
 
 from seqpack.cli.main import main
 from seqpack.config import RunConfig
 from seqpack.pipeline.run import run, summary
 from seqpack.schemas import LOCK_NAME, STAGING_NAME, Manifest
-
-IN_PROCESS = "--direct_running_mode=in_memory"
-
-
-def run_args(input_file: Path, output: Path, tokenizer: Path, *extra: str) -> list[str]:
-    return ["run", "-q", "-i", str(input_file), "-o", str(output), "-t", str(tokenizer), "--max-length", "128",
-            "--bucket-tokens", "2048", IN_PROCESS, *extra]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -52,32 +52,28 @@ def beam_match(pattern: str) -> list[str]:
     return [metadata.path for metadata in result.metadata_list]
 
 
-class _GzipReader(gzip.GzipFile):
-    """gzip over a Beam file, closing it too."""
+class _ClosesRaw:
+    """A decompressor over a Beam file that closes the file too (Python's leave a file they were handed open)."""
 
+    _raw: BinaryIO
+
+    def close(self) -> None:
+        try:
+            super().close()  # type: ignore[misc]
+        finally:
+            self._raw.close()
+
+
+class _GzipReader(_ClosesRaw, gzip.GzipFile):
     def __init__(self, raw: BinaryIO) -> None:
         super().__init__(fileobj=raw, mode="rb")
         self._raw = raw
 
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._raw.close()
 
-
-class _Bz2Reader(bz2.BZ2File):
-    """bz2 over a Beam file, closing it too."""
-
+class _Bz2Reader(_ClosesRaw, bz2.BZ2File):
     def __init__(self, raw: BinaryIO) -> None:
         super().__init__(raw, mode="rb")
         self._raw = raw
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._raw.close()
 
 
 _STRICT_DECOMPRESSORS = {".gz": _GzipReader, ".gzip": _GzipReader, ".bz2": _Bz2Reader}
