@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -34,3 +35,11 @@ def gpt2_like_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, pairs: lis
     """A GPT-2-like tokenizer that adds no special tokens by itself."""
     texts = [t for p in pairs for t in (p["source"], p["target"])] + EXTRA_TEXTS
     return build_tokenizer(tmp_path_factory.mktemp("tok") / "gpt2-like", texts, add_bos=False)
+
+
+@pytest.fixture(scope="session")
+def pairs_file(tmp_path_factory: pytest.TempPathFactory, pairs: list[dict[str, str]]) -> Path:
+    """The demo pairs as a JSON lines file, for tests that run the command."""
+    path = tmp_path_factory.mktemp("in") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs), encoding="utf-8")
+    return path

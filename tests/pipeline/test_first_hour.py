@@ -24,22 +24,17 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory, pairs: list) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("in") / "pairs.jsonl", pairs)
-
-
 # ------------------------------------------------------------------------- (2) empty or mostly rejected
 
 
 def test_a_wrong_field_name_fails_and_names_the_reason_and_an_example(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     output = tmp_path / "out"
-    assert main(run_args(inputs, output, tokenizer_dir, "--source-field", "english")) == 1
+    assert main(run_args(pairs_file, output, tokenizer_dir, "--source-field", "english")) == 1
     error = capsys.readouterr().err
     assert "no example would be written (480 of 480)" in error and "missing_field" in error
-    assert f"{inputs}:1: field 'english' is missing" in error, "one example, with its file and line"
+    assert f"{pairs_file}:1: field 'english' is missing" in error, "one example, with its file and line"
     assert not output.exists(), "nothing committed, nothing left"
 
 
@@ -59,9 +54,9 @@ def test_more_rejections_than_the_limit_fail_unless_the_limit_is_raised(
 
 
 def test_nothing_to_write_fails_even_without_rejections(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert main(run_args(inputs, tmp_path / "out", tokenizer_dir, "--min-target-tokens", "100")) == 1
+    assert main(run_args(pairs_file, tmp_path / "out", tokenizer_dir, "--min-target-tokens", "100")) == 1
     assert "no example would be written: of 480 records, 480 were dropped (target_too_short 480)" in \
         capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
@@ -74,10 +69,10 @@ def test_nothing_to_write_fails_even_without_rejections(
 
 
 def test_wrap_packing_summary_counts_segments_and_blocks_in_the_singular(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path
 ) -> None:
     output = tmp_path / "out"
-    assert main(run_args(inputs, output, tokenizer_dir, "--packing", "wrap", "--max-length", "4096",
+    assert main(run_args(pairs_file, output, tokenizer_dir, "--packing", "wrap", "--max-length", "4096",
                          "--bucket-tokens", "65536")) == 0
     manifest = Manifest.from_json((output / "manifest.json").read_text())
     stats = json.loads(dataset_file(output, "stats.json").read_text())
@@ -129,9 +124,9 @@ def private_tmp(tmp_path: Path) -> dict[str, str]:
 
 
 def test_a_local_run_prints_only_seqpack_lines_and_leaves_no_temporary_files(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path, private_tmp: dict[str, str]
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, private_tmp: dict[str, str]
 ) -> None:
-    result = cli("run", "-i", str(inputs), "-o", str(tmp_path / "out"), "-t", str(tokenizer_dir),
+    result = cli("run", "-i", str(pairs_file), "-o", str(tmp_path / "out"), "-t", str(tokenizer_dir),
                  "--max-length", "128", env={**private_tmp, "SEQPACK_PROGRESS_INTERVAL": "0.5"})
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line]
@@ -140,10 +135,10 @@ def test_a_local_run_prints_only_seqpack_lines_and_leaves_no_temporary_files(
 
 
 def test_a_worker_error_is_one_line_and_the_log_keeps_the_traceback(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path, private_tmp: dict[str, str]
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, private_tmp: dict[str, str]
 ) -> None:
     output = tmp_path / "out"
-    result = cli("run", "-i", str(inputs), "-o", str(output), "-t", str(tokenizer_dir), "--max-length", "128",
+    result = cli("run", "-i", str(pairs_file), "-o", str(output), "-t", str(tokenizer_dir), "--max-length", "128",
                  env={**private_tmp, "SEQPACK_FAULT": "raise:tokenize"})
     assert result.returncode == 1
     [line] = [line for line in result.stderr.splitlines() if line.startswith("seqpack: failed:")]
@@ -189,8 +184,8 @@ def test_ctrl_c_and_sigterm_print_one_line_and_release_everything(
     assert not (output / LOCK_NAME).exists()
 
 
-def test_verbose_shows_beams_log_lines(tmp_path: Path, inputs: Path, tokenizer_dir: Path) -> None:
-    result = cli("run", "-v", "-i", str(inputs), "-o", str(tmp_path / "out"), "-t", str(tokenizer_dir),
+def test_verbose_shows_beams_log_lines(tmp_path: Path, pairs_file: Path, tokenizer_dir: Path) -> None:
+    result = cli("run", "-v", "-i", str(pairs_file), "-o", str(tmp_path / "out"), "-t", str(tokenizer_dir),
                  "--max-length", "128", IN_PROCESS)
     assert result.returncode == 0, result.stderr
     assert "apache_beam" in result.stderr

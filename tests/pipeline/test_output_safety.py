@@ -27,21 +27,16 @@ def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory, pairs: list) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("in") / "pairs.jsonl", pairs)
-
-
 def test_a_copied_demo_directory_is_refused_and_its_tokenizer_kept(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """The issue's attack: `cp -r seqpack-demo democopy; seqpack run -o democopy -t democopy/tokenizer`."""
     demo = tmp_path / "democopy"
     shutil.copytree(tokenizer_dir, demo / "tokenizer")
-    assert main(run_args(inputs, tmp_path / "dataset", demo / "tokenizer")) == 0
+    assert main(run_args(pairs_file, tmp_path / "dataset", demo / "tokenizer")) == 0
     shutil.copytree(tmp_path / "dataset", demo / "dataset")
     before = tree(demo)
-    assert main(run_args(inputs, demo, demo / "tokenizer")) == 2
+    assert main(run_args(pairs_file, demo, demo / "tokenizer")) == 2
     error = capsys.readouterr().err
     assert "is not empty and is not a seqpack dataset" in error and str(demo / "dataset") in error
     assert tree(demo) == before, "nothing was touched"
@@ -49,39 +44,39 @@ def test_a_copied_demo_directory_is_refused_and_its_tokenizer_kept(
 
 @pytest.mark.parametrize("foreign", ["train/NOTES.txt", "rejected/todo.jsonl", "tokenizer/tokenizer.json", "a.txt"])
 def test_a_directory_with_other_files_is_refused(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path, foreign: str, capsys: pytest.CaptureFixture
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, foreign: str, capsys: pytest.CaptureFixture
 ) -> None:
     project = tmp_path / "proj"
     (project / foreign).parent.mkdir(parents=True, exist_ok=True)
     (project / foreign).write_text("mine")
-    assert main(run_args(inputs, project, tokenizer_dir)) == 2
+    assert main(run_args(pairs_file, project, tokenizer_dir)) == 2
     assert f"{project / foreign}" in capsys.readouterr().err
     assert tree(project) == {foreign: b"mine"}
 
 
 @pytest.mark.parametrize("foreign", ["NOTES.txt", "v000001/train/NOTES.txt", "v000001/extra.parquet"])
 def test_overwrite_refuses_a_dataset_with_foreign_files_and_deletes_none(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path, foreign: str, capsys: pytest.CaptureFixture
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, foreign: str, capsys: pytest.CaptureFixture
 ) -> None:
     output = tmp_path / "out"
-    assert main(run_args(inputs, output, tokenizer_dir)) == 0
+    assert main(run_args(pairs_file, output, tokenizer_dir)) == 0
     (output / foreign).write_text("mine")
     before = tree(output)
-    assert main(run_args(inputs, output, tokenizer_dir, "--overwrite", "--seed", "3")) == 2
+    assert main(run_args(pairs_file, output, tokenizer_dir, "--overwrite", "--seed", "3")) == 2
     assert "files it did not write" in capsys.readouterr().err
     assert tree(output) == before
     verify_dataset(str(output))
 
 
 def test_overwrite_deletes_exactly_the_previous_datasets_files(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path
 ) -> None:
     output = tmp_path / "out"
-    assert main(run_args(inputs, output, tokenizer_dir, "--add-special-tokens", "[SEP]")) == 0
+    assert main(run_args(pairs_file, output, tokenizer_dir, "--add-special-tokens", "[SEP]")) == 0
     first = open_manifest(str(output))
     assert any(path.endswith("tokenizer/tokenizer.json") for path in first.files)
     (output / "report.html").write_text("old report")
-    assert main(run_args(inputs, output, tokenizer_dir, "--overwrite")) == 0
+    assert main(run_args(pairs_file, output, tokenizer_dir, "--overwrite")) == 0
     second = open_manifest(str(output))
     assert second.revision == first.revision + 1 and second.directory != first.directory
     assert set(tree(output)) == {*second.shard_paths(), *second.files, "manifest.json"}
@@ -89,11 +84,11 @@ def test_overwrite_deletes_exactly_the_previous_datasets_files(
 
 
 def test_overwrite_of_a_dataset_in_the_flat_layout_of_older_seqpack(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path
 ) -> None:
     """Datasets written before revisions had train/, stats.json and rejected/ at the top."""
     output = tmp_path / "out"
-    assert main(run_args(inputs, output, tokenizer_dir)) == 0
+    assert main(run_args(pairs_file, output, tokenizer_dir)) == 0
     manifest = json.loads((output / "manifest.json").read_text())
     directory = manifest.pop("directory")
     for key in ("revision", "files"):
@@ -109,41 +104,41 @@ def test_overwrite_of_a_dataset_in_the_flat_layout_of_older_seqpack(
     shutil.rmtree(output / directory)
     (output / "manifest.json").write_text(json.dumps(manifest))
     verify_dataset(str(output))
-    assert main(run_args(inputs, output, tokenizer_dir, "--overwrite")) == 0
+    assert main(run_args(pairs_file, output, tokenizer_dir, "--overwrite")) == 0
     fresh = open_manifest(str(output))
     assert set(tree(output)) == {*fresh.shard_paths(), *fresh.files, "manifest.json"}
 
 
 def test_output_that_is_a_file_or_has_a_directory_as_manifest_is_refused(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
-    assert main(run_args(inputs, a_file, tokenizer_dir)) == 2
+    assert main(run_args(pairs_file, a_file, tokenizer_dir)) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
     odd = tmp_path / "odd"
     (odd / "manifest.json").mkdir(parents=True)
-    assert main(run_args(inputs, odd, tokenizer_dir, "--overwrite")) == 2
+    assert main(run_args(pairs_file, odd, tokenizer_dir, "--overwrite")) == 2
     assert "is a directory" in capsys.readouterr().err
     assert (odd / "manifest.json").is_dir()
 
 
 def test_a_manifest_seqpack_cannot_read_is_not_overwritten(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     output = tmp_path / "out"
     output.mkdir()
     (output / "manifest.json").write_text('{"someone": "else"}')
-    assert main(run_args(inputs, output, tokenizer_dir, "--overwrite")) == 2
+    assert main(run_args(pairs_file, output, tokenizer_dir, "--overwrite")) == 2
     assert "cannot read as its own" in capsys.readouterr().err
     assert tree(output) == {"manifest.json": b'{"someone": "else"}'}
 
 
 def test_inputs_inside_the_output_are_refused(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     output = tmp_path / "out"
-    assert main(run_args(inputs, output, tokenizer_dir)) == 0
+    assert main(run_args(pairs_file, output, tokenizer_dir)) == 0
     before = tree(output)
     assert main(run_args(output, output, tokenizer_dir, "--overwrite")) == 2
     assert "is inside --output" in capsys.readouterr().err
@@ -173,10 +168,10 @@ def _wait_for(path: Path, timeout: float = 120.0) -> None:
 
 
 def test_sigterm_stops_the_run_cleanly_and_keeps_the_previous_dataset(
-    tmp_path: Path, inputs: Path, many: Path, tokenizer_dir: Path
+    tmp_path: Path, pairs_file: Path, many: Path, tokenizer_dir: Path
 ) -> None:
     output = tmp_path / "out"
-    assert main(run_args(inputs, output, tokenizer_dir)) == 0
+    assert main(run_args(pairs_file, output, tokenizer_dir)) == 0
     before = tree(output)
     process = _slow_run(run_args(many, output, tokenizer_dir, "--overwrite", "--seed", "5"))
     _wait_for(output / STAGING_NAME / "v000002.run")  # the run has prepared its new revision
@@ -236,11 +231,11 @@ def test_a_full_disk_fails_with_a_message_and_leaves_the_disk_clean(
 
 
 def test_report_on_tampered_stats_or_manifest_fails_with_a_message(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     pytest.importorskip("matplotlib")
     output = tmp_path / "out"
-    assert main(run_args(inputs, output, tokenizer_dir)) == 0
+    assert main(run_args(pairs_file, output, tokenizer_dir)) == 0
     stats_path = dataset_file(output, "stats.json")
     original = stats_path.read_text()
     for tampered in ('{"records_read": -1}', "[]", '{"fill": "x"}', "not json",
@@ -256,22 +251,22 @@ def test_report_on_tampered_stats_or_manifest_fails_with_a_message(
 
 
 def test_a_stop_after_the_switch_keeps_the_committed_dataset(
-    tmp_path: Path, inputs: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C while the old revision is being removed: the new one is committed and must stay whole."""
     from seqpack.pipeline import commit
 
     output = tmp_path / "out"
-    assert main(run_args(inputs, output, tokenizer_dir)) == 0
+    assert main(run_args(pairs_file, output, tokenizer_dir)) == 0
 
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(commit, "_remove_empty_directories", interrupted)
-    assert main(run_args(inputs, output, tokenizer_dir, "--overwrite", "--seed", "9")) == 130
+    assert main(run_args(pairs_file, output, tokenizer_dir, "--overwrite", "--seed", "9")) == 130
     assert open_manifest(str(output)).revision == 2
     verify_dataset(str(output))
     monkeypatch.undo()
-    assert main(run_args(inputs, output, tokenizer_dir, "--overwrite")) == 0
+    assert main(run_args(pairs_file, output, tokenizer_dir, "--overwrite")) == 0
     fresh = open_manifest(str(output))
     assert set(tree(output)) == {*fresh.shard_paths(), *fresh.files, "manifest.json"}
