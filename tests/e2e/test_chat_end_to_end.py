@@ -103,3 +103,19 @@ def test_tokenizer_without_chat_template_is_a_usage_error(tmp_path: Path, tokeni
     data = write_jsonl(tmp_path / "chats.jsonl", RECORDS[:1])
     assert run("-i", str(data), "-o", str(tmp_path / "out"), "-t", str(tokenizer_dir)) == 2
     assert "chat template" in capsys.readouterr().err
+
+
+def test_every_copy_of_an_unrenderable_conversation_is_rejected_as_with_pairs(tmp_path: Path, chatml_dir: Path) -> None:
+    """Render turns conversations into text before --dedup compares them, as it does pairs: a record the template
+    cannot render is rejected where it stands, every copy of it, and only rendered copies count as duplicates."""
+    assistant_first = {"messages": [{"role": "assistant", "content": "first"}]}
+    data = write_jsonl(tmp_path / "chats.jsonl", [RECORDS[0], RECORDS[0], assistant_first, assistant_first])
+    output = tmp_path / "out"
+    assert run("-i", str(data), "-o", str(output), "-t", str(chatml_dir), "--dedup", "exact",
+               "--max-reject-fraction", "1") == 0
+    stats = json.loads(dataset_file(output, "stats.json").read_text())
+    assert stats["rejected_by_reason"] == {"assistant_turn_first": 2}
+    assert stats["dropped_by_reason"] == {"duplicate": 1}
+    rejected = [json.loads(line) for line in dataset_file(output, "rejected/rejected.jsonl").read_text().splitlines()]
+    assert [entry["line"] for entry in rejected] == [3, 4]
+    assert json.loads(rejected[0]["raw"]) == assistant_first, "rejected/ shows the conversation as read"

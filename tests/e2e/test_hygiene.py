@@ -42,8 +42,9 @@ def test_exact_dedup_keeps_the_first_occurrence(tmp_path: Path, tokenizer_dir: P
 def test_dedup_key_ignores_origin_only() -> None:
     assert content_key(RenderedPair("a", "b", "f:1")) == content_key(RenderedPair("a", "b", "g:9"))
     assert content_key(RenderedPair("a", "b", "f:1")) != content_key(RenderedPair("a", "c", "f:1"))
-    assert content_key(RenderedChat([{"role": "user", "content": "a"}], "f:1")) == \
-        content_key(RenderedChat([{"role": "user", "content": "a"}], "h:2"))
+    chat, untrained = [{"role": "user", "content": "a"}], [("a", False)]
+    assert content_key(RenderedChat(chat, untrained, "f:1")) == content_key(RenderedChat(chat, untrained, "h:2"))
+    assert content_key(RenderedChat(chat, untrained, "f:1")) != content_key(RenderedChat(chat, [("a", True)], "f:1"))
 
 
 def test_length_filters_are_counted(tmp_path: Path, tokenizer_dir: Path) -> None:

@@ -14,7 +14,7 @@ from seqpack.transforms.dedup import DropExactDuplicates
 from seqpack.transforms.pack import PackOptions, ShuffleAndPack
 from seqpack.transforms.read import ReadRecords
 from seqpack.transforms.rejected import WriteRejected
-from seqpack.transforms.render import REJECTED_TAG, ChatFields, ChatRenderDoFn, RenderDoFn
+from seqpack.transforms.render import REJECTED_TAG, ChatFields, ChatRenderDoFn, ChatTemplate, RenderDoFn
 from seqpack.transforms.shuffle import SPILL_DIR
 from seqpack.transforms.tokenize import ChatTokenizeDoFn, TokenizeDoFn, TokenizeOptions
 from seqpack.transforms.write import ShardFormat, WriteJson, WriteShardDoFn
@@ -72,9 +72,18 @@ def chat_fields(config: RunConfig) -> ChatFields:
     )
 
 
+def chat_template(config: RunConfig) -> ChatTemplate:
+    return ChatTemplate(
+        tokenizer=config.tokenizer,
+        trust_remote_code=config.trust_remote_code,
+        added_tokens=tuple(config.add_special_tokens),
+        train_on=config.train_on,
+    )
+
+
 def _render_fn(config: RunConfig) -> beam.DoFn:
     if config.is_chat:
-        return ChatRenderDoFn(chat_fields(config))
+        return ChatRenderDoFn(chat_fields(config), chat_template(config))
     template = make_template(
         config.template,
         source_field=config.source_field,

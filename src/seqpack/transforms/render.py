@@ -1,5 +1,5 @@
-"""Render lists of records through the prompt template: pairs ``(source_text, target_text, origin)`` or
-conversations ``(messages, origin)``. A list in, one list out: the batch stays a batch until tokenization."""
+"""Render lists of records into text: pairs through the prompt template, conversations through the tokenizer's
+chat template. A list in, one list out: the batch stays a batch until tokenization."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 
-from seqpack.chat import conversation_from_record
+from seqpack.chat import Segment, conversation_from_record, render_segments
 from seqpack.inputs import Record, Rejected
 from seqpack.prompt_templates import RenderError, Template
+from seqpack.tokenizer import load_for_run
 from seqpack.transforms.bundle_stats import StatsDoFn
 
 REJECTED_TAG = "rejected"
@@ -27,9 +28,11 @@ class RenderedPair(NamedTuple):
 
 
 class RenderedChat(NamedTuple):
-    """A conversation ready to tokenize, and where the record came from."""
+    """A conversation ready to tokenize: as read (it chooses the validation split, and ``rejected/`` shows it), its
+    chat-template text cut into ``(text, trained?)`` segments, and where the record came from."""
 
     messages: list[dict[str, Any]]
+    segments: list[Segment]
     origin: str
 
 
@@ -40,7 +43,7 @@ Rendered = RenderedPair | RenderedChat
 class _RenderBase(StatsDoFn):
     """Renders every record of a list; the ones that cannot be rendered go to ``rejected``."""
 
-    def render(self, fields: dict[str, Any], origin: str) -> Rendered:
+    def render(self, fields: dict[str, Any], origin: str) -> Rendered | Rejected:
         raise NotImplementedError
 
     def process(self, records: Sequence[Record]) -> Iterator[Any]:
@@ -48,11 +51,13 @@ class _RenderBase(StatsDoFn):
         rendered = []
         for record in records:
             try:
-                rendered.append(self.render(record.fields, record.origin))
+                result = self.render(record.fields, record.origin)
             except RenderError as error:
-                yield beam.pvalue.TaggedOutput(
-                    REJECTED_TAG, Rejected(error.reason, record.origin, raw_json(record.fields), error.detail)
-                )
+                result = Rejected(error.reason, record.origin, raw_json(record.fields), error.detail)
+            if isinstance(result, Rejected):
+                yield beam.pvalue.TaggedOutput(REJECTED_TAG, result)
+            else:
+                rendered.append(result)
         if rendered:
             yield rendered
 
@@ -80,15 +85,45 @@ class ChatFields:
     system: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class ChatTemplate:
+    """The tokenizer whose chat template renders conversations, and which turns are trained on."""
+
+    tokenizer: str
+    trust_remote_code: bool = False
+    added_tokens: tuple[str, ...] = ()
+    train_on: str = "assistant"
+
+
 class ChatRenderDoFn(_RenderBase):
-    """Lists of records in, lists of ``(messages, origin)`` out: conversations read in the configured style."""
+    """Lists of records in, lists of ``RenderedChat`` out: conversations read in the configured style and rendered
+    with the tokenizer's chat template (see ``seqpack.chat.render_segments``; a template that is not
+    prefix-stable rejects the record rather than guessing which tokens are the assistant's).
 
-    def __init__(self, chat_fields: ChatFields) -> None:
+    The tokenizer is loaded once per worker in ``setup``.
+    """
+
+    def __init__(self, chat_fields: ChatFields, template: ChatTemplate) -> None:
         self.chat_fields = chat_fields
+        self.template = template
 
-    def render(self, fields: dict[str, Any], origin: str) -> RenderedChat:
+    def setup(self) -> None:
+        spec = self.template
+        self.tokenizer = load_for_run(
+            spec.tokenizer, trust_remote_code=spec.trust_remote_code, extra_tokens=spec.added_tokens
+        )
+
+    def render(self, fields: dict[str, Any], origin: str) -> RenderedChat | Rejected:
+        messages = self.conversation(fields)
+        try:
+            segments = render_segments(self.tokenizer, messages, train_on=self.template.train_on)
+        except RenderError as error:  # rejected/ shows the conversation as seqpack read it
+            return Rejected(error.reason, origin, raw_json({"messages": messages}), error.detail)
+        return RenderedChat(messages, segments, origin)
+
+    def conversation(self, fields: dict[str, Any]) -> list[dict[str, Any]]:
         cfg = self.chat_fields
-        messages = conversation_from_record(
+        return conversation_from_record(
             fields,
             style=cfg.style,
             messages_field=cfg.messages_field,
@@ -97,7 +132,6 @@ class ChatRenderDoFn(_RenderBase):
             target_field=cfg.target_field,
             system=cfg.system,
         )
-        return RenderedChat(messages, origin)
 
 
 def raw_json(fields: dict[str, Any]) -> bytes:

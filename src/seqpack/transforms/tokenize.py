@@ -22,7 +22,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from seqpack.chat import render_segments, tokenize_segments
+from seqpack.chat import tokenize_segments
 from seqpack.encode_cache import EncodeCache, Ids
 from seqpack.example_columns import ExampleBuffer, offsets_of
 from seqpack.faults import checkpoint
@@ -30,12 +30,11 @@ from seqpack.inputs import Rejected
 from seqpack.keys import choose_split, example_key, example_keys
 from seqpack.masking import Outcome, build_example, build_masked_example, filtered_mask, masked_prefix
 from seqpack.masking import filtered_reason as masking_filter
-from seqpack.prompt_templates import RenderError
 from seqpack.schemas import stats as stats_format
 from seqpack.tokenizer import BackendPlan, equivalent_backend, load_backend, load_for_run, pair_layout
 from seqpack.transforms.bundle_stats import StatsDoFn
 from seqpack.transforms.progress_counts import ProgressCounter, progress_from_env
-from seqpack.transforms.render import REJECTED_TAG, raw_json
+from seqpack.transforms.render import REJECTED_TAG, RenderedChat, raw_json
 from seqpack.transforms.shuffle import SPILL_TOKENS, SpillFile, spill_path, write_spill
 
 _IDS = operator.attrgetter("ids")
@@ -326,33 +325,21 @@ def length_bins(lengths: np.ndarray) -> np.ndarray:
 
 
 class ChatTokenizeDoFn(_TokenizeBase):
-    """Batches of ``(messages, origin)`` in, examples out: rendered with the tokenizer's chat template.
+    """Batches of ``RenderedChat`` in (``transforms.render`` cut them into trained and untrained segments),
+    examples out: assistant turns, with their end-of-turn marker, are trained on."""
 
-    Assistant turns (with their end-of-turn marker) are trained on; see ``seqpack.chat`` for how the spans are
-    found exactly, and why a template that is not prefix-stable is rejected rather than guessed at.
-    """
-
-    def process(self, batch: Sequence[tuple[list[dict[str, Any]], str]]) -> Iterator[Any]:
+    def process(self, batch: Sequence[RenderedChat]) -> Iterator[Any]:
         checkpoint("tokenize")
         cfg = self.options
-        rendered = []
-        for messages, origin in batch:
-            try:
-                rendered.append((render_segments(self.tokenizer, messages, train_on=cfg.train_on), messages, origin))
-            except RenderError as error:
-                yield beam.pvalue.TaggedOutput(
-                    REJECTED_TAG, Rejected(error.reason, origin, raw_json({"messages": messages}), error.detail)
-                )
-        if not rendered:
-            return
-        encoded = tokenize_segments(self.tokenizer, [segments for segments, _, _ in rendered])
+        encoded = tokenize_segments(self.tokenizer, [chat.segments for chat in batch])
         bos = self.tokenizer.bos_token_id
-        for (_, messages, origin), (ids, trained) in zip(rendered, encoded, strict=True):
+        for chat, (ids, trained) in zip(batch, encoded, strict=True):
             n_trained = int(trained.sum())
             if n_trained == 0:
                 yield beam.pvalue.TaggedOutput(
                     REJECTED_TAG,
-                    Rejected("empty_target", origin, raw_json({"messages": messages}), "no assistant token to train"),
+                    Rejected("empty_target", chat.origin, raw_json({"messages": chat.messages}),
+                             "no assistant token to train"),
                 )
                 continue
             if self._filtered(len(ids) - n_trained, n_trained):
@@ -364,5 +351,5 @@ class ChatTokenizeDoFn(_TokenizeBase):
                 overlong=cfg.overlong,
                 keep_prefix=int(len(ids) > 0 and bos is not None and ids[0] == bos),
             )
-            self.emit(outcome, json.dumps(messages, ensure_ascii=False, sort_keys=True))
+            self.emit(outcome, json.dumps(chat.messages, ensure_ascii=False, sort_keys=True))
         yield from self.spill_full()
