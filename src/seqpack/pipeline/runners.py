@@ -64,7 +64,8 @@ def check_beam_args(beam_args: list[str], seqpack_flags: Iterable[str] = ()) -> 
 
 DASK_RUNNERS = ("DaskRunner", "seqpack.pipeline.dask_runner.DaskRunner")
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "PrismRunner")
-"""Runners that run the whole job on this machine and hold every shuffled byte in one process."""
+"""Runners that run the whole job on this machine and hold every shuffled byte in one process (by exact class:
+Beam's ``DaskRunner`` subclasses ``BundleBasedDirectRunner``)."""
 
 
 def resolve_shuffle(shuffle: str, runner: object) -> str:
@@ -78,7 +79,10 @@ def resolve_shuffle(shuffle: str, runner: object) -> str:
     """
     if shuffle != "auto":
         return shuffle
-    return "spill" if any(cls.__name__ in LOCAL_RUNNERS for cls in type(runner).__mro__) else "runner"
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    local = isinstance(runner, FnApiRunner) or type(runner).__name__ in LOCAL_RUNNERS
+    return "spill" if local else "runner"
 
 
 def wants_dask(beam_args: list[str]) -> bool:
