@@ -13,6 +13,7 @@ from seqpack.packing import PACKING_STRATEGIES
 
 FILE_FORMATS = ("parquet", "arrow")
 DEDUP_MODES = ("none", "exact")
+SHUFFLE_MODES = ("auto", "runner", "spill")
 DEFAULT_BUCKET_TOKENS = 1 << 22
 DEFAULT_MAX_REJECT_FRACTION = 0.5
 """A curated corpus loses a few percent of its records; a wrong field name or template loses nearly all. Half
@@ -39,6 +40,9 @@ class RunConfig:
     seed: int = 0
     bucket_tokens: int = DEFAULT_BUCKET_TOKENS
     """Tokens per shuffle bucket (and so per shard): bounds the memory a worker needs to pack one bucket."""
+    shuffle: str = "auto"
+    """How buckets gather their examples: ``spill`` (each reads its slice of every spill file), ``runner`` (the
+    runner's GroupByKey), or ``auto`` (spill on the local runner, runner elsewhere). Same bytes either way."""
     file_format: str = "parquet"
     validation_fraction: float = 0.0
     row_group_size: int = 256
@@ -82,6 +86,7 @@ class RunConfig:
             (self.row_group_size >= 1, "--row-group-size must be positive"),
             (bool(self.inputs), "--input is required"),
             (self.dedup in DEDUP_MODES, f"--dedup must be one of {', '.join(DEDUP_MODES)}"),
+            (self.shuffle in SHUFFLE_MODES, f"--shuffle must be one of {', '.join(SHUFFLE_MODES)}"),
             (self.min_target_tokens >= 0, "--min-target-tokens must be >= 0"),
             (0.0 <= self.max_reject_fraction <= 1.0, "--max-reject-fraction must be between 0 and 1"),
             (self.max_source_tokens is None or self.max_source_tokens >= 0, "--max-source-tokens must be >= 0"),

@@ -1,7 +1,8 @@
 """A real distributed engine here: the pipeline on a ``dask.distributed`` cluster of worker processes.
 
 The cluster is started by the test on 127.0.0.1 (two worker processes, one thread each). The output must be
-byte-identical to the local runner's. A second test pins down, on a five-line pipeline, the gaps in Beam's own
+byte-identical to the local runner's (which spills), with the runner's shuffle (``--shuffle auto`` on Dask) and
+with spill files. A second test pins down, on a five-line pipeline, the gaps in Beam's own
 ``DaskRunner`` that ``seqpack.pipeline.dask_runner`` closes: if Beam fixes them, its case starts passing and
 the strict ``xfail`` turns red, the cue to drop seqpack's runner.
 """
@@ -36,11 +37,12 @@ def cluster() -> Iterator[distributed.LocalCluster]:
         yield local_cluster
 
 
+@pytest.mark.parametrize("shuffle", ["auto", "spill"])  # auto: the runner's shuffle (the local one spills)
 def test_dask_cluster_writes_the_same_bytes_as_the_local_runner(
-    tmp_path: Path, job: dict, local_dataset: Path, cluster: distributed.LocalCluster
+    tmp_path: Path, job: dict, local_dataset: Path, cluster: distributed.LocalCluster, shuffle: str
 ) -> None:
     out = tmp_path / "dask"
-    _, stats = run(RunConfig(output=str(out), **job),
+    _, stats = run(RunConfig(output=str(out), shuffle=shuffle, **job),
                    ["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"])
     assert stats["records_rejected"] == len(BAD)
     assert dataset_bytes(out) == dataset_bytes(local_dataset)

@@ -28,14 +28,15 @@ BAD = ['{"source": "no target"}', "{not json"]
 
 
 def dataset_bytes(dataset: Path) -> dict[str, str]:
-    """sha256 of every file, and the manifest without the one field that must differ (the output path)."""
+    """sha256 of every file, and the manifest without the fields that may differ: the output path, and the
+    ``--shuffle`` the run was given (recorded as asked; both shuffles write the same bytes)."""
     digests = {
         str(p.relative_to(dataset)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(dataset.rglob("*"))
         if p.is_file() and p.name != "manifest.json"
     }
     manifest = json.loads((dataset / "manifest.json").read_text())
-    del manifest["config"]["output"]
+    del manifest["config"]["output"], manifest["config"]["shuffle"]
     digests["manifest.json"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     return digests
 
@@ -100,11 +101,12 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                 process.kill()
 
 
+@pytest.mark.parametrize("shuffle", ["auto", "spill"])  # auto: the runner's shuffle (the local one spills)
 def test_portable_runner_writes_the_same_bytes_as_the_local_runner(
-    tmp_path: Path, job: dict, local_dataset: Path, services: dict
+    tmp_path: Path, job: dict, local_dataset: Path, services: dict, shuffle: str
 ) -> None:
     out = tmp_path / "portable"
-    manifest, stats = run(RunConfig(output=str(out), **job), [
+    manifest, stats = run(RunConfig(output=str(out), shuffle=shuffle, **job), [
         "--runner=PortableRunner",
         f"--job_endpoint={services['job_endpoint']}",
         "--environment_type=EXTERNAL",

@@ -9,7 +9,7 @@ from dataclasses import MISSING, fields
 
 from seqpack.chat import STYLES as CHAT_STYLES
 from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
-from seqpack.config import DEDUP_MODES, FILE_FORMATS, RunConfig
+from seqpack.config import DEDUP_MODES, FILE_FORMATS, SHUFFLE_MODES, RunConfig
 from seqpack.errors import UsageError
 from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
@@ -117,6 +117,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                          help="shuffle seed: the same seed, data and options give the same shards, byte for byte")
     packing.add_argument("--bucket-tokens", type=int, default=DEFAULTS["bucket_tokens"],
                          help="tokens per shuffle bucket and shard; bounds a worker's memory")
+    packing.add_argument("--shuffle", choices=SHUFFLE_MODES, default=DEFAULTS["shuffle"],
+                         help="how buckets gather their examples: spill (each reads a slice of every spill file; "
+                         "best on the local runner), runner (each spill file read once, buckets grouped by the "
+                         "runner: requests grow linearly with the data), auto (spill locally, runner elsewhere); "
+                         "the dataset is the same")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -138,6 +143,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         packing=args.packing,
         seed=args.seed,
         bucket_tokens=args.bucket_tokens,
+        shuffle=args.shuffle,
         file_format=args.file_format,
         validation_fraction=args.validation_fraction,
         row_group_size=args.row_group_size,

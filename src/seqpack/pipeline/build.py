@@ -7,6 +7,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from seqpack.config import RunConfig
 from seqpack.masking import masks_example_starts
+from seqpack.pipeline.runners import resolve_shuffle
 from seqpack.prompt_templates import make_template
 from seqpack.tokenizer import BackendPlan
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
@@ -112,7 +113,8 @@ def build_pipeline(
     spill files and run metadata under ``staging``.
 
     ``backend``: the Rust tokenizer the driver saved for the workers (``tokenizer.BackendPlan``); without it
-    every worker loads the tokenizer through ``transformers``.
+    every worker loads the tokenizer through ``transformers``. ``--shuffle auto`` is resolved for the pipeline's
+    runner here (``runners.resolve_shuffle``).
     """
     read = pipeline | "ReadRecords" >> ReadRecords(files, max_record_bytes=config.max_record_bytes)
     rendered = read.records | "Render" >> beam.ParDo(_render_fn(config)).with_outputs(
@@ -127,7 +129,8 @@ def build_pipeline(
     tokenized = batches | "Tokenize" >> beam.ParDo(_tokenize_fn(config, spill_dir, backend)).with_outputs(
         REJECTED_TAG, STATS_TAG, main="spills"
     )
-    shards = tokenized.spills | "ShuffleAndPack" >> ShuffleAndPack(pack_options(config, pad_id))
+    shuffle = resolve_shuffle(config.shuffle, pipeline.runner)
+    shards = tokenized.spills | "ShuffleAndPack" >> ShuffleAndPack(pack_options(config, pad_id), shuffle=shuffle)
     written = shards | "WriteShards" >> beam.ParDo(WriteShardDoFn(shard_format(config), revision_root)).with_outputs(
         STATS_TAG, main="shards"
     )

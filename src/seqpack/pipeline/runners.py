@@ -63,6 +63,26 @@ def check_beam_args(beam_args: list[str], seqpack_flags: Iterable[str] = ()) -> 
 
 
 DASK_RUNNERS = ("DaskRunner", "seqpack.pipeline.dask_runner.DaskRunner")
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "PrismRunner")
+"""Runners that run the whole job on this machine and hold every shuffled byte in one process (by exact class:
+Beam's ``DaskRunner`` subclasses ``BundleBasedDirectRunner``)."""
+
+
+def resolve_shuffle(shuffle: str, runner: object) -> str:
+    """``--shuffle auto`` made concrete for ``runner`` (a Beam runner instance): ``spill`` on a local runner, where
+    the runner's shuffle would pass every example through the driver process, ``runner`` on any other (Dataflow,
+    Flink, Spark, Dask, portable), where reading a slice of every spill file per bucket grows with the square
+    of the data. ``runner`` or ``spill`` are kept as given.
+
+        >>> resolve_shuffle("auto", FnApiRunner())
+        'spill'
+    """
+    if shuffle != "auto":
+        return shuffle
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    local = isinstance(runner, FnApiRunner) or type(runner).__name__ in LOCAL_RUNNERS
+    return "spill" if local else "runner"
 
 
 def wants_dask(beam_args: list[str]) -> bool:

@@ -1,22 +1,30 @@
 """Best-fit packing of each shuffle bucket into blocks (the shuffle itself: ``transforms.shuffle``).
 
 ``ShuffleAndPack`` turns the spill files' descriptions into buckets (key ranges sized by ``--bucket-tokens``),
-reads each bucket in key order, packs it, and shuffles its block order with the seed. The result depends only
-on the set of examples, never on how they were spread over workers or files.
+gathers each bucket in key order, packs it, and shuffles its block order with the seed. The result depends only
+on the set of examples, never on how they were spread over workers or files, nor on how buckets are gathered:
+``spill`` (each bucket reads its slice of every spill file, ``transforms.shuffle``) and ``runner`` (each spill
+file is cut into per-bucket chunks that go through a ``GroupByKey``, ``transforms.shuffle_runner``) write the
+same bytes.
 
 Removing the shuffle changes the data: examples would be packed and written in input order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
 
+from seqpack.example_columns import ExampleColumns
 from seqpack.faults import lose_one_example
 from seqpack.packing import PackedBlocks, pack_columns
 from seqpack.transforms.shuffle import Bucket, SpillFile, bucket_count, permute_blocks, read_bucket
+from seqpack.transforms.shuffle_runner import Chunk, CutSpillDoFn, bucket_markers, decode_chunks
+
+SHUFFLES = ("spill", "runner")
+"""How buckets are gathered (``--shuffle``, resolved from ``auto`` by ``pipeline.runners.resolve_shuffle``)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,22 @@ class PackOptions:
     """Label -100 on each example's first token (``masking.masks_example_starts``)."""
 
 
+def pack_bucket(bucket: Bucket, examples: ExampleColumns, options: PackOptions) -> ShardBlocks:
+    """A bucket's key-sorted examples packed into its shard's blocks, in the seeded order (both shuffles)."""
+    split, index, count = bucket
+    if lose_one_example() and len(examples):  # a test hook: the accounting must catch this
+        examples = examples.slice(0, len(examples) - 1)
+    blocks = pack_columns(
+        examples,
+        strategy=options.packing,
+        max_length=options.max_length,
+        pad_id=options.pad_id,
+        mask_boundaries=options.mask_boundaries,
+    )
+    blocks = permute_blocks(blocks, options.seed, split, index)
+    return ShardBlocks(split, index, count, blocks, len(examples))
+
+
 class PackBucketDoFn(beam.DoFn):
     """A bucket in (with every spill file as a side input); its packed, block-shuffled ``ShardBlocks`` out."""
 
@@ -53,20 +77,18 @@ class PackBucketDoFn(beam.DoFn):
         self.options = options
 
     def process(self, bucket: Bucket, spills: Sequence[SpillFile]) -> Iterator[ShardBlocks]:
-        cfg = self.options
-        split, index, count = bucket
-        examples = read_bucket(bucket, spills, with_trained=cfg.with_trained)
-        if lose_one_example() and len(examples):  # a test hook: the accounting must catch this
-            examples = examples.slice(0, len(examples) - 1)
-        blocks = pack_columns(
-            examples,
-            strategy=cfg.packing,
-            max_length=cfg.max_length,
-            pad_id=cfg.pad_id,
-            mask_boundaries=cfg.mask_boundaries,
-        )
-        blocks = permute_blocks(blocks, cfg.seed, split, index)
-        yield ShardBlocks(split, index, count, blocks, len(examples))
+        yield pack_bucket(bucket, read_bucket(bucket, spills, with_trained=self.options.with_trained), self.options)
+
+
+class PackGroupedBucketDoFn(beam.DoFn):
+    """A bucket with its chunks from the runner's shuffle in; its packed, block-shuffled ``ShardBlocks`` out."""
+
+    def __init__(self, options: PackOptions) -> None:
+        self.options = options
+
+    def process(self, grouped: tuple[Bucket, Iterable[bytes]]) -> Iterator[ShardBlocks]:
+        bucket, chunks = grouped
+        yield pack_bucket(bucket, decode_chunks(chunks, with_trained=self.options.with_trained), self.options)
 
 
 def _buckets(split_count: tuple[str, int]) -> Iterator[Bucket]:
@@ -80,22 +102,45 @@ class ShuffleAndPack(beam.PTransform):
 
     The number of buckets of a split follows from its total tokens, so memory per bucket stays bounded by
     ``--bucket-tokens`` whatever the dataset size; every shard named ``part-i-of-n`` exists, even one whose
-    key range happens to hold no example.
+    key range happens to hold no example. ``shuffle`` (``SHUFFLES``) picks how a bucket gathers its examples;
+    the output is the same.
     """
 
-    def __init__(self, options: PackOptions) -> None:
+    def __init__(self, options: PackOptions, *, shuffle: str = "spill") -> None:
         super().__init__()
+        if shuffle not in SHUFFLES:
+            raise ValueError(f"shuffle must be one of {', '.join(SHUFFLES)}, got {shuffle!r}")
         self.options = options
+        self.shuffle = shuffle
 
     def expand(self, spills: beam.PCollection) -> beam.PCollection:
         bucket_tokens = self.options.bucket_tokens
-        return (
+        buckets_per_split = (
             spills
             | "TokensPerSplit" >> beam.Map(lambda spill: (spill.split, spill.tokens))
             | "SumTokens" >> beam.CombinePerKey(sum)
             | "BucketsPerSplit" >> beam.MapTuple(lambda split, tokens: (split, bucket_count(tokens, bucket_tokens)))
+        )
+        if self.shuffle == "runner":
+            return self._through_the_runner(spills, buckets_per_split)
+        return (
+            buckets_per_split
             | "Buckets" >> beam.FlatMap(_buckets)
             # Buckets are few and small: spread them so that every worker packs some.
             | "SpreadBuckets" >> beam.Reshuffle()
             | "PackBuckets" >> beam.ParDo(PackBucketDoFn(self.options), beam.pvalue.AsList(spills))
+        )
+
+    def _through_the_runner(self, spills: beam.PCollection, buckets_per_split: beam.PCollection) -> beam.PCollection:
+        """Each spill file read once and cut into per-bucket chunks; the runner's shuffle gathers each bucket."""
+        chunks = spills | "CutSpills" >> beam.ParDo(
+            CutSpillDoFn(with_trained=self.options.with_trained), beam.pvalue.AsDict(buckets_per_split)
+        ).with_output_types(Chunk)
+        markers = buckets_per_split | "EveryBucket" >> beam.FlatMap(bucket_markers).with_output_types(Chunk)
+        return (
+            (chunks, markers)
+            | "AllChunks" >> beam.Flatten().with_output_types(Chunk)
+            # The global shuffle: without it each worker would pack only its own examples, in input order.
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "PackBuckets" >> beam.ParDo(PackGroupedBucketDoFn(self.options))
         )

@@ -1,7 +1,10 @@
 """The global shuffle, all of it: key-sorted spill files, and buckets that are key ranges of them.
 
 The keys themselves are ``seqpack.keys``. Spill files take the shuffle through the filesystem instead of
-through the runner.
+through the runner: ``--shuffle spill``, the default on the local runner, which would otherwise hold every
+shuffled byte in its driver process. On distributed runners each bucket reading a slice of every spill file
+costs *buckets × spill files* requests, which grows with the square of the data; there ``--shuffle runner``
+(``transforms.shuffle_runner``) reads each spill file once and lets the runner's shuffle move the buckets.
 
 Tokenization writes its examples, sorted by their seeded 16-byte key, into Arrow IPC files under the run's
 staging directory and passes on only a small ``SpillFile`` description. A bucket is a range of keys, so the
@@ -64,7 +67,8 @@ def spill_path(spill_dir: str, split: str) -> str:
     return FileSystems.join(spill_dir, split, f"{uuid.uuid4().hex}.arrow")
 
 
-def _record_batch(columns: ExampleColumns) -> pa.RecordBatch:
+def spill_batch(columns: ExampleColumns) -> pa.RecordBatch:
+    """``columns`` as one record batch of ``SPILL_SCHEMA`` (a spill file's batch, or a runner-shuffle chunk)."""
     base = columns.offsets - columns.offsets[0]
     ids = columns.ids[columns.offsets[0] : columns.offsets[-1]]
     trained = (
@@ -97,7 +101,7 @@ def write_spill(path: str, columns: ExampleColumns) -> None:
         sink = pa.PythonFile(out, mode="w")
         with pa.ipc.new_file(sink, schema) as writer:
             for start, stop in bounds:
-                writer.write_batch(_record_batch(columns.slice(start, stop)))
+                writer.write_batch(spill_batch(columns.slice(start, stop)))
 
 
 def _open(path: str) -> pa.NativeFile:
@@ -106,7 +110,8 @@ def _open(path: str) -> pa.NativeFile:
     return pa.PythonFile(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED), mode="r")
 
 
-def _columns_of(batch: pa.RecordBatch) -> ExampleColumns:
+def batch_columns(batch: pa.RecordBatch) -> ExampleColumns:
+    """A record batch of ``SPILL_SCHEMA`` back as columns (sharing its memory where Arrow allows)."""
     ids = batch.column("ids")
     offsets = np.asarray(ids.offsets, dtype=np.int64)
     trained = batch.column("trained")
@@ -133,7 +138,7 @@ def read_spill_range(path: str, low: int, high: int | None, *, with_trained: boo
         for index, key_range in enumerate(ranges):
             if key_range is None or key_range[1] < low or (high is not None and key_range[0] >= high):
                 continue
-            columns = _columns_of(reader.get_batch(index))
+            columns = batch_columns(reader.get_batch(index))
             start, stop = columns.key_range(low, high)
             parts.append(columns.slice(start, stop))
         # concat copies every column: the result does not point into the file, which closes on return
@@ -157,6 +162,16 @@ def bucket_bounds(index: int, count: int) -> tuple[int, int | None]:
     low = -(-(index << 64) // count)
     high = None if index == count - 1 else -(-((index + 1) << 64) // count)
     return low, high
+
+
+def bucket_cuts(key_hi: np.ndarray, count: int) -> np.ndarray:
+    """Where each of ``count`` buckets starts in key-sorted ``key_hi``, and the end: bucket ``i`` is rows
+    ``cuts[i]:cuts[i+1]``, the same rows ``read_spill_range`` gives it (one ``searchsorted`` for every bucket)."""
+    lows = np.array([bucket_bounds(index, count)[0] for index in range(count)], dtype=np.uint64)
+    cuts = np.empty(count + 1, np.int64)
+    cuts[:-1] = np.searchsorted(key_hi, lows, side="left")
+    cuts[-1] = len(key_hi)
+    return cuts
 
 
 def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bool) -> ExampleColumns:
