@@ -22,10 +22,11 @@ from seqpack.example_columns import ExampleBuffer, ExampleColumns
 from seqpack.pipeline.build import pack_options
 from seqpack.transforms.pack import ShardBlocks, ShuffleAndPack
 from seqpack.transforms.shuffle import (
+    MAX_BUCKETS,
     SpillFile,
     bucket_bounds,
     bucket_count,
-    bucket_cuts,
+    bucket_of,
     read_bucket,
     spill_path,
     write_spill,
@@ -50,8 +51,6 @@ def _columns(key_his: list[int], *, trained: bool = False, seed: int = 0) -> Exa
 @given(st.lists(KEY_HI, max_size=60), st.integers(min_value=1, max_value=300))
 def test_cutting_gives_each_bucket_its_key_range_every_row_once(key_his: list[int], count: int) -> None:
     columns = _columns(key_his)
-    cuts = bucket_cuts(columns.key_hi, count)
-    assert cuts[0] == 0 and cuts[-1] == len(columns) and np.all(np.diff(cuts) >= 0)
     chunks = list(cut_into_buckets(columns, "train", count))
     assert all(len(part) for _, part in chunks)
     for (split, index, total), part in chunks:
@@ -63,6 +62,23 @@ def test_cutting_gives_each_bucket_its_key_range_every_row_once(key_his: list[in
     regrouped = ExampleColumns.concat([part for _, part in chunks]) if chunks else columns
     assert regrouped.key_lo.tolist() == columns.key_lo.tolist()  # every row once, in key order
     assert regrouped.ids.tolist() == columns.ids.tolist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(KEY_HI, min_size=1, max_size=40), st.integers(min_value=1, max_value=MAX_BUCKETS - 1))
+def test_bucket_of_is_exact_against_the_bounds(key_his: list[int], count: int) -> None:
+    extremes = [0, 1, 2**64 - 1, *(bucket_bounds(i, count)[0] + d for i in (0, count // 2, count - 1) for d in (-1, 0))]
+    keys = [k for k in key_his + extremes if 0 <= k < 2**64]
+    found = bucket_of(np.array(keys, dtype=np.uint64), count).tolist()
+    assert found == [key * count >> 64 for key in keys]  # Python integers: no overflow
+    for key, index in zip(keys, found, strict=True):
+        low, high = bucket_bounds(index, count)
+        assert low <= key and (high is None or key < high)
+
+
+def test_bucket_of_refuses_counts_it_cannot_compute_exactly() -> None:
+    with pytest.raises(ValueError, match="bucket count"):
+        bucket_of(np.array([1], dtype=np.uint64), MAX_BUCKETS)
 
 
 @pytest.mark.parametrize("trained", [False, True])

@@ -164,14 +164,23 @@ def bucket_bounds(index: int, count: int) -> tuple[int, int | None]:
     return low, high
 
 
-def bucket_cuts(key_hi: np.ndarray, count: int) -> np.ndarray:
-    """Where each of ``count`` buckets starts in key-sorted ``key_hi``, and the end: bucket ``i`` is rows
-    ``cuts[i]:cuts[i+1]``, the same rows ``read_spill_range`` gives it (one ``searchsorted`` for every bucket)."""
-    lows = np.array([bucket_bounds(index, count)[0] for index in range(count)], dtype=np.uint64)
-    cuts = np.empty(count + 1, np.int64)
-    cuts[:-1] = np.searchsorted(key_hi, lows, side="left")
-    cuts[-1] = len(key_hi)
-    return cuts
+MAX_BUCKETS = 1 << 31
+"""``bucket_of`` is exact below this many buckets per split (2³¹ buckets of 4M tokens: 10¹⁶ tokens)."""
+
+
+def bucket_of(key_hi: np.ndarray, count: int) -> np.ndarray:
+    """The bucket of each ``key_hi`` among ``count``: ``floor(key_hi * count / 2**64)``, the ``i`` with
+    ``bucket_bounds(i)[0] <= key_hi < bucket_bounds(i + 1)[0]``, exactly, in uint64 arithmetic.
+
+    Cost per row, not per bucket: a spill file is cut in time linear in its rows however many buckets there are.
+    With ``key_hi = a * 2**32 + b``, ``key_hi * count >> 64 = (a * count + (b * count >> 32)) >> 32``, and neither
+    product overflows while ``count < 2**31``."""
+    if not 0 < count < MAX_BUCKETS:
+        raise ValueError(f"bucket count {count} is outside 1..{MAX_BUCKETS - 1}")
+    keys = np.asarray(key_hi, dtype=np.uint64)
+    c = np.uint64(count)
+    high, low = keys >> np.uint64(32), keys & np.uint64(0xFFFFFFFF)
+    return ((high * c + ((low * c) >> np.uint64(32))) >> np.uint64(32)).astype(np.int64)
 
 
 def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bool) -> ExampleColumns:

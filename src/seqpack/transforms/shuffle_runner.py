@@ -7,7 +7,7 @@ the ranges of its split's buckets, and the chunks travel through the runner's ow
 Flink, Spark and Dask move data in time linear in its size). A bucket receives exactly the rows
 ``read_bucket`` would read, and sorts them by key the same way, so both paths write the same bytes.
 
-A chunk is an Arrow IPC stream of one record batch with the spill files' schema, passed as ``bytes`` with
+A chunk is one Arrow IPC record-batch message with the spill files' schema, passed as ``bytes`` with
 Beam's ``BytesCoder``: compact, and never pickled. An empty ``bytes`` marks a bucket that must exist even if
 no example falls in its key range (every shard ``part-i-of-n`` is written).
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 
 from seqpack.example_columns import ExampleColumns, empty_columns
@@ -25,7 +26,7 @@ from seqpack.transforms.shuffle import (
     Bucket,
     SpillFile,
     batch_columns,
-    bucket_cuts,
+    bucket_of,
     read_spill_range,
     spill_batch,
 )
@@ -35,32 +36,25 @@ Chunk = tuple[Bucket, bytes]
 
 
 def encode_chunk(columns: ExampleColumns) -> bytes:
-    """``columns`` as an Arrow IPC stream (one record batch of ``SPILL_SCHEMA``)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, SPILL_SCHEMA) as writer:
-        writer.write_batch(spill_batch(columns))
-    return sink.getvalue().to_pybytes()
+    """``columns`` as one Arrow IPC record-batch message of ``SPILL_SCHEMA``, without the schema (both sides know
+    it): a chunk may hold a single example, so a schema in every chunk would be a large part of the bytes moved."""
+    return spill_batch(columns).serialize().to_pybytes()
 
 
 def decode_chunks(chunks: Iterable[bytes], *, with_trained: bool) -> ExampleColumns:
     """Every example of the non-empty ``chunks``, in key order (the order ``read_bucket`` gives)."""
-    parts = [
-        batch_columns(batch)
-        for chunk in chunks
-        if chunk
-        for batch in pa.ipc.open_stream(pa.py_buffer(chunk))
-        if batch.num_rows
-    ]
+    batches = (pa.ipc.read_record_batch(pa.py_buffer(chunk), SPILL_SCHEMA) for chunk in chunks if chunk)
+    parts = [batch_columns(batch) for batch in batches if batch.num_rows]
     return ExampleColumns.concat(parts).sorted_by_key() if parts else empty_columns(with_trained)
 
 
 def cut_into_buckets(columns: ExampleColumns, split: str, count: int) -> Iterator[tuple[Bucket, ExampleColumns]]:
     """The non-empty key ranges of ``count`` buckets in key-sorted ``columns``, each with its bucket."""
-    cuts = bucket_cuts(columns.key_hi, count)
-    for index in range(count):
-        start, stop = int(cuts[index]), int(cuts[index + 1])
+    buckets = bucket_of(columns.key_hi, count)  # non-decreasing: the rows are sorted by key
+    starts = np.flatnonzero(np.diff(buckets)) + 1
+    for start, stop in zip(np.r_[0, starts].tolist(), np.r_[starts, len(buckets)].tolist(), strict=True):
         if stop > start:
-            yield (split, index, count), columns.slice(start, stop)
+            yield (split, int(buckets[start]), count), columns.slice(start, stop)
 
 
 class CutSpillDoFn(beam.DoFn):
