@@ -293,7 +293,7 @@ def commit(
     ``stats`` are the job's merged statistics, ``shards`` what its shard writers reported. Called again after
     the switch (a retried step), it only finishes removing the previous revision and returns what was committed.
     """
-    if _committed_directory(config.output) == destination.directory:
+    if is_committed(destination):
         _finish_after_switch(config.output, destination.previous)
         return read_committed(destination)
     lock.check()  # a launcher that was stopped gave its lock back: its job must not commit
@@ -351,12 +351,17 @@ def abandon(destination: Destination) -> None:
     """A run that fails or is stopped removes its own revision directory and scratch space (best effort),
     unless the manifest already names its revision (it failed or was stopped after committing)."""
     try:
-        if _committed_directory(destination.output) == destination.directory:
+        if is_committed(destination):
             return
         _delete_existing([destination.root, destination.staging, destination.marker])
         _delete_existing([FileSystems.join(destination.output, STAGING_NAME)], only_if_empty=True)
     except Exception:  # noqa: BLE001 - the next run clears what is left, from the marker
         pass
+
+
+def is_committed(destination: Destination) -> bool:
+    """Whether the output's manifest names this run's revision: then it is committed, whatever failed after."""
+    return _committed_directory(destination.output) == destination.directory
 
 
 def _committed_directory(output: str) -> str | None:

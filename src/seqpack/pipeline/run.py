@@ -25,6 +25,7 @@ from seqpack.pipeline.commit import (
     Destination,
     abandon,
     check_output,
+    is_committed,
     prepare_output,
     read_committed,
     save_tokenizer,
@@ -151,11 +152,14 @@ def run(
             try:
                 committed = job.launch(destination, lock, wait=wait, progress=progress)
             except BaseException as error:
-                abandon(destination)
-                failure = _reported(_refused(as_run_failure(error, config.output, stop)), worker_log)
-                if failure is error:
-                    raise
-                raise failure from error
+                if isinstance(error, Exception) and stop.signum is None and is_committed(destination):
+                    committed = _committed_anyway(destination, error)
+                else:
+                    abandon(destination)
+                    failure = _reported(_refused(as_run_failure(error, config.output, stop)), worker_log)
+                    if failure is error:
+                        raise
+                    raise failure from error
         if worker_log is not None:
             worker_log.discard()
         return committed
@@ -244,6 +248,16 @@ def _refused(failure: BaseException) -> BaseException:
     if message is None or isinstance(failure, RunFailedError):
         return failure
     return RunFailedError(message)
+
+
+def _committed_anyway(destination: Destination, error: Exception) -> tuple[Manifest, dict[str, Any]]:
+    """The job failed after its commit step switched the manifest (in the cleanup that follows): the dataset
+    is committed and whole; what the cleanup left, the next run into the output removes."""
+    logging.getLogger("seqpack").warning(
+        "the job failed after it committed %s (%s); the dataset is complete, and the next run into %s removes "
+        "the files the failure left", destination.directory, crash_summary(error), destination.output,
+    )
+    return read_committed(destination)
 
 
 def _reported(failure: BaseException, worker_log: WorkerLog | None) -> BaseException:
