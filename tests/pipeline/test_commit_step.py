@@ -48,11 +48,13 @@ def test_without_waiting_on_the_local_runner_the_job_has_committed_and_released_
     assert files_on_disk(output) == committed_files(output), "no lock, no staging left"
 
 
+@pytest.mark.parametrize("lost", ["in-cleanup", "after-releasing-the-lock"])
 def test_a_retried_commit_step_commits_once_and_deletes_nothing_committed(
-    tmp_path: Path, input_file: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, input_file: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch, lost: str
 ) -> None:
-    """The worker running the commit step is lost after the switch, in the middle of removing the old revision;
-    the runner retries the step, which finishes the cleanup and leaves the new revision whole."""
+    """The worker running the commit step is lost after the switch: in the middle of removing the old revision,
+    or once done (``--no-wait``: the lock released) but before the runner heard of it. The runner retries the
+    step, which finishes the cleanup, writes no second manifest and leaves the new revision whole."""
     output, clean = tmp_path / "out", tmp_path / "clean"
     assert main(run_args(input_file, clean, tokenizer_dir, "--seed", "4")) == 0
     assert main(run_args(input_file, output, tokenizer_dir)) == 0
@@ -64,17 +66,24 @@ def test_a_retried_commit_step_commits_once_and_deletes_nothing_committed(
         raise SystemExit("the worker is gone")  # not an Exception: the commit's own cleanup must not catch it
 
     def retried(self: CommitDoFn, stats: dict, shards: list):  # noqa: ANN202 - a DoFn's generator
-        monkeypatch.setattr(commit_module, "_clean_up_after_switch", lost_worker)
-        with pytest.raises(SystemExit):
+        if lost == "in-cleanup":
+            monkeypatch.setattr(commit_module, "_clean_up_after_switch", lost_worker)
+            with pytest.raises(SystemExit):
+                list(original_process(self, stats, shards))
+            assert first <= files_on_disk(output), "the first attempt died before removing the old revision"
+            monkeypatch.setattr(commit_module, "_clean_up_after_switch", original_cleanup)
+        else:
             list(original_process(self, stats, shards))
-        attempts.append(open_manifest(str(output)).revision)
-        assert first <= files_on_disk(output), "the first attempt died before removing the old revision"
-        monkeypatch.setattr(commit_module, "_clean_up_after_switch", original_cleanup)
+            assert not (output / LOCK_NAME).exists(), "the first attempt released the lock"
+        attempts.append((open_manifest(str(output)).revision, (output / "manifest.json").stat().st_mtime_ns))
         yield from original_process(self, stats, shards)  # the retry
 
     monkeypatch.setattr(CommitDoFn, "process", retried)
-    assert main(run_args(input_file, output, tokenizer_dir, "--overwrite", "--seed", "4")) == 0
-    assert attempts == [2], "the first attempt switched the manifest"
+    wait = "--no-wait" if lost == "after-releasing-the-lock" else "--wait"
+    assert main(run_args(input_file, output, tokenizer_dir, "--overwrite", "--seed", "4", wait)) == 0
+    [(revision, written_at)] = attempts
+    assert revision == 2, "the first attempt switched the manifest"
+    assert (output / "manifest.json").stat().st_mtime_ns == written_at, "the retry wrote no second manifest"
     manifest = open_manifest(str(output))
     assert manifest.revision == 2 and sorted(p.name for p in output.iterdir()) == ["manifest.json", "v000002"]
     assert files_on_disk(output) == committed_files(output), "the retry removed the old revision, and only it"
@@ -162,9 +171,11 @@ def test_a_launcher_killed_after_submitting_leaves_the_job_to_commit_exactly_onc
         said.append(line)
         if line.startswith("seqpack: submitted"):
             launcher.send_signal(signal.SIGKILL)
+            uncommitted_at_kill = not (out / "manifest.json").exists()  # an SDK worker takes seconds to start
             break
     launcher.wait(timeout=60)
     assert launcher.returncode == -signal.SIGKILL, "".join(said)
+    assert uncommitted_at_kill, "the launcher returned before the job committed: the job must commit by itself"
     holder = json.loads((out / LOCK_NAME).read_text())
     assert holder["pid"] == launcher.pid and holder["lease_until"] > time.time(), "the lock is left to the job"
 
