@@ -10,9 +10,8 @@ through to Beam untouched.
 The launcher does not wait for the job (``--no-wait``, unless the parameters say ``wait=true``): the job
 commits the dataset itself, and Google asks Flex Template launchers not to wait.
 
-    >>> to_run_argv(["--input=gs://b/a.jsonl,gs://b/c.jsonl", "--max_length=512", "--overwrite=true"])
-    ['--input=gs://b/a.jsonl', '--input=gs://b/c.jsonl', '--max-length=512', '--overwrite', '--no-wait',
-     '--runner=DataflowRunner']
+    >>> to_run_argv(["--input=gs://b/a.jsonl,gs://b/c.jsonl", "--overwrite=true"])
+    ['--input=gs://b/a.jsonl', '--input=gs://b/c.jsonl', '--overwrite', '--no-wait', '--runner=DataflowRunner']
 """
 
 from __future__ import annotations
