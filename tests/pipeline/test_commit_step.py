@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import test_dask
 import test_portable as portable
 from helpers import run_args, write_jsonl
 from test_crash_safety import committed_files, dataset_hashes, files_on_disk
@@ -29,6 +30,7 @@ from seqpack.schemas import LOCK_NAME, STAGING_NAME, TokenizerInfo
 from seqpack.schemas.stats import AccountingError, empty_stats
 
 job, local_dataset, services = portable.job, portable.local_dataset, portable.services  # the portable fixtures
+cluster = test_dask.cluster  # a Dask cluster in the test's process: it outlives the launcher
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +145,10 @@ def test_the_commit_step_does_not_commit_under_another_runs_lock(tmp_path: Path)
 # -------------------------------------------------------------------------- the launcher killed, the job goes on
 
 
-def _portable_args(services: dict) -> list[str]:
+def _runner_args(runner: str, request: pytest.FixtureRequest) -> list[str]:
+    if runner == "dask":
+        return ["--runner=DaskRunner", f"--dask_client_address={request.getfixturevalue('cluster').scheduler_address}"]
+    services = request.getfixturevalue("services")
     return ["--runner=PortableRunner", f"--job_endpoint={services['job_endpoint']}", "--environment_type=EXTERNAL",
             f"--environment_config={services['pool']}"]
 
@@ -155,15 +160,17 @@ def _wait_until(condition, what: str, timeout: float = 240.0) -> None:  # noqa: 
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("runner", ["portable", "dask"])
 def test_a_launcher_killed_after_submitting_leaves_the_job_to_commit_exactly_once(
-    tmp_path: Path, job: dict, local_dataset: Path, services: dict
+    tmp_path: Path, job: dict, local_dataset: Path, runner: str, request: pytest.FixtureRequest
 ) -> None:
     """``seqpack run --no-wait`` on the portable runner (a job service and an SDK worker pool, each its own
-    process): the launcher is killed (SIGKILL) the moment it says the job was submitted; the job commits the
-    dataset by itself, exactly once, with the same bytes as the local runner, and gives the lock back."""
+    process) or on a Dask cluster: the launcher is killed (SIGKILL) the moment it says the job was submitted;
+    the job commits the dataset by itself, exactly once, with the same bytes as the local runner, and gives the
+    lock back."""
     out = tmp_path / "out"
     args = ["run", "-i", job["inputs"][0], "-o", str(out), "-t", job["tokenizer"], "--max-length", "128",
-            "--bucket-tokens", "2048", "--validation-fraction", "0.1", "--no-wait", *_portable_args(services)]
+            "--bucket-tokens", "2048", "--validation-fraction", "0.1", "--no-wait", *_runner_args(runner, request)]
     launcher = subprocess.Popen([sys.executable, "-m", "seqpack.cli", *args], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
     said = []
@@ -186,4 +193,12 @@ def test_a_launcher_killed_after_submitting_leaves_the_job_to_commit_exactly_onc
     assert files_on_disk(out) == committed_files(out), "one revision, no staging, no lock"
     assert not (out / STAGING_NAME).exists()
     assert portable.dataset_bytes(out) == portable.dataset_bytes(local_dataset)
-    assert services["job_log"].read_text().count("Completed job") >= 1
+
+
+def test_without_waiting_a_dask_cluster_seqpack_would_start_itself_is_refused(
+    tmp_path: Path, input_file: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = run_args(input_file, tmp_path / "out", tokenizer_dir, "--no-wait", "--runner=DaskRunner")
+    assert main([arg for arg in args if not arg.startswith("--direct_running_mode")]) == 2
+    assert "needs --dask_client_address" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -34,7 +34,7 @@ from seqpack.pipeline.commit_step import CommitPlan, refusal_message
 from seqpack.pipeline.failures import as_run_failure, crash_summary, stop_on_termination
 from seqpack.pipeline.live_progress import live_progress
 from seqpack.pipeline.lock import DEFAULT_LEASE_SECONDS, OutputLock
-from seqpack.pipeline.runners import pipeline_options
+from seqpack.pipeline.runners import check_can_leave, pipeline_options
 from seqpack.pipeline.worker_logs import WorkerLog, capture_worker_output
 from seqpack.prompt_templates import make_template, template_texts
 from seqpack.schemas import REJECTED_FILE, Manifest, TokenizerInfo
@@ -139,6 +139,8 @@ def run(
         >>> manifest, stats = run(RunConfig(inputs=["pairs.jsonl"], output="out", tokenizer="tok/"))
     """
     config.validate()
+    if not wait:
+        check_can_leave(list(beam_args or []))
     options, runner = pipeline_options(list(beam_args or []))
     check_output(config)
     files, tokenizer, tokenizer_info = _check_up_front(config)
@@ -224,6 +226,8 @@ class _Job:
                     result.wait_until_finish()
                 elif not _is_done(result):
                     lock.detach()  # the lock is the job's now: its commit step releases it
+                    if hasattr(result, "detach"):  # a runner whose job would end with this process (Dask)
+                        result.detach()
                     return Submitted(output=config.output, directory=destination.directory, lock=lock.path,
                                      lease_until=time.time() + lock.lease_seconds)
         finally:  # Beam makes this directory when the pipeline is built and removes it only after a run
