@@ -23,7 +23,7 @@ from seqpack.dataset import open_manifest
 from seqpack.faults import FAULT_ENV
 from seqpack.pipeline import commit as commit_module
 from seqpack.pipeline.commit import prepare_output
-from seqpack.pipeline.commit_step import CommitDoFn, CommitPlan
+from seqpack.pipeline.commit_step import CommitDoFn, CommitPlan, refusal_message
 from seqpack.pipeline.lock import LockLostError, OutputLock
 from seqpack.pipeline.run import run
 from seqpack.schemas import LOCK_NAME, STAGING_NAME, TokenizerInfo
@@ -105,6 +105,13 @@ def test_a_failed_identity_keeps_the_previous_dataset_and_unlocks_the_output(
     assert "do not add up" in error and "Traceback" not in error and "workers' log" not in error, error
     assert files_on_disk(output) == before, "no new revision, no staging, no lock: the old dataset as it was"
     assert dataset_hashes(output) == hashes
+
+
+def test_a_refusal_reaches_the_launcher_as_its_message_not_a_traceback() -> None:
+    worker = ("Traceback (most recent call last):\n  File \"commit.py\", line 9\nseqpack.pipeline.commit_checks."
+              "TooFewWritten: no records were read from the inputs [while running 'Commit']\n")
+    assert refusal_message(RuntimeError(worker)) == "no records were read from the inputs"
+    assert refusal_message(RuntimeError("Traceback ...\nValueError: a bug")) is None
 
 
 def _plan(output: Path, lock: OutputLock) -> CommitPlan:

@@ -74,5 +74,5 @@ def refusal_message(error: BaseException) -> str | None:
     if isinstance(error, REFUSALS):
         return str(error)
     names = "|".join(kind.__name__ for kind in REFUSALS)
-    found = re.findall(rf"\b(?:{names}): (.+)", str(error))
+    found = re.findall(rf"\b(?:{names}): (.+?)(?: \[while running '[^']*'\])?$", str(error), flags=re.MULTILINE)
     return found[-1].strip() if found else None

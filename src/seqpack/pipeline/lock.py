@@ -139,6 +139,11 @@ class OutputLock:
         self._detached = False
         self._lease_until = 0.0
 
+    @property
+    def lease_until(self) -> float:
+        """When the lease taken with the lock ends (0 without one)."""
+        return self._lease_until
+
     def _content(self) -> bytes:
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token, "heartbeat": time.time()}
         if self._lease_until:

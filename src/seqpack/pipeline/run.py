@@ -7,7 +7,6 @@ import logging
 import os
 import shlex
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -229,7 +228,7 @@ class _Job:
                     if hasattr(result, "detach"):  # a runner whose job would end with this process (Dask)
                         result.detach()
                     return Submitted(output=config.output, directory=destination.directory, lock=lock.path,
-                                     lease_until=time.time() + lock.lease_seconds)
+                                     lease_until=lock.lease_until)
         finally:  # Beam makes this directory when the pipeline is built and removes it only after a run
             shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
         return read_committed(destination)
