@@ -31,8 +31,9 @@ except ImportError:  # Python 3.10
 
 REPO = Path(__file__).resolve().parents[2]
 METADATA = REPO / "templates" / "flex" / "metadata.json"
-NOT_TEMPLATE_PARAMETERS = {"report", "quiet"}
-"""`seqpack run` options a Flex Template does not offer: --report needs matplotlib, which the image lacks."""
+NOT_TEMPLATE_PARAMETERS = {"report", "quiet", "no_wait"}
+"""`seqpack run` options a Flex Template does not offer: --report needs matplotlib, which the image lacks; the
+template says `wait=true` or `wait=false` (its default) rather than `no_wait`."""
 
 
 @dataclass(frozen=True)
@@ -245,9 +246,11 @@ def test_template_parameters_become_run_flags() -> None:
     ]) == [
         "--input=gs://b/a/*.jsonl", "--input=gs://b/c.parquet", "--max-length=512", "--overwrite",
         "--add-special-tokens", "[SEP]", "[CLS]", "--role-map=human=user,bot=assistant", "--project=p",
-        "--sdk_container_image=europe-docker.pkg.dev/p/r/seqpack:1", "--runner=DataflowRunner",
+        "--sdk_container_image=europe-docker.pkg.dev/p/r/seqpack:1", "--no-wait", "--runner=DataflowRunner",
     ]
-    assert to_run_argv(["--runner=PortableRunner"]) == ["--runner=PortableRunner"]
+    assert to_run_argv(["--runner=PortableRunner"]) == ["--runner=PortableRunner", "--no-wait"]
+    assert to_run_argv(["--wait=true", "--runner=PortableRunner"]) == ["--wait", "--runner=PortableRunner"]
+    assert to_run_argv(["--wait=false"]) == ["--no-wait", "--runner=DataflowRunner"]
 
 
 def test_a_bad_switch_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

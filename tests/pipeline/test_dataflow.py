@@ -1,7 +1,8 @@
 """The job seqpack submits to Dataflow, built offline with Beam's ``--dry_run`` (no project, no credentials).
 
 It needs the ``gcp`` extra (``pip install 'seqpack[gcp]'``: ~80 packages, so CI skips it); with it, Beam's
-DataflowRunner translates the pipeline into the Runner v2 job it would submit, and stops there.
+DataflowRunner translates the pipeline into the Runner v2 job it would submit, and stops there. The job ends
+with its own commit step, so a launcher that leaves (``--no-wait``, the Flex Template) still commits.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import pytest
 pytest.importorskip("apache_beam.runners.dataflow.internal.apiclient", reason="needs the gcp extra: seqpack[gcp]")
 
 import apache_beam as beam  # noqa: E402
+from apache_beam.internal import pickler  # noqa: E402
 from apache_beam.portability import common_urns  # noqa: E402
 from apache_beam.portability.api import beam_runner_api_pb2  # noqa: E402
 
 from seqpack.config import RunConfig  # noqa: E402
 from seqpack.pipeline.build import build_pipeline  # noqa: E402
+from seqpack.pipeline.commit import Destination  # noqa: E402
+from seqpack.pipeline.commit_step import CommitDoFn, CommitPlan  # noqa: E402
 from seqpack.pipeline.runners import pipeline_options  # noqa: E402
-from seqpack.schemas import STAGING_NAME  # noqa: E402
-from seqpack.tokenizer import load_tokenizer, pad_id_of  # noqa: E402
+from seqpack.tokenizer import describe, load_tokenizer, pad_id_of  # noqa: E402
 from seqpack.transforms.read import resolve_inputs  # noqa: E402
 
 IMAGE = "europe-west4-docker.pkg.dev/seqpack-test/seqpack/seqpack:test"
@@ -41,9 +44,12 @@ def test_the_dataflow_job_builds_offline_with_the_custom_container(
     config = RunConfig(inputs=[str(data)], output="gs://seqpack-test/out", tokenizer=str(tokenizer_dir))
     options, runner = pipeline_options(DATAFLOW_ARGS)
     pipeline = beam.Pipeline(runner=runner, options=options)
-    pad_id = pad_id_of(load_tokenizer(config.tokenizer))
-    build_pipeline(pipeline, config, resolve_inputs(config.inputs), staging=f"{config.output}/{STAGING_NAME}",
-                   revision_root=f"{config.output}/v000001", pad_id=pad_id)
+    tokenizer = load_tokenizer(config.tokenizer)
+    pad_id = pad_id_of(tokenizer)
+    plan = CommitPlan(config=config, tokenizer=describe(tokenizer, config.tokenizer, pad_id, []),
+                      destination=Destination(output=config.output, revision=1, previous=None),
+                      lock_token="the-launchers-token", release_lock=True)
+    build_pipeline(pipeline, config, resolve_inputs(config.inputs), plan=plan, pad_id=pad_id)
     result = pipeline.run()  # --dry_run: translated, validated, not submitted
 
     job = result.job.proto_pipeline
@@ -52,4 +58,13 @@ def test_the_dataflow_job_builds_offline_with_the_custom_container(
     images = {beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image for env in environments}
     assert images == {IMAGE}, "every step runs in the seqpack image"
     steps = {t.unique_name.split("/")[0] for t in job.components.transforms.values()}
-    assert {"ReadRecords", "Tokenize", "ShuffleAndPack", "WriteShards", "WriteStats", "WriteShardList"} <= steps
+    assert {"ReadRecords", "Tokenize", "ShuffleAndPack", "WriteShards", "MergeStats", "ListShards", "Commit"} <= steps
+    commit = next(t for t in job.components.transforms.values() if t.unique_name == "Commit")
+    payload = beam_runner_api_pb2.ParDoPayload.FromString(commit.spec.payload)
+    [side] = payload.side_inputs
+    assert set(commit.inputs) == {"None", side}, "the merged statistics, and the shard list as a side input"
+    producers = {t.unique_name for t in job.components.transforms.values()
+                 if commit.inputs[side] in t.outputs.values() and not t.subtransforms}
+    assert producers and all(name.startswith("ListShards/") for name in producers), producers
+    do_fn = pickler.loads(payload.do_fn.payload)[0]  # (DoFn, args, kwargs, ...) as the workers unpickle it
+    assert isinstance(do_fn, CommitDoFn) and do_fn.plan == plan, "the job commits with the launcher's plan"

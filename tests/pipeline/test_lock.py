@@ -110,3 +110,34 @@ def test_a_holder_that_lost_its_lock_fails_its_check_and_leaves_the_new_lock(tmp
 def test_a_live_holder_is_refused_with_who_holds_it(tmp_path: Path) -> None:
     with OutputLock(str(tmp_path)), pytest.raises(UsageError, match=f"pid {os.getpid()}"):
         OutputLock(str(tmp_path)).acquire()
+
+
+def test_a_lease_keeps_the_lock_of_a_launcher_that_left_until_its_job_releases_it(tmp_path: Path) -> None:
+    """``--no-wait``: the launcher detaches and exits; its lock holds (no heartbeat, dead pid) for the lease,
+    and the job, holding only the token, releases it."""
+    output = str(tmp_path)
+    launcher = OutputLock(output, lease_seconds=3600)
+    launcher.acquire()
+    launcher.detach()
+    launcher.release()  # the launcher's exit: a detached lock stays for the job
+    holder = json.loads((tmp_path / LOCK_NAME).read_text())
+    holder["pid"] = _dead_pid()  # the launcher process is gone
+    holder["heartbeat"] = 0  # and has not shown life for a long time
+    (tmp_path / LOCK_NAME).write_text(json.dumps(holder))
+    old = time.time() - 3 * 3600
+    os.utime(tmp_path / LOCK_NAME, (old, old))
+    with pytest.raises(UsageError, match=r"launched with --no-wait.*lease ends.*If that job has failed") as refused:
+        OutputLock(output).acquire()
+    assert str(tmp_path / LOCK_NAME) in str(refused.value), "the refusal says which file to delete"
+    job = OutputLock(output, token=launcher.token)
+    job.check()
+    job.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_lease_that_has_ended_is_stale(tmp_path: Path) -> None:
+    holder = {"host": os.uname().nodename, "pid": _dead_pid(), "token": "job", "heartbeat": 0,
+              "lease_until": time.time() - 1}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(holder))
+    with OutputLock(str(tmp_path)) as lock:
+        assert lock.holds()

@@ -251,10 +251,12 @@ def test_report_on_tampered_stats_or_manifest_fails_with_a_message(
 
 
 def test_a_stop_after_the_switch_keeps_the_committed_dataset(
-    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Ctrl-C while the old revision is being removed: the new one is committed and must stay whole."""
-    from seqpack.pipeline import commit
+    """The job dies while removing the old revision, or the launcher is stopped once the job has committed:
+    the new revision is committed and must stay whole."""
+    from seqpack.pipeline import commit, run
 
     output = tmp_path / "out"
     assert main(run_args(pairs_file, output, tokenizer_dir)) == 0
@@ -262,9 +264,16 @@ def test_a_stop_after_the_switch_keeps_the_committed_dataset(
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(commit, "_remove_empty_directories", interrupted)
-    assert main(run_args(pairs_file, output, tokenizer_dir, "--overwrite", "--seed", "9")) == 130
+    monkeypatch.setattr(commit, "_remove_empty_directories", interrupted)  # in the job's commit step
+    assert main(run_args(pairs_file, output, tokenizer_dir, "--overwrite", "--seed", "9")) == 0
+    assert "the job failed after it committed v000002" in caplog.text
     assert open_manifest(str(output)).revision == 2
+    verify_dataset(str(output))
+    monkeypatch.undo()
+
+    monkeypatch.setattr(run, "read_committed", interrupted)  # in the launcher, after the job
+    assert main(run_args(pairs_file, output, tokenizer_dir, "--overwrite", "--seed", "3")) == 130
+    assert open_manifest(str(output)).revision == 3
     verify_dataset(str(output))
     monkeypatch.undo()
     assert main(run_args(pairs_file, output, tokenizer_dir, "--overwrite")) == 0

@@ -6,12 +6,13 @@ import argparse
 import logging
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from seqpack.cli.flags import config_from_args
 from seqpack.config import RunConfig
 from seqpack.errors import UsageError
-from seqpack.pipeline.run import run, summary
+from seqpack.pipeline.run import Submitted, run, summary
 from seqpack.schemas import REPORT_NAME
 
 
@@ -22,15 +23,35 @@ def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
     verbose = bool(getattr(args, "verbose", False))
     if verbose:
         logging.getLogger().setLevel(logging.INFO)
-    committed = run(config, beam_args, progress=not args.quiet, verbose=verbose)
+    committed = run(config, beam_args, wait=args.wait, lock_lease=args.lock_lease, progress=not args.quiet,
+                    verbose=verbose)
     if committed is None:
         print("seqpack: dry run: the job was built and checked; nothing was run or written", file=sys.stderr)
+        return 0
+    if isinstance(committed, Submitted):
+        if not args.quiet or args.report:
+            print(submitted_message(committed, report=args.report), file=sys.stderr)
         return 0
     manifest, stats = committed
     report = _write_report(config.output) if args.report else None
     if not args.quiet:
         print(summary(manifest, stats, config.output, report=report), file=sys.stderr)
     return 1 if args.report and report is None else 0
+
+
+def submitted_message(job: Submitted, *, report: bool = False) -> str:
+    """What a ``--no-wait`` launch says: the job commits by itself, how to see that it did, and the lock."""
+    output = shlex.quote(job.output)
+    until = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.lease_until))
+    lines = [
+        f"seqpack: submitted: the job writes {job.output}/{job.directory} and commits {job.output} itself when it "
+        "has finished (manifest.json last; a job that fails commits nothing)",
+        f"  the output stays locked for the job ({job.lock}) until it commits, or until {until} if it never does",
+        f"  check it: seqpack verify {output}",
+    ]
+    if report:
+        lines.append(f"  --report: not written, the dataset is not committed yet; once it is: seqpack report {output}")
+    return "\n".join(lines)
 
 
 def _require_report_dependencies() -> None:

@@ -13,6 +13,7 @@ from seqpack.config import DEDUP_MODES, FILE_FORMATS, SHUFFLE_MODES, RunConfig
 from seqpack.errors import UsageError
 from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
+from seqpack.pipeline.lock import DEFAULT_LEASE_SECONDS
 from seqpack.pipeline.runners import check_beam_args, long_flags, wants_dask
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
@@ -62,6 +63,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                     "(a wrong field name or template); 1 commits whatever is left")
     io.add_argument("--report", action="store_true",
                     help="also write OUT/report.html: plots, rejected records and decoded blocks (needs matplotlib)")
+
+    launch = parser.add_argument_group("launching (the job commits the dataset itself, as its last step)")
+    # --no-wait comes first: its default (wait) is the option's; --wait's own default (False) is what a job
+    # file's `wait: false` gives.
+    launch.add_argument("--no-wait", dest="wait", action="store_false", default=True,
+                        help="return once the job is submitted, leaving the output locked for the job until it "
+                        "commits (the Flex Template's default); check it with `seqpack verify OUT`")
+    launch.add_argument("--wait", dest="wait", action="store_true", default=False,
+                        help="wait for the job and print its summary (the default, except in the Flex Template)")
+    launch.add_argument("--lock-lease", type=float, default=DEFAULT_LEASE_SECONDS, metavar="SECONDS",
+                        help="with --no-wait: how long the output stays locked for the job if it never commits "
+                        "(it fails, or is cancelled)")
 
     text = parser.add_argument_group("rendering")
     text.add_argument("--template", default=DEFAULTS["template"], type=unescape,

@@ -7,8 +7,11 @@ followed by the job's Beam options (``--project``, ``--region``, ``--temp_locati
 ``--max-length``, bare switches and one ``--input`` per glob. Everything that is not a seqpack option passes
 through to Beam untouched.
 
-    >>> to_run_argv(["--input=gs://b/a.jsonl,gs://b/c.jsonl", "--max_length=512", "--overwrite=true"])
-    ['--input=gs://b/a.jsonl', '--input=gs://b/c.jsonl', '--max-length=512', '--overwrite', '--runner=DataflowRunner']
+The launcher does not wait for the job (``--no-wait``, unless the parameters say ``wait=true``): the job
+commits the dataset itself, and Google asks Flex Template launchers not to wait.
+
+    >>> to_run_argv(["--input=gs://b/a.jsonl,gs://b/c.jsonl", "--overwrite=true"])
+    ['--input=gs://b/a.jsonl', '--input=gs://b/c.jsonl', '--overwrite', '--no-wait', '--runner=DataflowRunner']
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ def to_run_argv(argv: Sequence[str]) -> list[str]:
             out += [f"--{option}", *values]
         else:
             out.append(f"--{option}={value}")
+    if "--wait" not in out and "--no-wait" not in out:
+        out.append("--no-wait")  # the job commits itself; a launcher that waits blocks the launch until it ends
     if not any(arg == "--runner" or arg.startswith("--runner=") for arg in out):
         # Without it seqpack would run the whole job on the launcher VM with the local runner.
         out.append("--runner=DataflowRunner")

@@ -7,6 +7,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from seqpack.config import RunConfig
 from seqpack.masking import masks_example_starts
+from seqpack.pipeline.commit_step import CommitDoFn, CommitPlan
 from seqpack.pipeline.runners import resolve_shuffle
 from seqpack.prompt_templates import make_template
 from seqpack.tokenizer import BackendPlan
@@ -18,11 +19,9 @@ from seqpack.transforms.rejected import WriteRejected
 from seqpack.transforms.render import REJECTED_TAG, ChatFields, ChatRenderDoFn, ChatTemplate, RenderDoFn
 from seqpack.transforms.shuffle import SPILL_DIR
 from seqpack.transforms.tokenize import ChatTokenizeDoFn, TokenizeDoFn, TokenizeOptions
-from seqpack.transforms.write import ShardFormat, WriteJson, WriteShardDoFn
+from seqpack.transforms.write import ShardFormat, WriteShardDoFn
 
 META_DIR = "_meta"
-STATS_META = "stats.json"
-SHARDS_META = "shards.json"
 BACKEND_TOKENIZER = "tokenizer-backend.json"
 
 
@@ -104,18 +103,18 @@ def build_pipeline(
     config: RunConfig,
     files: list,
     *,
-    staging: str,
-    revision_root: str,
+    plan: CommitPlan,
     pad_id: int,
     backend: BackendPlan | None = None,
 ) -> None:
-    """Pairs in; shards and rejected records out under ``revision_root`` (the new revision's directory),
-    spill files and run metadata under ``staging``.
+    """Pairs in; shards and rejected records out in the new revision's directory, spill files in its staging
+    directory; then, once all is written, the commit step publishes the revision (``pipeline.commit_step``).
 
     ``backend``: the Rust tokenizer the driver saved for the workers (``tokenizer.BackendPlan``); without it
     every worker loads the tokenizer through ``transformers``. ``--shuffle auto`` is resolved for the pipeline's
     runner here (``runners.resolve_shuffle``).
     """
+    staging, revision_root = plan.destination.staging, plan.destination.root
     read = pipeline | "ReadRecords" >> ReadRecords(files, max_record_bytes=config.max_record_bytes)
     rendered = read.records | "Render" >> beam.ParDo(_render_fn(config)).with_outputs(
         REJECTED_TAG, STATS_TAG, main="pairs"
@@ -143,15 +142,11 @@ def build_pipeline(
         | "AllRejected" >> beam.Flatten()
         | "WriteRejected" >> WriteRejected(revision_root)
     )
-    meta = FileSystems.join(staging, META_DIR)
+    shard_list = written.shards | "ListShards" >> beam.combiners.ToList()
     (
         (rendered[STATS_TAG], tokenized[STATS_TAG], written[STATS_TAG], rejected_stats, *dedup_stats)
         | "AllStats" >> beam.Flatten()
         | "MergeStats" >> beam.CombineGlobally(MergeStats())
-        | "WriteStats" >> beam.ParDo(WriteJson(FileSystems.join(meta, STATS_META)))
-    )
-    (
-        written.shards
-        | "ListShards" >> beam.combiners.ToList()
-        | "WriteShardList" >> beam.ParDo(WriteJson(FileSystems.join(meta, SHARDS_META)))
+        # Both inputs exist only once every shard and the rejected records are written: the commit comes last.
+        | "Commit" >> beam.ParDo(CommitDoFn(plan), shards=beam.pvalue.AsSingleton(shard_list))
     )

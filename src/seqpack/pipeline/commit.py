@@ -1,8 +1,9 @@
-"""Where a run may write, and the driver's last step: publish the new revision with one atomic switch.
+"""Where a run may write, and the job's last step: publish the new revision with one atomic switch.
 
 A run writes its files into a new revision directory beside the committed one (``OUT/v000002/``, see
-``schemas.layout``) and its scratch files under ``OUT/.seqpack-staging/``. Only when the pipeline has finished
-and the statistics add up is the revision published:
+``schemas.layout``) and its scratch files under ``OUT/.seqpack-staging/``. The launcher prepares the output
+(:func:`prepare_output`); the job's final step (``pipeline.commit_step``, on a worker, once every shard is
+written) publishes the revision only when the statistics add up:
 
 1. ``stats.json`` is written into the revision directory, and the run's marker in staging records which
    files of the previous revision the commit makes obsolete;
@@ -12,8 +13,9 @@ and the statistics add up is the revision published:
    staging directory are removed.
 
 A crash before step 3 leaves the previous dataset as it was; a crash after it leaves the new one. Either way
-the next run finds the run's marker in staging and removes what the crashed run left. Nothing is ever
-deleted that no seqpack manifest or marker names: a directory holding other files is refused.
+the next run finds the run's marker in staging and removes what the crashed run left. A runner that retries
+the commit step after step 3 only finishes step 4 (:func:`commit` is idempotent). Nothing is ever deleted
+that no seqpack manifest or marker names: a directory holding other files is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +34,7 @@ import seqpack
 from seqpack.config import RunConfig
 from seqpack.errors import RunFailedError, UsageError
 from seqpack.faults import checkpoint
-from seqpack.pipeline.build import META_DIR, SHARDS_META, STATS_META
+from seqpack.pipeline.commit_checks import check_enough_written
 from seqpack.pipeline.lock import OutputLock
 from seqpack.schemas import (
     LOCK_NAME,
@@ -282,14 +285,21 @@ def build_manifest(
 
 
 def commit(
-    config: RunConfig, tokenizer: TokenizerInfo, destination: Destination, lock: OutputLock
+    config: RunConfig, tokenizer: TokenizerInfo, destination: Destination, lock: OutputLock, *,
+    stats: Mapping[str, Any], shards: list[dict[str, Any]],
 ) -> tuple[Manifest, dict[str, Any]]:
-    """Check the accounting identity, then switch the dataset to the new revision (manifest replaced last)."""
-    meta = FileSystems.join(destination.staging, META_DIR)
-    stats = stats_format.finalize(json.loads(_read_bytes(FileSystems.join(meta, STATS_META))))
+    """Check the accounting identity, then switch the dataset to the new revision (manifest replaced last).
+
+    ``stats`` are the job's merged statistics, ``shards`` what its shard writers reported. Called again after
+    the switch (a retried step), it only finishes removing the previous revision and returns what was committed.
+    """
+    if is_committed(destination):
+        _finish_after_switch(config.output, destination.previous)
+        return read_committed(destination)
+    lock.check()  # a launcher that was stopped gave its lock back: its job must not commit
+    stats = stats_format.finalize(json.loads(json.dumps(stats)))  # as a reader sees them: string keys
     stats_format.check_identity(stats)
-    _check_enough_written(stats, config.max_reject_fraction, destination)
-    shards = json.loads(_read_bytes(FileSystems.join(meta, SHARDS_META)))
+    check_enough_written(stats, config.max_reject_fraction, FileSystems.join(destination.root, REJECTED_FILE))
     write_atomically(FileSystems.join(destination.root, STATS_NAME), stats_format.to_json(stats).encode())
     manifest = build_manifest(config, tokenizer, shards, destination, _revision_files(destination))
 
@@ -299,85 +309,59 @@ def commit(
     checkpoint("commit_manifest")
     lock.check()
     write_atomically(FileSystems.join(config.output, MANIFEST_NAME), manifest.to_json().encode())
-    try:
-        _clean_up_after_switch(config.output, previous, obsolete)
-    except Exception as error:  # noqa: BLE001 - the dataset is committed; the next run removes the rest
-        logging.getLogger("seqpack").warning(
-            "the dataset is committed, but removing the previous revision's files failed (%s); "
-            "the next run into %s removes them", error, config.output,
-        )
+    _finish_after_switch(config.output, previous)
     return manifest, stats
 
 
-def _clean_up_after_switch(output: str, previous: Manifest | None, obsolete: list[str]) -> None:
+def _finish_after_switch(output: str, previous: Manifest | None) -> None:
+    try:
+        _clean_up_after_switch(output, previous)
+    except Exception as error:  # noqa: BLE001 - the dataset is committed; the next run removes the rest
+        logging.getLogger("seqpack").warning(
+            "the dataset is committed, but removing the previous revision's files failed (%s); "
+            "the next run into %s removes them", error, output,
+        )
+
+
+def _clean_up_after_switch(output: str, previous: Manifest | None) -> None:
+    """Remove what the switch made obsolete; what is already gone is skipped, so a retry may run it again."""
     checkpoint("commit_cleanup")
+    obsolete = sorted(_owned(previous)) if previous is not None else []
     _delete_existing([FileSystems.join(output, path) for path in obsolete])
     if previous is not None:
         _delete_existing([FileSystems.join(output, REPORT_NAME)])  # it describes data that is gone
         _remove_empty_directories(output, previous)
-    FileSystems.delete([FileSystems.join(output, STAGING_NAME)])
+    _delete_existing([FileSystems.join(output, STAGING_NAME)])
 
 
-class TooFewWritten(RunFailedError):
-    """The run would commit an empty dataset, or one that lost more records than ``--max-reject-fraction``."""
-
-
-def _check_enough_written(stats: dict[str, Any], max_reject_fraction: float, destination: Destination) -> None:
-    """A wrong field name or template rejects every record: fail loudly rather than commit (nearly) nothing."""
-    read, rejected = stats["records_read"], stats["records_rejected"]
-    written = sum(stats["examples_by_split"].values())
-    if read == 0:
-        raise TooFewWritten("no records were read from the inputs: nothing to write, nothing was committed")
-    if written and rejected <= max_reject_fraction * read:
-        return
-    dropped = stats["examples_dropped"]
-    if written == 0 and dropped >= rejected:
-        drops = ", ".join(f"{reason} {n:,}" for reason, n in sorted(stats["dropped_by_reason"].items()))
-        raise TooFewWritten(
-            f"no example would be written: of {read:,} records, {dropped:,} were dropped ({drops})"
-            + (f" and {rejected:,} rejected" if rejected else "") + "; nothing was committed: check the filters "
-            "(--max-length, --overlong, --min-target-tokens, --max-source-tokens, --dedup)"
+def read_committed(destination: Destination) -> tuple[Manifest, dict[str, Any]]:
+    """The manifest and statistics the job committed; an error if the output does not name its revision."""
+    manifest = _read_previous(destination.output)
+    if manifest is None or manifest.directory != destination.directory:
+        found = "no manifest" if manifest is None else f"the manifest of {manifest.directory}"
+        raise RunFailedError(
+            f"the job finished, but {destination.output} holds {found}, not {destination.directory}: the job's "
+            "commit step did not commit (see the runner's log). Run it again."
         )
-    reason, count = max(stats["rejected_by_reason"].items(), key=lambda item: (item[1], item[0]))
-    limit = "no example would be written" if written == 0 else (
-        f"{rejected / read:.0%} of the records were rejected, more than --max-reject-fraction "
-        f"{max_reject_fraction:g}")
-    raise TooFewWritten(
-        f"{limit} ({rejected:,} of {read:,}); the top reason is {reason} ({count:,}), for example "
-        f"{_first_rejection(destination, reason)}. Nothing was committed: fix the input or the options "
-        "(field names, --template)" + ("" if written == 0 else ", or pass --max-reject-fraction 1 to keep them")
-    )
-
-
-def _first_rejection(destination: Destination, reason: str, *, scan_bytes: int = 64 << 20) -> str:
-    """``file:line: detail`` of the first rejected record with ``reason`` (read from the start of the file)."""
-    path = FileSystems.join(destination.root, REJECTED_FILE)
-    read = 0
-    try:
-        with FileSystems.open(path) as handle:
-            for line in handle:
-                read += len(line)
-                entry = json.loads(line)
-                if entry.get("reason") == reason:
-                    where = f"{entry.get('file')}:{entry['line']}" if entry.get("line") else entry.get("file")
-                    return f"{where}: {entry.get('detail')}"
-                if read > scan_bytes:
-                    break
-    except (OSError, ValueError):
-        pass
-    return f"see {path}"
+    path = FileSystems.join(destination.root, STATS_NAME)
+    return manifest, stats_format.parse(_read_bytes(path), where=path)
 
 
 def abandon(destination: Destination) -> None:
     """A run that fails or is stopped removes its own revision directory and scratch space (best effort),
     unless the manifest already names its revision (it failed or was stopped after committing)."""
     try:
-        if _committed_directory(destination.output) == destination.directory:
+        if is_committed(destination):
             return
         _delete_existing([destination.root, destination.staging, destination.marker])
         _delete_existing([FileSystems.join(destination.output, STAGING_NAME)], only_if_empty=True)
     except Exception:  # noqa: BLE001 - the next run clears what is left, from the marker
         pass
+
+
+def is_committed(destination: Destination) -> bool:
+    """Whether the output's manifest names this run's revision: then it is committed, whatever failed after."""
+    return _committed_directory(destination.output) == destination.directory
 
 
 def _committed_directory(output: str) -> str | None:

@@ -43,6 +43,7 @@ from apache_beam.transforms.sideinputs import SideInputMap
 try:
     import dask
     import dask.bag as db
+    import dask.distributed as distributed
     from dask.distributed import Client
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError("the Dask runner needs Dask: pip install 'seqpack[dask]'") from error
@@ -230,6 +231,11 @@ class DaskRunner(BeamDaskRunner):
 
 class _Result(DaskRunnerResult):
     """Beam's result, which also closes the client it opened once the job is over."""
+
+    def detach(self) -> None:
+        """Leave the job to the cluster (``seqpack run --no-wait``): its tasks go on after this client has gone."""
+        distributed.fire_and_forget(self.futures)
+        self.client.close()
 
     def wait_until_finish(self, duration: float | None = None) -> str:
         try:

@@ -10,6 +10,11 @@
   destructive step. A run that was paused past the stale limit and lost its lock to another run stops with
   :class:`LockLostError` instead of committing over the other run's work.
 
+- **A lease** (``--no-wait``): a launcher that leaves once the job is submitted cannot keep heartbeating, so it
+  writes ``lease_until`` into the lock; until then the lock is not stale, even with its process gone. The job's
+  commit step checks the token, commits, and releases the lock itself (``pipeline.commit_step``). A job that dies
+  before its commit step leaves the lock until the lease ends (the refusal says so, and how to clear it).
+
 On object stores (``gs://``, ``s3://``) there are no hard links: the lock is created after a check and read
 back, which narrows but does not close the race between two runs started in the same second (documented in
 README, Guarantees). The fencing check before commit holds there too.
@@ -34,6 +39,8 @@ from seqpack.schemas import LOCK_NAME
 
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 120.0
+DEFAULT_LEASE_SECONDS = 24 * 3600.0
+"""How long a ``--no-wait`` launch keeps the output locked for its job (``--lock-lease``)."""
 TAKEOVER_SUFFIX = ".takeover"
 GUARD_STALE_SECONDS = 10.0
 
@@ -50,6 +57,8 @@ class Holder:
     pid: int
     token: str
     heartbeat: float
+    lease_until: float = 0.0
+    """Until when the lock holds without a heartbeat (a job launched with ``--no-wait``); 0 for none."""
 
     @classmethod
     def parse(cls, data: bytes) -> Holder | None:
@@ -57,9 +66,22 @@ class Holder:
         try:
             raw = json.loads(data.decode())
             return cls(host=str(raw["host"]), pid=int(raw["pid"]), token=str(raw.get("token", "")),
-                       heartbeat=float(raw["heartbeat"]))  # older seqpack wrote no token
+                       heartbeat=float(raw["heartbeat"]),  # older seqpack wrote no token, no lease
+                       lease_until=float(raw.get("lease_until", 0.0)))
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
+
+    def leased(self) -> bool:
+        return self.lease_until > time.time()
+
+    def describe(self) -> str:
+        """Who holds it, for the refusal: a launcher, or a job launched without waiting."""
+        who = f"pid {self.pid} on {self.host}"
+        if not self.leased():
+            return who
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.heartbeat))
+        until = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.lease_until))
+        return f"the job that {who} launched with --no-wait at {when}; its lease ends {until}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -97,21 +119,35 @@ class OutputLock:
         with OutputLock("out/") as lock:
             ...
             lock.check()        # before committing: raises LockLostError if another run took over
+
+    With ``lease_seconds`` (``--no-wait``) the lock stays valid that long without a heartbeat, and
+    :meth:`detach` leaves it in place for the job, whose commit step releases it as
+    ``OutputLock(output, token=token)``.
     """
 
     output: str
     heartbeat_seconds: float = HEARTBEAT_SECONDS
     stale_after_seconds: float = STALE_AFTER_SECONDS
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    lease_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.path = FileSystems.join(self.output, LOCK_NAME)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost: str | None = None
+        self._detached = False
+        self._lease_until = 0.0
+
+    @property
+    def lease_until(self) -> float:
+        """When the lease taken with the lock ends (0 without one)."""
+        return self._lease_until
 
     def _content(self) -> bytes:
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token, "heartbeat": time.time()}
+        if self._lease_until:
+            holder["lease_until"] = self._lease_until
         return json.dumps(holder).encode()
 
     # ---------------------------------------------------------------------------------------- reading
@@ -132,6 +168,8 @@ class OutputLock:
         return time.time() - max(touched, holder.heartbeat if holder else 0.0)
 
     def _is_stale(self, holder: Holder | None) -> bool:
+        if holder is not None and holder.leased():  # a job launched with --no-wait: its launcher has left
+            return False
         if holder is not None and holder.host == socket.gethostname() and not _pid_alive(holder.pid):
             return True
         return self._age(holder) > self.stale_after_seconds
@@ -178,6 +216,7 @@ class OutputLock:
             os.unlink(guard)
 
     def acquire(self) -> None:
+        self._lease_until = time.time() + self.lease_seconds if self.lease_seconds else 0.0
         for _ in range(20):
             if self._create_exclusively():
                 self._start_heartbeat()
@@ -185,14 +224,21 @@ class OutputLock:
             seen = self._read()
             holder = Holder.parse(seen) if seen is not None else None
             if seen is not None and not self._is_stale(holder):
-                who = f"pid {holder.pid} on {holder.host}" if holder else "a run that is starting"
-                raise UsageError(
-                    f"another seqpack run ({who}) is writing to {self.output}; wait for it, or delete "
-                    f"{self.path} if that run is dead"
-                )
+                raise UsageError(self._busy_message(holder))
             if seen is not None:
                 self._remove_stale(seen)
         raise UsageError(f"could not take the lock {self.path}: other runs keep taking it; retry")
+
+    def _busy_message(self, holder: Holder | None) -> str:
+        if holder is not None and holder.leased():
+            return (
+                f"another seqpack run ({holder.describe()}) is writing to {self.output}; its job releases the "
+                f"lock when it commits. If that job has failed or was cancelled (see the runner's console), "
+                f"delete {self.path} and run again"
+            )
+        who = f"pid {holder.pid} on {holder.host}" if holder else "a run that is starting"
+        return f"another seqpack run ({who}) is writing to {self.output}; wait for it, or delete {self.path} if " \
+            "that run is dead"
 
     # -------------------------------------------------------------------------------- holding, fencing
 
@@ -209,7 +255,8 @@ class OutputLock:
         if self._lost is not None:
             raise LockLostError(
                 f"this run lost its lock on {self.output} ({self._lost}): another run took over, probably "
-                f"because this one was paused or stalled for more than {self.stale_after_seconds:.0f} s. "
+                f"because this one was paused or stalled for more than {self.stale_after_seconds:.0f} s "
+                "(or, launched with --no-wait, ran past its --lock-lease). "
                 "Nothing was committed; run it again when the other run has finished."
             )
 
@@ -238,12 +285,21 @@ class OutputLock:
             out.write(self._content())
         FileSystems.rename([temporary], [self.path])
 
-    def release(self) -> None:
+    def _stop_heartbeat(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self.holds():
+
+    def detach(self) -> None:
+        """Stop the heartbeat and leave the lock to the job (``--no-wait``): its lease keeps it valid, and the
+        job's commit step releases it."""
+        self._stop_heartbeat()
+        self._detached = True
+
+    def release(self) -> None:
+        self._stop_heartbeat()
+        if not self._detached and self.holds():
             FileSystems.delete([self.path])
 
     def __enter__(self) -> OutputLock:

@@ -1,4 +1,5 @@
-"""Run a job end to end: check everything up front, run the pipeline, commit, print a short summary."""
+"""Run a job end to end: check everything up front, launch the pipeline (which commits the dataset as its last
+step, ``pipeline.commit_step``), wait for it or leave it running, print a short summary."""
 
 from __future__ import annotations
 
@@ -19,11 +20,20 @@ from seqpack.chat import check_segment_roundtrip, require_chat_template, unknown
 from seqpack.config import RunConfig
 from seqpack.errors import RunFailedError, UsageError
 from seqpack.pipeline.build import BACKEND_TOKENIZER, META_DIR, build_pipeline
-from seqpack.pipeline.commit import Destination, abandon, check_output, commit, prepare_output, save_tokenizer
+from seqpack.pipeline.commit import (
+    Destination,
+    abandon,
+    check_output,
+    is_committed,
+    prepare_output,
+    read_committed,
+    save_tokenizer,
+)
+from seqpack.pipeline.commit_step import CommitPlan, refusal_message
 from seqpack.pipeline.failures import as_run_failure, crash_summary, stop_on_termination
 from seqpack.pipeline.live_progress import live_progress
-from seqpack.pipeline.lock import OutputLock
-from seqpack.pipeline.runners import pipeline_options
+from seqpack.pipeline.lock import DEFAULT_LEASE_SECONDS, OutputLock
+from seqpack.pipeline.runners import check_can_leave, pipeline_options
 from seqpack.pipeline.worker_logs import WorkerLog, capture_worker_output
 from seqpack.prompt_templates import make_template, template_texts
 from seqpack.schemas import REJECTED_FILE, Manifest, TokenizerInfo
@@ -94,10 +104,28 @@ def _refuse_inputs_inside_output(files: list, output: str) -> None:
             )
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """A job launched with ``wait=False`` that is still running: it commits ``output`` itself, then releases
+    the output lock (``lock``) that it holds until then."""
+
+    output: str
+    directory: str
+    """The revision directory the job writes (``v000002``): the manifest names it once the job has committed."""
+    lock: str
+    lease_until: float
+
+
 def run(
-    config: RunConfig, beam_args: list[str] | None = None, *, progress: bool = False, verbose: bool = False
-) -> tuple[Manifest, dict[str, Any]] | None:
+    config: RunConfig, beam_args: list[str] | None = None, *, wait: bool = True,
+    lock_lease: float = DEFAULT_LEASE_SECONDS, progress: bool = False, verbose: bool = False,
+) -> tuple[Manifest, dict[str, Any]] | Submitted | None:
     """Run the job described by ``config``; return the committed manifest and statistics.
+
+    The job commits the dataset itself, as its last step. With ``wait=False`` the launcher returns once the
+    job is submitted (a :class:`Submitted`), leaving the output lock to the job for up to ``lock_lease``
+    seconds; a runner that runs the job in place (the local one) has committed by then, and the committed
+    manifest and statistics are returned as with ``wait``.
 
     With Dataflow's ``--dry_run`` the job is built and checked but not run, nothing is committed, and the
     result is None. A run that fails or is stopped (SIGTERM, Ctrl-C) removes what it wrote and releases the
@@ -110,24 +138,29 @@ def run(
         >>> manifest, stats = run(RunConfig(inputs=["pairs.jsonl"], output="out", tokenizer="tok/"))
     """
     config.validate()
+    if not wait:
+        check_can_leave(list(beam_args or []))
     options, runner = pipeline_options(list(beam_args or []))
     check_output(config)
     files, tokenizer, tokenizer_info = _check_up_front(config)
     job = _Job(config, files, tokenizer, tokenizer_info, options, runner)
     created = "://" not in config.output and not os.path.exists(config.output)
     with _remove_if_left_empty(config.output, created), stop_on_termination() as stop, \
-            OutputLock(config.output) as lock:
+            OutputLock(config.output, lease_seconds=0 if wait else lock_lease) as lock:
         destination = prepare_output(config, lock)
         with capture_worker_output(enabled=_is_local(runner) and not verbose) as worker_log:
             stop.cleanup = partial(_clean_up_after_stop, destination, lock, worker_log, created)
             try:
-                committed = job.run_and_commit(destination, lock, progress=progress)
+                committed = job.launch(destination, lock, wait=wait, progress=progress)
             except BaseException as error:
-                abandon(destination)
-                failure = _reported(as_run_failure(error, config.output, stop), worker_log)
-                if failure is error:
-                    raise
-                raise failure from error
+                if isinstance(error, Exception) and stop.signum is None and is_committed(destination):
+                    committed = _committed_anyway(destination, error)
+                else:
+                    abandon(destination)
+                    failure = _reported(_refused(as_run_failure(error, config.output, stop)), worker_log)
+                    if failure is error:
+                        raise
+                    raise failure from error
         if worker_log is not None:
             worker_log.discard()
         return committed
@@ -169,26 +202,65 @@ class _Job:
     options: Any
     runner: Any
 
-    def run_and_commit(
-        self, destination: Destination, lock: OutputLock, *, progress: bool
-    ) -> tuple[Manifest, dict[str, Any]] | None:
+    def launch(
+        self, destination: Destination, lock: OutputLock, *, wait: bool, progress: bool
+    ) -> tuple[Manifest, dict[str, Any]] | Submitted | None:
+        """Build and start the job; wait for it (or not), then read back what it committed."""
         config = self.config
         if config.add_special_tokens:  # the trainer needs the extended tokenizer: it ships with the data
             save_tokenizer(self.tokenizer, destination)
         pipeline = beam.Pipeline(runner=self.runner, options=self.options)
+        plan = CommitPlan(config=config, tokenizer=self.tokenizer_info, destination=destination,
+                          lock_token=lock.token, release_lock=not wait)
         try:
             backend = _backend_plan(config, self.tokenizer, destination.staging)
-            build_pipeline(pipeline, config, self.files, staging=destination.staging, revision_root=destination.root,
-                           pad_id=self.tokenizer_info.pad_id, backend=backend)
+            build_pipeline(pipeline, config, self.files, plan=plan, pad_id=self.tokenizer_info.pad_id,
+                           backend=backend)
             with live_progress(self.files, enabled=progress and _is_local(self.runner)):
                 result = pipeline.run()
                 if _is_dry_run(self.options):
                     abandon(destination)
                     return None
-                result.wait_until_finish()
+                if wait:
+                    result.wait_until_finish()
+                elif not _is_done(result):
+                    lock.detach()  # the lock is the job's now: its commit step releases it
+                    if hasattr(result, "detach"):  # a runner whose job would end with this process (Dask)
+                        result.detach()
+                    return Submitted(output=config.output, directory=destination.directory, lock=lock.path,
+                                     lease_until=lock.lease_until)
         finally:  # Beam makes this directory when the pipeline is built and removes it only after a run
             shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
-        return commit(config, self.tokenizer_info, destination, lock)
+        return read_committed(destination)
+
+
+def _is_done(result: Any) -> bool:
+    """Whether the job already finished when ``run()`` returned, as on the local runner, which runs it in place."""
+    from apache_beam.runners.runner import PipelineState
+
+    try:
+        return result.state == PipelineState.DONE
+    except Exception:  # noqa: BLE001 - a runner that cannot tell yet: the job is still running
+        return False
+
+
+def _refused(failure: BaseException) -> BaseException:
+    """A job whose commit step refused to commit fails with the refusal's message (it arrives as a worker's
+    traceback text), not as a crash."""
+    message = refusal_message(failure)
+    if message is None or isinstance(failure, RunFailedError):
+        return failure
+    return RunFailedError(message)
+
+
+def _committed_anyway(destination: Destination, error: Exception) -> tuple[Manifest, dict[str, Any]]:
+    """The job failed after its commit step switched the manifest (in the cleanup that follows): the dataset
+    is committed and whole; what the cleanup left, the next run into the output removes."""
+    logging.getLogger("seqpack").warning(
+        "the job failed after it committed %s (%s); the dataset is complete, and the next run into %s removes "
+        "the files the failure left", destination.directory, crash_summary(error), destination.output,
+    )
+    return read_committed(destination)
 
 
 def _reported(failure: BaseException, worker_log: WorkerLog | None) -> BaseException:

@@ -103,6 +103,16 @@ def wants_dask(beam_args: list[str]) -> bool:
     return runner in DASK_RUNNERS
 
 
+def check_can_leave(beam_args: list[str]) -> None:
+    """``--no-wait``: the launcher exits while the job runs, so the job must not run inside it. A Dask cluster
+    that seqpack starts itself (no ``--dask_client_address``) would end with the launcher, and its job with it."""
+    if wants_dask(beam_args) and not any(arg.startswith("--dask_client_address") for arg in beam_args):
+        raise UsageError(
+            "--no-wait with --runner DaskRunner needs --dask_client_address of a running cluster (`dask scheduler` "
+            "and `dask worker`): a cluster seqpack starts itself ends with the launcher, and the job with it"
+        )
+
+
 def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | None]:
     """Beam options from the leftover flags; with no ``--runner``, the local multi-process FnApiRunner.
 

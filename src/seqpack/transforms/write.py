@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
@@ -89,13 +87,3 @@ class WriteShardDoFn(StatsDoFn):
             "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
         }
-
-
-class WriteJson(beam.DoFn):
-    """Write one element as a JSON file (the run's metadata that the driver commits)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def process(self, element: Any) -> None:
-        write_atomically(self.path, json.dumps(element, sort_keys=True).encode())
