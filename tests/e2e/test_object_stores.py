@@ -107,3 +107,29 @@ def _loader_reads_what_the_local_loader_reads(store: Any, output: str, local_dat
     for a, b in zip(got, expected, strict=True):
         assert a.keys() == b.keys()
         assert all(bytes(memoryview(a[k].numpy())) == bytes(memoryview(b[k].numpy())) for k in a)
+
+
+def test_overwrite_replaces_the_dataset_and_touches_nothing_foreign(
+    object_store: Any, pairs_file: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture,
+) -> None:
+    fs = filesystem(object_store)
+    neighbour = f"{object_store.url}/out-notes.txt"  # shares the prefix "out" but is not in out/
+    fs.pipe_file(neighbour.split("://", 1)[1], b"mine")
+    assert run_in_bucket(object_store, pairs_file, tokenizer_dir)[0] == 0
+    output = f"{object_store.url}/out"
+    first = objects(object_store, output)
+    assert run_in_bucket(object_store, pairs_file, tokenizer_dir, "--seed", "1")[0] == 2, "needs --overwrite"
+    assert objects(object_store, output) == first
+
+    assert run_in_bucket(object_store, pairs_file, tokenizer_dir, "--seed", "1", "--overwrite")[0] == 0
+    second = objects(object_store, output)
+    assert json.loads(second[MANIFEST_NAME])["directory"] == "v000002"
+    assert sorted({name.split("/")[0] for name in second}) == [MANIFEST_NAME, "v000002"], "v000001 is deleted"
+    assert fs.cat_file(neighbour.split("://", 1)[1]) == b"mine", "an object beside the output is not touched"
+
+    fs.pipe_file(f"{output}/v000002/train/NOTES.txt".split("://", 1)[1], b"mine")
+    capsys.readouterr()
+    assert run_in_bucket(object_store, pairs_file, tokenizer_dir, "--overwrite")[0] == 2
+    assert "files it did not write" in capsys.readouterr().err
+    after = objects(object_store, output)
+    assert after.pop("v000002/train/NOTES.txt") == b"mine" and after == second, "nothing was touched"

@@ -125,6 +125,9 @@ class OutputLock:
     # ---------------------------------------------------------------------------------------- reading
 
     def _read(self, path: str | None = None) -> bytes | None:
+        if self._store is not None and path is None:
+            current = self._store.read(self.path)
+            return current[0] if current is not None else None
         try:
             with FileSystems.open(path or self.path) as handle:
                 return handle.read()
