@@ -35,7 +35,7 @@ def missing(*modules: str) -> str | None:
     """The first of ``modules`` that is not installed, as a skip reason; None when all are."""
     for module in modules:
         if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed (pip install -e '.[test,gcp,aws]')"
+            return f"{module} is not installed (pip install -e '.[objectstore-test]')"
     return None
 
 
@@ -65,14 +65,31 @@ class RequestLog:
     def requests_since(self, mark: int) -> Counter[str]:
         return Counter(request_kind(method, target) for method, target, _ in self.lines_since(mark))
 
+    def requests_by_object(self, mark: int) -> dict[str, Counter[str]]:
+        """Requests after ``mark`` by the kind of object they touched (:func:`object_kind`), then by kind."""
+        found: dict[str, Counter[str]] = {}
+        for method, target, _ in self.lines_since(mark):
+            found.setdefault(object_kind(target), Counter())[request_kind(method, target)] += 1
+        return dict(sorted(found.items()))
+
 
 def request_kind(method: str, target: str) -> str:
-    """GET (object read or metadata), PUT (object write), LIST, DELETE, COPY, BATCH, BUCKET, or the method."""
+    """GET (object read or metadata), PUT (one per object written), PART (more requests of the same upload),
+    LIST, DELETE, COPY, BATCH, or the method.
+
+    Beam uploads in several requests: to GCS a resumable upload (POST to start, PUT with the data), to S3 a
+    multipart upload (POST ``?uploads``, PUT each part, POST ``?uploadId`` to complete). The object appears,
+    whole, only when the last request succeeds; the request that names the object counts as the PUT, the others
+    as PART. A GCS single-request upload (the lock's) names its object only in the body: its kind is "other"."""
     path, _, query = target.partition("?")
     if path.startswith("/batch/"):
         return "BATCH"  # GCS JSON batch: Beam deletes and copies through it
-    if path.startswith("/upload/") or "uploadId=" in query or query.startswith("uploads"):
-        return "PUT"  # GCS uploads (multipart or resumable) and S3 multipart parts
+    if path.startswith("/upload/"):  # GCS: the session's start names the object only in its body
+        return "PART" if method == "POST" and "uploadType=resumable" in query else "PUT"
+    if "uploadId=" in query:
+        return "PART"
+    if query.startswith("uploads"):
+        return "PUT"
     if "/rewriteTo/" in path or "/copyTo/" in path:
         return "COPY"
     gcs_list = re.fullmatch(r"/storage/v1/b/[^/]+/o/?", path) is not None
@@ -84,6 +101,22 @@ def request_kind(method: str, target: str) -> str:
     if method in ("GET", "HEAD"):
         return "GET"
     return method
+
+
+OBJECT_KINDS = (  # the first that matches names the object: (kind, pattern in the unquoted request target)
+    ("lock", r"\.seqpack-lock"), ("staging", r"\.seqpack-staging"), ("manifest", r"manifest\.json"),
+    ("stats", r"stats\.json"), ("rejected", r"rejected"), ("shards", r"part-\d+-of-\d+"),
+    ("tokenizer", r"tokenizer"), ("inputs", r"/in/"),
+)
+
+
+def object_kind(target: str) -> str:
+    """Which of seqpack's objects a request touched (``other`` for bucket-wide requests and batches)."""
+    from urllib.parse import unquote
+
+    path, _, query = target.partition("?")
+    text = unquote(path) + "?" + unquote(query)
+    return next((kind for kind, pattern in OBJECT_KINDS if re.search(pattern, text)), "other")
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
