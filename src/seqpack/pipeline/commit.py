@@ -36,6 +36,7 @@ from seqpack.errors import RunFailedError, UsageError
 from seqpack.faults import checkpoint
 from seqpack.pipeline.commit_checks import check_enough_written
 from seqpack.pipeline.lock import OutputLock
+from seqpack.pipeline.object_stores import delete_objects
 from seqpack.schemas import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -149,8 +150,8 @@ def _clear_crashed_runs(output: str, previous: Manifest | None) -> int:
             obsolete = _marker_obsolete(path)
             _delete_existing([FileSystems.join(output, p) for p in obsolete if p not in _owned(previous)])
         else:  # it never committed: the revision directory is its own, made by it, named by its marker
-            _delete_existing([FileSystems.join(output, name)])
-    FileSystems.delete([staging])
+            _delete_tree(FileSystems.join(output, name))
+    _delete_tree(staging)
     return highest
 
 
@@ -331,7 +332,7 @@ def _clean_up_after_switch(output: str, previous: Manifest | None) -> None:
     if previous is not None:
         _delete_existing([FileSystems.join(output, REPORT_NAME)])  # it describes data that is gone
         _remove_empty_directories(output, previous)
-    _delete_existing([FileSystems.join(output, STAGING_NAME)])
+    _delete_tree(FileSystems.join(output, STAGING_NAME))
 
 
 def read_committed(destination: Destination) -> tuple[Manifest, dict[str, Any]]:
@@ -353,7 +354,9 @@ def abandon(destination: Destination) -> None:
     try:
         if is_committed(destination):
             return
-        _delete_existing([destination.root, destination.staging, destination.marker])
+        _delete_tree(destination.root)
+        _delete_tree(destination.staging)
+        _delete_existing([destination.marker])
         _delete_existing([FileSystems.join(destination.output, STAGING_NAME)], only_if_empty=True)
     except Exception:  # noqa: BLE001 - the next run clears what is left, from the marker
         pass
@@ -389,8 +392,12 @@ def _delete_existing(paths: list[str], *, only_if_empty: bool = False) -> None:
             if os.path.isdir(path) and not os.listdir(path):
                 os.rmdir(path)
             continue
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
+        delete_objects([path])
+
+
+def _delete_tree(path: str) -> None:
+    """A directory and what is in it; on object stores, every object under the prefix ``path/``."""
+    _delete_existing([path.rstrip("/") + "/" if "://" in path else path])
 
 
 def _remove_empty_directories(output: str, previous: Manifest) -> None:

@@ -15,9 +15,11 @@
   commit step checks the token, commits, and releases the lock itself (``pipeline.commit_step``). A job that dies
   before its commit step leaves the lock until the lease ends (the refusal says so, and how to clear it).
 
-On object stores (``gs://``, ``s3://``) there are no hard links: the lock is created after a check and read
-back, which narrows but does not close the race between two runs started in the same second (documented in
-README, Guarantees). The fencing check before commit holds there too.
+On ``gs://`` and ``s3://`` there are no hard links; there the lock is created with a precondition instead
+(GCS ``ifGenerationMatch=0``, S3 ``If-None-Match: *``; see ``pipeline.object_stores``), which is as exclusive,
+and the heartbeat and the release replace or delete it only while it is the version this run wrote. On other
+remote filesystems the lock is created after a check and read back, which narrows but does not close the race
+between two runs started in the same second. The fencing check before commit holds everywhere.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.errors import RunFailedError, UsageError
+from seqpack.pipeline.object_stores import conditional_store
 from seqpack.schemas import LOCK_NAME
 
 HEARTBEAT_SECONDS = 10.0
@@ -130,9 +133,14 @@ class OutputLock:
     stale_after_seconds: float = STALE_AFTER_SECONDS
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     lease_seconds: float = 0.0
+    options: Any = None
+    """Beam's pipeline options: the object store's credentials and endpoint (``--s3_endpoint_url``)."""
 
     def __post_init__(self) -> None:
         self.path = FileSystems.join(self.output, LOCK_NAME)
+        self._store = conditional_store(self.path, self.options)
+        self._version: str | None = None
+        """Of the lock object this run wrote last (object stores): the heartbeat and release are conditional on it."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost: str | None = None
@@ -153,6 +161,9 @@ class OutputLock:
     # ---------------------------------------------------------------------------------------- reading
 
     def _read(self, path: str | None = None) -> bytes | None:
+        if self._store is not None and path is None:
+            current = self._store.read(self.path)
+            return current[0] if current is not None else None
         try:
             with FileSystems.open(path or self.path) as handle:
                 return handle.read()
@@ -178,6 +189,9 @@ class OutputLock:
 
     def _create_exclusively(self) -> bool:
         """Put a complete lock file in place if there is none; False if one exists."""
+        if self._store is not None:
+            self._version = self._store.create(self.path, self._content())
+            return self._version is not None
         if _is_remote(self.path):
             if FileSystems.exists(self.path):
                 return False
@@ -202,8 +216,13 @@ class OutputLock:
     def _remove_stale(self, seen: bytes) -> None:
         """Remove the lock judged stale from ``seen``, and only that one: under a short takeover guard, so a
         run never removes a lock that another run has just taken over (then it finds that lock fresh)."""
+        if self._store is not None:
+            current = self._store.read(self.path)
+            if current is not None and current[0] == seen:
+                self._store.delete(self.path, current[1])
+            return
         if _is_remote(self.path):
-            FileSystems.delete([self.path])  # best effort on object stores (module docstring)
+            FileSystems.delete([self.path])  # best effort (module docstring)
             return
         guard = f"{self.path}{TAKEOVER_SUFFIX}"
         if not _take_guard(guard):
@@ -280,6 +299,11 @@ class OutputLock:
             except FileNotFoundError:
                 self._lost = "the lock file was deleted"
             return
+        if self._store is not None and self._version is not None:
+            self._version = self._store.replace(self.path, self._content(), self._version)
+            if self._version is None:
+                self._lost = "another run replaced the lock"
+            return
         temporary = f"{self.path}.{self.token}.beat"
         with FileSystems.create(temporary) as out:
             out.write(self._content())
@@ -298,9 +322,22 @@ class OutputLock:
         self._detached = True
 
     def release(self) -> None:
+        """Remove the lock if it is still this run's (never another run's, not even in a race on object stores:
+        the delete is conditional on the version that carries this run's token)."""
         self._stop_heartbeat()
-        if not self._detached and self.holds():
-            FileSystems.delete([self.path])
+        if self._detached:
+            return
+        if self._store is None:
+            if self.holds():
+                FileSystems.delete([self.path])
+            return
+        current = self._store.read(self.path)
+        if current is None:
+            return
+        data, version = current
+        holder = Holder.parse(data)
+        if holder is not None and holder.token == self.token:
+            self._store.delete(self.path, version)
 
     def __enter__(self) -> OutputLock:
         self.acquire()

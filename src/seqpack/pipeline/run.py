@@ -141,12 +141,15 @@ def run(
     if not wait:
         check_can_leave(list(beam_args or []))
     options, runner = pipeline_options(list(beam_args or []))
+    # The driver reads the tokenizer and inputs, takes the lock and commits through Beam's filesystems before the
+    # pipeline exists (which sets them too): the object store's options (--s3_endpoint_url) must reach them now.
+    FileSystems.set_options(options)
     check_output(config)
     files, tokenizer, tokenizer_info = _check_up_front(config)
     job = _Job(config, files, tokenizer, tokenizer_info, options, runner)
     created = "://" not in config.output and not os.path.exists(config.output)
     with _remove_if_left_empty(config.output, created), stop_on_termination() as stop, \
-            OutputLock(config.output, lease_seconds=0 if wait else lock_lease) as lock:
+            OutputLock(config.output, lease_seconds=0 if wait else lock_lease, options=options) as lock:
         destination = prepare_output(config, lock)
         with capture_worker_output(enabled=_is_local(runner) and not verbose) as worker_log:
             stop.cleanup = partial(_clean_up_after_stop, destination, lock, worker_log, created)

@@ -38,11 +38,23 @@ def table_of(blocks: PackedBlocks) -> pa.Table:
     )
 
 
+OBJECT_STORES = ("gs", "s3")
+"""Where one object write is atomic by itself: a reader sees the old object or the new one, never a torn one."""
+
+
 def write_atomically(path: str, data: bytes, *, fault_point: str | None = None) -> None:
     """Write under a unique temporary name, then rename: a retried or killed write never leaves a torn file.
 
-    A retried bundle writes the same bytes under the same final name, so a shard is never doubled or mixed.
+    On object stores the object is written in place, in one PUT: an upload becomes visible only when complete,
+    and a rename there is a copy and a delete, which costs two more requests and can leave the temporary object
+    behind. A retried bundle writes the same bytes under the same final name, so a shard is never doubled or mixed.
     """
+    if FileSystems.get_scheme(path) in OBJECT_STORES:
+        with FileSystems.create(path) as out:
+            out.write(data)
+        if fault_point:
+            checkpoint(fault_point)
+        return
     temporary = f"{path}.tmp-{uuid.uuid4().hex}"
     with FileSystems.create(temporary) as out:
         out.write(data)
