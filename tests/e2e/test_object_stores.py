@@ -2,7 +2,7 @@
 
 Inputs, the tokenizer directory and the output all lie in the bucket; the run's shards must be byte for byte
 those of the same run into a local directory, and the commit, the overwrite and the lock must behave as they do
-locally (see docs/scaling-object-stores.md). The servers start once per session (tests/conftest.py); S3's
+locally (see docs/scaling.md). The servers start once per session (tests/conftest.py); S3's
 endpoint reaches seqpack only through Beam's ``--s3_*`` options, so the driver's commit and lock use them too.
 """
 
