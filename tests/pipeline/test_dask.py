@@ -111,3 +111,46 @@ def test_tagged_outputs_finish_bundle_side_inputs_and_every_sink(
     assert read_all(sinks["even"]) == [100, 102, 104, 106, 108]
     assert read_all(sinks["odd"]) == [101, 103, 105, 107, 109]
     assert sum(read_all(sinks["seen"])) == 10
+
+
+class CountCalls(beam.DoFn):
+    """Passes numbers on, on two outputs, and leaves a file per call: the test counts how often it ran."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def process(self, number: int):  # noqa: ANN201 - a generator DoFn
+        with open(os.path.join(self.directory, uuid.uuid4().hex), "w") as out:
+            out.write(str(number))
+        yield number
+        yield beam.pvalue.TaggedOutput("copy", number)
+
+
+def test_a_step_read_by_several_steps_and_a_side_input_runs_once(tmp_path: Path,
+                                                                 cluster: distributed.LocalCluster) -> None:
+    """Tokenizing ran six times per job on Dask: a side input's graph was optimized apart and recomputed."""
+    dirs = {name: tmp_path / name for name in ("calls", "main", "copy", "total")}
+    for directory in dirs.values():
+        directory.mkdir()
+    pipeline = beam.Pipeline(runner=DaskRunner(), options=PipelineOptions(
+        [f"--dask_client_address={cluster.scheduler_address}"]))
+    numbers = (
+        pipeline
+        | "Numbers" >> beam.Create(list(range(10)))
+        | "Count" >> beam.ParDo(CountCalls(str(dirs["calls"]))).with_outputs("copy", main="main")
+    )
+    numbers.main | "WriteMain" >> beam.ParDo(WriteEach(str(dirs["main"])))
+    numbers.copy | "WriteCopy" >> beam.ParDo(WriteEach(str(dirs["copy"])))
+    (
+        pipeline
+        | "One" >> beam.Create([0])
+        | "Sum" >> beam.Map(lambda _, values: sum(values), values=beam.pvalue.AsList(numbers.main))
+        | "WriteTotal" >> beam.ParDo(WriteEach(str(dirs["total"])))
+    )
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        result.client.close()
+    assert read_all(dirs["total"]) == [45] and read_all(dirs["main"]) == read_all(dirs["copy"]) == list(range(10))
+    assert len(list(dirs["calls"].iterdir())) == 10, "the step ran more than once"

@@ -44,6 +44,7 @@ try:
     import dask
     import dask.bag as db
     import dask.distributed as distributed
+    from dask.delayed import Delayed
     from dask.distributed import Client
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError("the Dask runner needs Dask: pip install 'seqpack[dask]'") from error
@@ -166,9 +167,13 @@ class _BagVisitor(PipelineVisitor):
         tag = next(tag for tag, output in producer.outputs.items() if output is pcoll)
         return bag.filter(_has_tag(tag)).map(_value)
 
-    def _side_input(self, side: pvalue.AsSideInput) -> db.Item:
-        """The whole side input as one Dask item: computed once, then handed to every partition."""
-        return self._input_bag(side.pvalue).reduction(list, _concat)
+    def _side_input(self, side: pvalue.AsSideInput) -> Delayed:
+        """The whole side input as one Dask value: computed once, then handed to every partition.
+
+        As a ``Delayed`` of the unoptimized graph: a bag ``Item`` passed to ``map_partitions`` is optimized on its
+        own, which fuses its upstream tasks under new names, so everything upstream of a side input (tokenizing,
+        reading) would run once more for it."""
+        return self._input_bag(side.pvalue).reduction(list, _concat).to_delayed(optimize_graph=False)
 
     def visit_transform(self, node: AppliedPTransform) -> None:
         inputs = [self._input_bag(pcoll) for pcoll in node.inputs if not isinstance(pcoll, pvalue.PBegin)]
