@@ -171,7 +171,13 @@ class OutputLock:
             return None
 
     def _age(self, holder: Holder | None) -> float:
-        """Seconds since the holder last showed life: the newer of its heartbeat and the file's time."""
+        """Seconds since the holder last showed life: the newer of its heartbeat and the file's time.
+
+        On object stores the heartbeat rewrites the lock's content, so the content alone tells; asking the store
+        for the object's time through Beam's filesystems would use the process-wide options, not this lock's
+        (another endpoint, or none: real AWS)."""
+        if self._store is not None:
+            return time.time() - (holder.heartbeat if holder else 0.0)
         try:
             touched = FileSystems.last_updated(self.path)
         except Exception:  # noqa: BLE001 - gone meanwhile
