@@ -57,7 +57,7 @@ def test_buckets_share_shards_and_the_rows_and_statistics_stay_the_same(datasets
         singles, groups = shard_tables(one, split), shard_tables(grouped, split)
         assert len(singles) == buckets and len(groups) == -(-buckets // PER_SHARD)
         assert pa.concat_tables(groups).equals(pa.concat_tables(singles)), "the same rows, in the same order"
-        for index, group in enumerate(groups):  # and each grouped shard is its buckets written at once
+        for index in range(len(groups)):  # and each grouped shard is its buckets written at once
             members = pa.concat_tables(singles[index * PER_SHARD : (index + 1) * PER_SHARD]).combine_chunks()
             members = members.cast(BLOCK_SCHEMA)  # as written: Parquet reads lists back with other item names
             path = grouped / manifest(grouped)["splits"][split]["shards"][index]["path"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 from pathlib import Path
 
 import apache_beam as beam
@@ -119,16 +120,18 @@ def blocks_of(table: pa.Table, pieces: int):  # noqa: ANN201 - a small PackedBlo
 
 
 def write(tmp_path: Path, buckets: list[ShardBlocks], *, per_shard: int, file_format: str) -> tuple[list, dict]:
+    """Run ``WriteShards``; its shard descriptions and merged statistics, kept through a file."""
     root, staging = tmp_path / f"out-{per_shard}", tmp_path / f"staging-{per_shard}"
+    kept = tmp_path / f"written-{per_shard}.pkl"
     shard_format = ShardFormat(file_format=file_format, row_group_size=7)
     with pipeline() as p:
         written = p | beam.Create(buckets) | WriteShards(shard_format, root=str(root), staging=str(staging),
                                                           per_shard=per_shard)
-        shards = written["shards"] | "List" >> beam.combiners.ToList()
         stats = written[STATS_TAG] | beam.CombineGlobally(MergeStats())
-        shards | "KeepShards" >> beam.Map(lambda found: (tmp_path / f"shards-{per_shard}.txt").write_text(repr(found)))
-        stats | "KeepStats" >> beam.Map(lambda found: (tmp_path / f"stats-{per_shard}.txt").write_text(repr(found)))
-    return eval((tmp_path / f"shards-{per_shard}.txt").read_text()), eval((tmp_path / f"stats-{per_shard}.txt").read_text())  # noqa: S307
+        shards = written["shards"] | "List" >> beam.combiners.ToList()
+        _ = stats | "Keep" >> beam.Map(lambda merged, found: kept.write_bytes(pickle.dumps((found, merged))),
+                                       found=beam.pvalue.AsSingleton(shards))
+    return pickle.loads(kept.read_bytes())
 
 
 @pytest.mark.parametrize("file_format", ["parquet", "arrow"])
