@@ -131,7 +131,8 @@ def run_measured(args: argparse.Namespace, data: Path, work: Path, runner: str, 
     dataset = work / f"ds-{runner}-{shuffle}-{scale}"
     command = [sys.executable, "-m", "seqpack.cli", "run", "--quiet", "--overwrite", "--input", str(data),
                "--output", str(dataset), "--tokenizer", str(args.tokenizer), "--max-length", str(args.max_length),
-               "--bucket-tokens", str(args.bucket_tokens), "--shuffle", shuffle]
+               "--bucket-tokens", str(args.bucket_tokens), "--shuffle", shuffle,
+               "--shard-bytes", "1"]  # one bucket per shard: the table's shard count is the bucket count
     cluster = None
     if runner == "dask":
         import dask.distributed as distributed
