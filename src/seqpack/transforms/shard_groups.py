@@ -164,7 +164,10 @@ class AssembleShardDoFn(beam.DoFn):
         parts = sorted(unordered, key=lambda part: part.bucket)
         expected = list(shard_buckets(shard, parts[0].buckets, self.per_shard))
         if [part.bucket for part in parts] != expected:
-            raise RuntimeError(f"shard {shard} of {split} got buckets {[p.bucket for p in parts]}, not {expected}")
+            raise RuntimeError(
+                f"shard {shard} of {split} got the parts of buckets {[p.bucket for p in parts]}, expected {expected}: "
+                "a bug in seqpack (the run commits nothing); please report it with the run's configuration"
+            )
         cfg = self.shard_format
         name = shard_name(split, shard, parts[0].shards, cfg.file_format)
         with atomic_output(FileSystems.join(self.root, name), fault_point="write_shard") as out:
