@@ -176,7 +176,8 @@ def count_in_process(data: Path, out: Path, tokenizer: Path, *, shuffle: str, sc
     count_dir = out.parent / f"{out.name}-counts"
     with countio.counting(str(count_dir), spill_tokens=spill_tokens, records_per_batch=RECORDS_PER_BATCH):
         run(RunConfig(inputs=[str(data)], output=str(out), tokenizer=str(tokenizer), max_length=max_length,
-                      bucket_tokens=bucket_tokens, shuffle=shuffle), ["--direct_running_mode=in_memory"])
+                      bucket_tokens=bucket_tokens, shard_bytes=1, shuffle=shuffle),  # a shard per bucket
+            ["--direct_running_mode=in_memory"])
     tokens, buckets = _written(out)
     return Scale("local", shuffle, scale, tokens, buckets, countio.totals(count_dir))
 
