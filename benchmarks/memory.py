@@ -93,11 +93,14 @@ def measure(command: list[str], interval: float) -> Peak:
     return Peak(tree, driver, worker, time.monotonic() - start)
 
 
-def run_command(data: Path, out: Path, tokenizer: Path, bucket_tokens: int, workers: int) -> list[str]:
+def run_command(
+    data: Path, out: Path, tokenizer: Path, bucket_tokens: int, workers: int, shard_bytes: int | None = None
+) -> list[str]:
     return [
         sys.executable, "-m", "seqpack.cli", "run", "--quiet", "--overwrite",
         "--input", str(data), "--output", str(out), "--tokenizer", str(tokenizer),
         "--max-length", "2048", "--bucket-tokens", str(bucket_tokens),
+        *([] if shard_bytes is None else ["--shard-bytes", str(shard_bytes)]),
         "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}",
     ]
 
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sentences", type=int, default=4, help="demo sentences per pair (default 4)")
     parser.add_argument("--bucket-tokens", type=int, nargs="+", default=[4_194_304, 262_144])
     parser.add_argument("--workers", type=int, default=2, help="SDK worker processes (default 2)")
+    parser.add_argument("--shard-bytes", type=int, default=None,
+                        help="seqpack's --shard-bytes (default: seqpack's); 1 writes one shard per bucket")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between samples")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/.work/memory"))
     args = parser.parse_args(argv)
@@ -123,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         size = write_pairs(data, count, args.sentences)
         for bucket_tokens in args.bucket_tokens:
             dataset = args.out / f"ds-{count}-{bucket_tokens}"
-            peak = measure(run_command(data, dataset, tokenizer, bucket_tokens, args.workers), args.interval)
+            command = run_command(data, dataset, tokenizer, bucket_tokens, args.workers, args.shard_bytes)
+            peak = measure(command, args.interval)
             manifest = json.loads((dataset / "manifest.json").read_text())
             train = manifest["splits"]["train"]
             rows.append(

@@ -131,7 +131,8 @@ def run_measured(args: argparse.Namespace, data: Path, work: Path, runner: str, 
     dataset = work / f"ds-{runner}-{shuffle}-{scale}"
     command = [sys.executable, "-m", "seqpack.cli", "run", "--quiet", "--overwrite", "--input", str(data),
                "--output", str(dataset), "--tokenizer", str(args.tokenizer), "--max-length", str(args.max_length),
-               "--bucket-tokens", str(args.bucket_tokens), "--shuffle", shuffle]
+               "--bucket-tokens", str(args.bucket_tokens), "--shuffle", shuffle,
+               "--shard-bytes", "1"]  # one bucket per shard: the table's shard count is the bucket count
     cluster = None
     if runner == "dask":
         import dask.distributed as distributed
@@ -175,7 +176,8 @@ def count_in_process(data: Path, out: Path, tokenizer: Path, *, shuffle: str, sc
     count_dir = out.parent / f"{out.name}-counts"
     with countio.counting(str(count_dir), spill_tokens=spill_tokens, records_per_batch=RECORDS_PER_BATCH):
         run(RunConfig(inputs=[str(data)], output=str(out), tokenizer=str(tokenizer), max_length=max_length,
-                      bucket_tokens=bucket_tokens, shuffle=shuffle), ["--direct_running_mode=in_memory"])
+                      bucket_tokens=bucket_tokens, shard_bytes=1, shuffle=shuffle),  # a shard per bucket
+            ["--direct_running_mode=in_memory"])
     tokens, buckets = _written(out)
     return Scale("local", shuffle, scale, tokens, buckets, countio.totals(count_dir))
 

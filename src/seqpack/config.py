@@ -15,6 +15,7 @@ FILE_FORMATS = ("parquet", "arrow")
 DEDUP_MODES = ("none", "exact")
 SHUFFLE_MODES = ("auto", "runner", "spill")
 DEFAULT_BUCKET_TOKENS = 1 << 22
+DEFAULT_SHARD_BYTES = 256 << 20
 DEFAULT_MAX_REJECT_FRACTION = 0.5
 """A curated corpus loses a few percent of its records; a wrong field name or template loses nearly all. Half
 sits well between the two, so a misconfigured run fails instead of committing a near-empty dataset; a corpus
@@ -39,7 +40,10 @@ class RunConfig:
     packing: str = "bfd"
     seed: int = 0
     bucket_tokens: int = DEFAULT_BUCKET_TOKENS
-    """Tokens per shuffle bucket (and so per shard): bounds the memory a worker needs to pack one bucket."""
+    """Tokens per shuffle bucket: bounds the memory a worker needs to pack one bucket."""
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    """About how large a shard file grows: consecutive buckets share a shard (``transforms.shard_groups``), so
+    the number of files follows the data's size over this, not over ``bucket_tokens``."""
     shuffle: str = "auto"
     """How buckets gather their examples: ``spill`` (each reads its slice of every spill file), ``runner`` (the
     runner's GroupByKey), or ``auto`` (spill on the local runner, runner elsewhere). Same bytes either way."""
@@ -84,6 +88,7 @@ class RunConfig:
             (0.0 <= self.validation_fraction < 1.0, "--validation-fraction must be in [0, 1)"),
             (self.bucket_tokens >= self.max_length, "--bucket-tokens must be at least --max-length"),
             (self.row_group_size >= 1, "--row-group-size must be positive"),
+            (self.shard_bytes >= 1, f"--shard-bytes must be positive, got {self.shard_bytes}"),
             (bool(self.inputs), "--input is required"),
             (self.dedup in DEDUP_MODES, f"--dedup must be one of {', '.join(DEDUP_MODES)}"),
             (self.shuffle in SHUFFLE_MODES, f"--shuffle must be one of {', '.join(SHUFFLE_MODES)}"),

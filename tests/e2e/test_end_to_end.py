@@ -17,6 +17,7 @@ from transformers import AutoTokenizer
 from seqpack import IGNORE_INDEX
 from seqpack.cli.main import main
 from seqpack.schemas import STAGING_NAME
+from seqpack.transforms.shard_groups import SHARD_BYTES_PER_TOKEN
 
 BAD_RECORDS = [
     ('{"source": "no target"}', "missing_field"),
@@ -26,6 +27,9 @@ BAD_RECORDS = [
     ("{not json", "invalid_json"),
     ("[1, 2]", "not_an_object"),
 ]
+
+SMALL = ("--bucket-tokens", "2048", "--shard-bytes", str(2 * 2048 * SHARD_BYTES_PER_TOKEN))
+"""Small buckets, two to a shard: several shards, each assembled from staged parts."""
 
 
 def run_cli(*args: str) -> int:
@@ -77,8 +81,7 @@ def input_file(tmp_path_factory: pytest.TempPathFactory, pairs: list[dict[str, s
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory, input_file: Path, tokenizer_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("out") / "ds"
-    code = run_cli("-i", str(input_file), "-o", str(out), "-t", str(tokenizer_dir), "--max-length", "128",
-                   "--bucket-tokens", "2048")
+    code = run_cli("-i", str(input_file), "-o", str(out), "-t", str(tokenizer_dir), "--max-length", "128", *SMALL)
     assert code == 0
     return out
 
@@ -112,7 +115,7 @@ def test_manifest_stats_and_rejected(dataset: Path, pairs: list) -> None:
     assert stats["examples_by_split"] == {"train": len(pairs)}
     assert stats["records_rejected"] == len(BAD_RECORDS)
     assert stats["fill"] > 0.9
-    assert len(manifest["splits"]["train"]["shards"]) > 1, "small buckets give several shards"
+    assert len(manifest["splits"]["train"]["shards"]) > 1, "small buckets and shards give several shards"
     for shard in manifest["splits"]["train"]["shards"]:
         assert hashlib.sha256((dataset / shard["path"]).read_bytes()).hexdigest() == shard["sha256"]
     rejected = [json.loads(line) for line in dataset_file(dataset, "rejected/rejected.jsonl").read_text().splitlines()]
@@ -132,12 +135,12 @@ def test_same_input_and_seed_give_identical_bytes_whatever_the_workers(
     dataset: Path, input_file: Path, tokenizer_dir: Path, tmp_path: Path
 ) -> None:
     again = tmp_path / "again"
-    assert run_cli("-i", str(input_file), "-o", str(again), "-t", str(tokenizer_dir), "--max-length", "128",
-                   "--bucket-tokens", "2048", "--direct_running_mode=multi_processing", "--direct_num_workers=2") == 0
+    assert run_cli("-i", str(input_file), "-o", str(again), "-t", str(tokenizer_dir), "--max-length", "128", *SMALL,
+                   "--direct_running_mode=multi_processing", "--direct_num_workers=2") == 0
     assert shard_hashes(again) == shard_hashes(dataset)
     other_seed = tmp_path / "seed1"
     assert run_cli("-i", str(input_file), "-o", str(other_seed), "-t", str(tokenizer_dir), "--max-length", "128",
-                   "--bucket-tokens", "2048", "--seed", "1") == 0
+                   *SMALL, "--seed", "1") == 0
     assert shard_hashes(other_seed) != shard_hashes(dataset)
 
 

@@ -129,7 +129,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     packing.add_argument("--seed", type=int, default=DEFAULTS["seed"],
                          help="shuffle seed: the same seed, data and options give the same shards, byte for byte")
     packing.add_argument("--bucket-tokens", type=int, default=DEFAULTS["bucket_tokens"],
-                         help="tokens per shuffle bucket and shard; bounds a worker's memory")
+                         help="tokens per shuffle bucket; bounds a worker's memory")
+    packing.add_argument("--shard-bytes", type=int, default=DEFAULTS["shard_bytes"],
+                         help="about how large a shard file grows: consecutive buckets share a shard (one bucket "
+                         "per shard when a bucket alone is larger); the loader reads any size")
     packing.add_argument("--shuffle", choices=SHUFFLE_MODES, default=DEFAULTS["shuffle"],
                          help="how buckets gather their examples: spill (each reads a slice of every spill file; "
                          "best on the local runner), runner (each spill file read once, buckets grouped by the "
@@ -156,6 +159,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         packing=args.packing,
         seed=args.seed,
         bucket_tokens=args.bucket_tokens,
+        shard_bytes=args.shard_bytes,
         shuffle=args.shuffle,
         file_format=args.file_format,
         validation_fraction=args.validation_fraction,

@@ -17,9 +17,10 @@ from seqpack.transforms.pack import PackOptions, ShuffleAndPack
 from seqpack.transforms.read import ReadRecords
 from seqpack.transforms.rejected import WriteRejected
 from seqpack.transforms.render import REJECTED_TAG, ChatFields, ChatRenderDoFn, ChatTemplate, RenderDoFn
+from seqpack.transforms.shard_groups import WriteShards, buckets_per_shard
 from seqpack.transforms.shuffle import SPILL_DIR
 from seqpack.transforms.tokenize import ChatTokenizeDoFn, TokenizeDoFn, TokenizeOptions
-from seqpack.transforms.write import ShardFormat, WriteShardDoFn
+from seqpack.transforms.write import ShardFormat
 
 META_DIR = "_meta"
 BACKEND_TOKENIZER = "tokenizer-backend.json"
@@ -130,8 +131,9 @@ def build_pipeline(
     )
     shuffle = resolve_shuffle(config.shuffle, pipeline.runner)
     shards = tokenized.spills | "ShuffleAndPack" >> ShuffleAndPack(pack_options(config, pad_id), shuffle=shuffle)
-    written = shards | "WriteShards" >> beam.ParDo(WriteShardDoFn(shard_format(config), revision_root)).with_outputs(
-        STATS_TAG, main="shards"
+    written = shards | "WriteShards" >> WriteShards(
+        shard_format(config), root=revision_root, staging=staging,
+        per_shard=buckets_per_shard(config.shard_bytes, config.bucket_tokens),
     )
     rejected_stats = (
         (
@@ -142,7 +144,7 @@ def build_pipeline(
         | "AllRejected" >> beam.Flatten()
         | "WriteRejected" >> WriteRejected(revision_root)
     )
-    shard_list = written.shards | "ListShards" >> beam.combiners.ToList()
+    shard_list = written["shards"] | "ListShards" >> beam.combiners.ToList()
     (
         (rendered[STATS_TAG], tokenized[STATS_TAG], written[STATS_TAG], rejected_stats, *dedup_stats)
         | "AllStats" >> beam.Flatten()

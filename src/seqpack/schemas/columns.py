@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -78,6 +79,12 @@ def check_schema(schema: pa.Schema, where: str) -> None:
             )
 
 
+_PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": False, "write_statistics": False,
+                    "write_page_checksum": True}
+"""Fixed Parquet writer options: no timestamps, nothing that depends on the machine, so bytes are reproducible."""
+_ARROW_OPTIONS = {"compression": "zstd"}
+
+
 def serialize_shard(table: pa.Table, file_format: str, row_group_size: int) -> bytes:
     """The shard's bytes; the same table always gives the same bytes (no timestamps, fixed options).
 
@@ -86,18 +93,73 @@ def serialize_shard(table: pa.Table, file_format: str, row_group_size: int) -> b
     """
     buffer = io.BytesIO()
     if file_format == "parquet":
-        pq.write_table(
-            table,
-            buffer,
-            compression="zstd",
-            row_group_size=row_group_size,
-            use_dictionary=False,
-            write_statistics=False,
-            write_page_checksum=True,
-        )
+        pq.write_table(table, buffer, row_group_size=row_group_size, **_PARQUET_OPTIONS)
     else:
-        options = pa.ipc.IpcWriteOptions(compression="zstd")
+        options = pa.ipc.IpcWriteOptions(**_ARROW_OPTIONS)
         with pa.ipc.new_file(buffer, BLOCK_SCHEMA, options=options) as writer:
             for batch in table.to_batches(max_chunksize=row_group_size):
                 writer.write_batch(batch)
     return buffer.getvalue()
+
+
+class ShardWriter:
+    """Writes one shard from tables handed over one after the other, holding at most one row group.
+
+    Row groups (record batches) are cut at exactly ``row_group_size`` rows across the tables' boundaries, the
+    last one smaller, so a shard written in pieces has the units of the whole table written at once (for Parquet,
+    the same bytes as ``serialize_shard`` of the concatenated table; for Arrow IPC the same batches).
+
+        with ShardWriter(sink, "parquet", 256) as writer:
+            for table in tables:
+                writer.write(table)
+    """
+
+    def __init__(self, sink: Any, file_format: str, row_group_size: int) -> None:
+        self.file_format = file_format
+        self.row_group_size = row_group_size
+        self.rows = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        if file_format == "parquet":
+            self._writer: Any = pq.ParquetWriter(sink, BLOCK_SCHEMA, **_PARQUET_OPTIONS)
+        else:
+            self._writer = pa.ipc.new_file(sink, BLOCK_SCHEMA, options=pa.ipc.IpcWriteOptions(**_ARROW_OPTIONS))
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        """Append ``table``'s rows; every full row group among the rows held so far is written out."""
+        batches = table.to_batches() if isinstance(table, pa.Table) else [table]
+        for batch in batches:
+            self._pending.append(batch)
+            self._pending_rows += batch.num_rows
+        while self._pending_rows >= self.row_group_size:
+            held = pa.Table.from_batches(self._pending, schema=BLOCK_SCHEMA)
+            self._write_group(held.slice(0, self.row_group_size))
+            rest = held.slice(self.row_group_size)
+            self._pending, self._pending_rows = rest.to_batches(), rest.num_rows
+
+    def close(self) -> None:
+        """Write the last, smaller row group, and the footer. A shard without rows gets what ``serialize_shard``
+        writes for an empty table (for Parquet one empty row group), so an empty shard is the same either way."""
+        if self._pending_rows or (self.rows == 0 and self.file_format == "parquet"):
+            self._write_group(pa.Table.from_batches(self._pending, schema=BLOCK_SCHEMA))
+        self._pending, self._pending_rows = [], 0
+        self._writer.close()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, error: type[BaseException] | None, *_: object) -> None:
+        if error is None:
+            self.close()
+        else:  # a torn shard is never renamed into place: release the file, write no more
+            self._writer.close()
+
+    def _write_group(self, table: pa.Table) -> None:
+        # One contiguous chunk, as in a table written at once: Parquet cuts pages the same way, so the same bytes.
+        table = table.combine_chunks()
+        if self.file_format == "parquet":
+            self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        else:
+            for batch in table.to_batches():
+                self._writer.write_batch(batch)
+        self.rows += table.num_rows

@@ -29,7 +29,8 @@ SHUFFLES = ("spill", "runner")
 
 @dataclass(frozen=True)
 class ShardBlocks:
-    """One bucket's packed blocks, to be written as shard ``index`` of ``count`` of ``split``."""
+    """Bucket ``index`` of ``count`` of ``split``, packed: written as its own shard, or as a part of one shared
+    with the next buckets (``--shard-bytes``, ``transforms.shard_groups``)."""
 
     split: str
     index: int

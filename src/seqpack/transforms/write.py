@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,25 +43,40 @@ OBJECT_STORES = ("gs", "s3")
 """Where one object write is atomic by itself: a reader sees the old object or the new one, never a torn one."""
 
 
-def write_atomically(path: str, data: bytes, *, fault_point: str | None = None) -> None:
-    """Write under a unique temporary name, then rename: a retried or killed write never leaves a torn file.
+@contextmanager
+def atomic_output(path: str, *, fault_point: str | None = None) -> Iterator[IO[bytes]]:
+    """A file to write ``path`` through: written under a unique temporary name, renamed once whole, so a retried
+    or killed write never leaves a torn file.
 
-    On object stores the object is written in place, in one PUT: an upload becomes visible only when complete,
-    and a rename there is a copy and a delete, which costs two more requests and can leave the temporary object
+    On object stores the object is written in place, in one upload: it becomes visible only when complete, and a
+    rename there is a copy and a delete, which costs two more requests and can leave the temporary object
     behind. A retried bundle writes the same bytes under the same final name, so a shard is never doubled or mixed.
     """
     if FileSystems.get_scheme(path) in OBJECT_STORES:
         with FileSystems.create(path) as out:
-            out.write(data)
+            yield out
         if fault_point:
             checkpoint(fault_point)
         return
     temporary = f"{path}.tmp-{uuid.uuid4().hex}"
     with FileSystems.create(temporary) as out:
-        out.write(data)
+        yield out
     if fault_point:
         checkpoint(fault_point)
     FileSystems.rename([temporary], [path])
+
+
+def write_atomically(path: str, data: bytes, *, fault_point: str | None = None) -> None:
+    """``data`` written to ``path`` through ``atomic_output``."""
+    with atomic_output(path, fault_point=fault_point) as out:
+        out.write(data)
+
+
+def shard_description(split: str, name: str, *, rows: int, examples: int, tokens: int, size: int,
+                      sha256: str) -> dict[str, Any]:
+    """What a shard writer reports to the commit step (the manifest's ``ShardInfo``, plus the split)."""
+    return {"split": split, "path": name, "rows": rows, "examples": examples, "tokens": tokens, "bytes": size,
+            "sha256": sha256}
 
 
 @dataclass(frozen=True)
@@ -71,18 +87,10 @@ class ShardFormat:
     row_group_size: int = 256
 
 
-class WriteShardDoFn(StatsDoFn):
-    """``ShardBlocks`` in, shard files written under ``staging``, one shard description dict out."""
+class BlockStatsDoFn(StatsDoFn):
+    """Counts what a bucket's packed blocks add to the run's statistics, wherever they are written."""
 
-    def __init__(self, shard_format: ShardFormat, staging: str) -> None:
-        self.shard_format = shard_format
-        self.staging = staging
-
-    def process(self, shard: ShardBlocks) -> Iterator[dict[str, Any]]:
-        cfg = self.shard_format
-        name = shard_name(shard.split, shard.index, shard.count, cfg.file_format)
-        data = serialize_shard(table_of(shard.blocks), cfg.file_format, cfg.row_group_size)
-        write_atomically(FileSystems.join(self.staging, name), data, fault_point="write_shard")
+    def count_blocks(self, shard: ShardBlocks) -> None:
         blocks = shard.blocks
         self.count("blocks", blocks.rows)
         self.count("block_tokens", len(blocks.input_ids))
@@ -90,12 +98,22 @@ class WriteShardDoFn(StatsDoFn):
         self.count("trained_tokens", int(np.count_nonzero(blocks.labels != IGNORE_INDEX)))
         self.count_keyed("blocks_by_split", shard.split, blocks.rows)
         self.count_keyed("pieces_written_by_split", shard.split, shard.pieces_whole)
-        yield {
-            "split": shard.split,
-            "path": name,
-            "rows": blocks.rows,
-            "examples": blocks.examples,
-            "tokens": blocks.real_tokens,
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
+
+
+class WriteShardDoFn(BlockStatsDoFn):
+    """``ShardBlocks`` in, written as one whole shard file under ``root``, one shard description dict out
+    (one bucket per shard; ``transforms.shard_groups`` writes shards of several)."""
+
+    def __init__(self, shard_format: ShardFormat, root: str) -> None:
+        self.shard_format = shard_format
+        self.root = root
+
+    def process(self, shard: ShardBlocks) -> Iterator[dict[str, Any]]:
+        cfg = self.shard_format
+        name = shard_name(shard.split, shard.index, shard.count, cfg.file_format)
+        data = serialize_shard(table_of(shard.blocks), cfg.file_format, cfg.row_group_size)
+        write_atomically(FileSystems.join(self.root, name), data, fault_point="write_shard")
+        self.count_blocks(shard)
+        blocks = shard.blocks
+        yield shard_description(shard.split, name, rows=blocks.rows, examples=blocks.examples,
+                                tokens=blocks.real_tokens, size=len(data), sha256=hashlib.sha256(data).hexdigest())
