@@ -46,3 +46,21 @@ def run_args(input_file: Path, output: Path, tokenizer: Path, *extra: str) -> li
     """``seqpack run`` arguments for a small test run (small blocks and buckets, in this process)."""
     return ["run", "-q", "-i", str(input_file), "-o", str(output), "-t", str(tokenizer), "--max-length", "128",
             "--bucket-tokens", "2048", IN_PROCESS, *extra]
+
+
+def spill_examples(spill_dir: Path, examples: list, files: int, split: str = "train") -> list:
+    """Spread keyed ``(key, ids)`` examples over ``files`` spill files of ``split``, as tokenize workers would;
+    their ``SpillFile`` descriptions."""
+    from seqpack.example_columns import ExampleBuffer
+    from seqpack.transforms.shuffle import SpillFile, spill_path, write_spill
+
+    spills = []
+    for f in range(files):
+        buffer = ExampleBuffer()
+        for key, ids in examples[f::files]:
+            buffer.add(key, ids, 1)
+        columns = buffer.build()
+        path = spill_path(str(spill_dir), split)
+        write_spill(path, columns)
+        spills.append(SpillFile(split, path, len(columns), columns.tokens))
+    return spills

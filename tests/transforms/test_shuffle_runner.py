@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from helpers import spill_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,8 +29,6 @@ from seqpack.transforms.shuffle import (
     bucket_count,
     bucket_of,
     read_bucket,
-    spill_path,
-    write_spill,
 )
 from seqpack.transforms.shuffle_runner import cut_into_buckets, decode_chunks, encode_chunk
 
@@ -103,20 +102,6 @@ def test_chunks_in_any_order_decode_to_key_order() -> None:
     assert back.key_hi.tolist() == columns.key_hi.tolist() and back.ids.tolist() == columns.ids.tolist()
 
 
-def _spill(spill_dir: Path, examples: list[tuple[bytes, np.ndarray]], files: int, split: str) -> list[SpillFile]:
-    """Spread keyed examples over ``files`` spill files of ``split``, as tokenize workers would."""
-    spills = []
-    for f in range(files):
-        buffer = ExampleBuffer()
-        for key, ids in examples[f::files]:
-            buffer.add(key, ids, 1)
-        columns = buffer.build()
-        path = spill_path(str(spill_dir), split)
-        write_spill(path, columns)
-        spills.append(SpillFile(split, path, len(columns), columns.tokens))
-    return spills
-
-
 def _shard_bytes(shard: ShardBlocks) -> tuple:
     blocks = shard.blocks
     arrays = (blocks.row_offsets, blocks.input_ids, blocks.labels, blocks.attention_mask, blocks.position_ids,
@@ -147,8 +132,8 @@ def test_runner_and_spill_shuffles_pack_the_same_blocks(tmp_path: Path) -> None:
         key = bytes([rng.integers(0, 128)]) + rng.bytes(15)  # the upper half of the keys is empty
         examples.append((key, np.arange(int(rng.integers(3, 12)), dtype=np.int32) + 1000 * i))
     examples += examples[:15]  # exact duplicates: same key, same content
-    train = _spill(tmp_path / "spill", examples, files=7, split="train")
-    validation = _spill(tmp_path / "spill", examples[:20], files=2, split="validation")
+    train = spill_examples(tmp_path / "spill", examples, files=7, split="train")
+    validation = spill_examples(tmp_path / "spill", examples[:20], files=2, split="validation")
     count = bucket_count(sum(s.tokens for s in train), config.bucket_tokens)
     assert count > 4 and len(read_bucket(("train", count - 1, count), train, with_trained=False)) == 0
     spill = _packed(train + validation, config, "spill", tmp_path / "by-spill")

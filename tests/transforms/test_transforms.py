@@ -9,9 +9,9 @@ import numpy as np
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from helpers import spill_examples
 
 from seqpack.config import RunConfig
-from seqpack.example_columns import ExampleBuffer
 from seqpack.inputs import Record
 from seqpack.keys import example_key, example_keys
 from seqpack.pipeline.build import pack_options, tokenize_options
@@ -19,7 +19,7 @@ from seqpack.prompt_templates import make_template
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.pack import ShuffleAndPack
 from seqpack.transforms.render import REJECTED_TAG, RenderDoFn
-from seqpack.transforms.shuffle import SpillFile, bucket_count, read_bucket, read_spill_range, spill_path, write_spill
+from seqpack.transforms.shuffle import SpillFile, bucket_count, read_bucket, read_spill_range
 from seqpack.transforms.tokenize import TokenizeDoFn
 
 
@@ -63,20 +63,6 @@ def test_tokenize_spills_keyed_examples_with_masked_source(tokenizer_dir: Path, 
         assert_that(out.spills | beam.FlatMap(check), equal_to([("train", 1, 1, 1, 2, True, True)]))
 
 
-def _spill_examples(spill_dir: Path, examples: list[tuple[bytes, np.ndarray]], files: int) -> list[SpillFile]:
-    """Spread keyed examples over ``files`` spill files, as tokenize workers would."""
-    spills = []
-    for f in range(files):
-        buffer = ExampleBuffer()
-        for key, ids in examples[f::files]:
-            buffer.add(key, ids, 1)
-        columns = buffer.build()
-        path = spill_path(str(spill_dir), "train")
-        write_spill(path, columns)
-        spills.append(SpillFile("train", path, len(columns), columns.tokens))
-    return spills
-
-
 def test_shuffle_and_pack_makes_one_shard_per_bucket_and_keeps_every_example(tmp_path: Path) -> None:
     config = RunConfig(inputs=["x"], output="o", tokenizer="t", max_length=32, bucket_tokens=64)
     rng = np.random.default_rng(0)
@@ -85,7 +71,7 @@ def test_shuffle_and_pack_makes_one_shard_per_bucket_and_keeps_every_example(tmp
         ids = np.arange(int(rng.integers(3, 12)), dtype=np.int32) + 1000 * i
         examples.append((rng.bytes(16), ids))
     total = sum(len(ids) for _, ids in examples)
-    spills = _spill_examples(tmp_path, examples, files=6)
+    spills = spill_examples(tmp_path, examples, files=6)
     n = bucket_count(total, 64)
     assert n > 1
     with pipeline() as p:
@@ -101,8 +87,8 @@ def test_buckets_do_not_depend_on_how_examples_were_spread_over_files(tmp_path: 
     """The same examples spilled into 1 or 5 files give the same buckets, in the same order."""
     rng = np.random.default_rng(1)
     examples = [(rng.bytes(16), rng.integers(0, 100, int(rng.integers(1, 9))).astype(np.int32)) for _ in range(300)]
-    one = _spill_examples(tmp_path / "one", examples, files=1)
-    five = _spill_examples(tmp_path / "five", examples, files=5)
+    one = spill_examples(tmp_path / "one", examples, files=1)
+    five = spill_examples(tmp_path / "five", examples, files=5)
     for index in range(4):
         a = read_bucket(("train", index, 4), one, with_trained=False)
         b = read_bucket(("train", index, 4), five, with_trained=False)
