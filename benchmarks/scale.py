@@ -20,7 +20,8 @@ files*: per token they grow with the data; the runner path opens each spill file
 With ``--store s3`` the run's output (staging with its spill files, shards, manifest) lies in a bucket of moto's
 S3 server on 127.0.0.1 (``s3_requests.py``; inputs and tokenizer stay local), and the server's request log adds
 the object-store requests of each run, by kind, and the GETs of spill files (per 1,000 tokens). Its defaults:
-500 pairs, 1x and 4x of both paths and 16x of the runner path only, on the local runner.
+500 pairs, 1x and 4x of both paths and 16x of the runner path only, on the local runner in memory (one process:
+the worker RSS column is 0).
 """
 
 from __future__ import annotations
@@ -178,6 +179,8 @@ def run_measured(args: argparse.Namespace, data: Path, work: Path, runner: str, 
         with distributed.Client(cluster) as client:
             worker_pids = list(client.run(os.getpid).values())
         command += ["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"]
+    elif store:  # in the driver process: multi_processing's SDK workers hung against moto (their first bundle)
+        command += ["--direct_running_mode=in_memory"]
     else:
         command += ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
     mark = store.mark() if store else 0
