@@ -179,7 +179,7 @@ def run_measured(args: argparse.Namespace, data: Path, work: Path, runner: str, 
         with distributed.Client(cluster) as client:
             worker_pids = list(client.run(os.getpid).values())
         command += ["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"]
-    elif store:  # in the driver process: multi_processing's SDK workers hung against moto (their first bundle)
+    elif store:  # one process: with multi_processing the SDK workers hung here against moto (not diagnosed yet)
         command += ["--direct_running_mode=in_memory"]
     else:
         command += ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
