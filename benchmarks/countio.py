@@ -64,6 +64,26 @@ class _CountingReader(io.FileIO):
         super().close()
 
 
+class _CountingStream:
+    """An object store's readable stream (Beam's) that counts the bytes read from it, reported once, at close."""
+
+    def __init__(self, handle: Any, log: _Log) -> None:
+        self.handle, self.log, self.bytes_read = handle, log, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def close(self) -> None:
+        if not self.handle.closed:
+            self.log.event("read_bytes", self.bytes_read)
+        self.handle.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+
 class _CountingWriter:
     """A writable file that counts the bytes written to it, reported once, at close."""
 
@@ -91,6 +111,7 @@ class _CountingWriter:
 
 def _patches(log: _Log, spill_tokens: int | None, records_per_batch: int | None) -> list[tuple[Any, str, Any]]:
     import pyarrow as pa
+    from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     import seqpack.transforms.shuffle as shuffle
@@ -102,6 +123,9 @@ def _patches(log: _Log, spill_tokens: int | None, records_per_batch: int | None)
         log.event("open", 1)
         if log.latency_s:
             time.sleep(log.latency_s)
+        if "://" in path:  # an object store's spill file: Beam's reader, its bytes counted
+            handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+            return pa.PythonFile(_CountingStream(handle, log), mode="r")
         return pa.PythonFile(_CountingReader(path, log), mode="r")
 
     class CountingFileSystems:

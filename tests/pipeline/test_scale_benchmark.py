@@ -30,3 +30,28 @@ def test_runner_shuffle_opens_per_token_stay_flat_while_the_spill_shuffles_grow(
     assert small.counts["open"] == small.counts["create"] and large.counts["open"] == large.counts["create"]
     assert large.opens_per_1k_tokens <= 1.25 * small.opens_per_1k_tokens  # one open per spill file: linear
     assert large.counts["read_bytes"] / large.tokens <= 1.25 * small.counts["read_bytes"] / small.tokens
+
+
+def test_against_s3_the_runner_shuffles_spill_file_gets_per_token_stay_flat_while_the_spill_shuffles_grow(
+    tmp_path: Path, tokenizer_dir: Path, s3_server: object
+) -> None:
+    """The same claim counted by a real S3 server (moto, its request log): the GETs of spill files. Tiny sizes:
+    each spill-file open is several HTTP requests (Beam makes a client per open), and the spill path's
+    opens are buckets x spill files."""
+    from s3_requests import S3Store
+
+    store = S3Store(s3_server, prefix=f"scale-{tmp_path.name}")
+    runs = {}
+    for factor in (1, 4):
+        data = tmp_path / f"pairs-{factor}.jsonl"
+        scale.write_pairs(data, 16 * factor, 1)
+        for shuffle in scale.SHUFFLES:
+            runs[shuffle, factor] = scale.count_in_process(
+                data, tmp_path / f"{shuffle}-{factor}", tokenizer_dir, shuffle=shuffle, scale=factor,
+                bucket_tokens=256, spill_tokens=256, store=store)
+    for run in runs.values():
+        assert run.requests is not None and run.requests.by_kind["PUT"] > 0 and run.requests.spill_gets > 0
+    small, large = runs["spill", 1], runs["spill", 4]
+    assert large.spill_gets_per_1k_tokens > 2 * small.spill_gets_per_1k_tokens  # buckets x files: quadratic
+    small, large = runs["runner", 1], runs["runner", 4]
+    assert large.spill_gets_per_1k_tokens <= 1.25 * small.spill_gets_per_1k_tokens  # each file once: linear
