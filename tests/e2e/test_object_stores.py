@@ -143,3 +143,18 @@ def test_overwrite_replaces_the_dataset_and_touches_nothing_foreign(
     assert "files it did not write" in capsys.readouterr().err
     after = objects(object_store, output)
     assert after.pop("v000002/train/NOTES.txt") == b"mine" and after == second, "nothing was touched"
+
+
+@pytest.mark.parametrize("object_store", ["s3"], indirect=True)  # gs:// workers each look for credentials ~20 s
+def test_worker_processes_reach_the_store_through_the_runs_options(
+    object_store: Any, pairs_file: Path, tokenizer_dir: Path, local_dataset: Path, capsys: pytest.CaptureFixture,
+) -> None:
+    """The local runner's worker processes get the run's Beam options (``--s3_endpoint_url``, credentials): Beam's
+    FnApiRunner hands its workers none, and they asked the real AWS, retrying for minutes."""
+    code, output = run_in_bucket(object_store, pairs_file, tokenizer_dir,
+                                 "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    assert code == 0, capsys.readouterr().err
+    remote, local = objects(object_store, output), local_files(local_dataset)
+    manifest = json.loads(remote[MANIFEST_NAME])
+    shards = [s["path"] for split in manifest["splits"].values() for s in split["shards"]]
+    assert shards and all(sha256s(remote)[p] == sha256s(local)[p] for p in shards)

@@ -136,4 +136,20 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | No
         direct.direct_running_mode = "multi_processing"
     if "--direct_num_workers" not in given and direct.direct_running_mode != "in_memory":
         direct.direct_num_workers = 0  # one worker per core
-    return options, FnApiRunner()
+    return options, FnApiRunner(provision_info=_provision_info(options))
+
+
+def _provision_info(options: PipelineOptions) -> object:
+    """What the FnApiRunner tells its worker processes, with the pipeline options in it: Beam leaves them out, so
+    a worker's filesystems would not know ``--s3_endpoint_url`` or the credentials and would ask the real cloud.
+
+    The runner's own ``--direct_*`` options stay out: they mean nothing to a worker, and the integers among them
+    come back from the protocol as floats (``2.0``) that the worker's option parser refuses."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
+
+    direct = set(DirectOptions(flags=[]).get_all_options(current_only=True))
+    worker = {k: v for k, v in options.get_all_options(drop_default=True).items() if k not in direct}
+    return ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(
+        retrieval_token="unused-retrieval-token", pipeline_options=PipelineOptions.from_dictionary(worker)
+        .to_runner_api()))
