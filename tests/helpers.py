@@ -64,3 +64,15 @@ def spill_examples(spill_dir: Path, examples: list, files: int, split: str = "tr
         write_spill(path, columns)
         spills.append(SpillFile(split, path, len(columns), columns.tokens))
     return spills
+
+
+def chat_tokenizer(base: Path, out: Path, template: str) -> Path:
+    """The tokenizer at ``base`` with ChatML's special tokens and ``template`` as its chat template, saved to
+    ``out`` (a directory a run can load)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(str(out))
+    return out

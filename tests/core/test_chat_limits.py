@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import dataset_file, write_jsonl
+from helpers import chat_tokenizer, dataset_file, write_jsonl
 from transformers import AutoTokenizer
 
 from seqpack.chat import render_segments
@@ -109,14 +109,6 @@ def test_an_attack_rejects_the_record_naming_the_limit(attack_results: dict[str,
     assert ATTACKS[name][1] in result["detail"], result
 
 
-def _chat_tokenizer_dir(base: Path, out: Path, template: str) -> Path:
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tokenizer.chat_template = template
-    tokenizer.save_pretrained(str(out))
-    return out
-
-
 def _cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
     return _run_child(["-m", "seqpack.cli", "run", "-q", "--direct_running_mode=in_memory",
                        "--template", "chat", *args], timeout=timeout)
@@ -126,7 +118,7 @@ def _cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
 def test_the_cli_stops_a_template_that_fails_every_record_before_any_work(
     tmp_path: Path, tokenizer_dir: Path, prefix: str
 ) -> None:
-    hostile = _chat_tokenizer_dir(tokenizer_dir, tmp_path / "tok", prefix + CHATML)
+    hostile = chat_tokenizer(tokenizer_dir, tmp_path / "tok", prefix + CHATML)
     data = write_jsonl(tmp_path / "chats.jsonl", [{"messages": MESSAGES}])
     output = tmp_path / "out"
     done = _cli("-i", str(data), "-o", str(output), "-t", str(hostile), timeout=90)
@@ -145,7 +137,7 @@ def test_records_that_set_off_a_template_are_rejected_and_the_rest_are_kept(tmp_
         "{%- if message['content'] == 'grow' %}{{ 'x' * 100000000 }}{%- endif %}"
         "{%- endfor %}" + CHATML
     )
-    tokenizer_path = _chat_tokenizer_dir(tokenizer_dir, tmp_path / "tok", template)
+    tokenizer_path = chat_tokenizer(tokenizer_dir, tmp_path / "tok", template)
     records = [{"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": "Fine."}]}
                for content in ["loop", "grow", "Hello", "Bonjour"]]
     data = write_jsonl(tmp_path / "chats.jsonl", records)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import dataset_file, write_jsonl
+from helpers import chat_tokenizer, dataset_file, write_jsonl
 from transformers import AutoTokenizer
 
 from seqpack import IGNORE_INDEX
@@ -30,14 +30,6 @@ RECORDS = [
     {"messages": [{"role": "user", "content": "no answer"}]},
 ]
 ASSISTANT_TEXTS = ["Le chat", "Le chien", "Le pain", "La pomme"]
-
-
-def chat_tokenizer(base: Path, out: Path, template: str) -> Path:
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tokenizer.chat_template = template
-    tokenizer.save_pretrained(str(out))
-    return out
 
 
 def run(*args: str) -> int:
