@@ -53,6 +53,9 @@ class RunConfig:
     pad_id: int | None = None
     trust_remote_code: bool = False
     overwrite: bool = False
+    """Replace the dataset in ``output`` (``--overwrite``, ``--rebuild``): one new generation from every input."""
+    append: bool = False
+    """Add a generation holding only the inputs no generation of the dataset in ``output`` consumed."""
     max_record_bytes: int = 64 << 20
     max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION
     """Fail (commit nothing) when more than this fraction of the records read is rejected."""
@@ -90,6 +93,8 @@ class RunConfig:
             (self.row_group_size >= 1, "--row-group-size must be positive"),
             (self.shard_bytes >= 1, f"--shard-bytes must be positive, got {self.shard_bytes}"),
             (bool(self.inputs), "--input is required"),
+            (not (self.append and self.overwrite), "--append adds to the dataset, --overwrite/--rebuild replaces "
+             "it: pass one of them"),
             (self.dedup in DEDUP_MODES, f"--dedup must be one of {', '.join(DEDUP_MODES)}"),
             (self.shuffle in SHUFFLE_MODES, f"--shuffle must be one of {', '.join(SHUFFLE_MODES)}"),
             (self.min_target_tokens >= 0, "--min-target-tokens must be >= 0"),

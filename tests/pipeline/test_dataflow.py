@@ -49,7 +49,7 @@ def test_the_dataflow_job_builds_offline_with_the_custom_container(
     plan = CommitPlan(config=config, tokenizer=describe(tokenizer, config.tokenizer, pad_id, []),
                       destination=Destination(output=config.output, revision=1, previous=None),
                       lock_token="the-launchers-token", release_lock=True)
-    build_pipeline(pipeline, config, resolve_inputs(config.inputs), plan=plan, pad_id=pad_id)
+    build_pipeline(pipeline, config, resolve_inputs(config.inputs), plan=plan, pad_id=pad_id, found=[])
     result = pipeline.run()  # --dry_run: translated, validated, not submitted
 
     job = result.job.proto_pipeline

@@ -12,7 +12,7 @@ from pathlib import Path
 from seqpack.cli.flags import config_from_args
 from seqpack.config import RunConfig
 from seqpack.errors import UsageError
-from seqpack.pipeline.run import Submitted, run, summary
+from seqpack.pipeline.run import Submitted, UpToDate, run, summary, up_to_date_message
 from seqpack.schemas import REPORT_NAME
 
 
@@ -27,6 +27,10 @@ def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
                     verbose=verbose)
     if committed is None:
         print("seqpack: dry run: the job was built and checked; nothing was run or written", file=sys.stderr)
+        return 0
+    if isinstance(committed, UpToDate):
+        if not args.quiet:
+            print(up_to_date_message(committed), file=sys.stderr)
         return 0
     if isinstance(committed, Submitted):
         if not args.quiet or args.report:

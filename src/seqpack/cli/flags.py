@@ -49,7 +49,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                     help="input files, globs or directories (JSONL, JSON, Parquet, Arrow, CSV/TSV, datasets "
                     "save_to_disk dirs; local or gs://, s3://); repeat for several")
     io.add_argument("--output", "-o", help="dataset directory to write (local or gs://, s3://)")
-    io.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output")
+    io.add_argument("--overwrite", "--rebuild", dest="overwrite", action="store_true",
+                    help="replace a dataset already in --output with one generation built from every input")
+    io.add_argument("--append", action="store_true",
+                    help="add a generation holding only the inputs no generation of --output consumed (by "
+                    "content); nothing new: prints 'up to date'. Refused if a setting that shapes examples changed")
     io.add_argument("--format", dest="file_format", choices=FILE_FORMATS, default=DEFAULTS["file_format"],
                     help="shard files: parquet (zstd) or arrow (Arrow IPC files, same schema)")
     io.add_argument("--validation-fraction", type=float, default=DEFAULTS["validation_fraction"],
@@ -167,6 +171,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         pad_id=args.pad_id,
         trust_remote_code=args.trust_remote_code,
         overwrite=args.overwrite,
+        append=args.append,
         max_record_bytes=args.max_record_bytes,
         max_reject_fraction=args.max_reject_fraction,
         dedup=args.dedup,

@@ -6,6 +6,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.config import RunConfig
+from seqpack.generations import FoundFile
 from seqpack.masking import masks_example_starts
 from seqpack.pipeline.commit_step import CommitDoFn, CommitPlan
 from seqpack.pipeline.runners import resolve_shuffle
@@ -13,6 +14,7 @@ from seqpack.prompt_templates import make_template
 from seqpack.tokenizer import BackendPlan
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.dedup import DropExactDuplicates
+from seqpack.transforms.hash_inputs import HashInputs
 from seqpack.transforms.pack import PackOptions, ShuffleAndPack
 from seqpack.transforms.read import ReadRecords
 from seqpack.transforms.rejected import WriteRejected
@@ -106,6 +108,7 @@ def build_pipeline(
     *,
     plan: CommitPlan,
     pad_id: int,
+    found: list[FoundFile],
     backend: BackendPlan | None = None,
 ) -> None:
     """Pairs in; shards and rejected records out in the new revision's directory, spill files in its staging
@@ -113,7 +116,8 @@ def build_pipeline(
 
     ``backend``: the Rust tokenizer the driver saved for the workers (``tokenizer.BackendPlan``); without it
     every worker loads the tokenizer through ``transformers``. ``--shuffle auto`` is resolved for the pipeline's
-    runner here (``runners.resolve_shuffle``).
+    runner here (``runners.resolve_shuffle``). ``found``: the input files as the driver listed them; the job
+    hashes them to record what the generation consumed (``transforms.hash_inputs``).
     """
     staging, revision_root = plan.destination.staging, plan.destination.root
     read = pipeline | "ReadRecords" >> ReadRecords(files, max_record_bytes=config.max_record_bytes)
@@ -145,10 +149,12 @@ def build_pipeline(
         | "WriteRejected" >> WriteRejected(revision_root)
     )
     shard_list = written["shards"] | "ListShards" >> beam.combiners.ToList()
+    consumed = pipeline | "HashInputs" >> HashInputs(found) | "ListConsumed" >> beam.combiners.ToList()
     (
         (rendered[STATS_TAG], tokenized[STATS_TAG], written[STATS_TAG], rejected_stats, *dedup_stats)
         | "AllStats" >> beam.Flatten()
         | "MergeStats" >> beam.CombineGlobally(MergeStats())
         # Both inputs exist only once every shard and the rejected records are written: the commit comes last.
-        | "Commit" >> beam.ParDo(CommitDoFn(plan), shards=beam.pvalue.AsSingleton(shard_list))
+        | "Commit" >> beam.ParDo(CommitDoFn(plan), shards=beam.pvalue.AsSingleton(shard_list),
+                                 inputs=beam.pvalue.AsSingleton(consumed))
     )

@@ -25,7 +25,9 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -53,6 +55,7 @@ from seqpack.schemas import (
     revision_dir,
     revision_of,
 )
+from seqpack.schemas.manifest import ConsumedInput, GenerationInfo, merged_splits
 from seqpack.schemas import stats as stats_format
 from seqpack.schemas.layout import RUN_MARKER_SUFFIX
 from seqpack.transforms.write import write_atomically
@@ -65,6 +68,23 @@ class Destination:
     output: str
     revision: int
     previous: Manifest | None
+    kept: tuple[int, ...] = ()
+    """The previous generations the commit keeps beside the new one: all of them for ``--append``, those not
+    compacted for ``seqpack compact``, none when the dataset is replaced."""
+
+    @property
+    def kept_generations(self) -> list[GenerationInfo]:
+        if self.previous is None:
+            return []
+        return [g for g in self.previous.generations if g.id in self.kept]
+
+    @property
+    def obsolete(self) -> list[str]:
+        """The previous dataset's files that the commit makes obsolete (deleted after the switch)."""
+        if self.previous is None:
+            return []
+        kept = {path for g in self.kept_generations for path in [*g.shard_paths(), *g.files]}
+        return sorted(_owned(self.previous) - kept)
 
     @property
     def directory(self) -> str:
@@ -89,16 +109,21 @@ class Destination:
 # ------------------------------------------------------------------------------------ before the run
 
 
-def prepare_output(config: RunConfig, lock: OutputLock) -> Destination:
+def prepare_output(config: RunConfig, lock: OutputLock, *, keep: Callable[[Manifest], list[int]] | None = None
+                   ) -> Destination:
     """Refuse outputs that are not ours to write; clear what a crashed run left; choose the new revision.
 
-    A run writes only into a missing or empty directory, or over a seqpack dataset with ``--overwrite``.
+    A run writes only into a missing or empty directory, over a seqpack dataset with ``--overwrite``, or beside
+    its generations with ``--append`` (all kept). ``keep`` chooses the generations kept otherwise (compaction).
     """
     output = config.output
     check_output(config)
     previous = _read_previous(output)
-    if previous is not None and not config.overwrite:
-        raise UsageError(f"{output} already holds a seqpack dataset: pass --overwrite to replace it")
+    if previous is not None and not (config.overwrite or config.append or keep):
+        raise UsageError(
+            f"{output} already holds a seqpack dataset: pass --append to add the inputs it has not consumed as a "
+            "new generation, or --overwrite (--rebuild) to replace it"
+        )
     leftover = _clear_crashed_runs(output, previous)
     files = _list_files(output)
     foreign = [path for path in files if not _is_ours(path, previous)]
@@ -106,7 +131,12 @@ def prepare_output(config: RunConfig, lock: OutputLock) -> Destination:
         raise UsageError(_foreign_message(output, foreign, previous))
     used = [leftover, previous.revision if previous else 0]
     used += [revision_of(path.split("/", 1)[0]) or 0 for path in files]
-    destination = Destination(output=output, revision=max(used) + 1, previous=previous)
+    kept: list[int] = []
+    if previous is not None and keep is not None:
+        kept = keep(previous)
+    elif previous is not None and config.append:
+        kept = [g.id for g in previous.generations]
+    destination = Destination(output=output, revision=max(used) + 1, previous=previous, kept=tuple(kept))
     _write_marker(destination, lock, obsolete=[])
     return destination
 
@@ -269,25 +299,41 @@ def _splits(shards: list[dict[str, Any]], directory: str) -> dict[str, SplitInfo
 
 def build_manifest(
     config: RunConfig, tokenizer: TokenizerInfo, shards: list[dict[str, Any]], destination: Destination,
-    files: list[str],
+    files: list[str], *, inputs: list[ConsumedInput], replaces: list[int] | None = None, examples_digest: str = "",
 ) -> Manifest:
+    """The manifest of the dataset once the new generation is committed: the kept generations, then the new one."""
+    created_by = f"seqpack {seqpack.__version__}"
+    generation = GenerationInfo(
+        id=destination.revision,
+        directory=destination.directory,
+        splits=_splits(shards, destination.directory),
+        files=files,
+        inputs=sorted(inputs, key=lambda i: (i.path, i.start)),
+        created_by=created_by,
+        committed_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        replaces=sorted(replaces or []),
+        examples_digest=examples_digest,
+    )
+    generations = [*destination.kept_generations, generation]
     return Manifest(
         max_length=config.max_length,
         packing=config.packing,
         file_format=config.file_format,
         tokenizer=tokenizer,
-        splits=_splits(shards, destination.directory),
+        splits=merged_splits(generations),
         config=config.to_dict(),
-        created_by=f"seqpack {seqpack.__version__}",
+        created_by=created_by,
         revision=destination.revision,
         directory=destination.directory,
-        files=files,
+        files=[path for g in generations for path in g.files],
+        generations=generations,
     )
 
 
 def commit(
     config: RunConfig, tokenizer: TokenizerInfo, destination: Destination, lock: OutputLock, *,
-    stats: Mapping[str, Any], shards: list[dict[str, Any]],
+    stats: Mapping[str, Any], shards: list[dict[str, Any]], inputs: list[ConsumedInput] | None = None,
+    replaces: list[int] | None = None, examples_digest: str = "",
 ) -> tuple[Manifest, dict[str, Any]]:
     """Check the accounting identity, then switch the dataset to the new revision (manifest replaced last).
 
@@ -295,28 +341,27 @@ def commit(
     the switch (a retried step), it only finishes removing the previous revision and returns what was committed.
     """
     if is_committed(destination):
-        _finish_after_switch(config.output, destination.previous)
+        _finish_after_switch(config.output, destination)
         return read_committed(destination)
     lock.check()  # a launcher that was stopped gave its lock back: its job must not commit
     stats = stats_format.finalize(json.loads(json.dumps(stats)))  # as a reader sees them: string keys
     stats_format.check_identity(stats)
     check_enough_written(stats, config.max_reject_fraction, FileSystems.join(destination.root, REJECTED_FILE))
     write_atomically(FileSystems.join(destination.root, STATS_NAME), stats_format.to_json(stats).encode())
-    manifest = build_manifest(config, tokenizer, shards, destination, _revision_files(destination))
+    manifest = build_manifest(config, tokenizer, shards, destination, _revision_files(destination),
+                              inputs=list(inputs or []), replaces=replaces, examples_digest=examples_digest)
 
-    previous = destination.previous
-    obsolete = sorted(_owned(previous)) if previous is not None else []
-    _write_marker(destination, lock, obsolete=obsolete)
+    _write_marker(destination, lock, obsolete=destination.obsolete)
     checkpoint("commit_manifest")
     lock.check()
     write_atomically(FileSystems.join(config.output, MANIFEST_NAME), manifest.to_json().encode())
-    _finish_after_switch(config.output, previous)
+    _finish_after_switch(config.output, destination)
     return manifest, stats
 
 
-def _finish_after_switch(output: str, previous: Manifest | None) -> None:
+def _finish_after_switch(output: str, destination: Destination) -> None:
     try:
-        _clean_up_after_switch(output, previous)
+        _clean_up_after_switch(output, destination)
     except Exception as error:  # noqa: BLE001 - the dataset is committed; the next run removes the rest
         logging.getLogger("seqpack").warning(
             "the dataset is committed, but removing the previous revision's files failed (%s); "
@@ -324,14 +369,14 @@ def _finish_after_switch(output: str, previous: Manifest | None) -> None:
         )
 
 
-def _clean_up_after_switch(output: str, previous: Manifest | None) -> None:
+def _clean_up_after_switch(output: str, destination: Destination) -> None:
     """Remove what the switch made obsolete; what is already gone is skipped, so a retry may run it again."""
     checkpoint("commit_cleanup")
-    obsolete = sorted(_owned(previous)) if previous is not None else []
+    obsolete = destination.obsolete
     _delete_existing([FileSystems.join(output, path) for path in obsolete])
-    if previous is not None:
-        _delete_existing([FileSystems.join(output, REPORT_NAME)])  # it describes data that is gone
-        _remove_empty_directories(output, previous)
+    if destination.previous is not None:
+        _delete_existing([FileSystems.join(output, REPORT_NAME)])  # it describes another dataset
+        _remove_empty_directories(output, obsolete)
     _delete_tree(FileSystems.join(output, STAGING_NAME))
 
 
@@ -400,11 +445,11 @@ def _delete_tree(path: str) -> None:
     _delete_existing([path.rstrip("/") + "/" if "://" in path else path])
 
 
-def _remove_empty_directories(output: str, previous: Manifest) -> None:
-    """Local filesystems keep empty directories: remove those the previous revision's files left."""
+def _remove_empty_directories(output: str, removed: list[str]) -> None:
+    """Local filesystems keep empty directories: remove those the removed files left."""
     if "://" in output:
         return
-    directories = {os.path.dirname(path) for path in _owned(previous)}
+    directories = {os.path.dirname(path) for path in removed}
     for directory in sorted(directories, key=lambda d: d.count("/"), reverse=True):
         while directory:
             full = os.path.join(output, directory)

@@ -8,7 +8,8 @@ finds the manifest naming this run's revision and only finishes the cleanup. A r
 up, too few written) removes the run's files, releases the lock and fails the job; the previous dataset stays
 as it was.
 
-    stats | "Commit" >> beam.ParDo(CommitDoFn(plan), shards=beam.pvalue.AsSingleton(shard_list))
+    stats | "Commit" >> beam.ParDo(CommitDoFn(plan), shards=beam.pvalue.AsSingleton(shard_list),
+                                   inputs=beam.pvalue.AsSingleton(consumed))
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from seqpack.pipeline.commit import Destination, abandon, commit
 from seqpack.pipeline.commit_checks import TooFewWritten
 from seqpack.pipeline.lock import LockLostError, OutputLock
 from seqpack.schemas import TokenizerInfo
+from seqpack.schemas.manifest import ConsumedInput
 from seqpack.schemas.stats import AccountingError
 
 REFUSALS = (AccountingError, TooFewWritten, LockLostError)
@@ -49,11 +51,13 @@ class CommitDoFn(beam.DoFn):
     def __init__(self, plan: CommitPlan) -> None:
         self.plan = plan
 
-    def process(self, stats: dict[str, Any], shards: list[dict[str, Any]]) -> Iterator[str]:
+    def process(self, stats: dict[str, Any], shards: list[dict[str, Any]], inputs: list[ConsumedInput]
+                ) -> Iterator[str]:
         plan = self.plan
         lock = OutputLock(plan.destination.output, token=plan.lock_token)  # fencing only: no heartbeat here
         try:
-            manifest, _ = commit(plan.config, plan.tokenizer, plan.destination, lock, stats=stats, shards=shards)
+            manifest, _ = commit(plan.config, plan.tokenizer, plan.destination, lock, stats=stats, shards=shards,
+                                 inputs=inputs)
         except LockLostError:
             raise  # the output is another run's now: nothing here is ours to remove or release
         except (AccountingError, TooFewWritten):

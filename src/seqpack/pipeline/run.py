@@ -9,7 +9,7 @@ import shlex
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -19,6 +19,8 @@ from apache_beam.io.filesystems import FileSystems
 from seqpack.chat import check_segment_roundtrip, require_chat_template, unknown_special_strings
 from seqpack.config import RunConfig
 from seqpack.errors import RunFailedError, UsageError
+from seqpack.generations import FoundFile
+from seqpack.pipeline.appends import Selection, select_inputs
 from seqpack.pipeline.build import BACKEND_TOKENIZER, META_DIR, build_pipeline
 from seqpack.pipeline.commit import (
     Destination,
@@ -105,6 +107,15 @@ def _refuse_inputs_inside_output(files: list, output: str) -> None:
 
 
 @dataclass(frozen=True)
+class UpToDate:
+    """An ``--append`` that found no input its dataset had not consumed: nothing was run or written."""
+
+    output: str
+    manifest: Manifest
+    selection: Selection
+
+
+@dataclass(frozen=True)
 class Submitted:
     """A job launched with ``wait=False`` that is still running: it commits ``output`` itself, then releases
     the output lock (``lock``) that it holds until then."""
@@ -119,8 +130,11 @@ class Submitted:
 def run(
     config: RunConfig, beam_args: list[str] | None = None, *, wait: bool = True,
     lock_lease: float = DEFAULT_LEASE_SECONDS, progress: bool = False, verbose: bool = False,
-) -> tuple[Manifest, dict[str, Any]] | Submitted | None:
+) -> tuple[Manifest, dict[str, Any]] | Submitted | UpToDate | None:
     """Run the job described by ``config``; return the committed manifest and statistics.
+
+    With ``config.append`` the job reads only the inputs no generation of the dataset consumed and commits them
+    as a new generation (``pipeline.appends``); with none, nothing runs and the result is an :class:`UpToDate`.
 
     The job commits the dataset itself, as its last step. With ``wait=False`` the launcher returns once the
     job is submitted (a :class:`Submitted`), leaving the output lock to the job for up to ``lock_lease``
@@ -151,6 +165,15 @@ def run(
     with _remove_if_left_empty(config.output, created), stop_on_termination() as stop, \
             OutputLock(config.output, lease_seconds=0 if wait else lock_lease, options=options) as lock:
         destination = prepare_output(config, lock)
+        try:
+            selection = select_inputs(config, files, destination.previous, tokenizer_info)
+        except BaseException:
+            abandon(destination)
+            raise
+        if not selection.files:
+            abandon(destination)
+            return UpToDate(config.output, destination.previous, selection)  # type: ignore[arg-type]
+        job = replace(job, files=selection.files, found=selection.found)
         with capture_worker_output(enabled=_is_local(runner) and not verbose) as worker_log:
             stop.cleanup = partial(_clean_up_after_stop, destination, lock, worker_log, created)
             try:
@@ -204,6 +227,8 @@ class _Job:
     tokenizer_info: TokenizerInfo
     options: Any
     runner: Any
+    found: list[FoundFile] = field(default_factory=list)
+    """The files read, as listed: the job records their content as consumed."""
 
     def launch(
         self, destination: Destination, lock: OutputLock, *, wait: bool, progress: bool
@@ -218,7 +243,7 @@ class _Job:
         try:
             backend = _backend_plan(config, self.tokenizer, destination.staging)
             build_pipeline(pipeline, config, self.files, plan=plan, pad_id=self.tokenizer_info.pad_id,
-                           backend=backend)
+                           found=self.found, backend=backend)
             with live_progress(self.files, enabled=progress and _is_local(self.runner)):
                 result = pipeline.run()
                 if _is_dry_run(self.options):
@@ -316,16 +341,23 @@ def summary(manifest: Manifest, stats: dict[str, Any], output: str, *, report: s
     split``); the records line counts whole examples, so the two never seem to disagree."""
     unit = "row" if manifest.packing == "none" else "block"
     whole = manifest.packing != "wrap" and not stats["examples_split"]
-    width = max((len(name) for name in manifest.splits), default=0)
-    digits = max((len(f"{s.rows:,}") for s in manifest.splits.values()), default=0)
+    generation = manifest.generations[-1]
+    written_splits = generation.splits
+    width = max((len(name) for name in written_splits), default=0)
+    digits = max((len(f"{s.rows:,}") for s in written_splits.values()), default=0)
     splits = [
         f"  {name:<{width}}  {s.rows:>{digits},} {unit}{'s' * (s.rows != 1)} in {_plural(len(s.shards), 'shard')} · "
         f"{_plural(s.examples, 'example' if whole else 'segment')} · {s.tokens:,} tokens"
-        for name, s in manifest.splits.items()
+        for name, s in written_splits.items()
     ] or ["  no examples were written"]
     written = sum(stats["examples_by_split"].values())
+    first = f"seqpack: wrote {output}"
+    if len(manifest.generations) > 1:
+        total = sum(s.tokens for s in manifest.splits.values())
+        first = (f"seqpack: wrote generation {generation.id} of {output} (now {len(manifest.generations)} "
+                 f"generations, {total:,} tokens in all)")
     lines = [
-        f"seqpack: wrote {output}",
+        first,
         *splits,
         f"  fill {stats['fill']:.1%} of {manifest.max_length:,}-token blocks ({manifest.packing} packing)",
         f"  {stats['records_read']:,} records read: {written:,} written, {stats['records_rejected']:,} rejected, "
@@ -338,6 +370,20 @@ def summary(manifest: Manifest, stats: dict[str, Any], output: str, *, report: s
     if report:
         lines.append(f"  report: {report}")
     lines.append(f"  look at it: seqpack inspect {shlex.quote(output)}")
+    return "\n".join(lines)
+
+
+def up_to_date_message(result: UpToDate) -> str:
+    """What an ``--append`` with nothing new says: the dataset is current, and which inputs it left alone."""
+    plan = result.selection.plan
+    generations = result.manifest.generations
+    lines = [f"seqpack: {result.output} is up to date: no new input (generation {generations[-1].id} is the newest"
+             f" of {_plural(len(generations), 'generation')})"]
+    if plan is not None and plan.copies:
+        lines.append(f"  {_plural(len(plan.copies), 'new file name')} for content already consumed (not read again)")
+    if plan is not None and plan.changed:
+        lines.append(f"  {_plural(len(plan.changed), 'consumed file')} changed since (not read again): "
+                     f"seqpack status {shlex.quote(result.output)} lists them")
     return "\n".join(lines)
 
 

@@ -10,7 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 FORMAT_NAME = "seqpack"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the manifest lists generations (``schemas.manifest.GenerationInfo``); shards are unchanged."""
+READABLE_FORMAT_VERSIONS = (1, 2)
+"""Manifests this seqpack reads: a version-1 manifest is read as a dataset of one generation."""
 
 BLOCK_SCHEMA = pa.schema(
     [

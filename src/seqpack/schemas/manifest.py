@@ -2,16 +2,22 @@
 
 A reader must refuse a directory without a manifest (an unfinished or foreign dataset), a manifest of an
 unknown format version, and shard paths that would leave the dataset directory.
+
+A dataset is a list of committed **generations** (format version 2): the first run commits generation 1, each
+``seqpack run --append`` adds one with the inputs no earlier generation consumed, ``seqpack compact`` replaces
+several with one. Each generation lists its own shards, files and consumed inputs; the manifest's top-level
+``splits`` and ``files`` are their union, so a reader that ignores generations reads the whole dataset. A
+version-1 manifest is read as a dataset of one generation whose inputs were not recorded.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from seqpack.schemas.columns import BLOCK_SCHEMA, FORMAT_NAME, FORMAT_VERSION
+from seqpack.schemas.columns import BLOCK_SCHEMA, FORMAT_NAME, FORMAT_VERSION, READABLE_FORMAT_VERSIONS
 
 MANIFEST_NAME = "manifest.json"
 STATS_NAME = "stats.json"
@@ -71,6 +77,77 @@ class TokenizerInfo:
 
 
 @dataclass(frozen=True)
+class ConsumedInput:
+    """One input file a generation read, identified by its content: a later ``--append`` skips it (under any
+    name) and reports it if the file at ``path`` no longer has this content."""
+
+    path: str
+    """As the run resolved it: a local path or a URL (``gs://b/pairs/day1.jsonl``)."""
+    size: int
+    sha256: str
+    """Of the file's bytes, computed by the job while it read them."""
+    modified: float
+    """The last-modified time the filesystem reported (seconds): with ``size``, the quick check that lets a
+    later run skip hashing an unchanged file."""
+    start: int = 0
+    stop: int = -1
+    """The byte range consumed, ``start:stop``; a generation consumes whole files, so ``0:size``."""
+
+
+@dataclass(frozen=True)
+class GenerationInfo:
+    """One committed generation: its directory, shards, other files, and the inputs it consumed."""
+
+    id: int
+    """1, 2, ...: the number of its directory (``v000003`` is generation 3); ids only grow."""
+    directory: str
+    splits: dict[str, SplitInfo]
+    files: list[str]
+    """Its files besides the shards (``stats.json``, rejected records, dedup keys), relative to the dataset."""
+    inputs: list[ConsumedInput]
+    created_by: str
+    committed_at: str = ""
+    """UTC, ISO 8601: when its commit was prepared."""
+    replaces: list[int] = field(default_factory=list)
+    """For a generation written by ``seqpack compact``: the ids of the generations it replaced."""
+    examples_digest: str = ""
+    """For a compacted generation: the order-free digest of the examples of the generations it replaced, which
+    ``seqpack verify`` recomputes from its shards (``dataset.verify``)."""
+
+    def shard_paths(self) -> list[str]:
+        return [shard.path for split in self.splits.values() for shard in split.shards]
+
+    @property
+    def rows(self) -> int:
+        return sum(split.rows for split in self.splits.values())
+
+    @property
+    def examples(self) -> int:
+        return sum(split.examples for split in self.splits.values())
+
+    @property
+    def tokens(self) -> int:
+        return sum(split.tokens for split in self.splits.values())
+
+
+def merged_splits(generations: list[GenerationInfo]) -> dict[str, SplitInfo]:
+    """The generations' splits as one: each split's shards in generation order, totals summed."""
+    shards: dict[str, list[ShardInfo]] = {}
+    for generation in generations:
+        for name, split in generation.splits.items():
+            shards.setdefault(name, []).extend(split.shards)
+    return {
+        name: SplitInfo(
+            rows=sum(s.rows for s in infos),
+            examples=sum(s.examples for s in infos),
+            tokens=sum(s.tokens for s in infos),
+            shards=infos,
+        )
+        for name, infos in sorted(shards.items())
+    }
+
+
+@dataclass(frozen=True)
 class Manifest:
     max_length: int
     packing: str
@@ -90,6 +167,31 @@ class Manifest:
     files: list[str] = field(default_factory=list)
     """Every file of the revision besides the shards (stats, rejected records, tokenizer), relative to the
     dataset directory: with the shards, exactly the files a later commit may delete."""
+    generations: list[GenerationInfo] = field(default_factory=list)
+    """Oldest first. ``splits`` and ``files`` are their union; ``revision`` and ``directory`` are the newest's."""
+
+    @property
+    def inputs_recorded(self) -> bool:
+        """Whether the dataset knows which inputs it consumed (format 2): only then can ``--append`` add to it."""
+        return self.format_version >= 2
+
+    def generation(self, generation_id: int) -> GenerationInfo:
+        for generation in self.generations:
+            if generation.id == generation_id:
+                return generation
+        raise DatasetFormatError(
+            f"the dataset has no generation {generation_id}; it has {', '.join(str(g.id) for g in self.generations)}"
+        )
+
+    def restricted_to(self, generation_ids: list[int]) -> Manifest:
+        """The same dataset reduced to some of its generations (their shards and files only)."""
+        chosen = [self.generation(i) for i in sorted(set(generation_ids))]
+        return replace(
+            self,
+            generations=chosen,
+            splits=merged_splits(chosen),
+            files=[path for generation in chosen for path in generation.files],
+        )
 
     def path_of(self, name: str) -> str:
         """Where the revision keeps ``name`` (``stats.json``, ``tokenizer``), relative to the dataset directory."""
@@ -113,23 +215,16 @@ class Manifest:
         if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
             raise DatasetFormatError(f"{where} is not a seqpack manifest")
         version = raw.get("format_version")
-        if version != FORMAT_VERSION:
+        if isinstance(version, bool) or version not in READABLE_FORMAT_VERSIONS:
             raise DatasetFormatError(
-                f"{where} has format version {version!r}; this seqpack reads version {FORMAT_VERSION}. "
+                f"{where} has format version {version!r}; this seqpack reads versions "
+                f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))} (it writes {FORMAT_VERSION}). "
                 "Upgrade seqpack or rebuild the dataset."
             )
         if raw.get("schema") != schema_description():
             raise DatasetFormatError(f"{where} describes a schema that does not match this seqpack's block schema")
         try:
-            splits = {
-                name: SplitInfo(
-                    rows=s["rows"],
-                    examples=s["examples"],
-                    tokens=s["tokens"],
-                    shards=[ShardInfo(**shard) for shard in s["shards"]],
-                )
-                for name, s in raw["splits"].items()
-            }
+            splits = _parse_splits(raw["splits"])
             manifest = cls(
                 max_length=raw["max_length"],
                 packing=raw["packing"],
@@ -145,12 +240,71 @@ class Manifest:
                 directory=raw.get("directory", ""),
                 files=list(raw.get("files", [])),
             )
-        except (KeyError, TypeError, AttributeError) as exc:
+            generations = (
+                [_parse_generation(g) for g in raw["generations"]] if version >= 2 else [_only_generation(manifest)]
+            )
+            manifest = replace(manifest, generations=generations)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise DatasetFormatError(f"{where} is missing or has a malformed field: {exc}") from exc
         check_listing(manifest, where)
-        for path in [*manifest.shard_paths(), *manifest.files, *([manifest.directory] if manifest.directory else [])]:
+        check_generations(manifest, where)
+        paths = [*manifest.shard_paths(), *manifest.files, *([manifest.directory] if manifest.directory else [])]
+        for path in paths + [g.directory for g in manifest.generations if g.directory]:
             safe_relative_path(path)
         return manifest
+
+
+def _parse_splits(raw: dict[str, Any]) -> dict[str, SplitInfo]:
+    return {
+        name: SplitInfo(
+            rows=s["rows"],
+            examples=s["examples"],
+            tokens=s["tokens"],
+            shards=[ShardInfo(**shard) for shard in s["shards"]],
+        )
+        for name, s in raw.items()
+    }
+
+
+def _parse_generation(raw: dict[str, Any]) -> GenerationInfo:
+    fields = {**raw, "splits": _parse_splits(raw["splits"]), "inputs": [ConsumedInput(**i) for i in raw["inputs"]]}
+    return GenerationInfo(**fields)
+
+
+def _only_generation(manifest: Manifest) -> GenerationInfo:
+    """A version-1 dataset is one generation whose inputs were not recorded."""
+    return GenerationInfo(
+        id=manifest.revision, directory=manifest.directory, splits=manifest.splits, files=list(manifest.files),
+        inputs=[], created_by=manifest.created_by,
+    )
+
+
+def check_generations(manifest: Manifest, where: str) -> None:
+    """The generations must be what the top-level listing says: ids growing, the newest naming ``revision`` and
+    ``directory``, and their shards and files, in order, exactly the top-level ones."""
+    generations = manifest.generations
+    if not generations:
+        raise DatasetFormatError(f"{where} lists no generation ({_FIX})")
+    ids = [g.id for g in generations]
+    if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in ids) or ids != sorted(set(ids)):
+        raise DatasetFormatError(f"{where}: generation ids {ids} are not distinct growing integers ({_FIX})")
+    newest = generations[-1]
+    if (newest.id, newest.directory) != (manifest.revision, manifest.directory):
+        raise DatasetFormatError(
+            f"{where}: the newest generation is {newest.id} in {newest.directory!r}, but the manifest names "
+            f"revision {manifest.revision} in {manifest.directory!r} ({_FIX})"
+        )
+    merged = merged_splits(generations)
+    listed = {name: split.shards for name, split in manifest.splits.items() if split.shards}
+    if {n: [s.path for s in split.shards] for n, split in merged.items()} != {
+        n: [s.path for s in shards] for n, shards in listed.items()
+    }:
+        raise DatasetFormatError(f"{where}: the generations' shards are not the shards the manifest lists ({_FIX})")
+    if [path for g in generations for path in g.files] != list(manifest.files):
+        raise DatasetFormatError(f"{where}: the generations' files are not the files the manifest lists ({_FIX})")
+    for generation in generations:
+        for consumed in generation.inputs:
+            _count(consumed.size, f"{where}: generation {generation.id} input {consumed.path!r} size")
 
 
 # --------------------------------------------------------------------------------- listing and counts
