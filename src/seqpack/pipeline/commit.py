@@ -24,8 +24,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Mapping
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -55,9 +54,9 @@ from seqpack.schemas import (
     revision_dir,
     revision_of,
 )
-from seqpack.schemas.manifest import ConsumedInput, GenerationInfo, merged_splits
 from seqpack.schemas import stats as stats_format
 from seqpack.schemas.layout import RUN_MARKER_SUFFIX
+from seqpack.schemas.manifest import ConsumedInput, GenerationInfo, merged_splits
 from seqpack.transforms.write import write_atomically
 
 
