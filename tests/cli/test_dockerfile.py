@@ -31,9 +31,10 @@ except ImportError:  # Python 3.10
 
 REPO = Path(__file__).resolve().parents[2]
 METADATA = REPO / "templates" / "flex" / "metadata.json"
-NOT_TEMPLATE_PARAMETERS = {"report", "quiet", "no_wait"}
+NOT_TEMPLATE_PARAMETERS = {"report", "quiet", "no_wait", "rebuild"}
 """`seqpack run` options a Flex Template does not offer: --report needs matplotlib, which the image lacks; the
-template says `wait=true` or `wait=false` (its default) rather than `no_wait`."""
+template says `wait=true` or `wait=false` (its default) rather than `no_wait`, and `overwrite` rather than its
+alias `rebuild`."""
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,10 @@ class Manifest:
     generations: list[GenerationInfo] = field(default_factory=list)
     """Oldest first. ``splits`` and ``files`` are their union; ``revision`` and ``directory`` are the newest's."""
 
+    def __post_init__(self) -> None:
+        if not self.generations:  # a manifest built without generations is one generation (as a version-1 one)
+            object.__setattr__(self, "generations", [_only_generation(self)])
+
     @property
     def inputs_recorded(self) -> bool:
         """Whether the dataset knows which inputs it consumed (format 2): only then can ``--append`` add to it."""
@@ -240,17 +244,19 @@ class Manifest:
                 directory=raw.get("directory", ""),
                 files=list(raw.get("files", [])),
             )
-            generations = (
-                [_parse_generation(g) for g in raw["generations"]] if version >= 2 else [_only_generation(manifest)]
-            )
-            manifest = replace(manifest, generations=generations)
+            if version >= 2:
+                if not raw["generations"]:
+                    raise DatasetFormatError(f"{where} lists no generation ({_FIX})")
+                manifest = replace(manifest, generations=[_parse_generation(g) for g in raw["generations"]])
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise DatasetFormatError(f"{where} is missing or has a malformed field: {exc}") from exc
         check_listing(manifest, where)
-        check_generations(manifest, where)
         paths = [*manifest.shard_paths(), *manifest.files, *([manifest.directory] if manifest.directory else [])]
-        for path in paths + [g.directory for g in manifest.generations if g.directory]:
+        for generation in manifest.generations:
+            paths += [*generation.shard_paths(), *generation.files, *([generation.directory] * bool(generation.directory))]
+        for path in paths:
             safe_relative_path(path)
+        check_generations(manifest, where)
         return manifest
 
 
