@@ -67,18 +67,18 @@ def test_a_retried_commit_step_commits_once_and_deletes_nothing_committed(
     def lost_worker(*args: object) -> None:
         raise SystemExit("the worker is gone")  # not an Exception: the commit's own cleanup must not catch it
 
-    def retried(self: CommitDoFn, stats: dict, shards: list):  # noqa: ANN202 - a DoFn's generator
+    def retried(self: CommitDoFn, stats: dict, shards: list, inputs: list):  # noqa: ANN202 - a DoFn's generator
         if lost == "in-cleanup":
             monkeypatch.setattr(commit_module, "_clean_up_after_switch", lost_worker)
             with pytest.raises(SystemExit):
-                list(original_process(self, stats, shards))
+                list(original_process(self, stats, shards, inputs))
             assert first <= files_on_disk(output), "the first attempt died before removing the old revision"
             monkeypatch.setattr(commit_module, "_clean_up_after_switch", original_cleanup)
         else:
-            list(original_process(self, stats, shards))
+            list(original_process(self, stats, shards, inputs))
             assert not (output / LOCK_NAME).exists(), "the first attempt released the lock"
         attempts.append((open_manifest(str(output)).revision, (output / "manifest.json").stat().st_mtime_ns))
-        yield from original_process(self, stats, shards)  # the retry
+        yield from original_process(self, stats, shards, inputs)  # the retry
 
     monkeypatch.setattr(CommitDoFn, "process", retried)
     wait = "--no-wait" if lost == "after-releasing-the-lock" else "--wait"
@@ -132,7 +132,7 @@ def test_the_commit_step_of_a_job_launched_without_waiting_releases_the_lock_whe
     (output / plan.destination.directory).mkdir()
     stats = {**empty_stats(), "records_read": 3}  # three records read, none accounted for
     with pytest.raises(AccountingError, match="do not add up"):
-        list(CommitDoFn(plan).process(stats, []))
+        list(CommitDoFn(plan).process(stats, [], []))
     assert not (output / LOCK_NAME).exists(), "the job released its launcher's lock"
     assert sorted(os.listdir(output)) == [], "the run's revision and staging are removed"
 
@@ -144,7 +144,7 @@ def test_the_commit_step_does_not_commit_under_another_runs_lock(tmp_path: Path)
     with OutputLock(str(output)):  # the launcher was stopped and another run took the output
         stats = {**empty_stats(), "records_read": 1, "examples_by_split": {"train": 1}}  # they add up
         with pytest.raises(LockLostError, match="lost its lock"):
-            list(CommitDoFn(plan).process(stats, []))
+            list(CommitDoFn(plan).process(stats, [], []))
         assert (output / LOCK_NAME).exists(), "the other run's lock is left alone"
     assert not (output / "manifest.json").exists()
 

@@ -58,13 +58,17 @@ def test_the_dataflow_job_builds_offline_with_the_custom_container(
     images = {beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image for env in environments}
     assert images == {IMAGE}, "every step runs in the seqpack image"
     steps = {t.unique_name.split("/")[0] for t in job.components.transforms.values()}
-    assert {"ReadRecords", "Tokenize", "ShuffleAndPack", "WriteShards", "MergeStats", "ListShards", "Commit"} <= steps
+    assert {"ReadRecords", "Tokenize", "ShuffleAndPack", "WriteShards", "MergeStats", "ListShards", "HashInputs",
+            "Commit"} <= steps
     commit = next(t for t in job.components.transforms.values() if t.unique_name == "Commit")
     payload = beam_runner_api_pb2.ParDoPayload.FromString(commit.spec.payload)
-    [side] = payload.side_inputs
-    assert set(commit.inputs) == {"None", side}, "the merged statistics, and the shard list as a side input"
-    producers = {t.unique_name for t in job.components.transforms.values()
-                 if commit.inputs[side] in t.outputs.values() and not t.subtransforms}
-    assert producers and all(name.startswith("ListShards/") for name in producers), producers
+    sides = sorted(payload.side_inputs)
+    assert set(commit.inputs) == {"None", *sides} and len(sides) == 2, \
+        "the merged statistics; the shard list and the consumed inputs as side inputs"
+    producers = {
+        t.unique_name.split("/")[0] for t in job.components.transforms.values() for side in sides
+        if commit.inputs[side] in t.outputs.values() and not t.subtransforms
+    }
+    assert producers == {"ListShards", "ListConsumed"}, producers
     do_fn = pickler.loads(payload.do_fn.payload)[0]  # (DoFn, args, kwargs, ...) as the workers unpickle it
     assert isinstance(do_fn, CommitDoFn) and do_fn.plan == plan, "the job commits with the launcher's plan"

@@ -28,8 +28,9 @@ BAD = ['{"source": "no target"}', "{not json"]
 
 
 def dataset_bytes(dataset: Path) -> dict[str, str]:
-    """sha256 of every file, and the manifest without the fields that may differ: the output path, and the
-    ``--shuffle`` the run was given (recorded as asked; both shuffles write the same bytes)."""
+    """sha256 of every file, and the manifest without the fields that may differ: the output path, the
+    ``--shuffle`` the run was given (recorded as asked; both shuffles write the same bytes), and when each
+    generation was committed."""
     digests = {
         str(p.relative_to(dataset)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(dataset.rglob("*"))
@@ -37,6 +38,8 @@ def dataset_bytes(dataset: Path) -> dict[str, str]:
     }
     manifest = json.loads((dataset / "manifest.json").read_text())
     del manifest["config"]["output"], manifest["config"]["shuffle"]
+    for generation in manifest["generations"]:
+        del generation["committed_at"]
     digests["manifest.json"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     return digests
 

@@ -37,7 +37,13 @@ from seqpack.errors import RunFailedError, UsageError
 from seqpack.faults import checkpoint
 from seqpack.pipeline.commit_checks import check_enough_written
 from seqpack.pipeline.lock import OutputLock
-from seqpack.pipeline.object_stores import delete_objects
+from seqpack.pipeline.output_files import (
+    delete_existing,
+    delete_tree,
+    match_paths,
+    read_bytes,
+    remove_empty_directories,
+)
 from seqpack.schemas import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -155,7 +161,7 @@ def _read_previous(output: str) -> Manifest | None:
     if not FileSystems.exists(path):
         return None
     try:
-        return Manifest.from_json(_read_bytes(path).decode("utf-8", errors="replace"), where=path)
+        return Manifest.from_json(read_bytes(path).decode("utf-8", errors="replace"), where=path)
     except DatasetFormatError as error:
         raise UsageError(
             f"{error}. seqpack will not write over a directory it cannot read as its own: "
@@ -169,7 +175,7 @@ def _clear_crashed_runs(output: str, previous: Manifest | None) -> int:
     if not FileSystems.exists(staging):
         return 0
     highest = 0
-    for path in _match(FileSystems.join(staging, "*" + RUN_MARKER_SUFFIX)):
+    for path in match_paths(FileSystems.join(staging, "*" + RUN_MARKER_SUFFIX)):
         name = path.rsplit("/", 1)[-1].removesuffix(RUN_MARKER_SUFFIX)
         revision = revision_of(name)
         if revision is None:
@@ -177,16 +183,16 @@ def _clear_crashed_runs(output: str, previous: Manifest | None) -> int:
         highest = max(highest, revision)
         if previous is not None and previous.revision == revision:  # it committed, then died cleaning up
             obsolete = _marker_obsolete(path)
-            _delete_existing([FileSystems.join(output, p) for p in obsolete if p not in _owned(previous)])
+            delete_existing([FileSystems.join(output, p) for p in obsolete if p not in _owned(previous)])
         else:  # it never committed: the revision directory is its own, made by it, named by its marker
-            _delete_tree(FileSystems.join(output, name))
-    _delete_tree(staging)
+            delete_tree(FileSystems.join(output, name))
+    delete_tree(staging)
     return highest
 
 
 def _marker_obsolete(path: str) -> list[str]:
     try:
-        return [str(p) for p in json.loads(_read_bytes(path))["obsolete"]]
+        return [str(p) for p in json.loads(read_bytes(path))["obsolete"]]
     except (ValueError, KeyError, TypeError):
         return []  # torn by the crash before the commit switched: nothing to remove
 
@@ -250,7 +256,7 @@ def _list_files(output: str) -> list[str]:
         return sorted(found)
     prefix = output.rstrip("/") + "/"
     return sorted(
-        path[len(prefix) :] for path in _match(prefix + "**") if not path[len(prefix) :].startswith(STAGING_NAME)
+        path[len(prefix) :] for path in match_paths(prefix + "**") if not path[len(prefix) :].startswith(STAGING_NAME)
     )
 
 
@@ -275,7 +281,7 @@ def _revision_files(destination: Destination) -> list[str]:
         names.append(REJECTED_FILE)
     tokenizer_prefix = FileSystems.join(destination.root, TOKENIZER_DIR) + "/"
     names += sorted(
-        TOKENIZER_DIR + "/" + path[len(tokenizer_prefix) :] for path in _match(tokenizer_prefix + "*")
+        TOKENIZER_DIR + "/" + path[len(tokenizer_prefix) :] for path in match_paths(tokenizer_prefix + "*")
     )
     return [f"{destination.directory}/{name}" for name in names]
 
@@ -372,11 +378,11 @@ def _clean_up_after_switch(output: str, destination: Destination) -> None:
     """Remove what the switch made obsolete; what is already gone is skipped, so a retry may run it again."""
     checkpoint("commit_cleanup")
     obsolete = destination.obsolete
-    _delete_existing([FileSystems.join(output, path) for path in obsolete])
+    delete_existing([FileSystems.join(output, path) for path in obsolete])
     if destination.previous is not None:
-        _delete_existing([FileSystems.join(output, REPORT_NAME)])  # it describes another dataset
-        _remove_empty_directories(output, obsolete)
-    _delete_tree(FileSystems.join(output, STAGING_NAME))
+        delete_existing([FileSystems.join(output, REPORT_NAME)])  # it describes another dataset
+        remove_empty_directories(output, obsolete)
+    delete_tree(FileSystems.join(output, STAGING_NAME))
 
 
 def read_committed(destination: Destination) -> tuple[Manifest, dict[str, Any]]:
@@ -389,7 +395,7 @@ def read_committed(destination: Destination) -> tuple[Manifest, dict[str, Any]]:
             "commit step did not commit (see the runner's log). Run it again."
         )
     path = FileSystems.join(destination.root, STATS_NAME)
-    return manifest, stats_format.parse(_read_bytes(path), where=path)
+    return manifest, stats_format.parse(read_bytes(path), where=path)
 
 
 def abandon(destination: Destination) -> None:
@@ -398,10 +404,10 @@ def abandon(destination: Destination) -> None:
     try:
         if is_committed(destination):
             return
-        _delete_tree(destination.root)
-        _delete_tree(destination.staging)
-        _delete_existing([destination.marker])
-        _delete_existing([FileSystems.join(destination.output, STAGING_NAME)], only_if_empty=True)
+        delete_tree(destination.root)
+        delete_tree(destination.staging)
+        delete_existing([destination.marker])
+        delete_existing([FileSystems.join(destination.output, STAGING_NAME)], only_if_empty=True)
     except Exception:  # noqa: BLE001 - the next run clears what is left, from the marker
         pass
 
@@ -416,43 +422,3 @@ def _committed_directory(output: str) -> str | None:
         return _read_previous(output).directory  # type: ignore[union-attr]
     except (UsageError, AttributeError):
         return None
-
-
-# ------------------------------------------------------------------------------------------- helpers
-
-
-def _read_bytes(path: str) -> bytes:
-    with FileSystems.open(path) as handle:
-        return handle.read()
-
-
-def _match(pattern: str) -> list[str]:
-    return [metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list]
-
-
-def _delete_existing(paths: list[str], *, only_if_empty: bool = False) -> None:
-    for path in paths:
-        if only_if_empty and "://" not in path:
-            if os.path.isdir(path) and not os.listdir(path):
-                os.rmdir(path)
-            continue
-        delete_objects([path])
-
-
-def _delete_tree(path: str) -> None:
-    """A directory and what is in it; on object stores, every object under the prefix ``path/``."""
-    _delete_existing([path.rstrip("/") + "/" if "://" in path else path])
-
-
-def _remove_empty_directories(output: str, removed: list[str]) -> None:
-    """Local filesystems keep empty directories: remove those the removed files left."""
-    if "://" in output:
-        return
-    directories = {os.path.dirname(path) for path in removed}
-    for directory in sorted(directories, key=lambda d: d.count("/"), reverse=True):
-        while directory:
-            full = os.path.join(output, directory)
-            if not os.path.isdir(full) or os.listdir(full):
-                break
-            os.rmdir(full)
-            directory = os.path.dirname(directory)

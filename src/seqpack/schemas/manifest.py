@@ -253,7 +253,8 @@ class Manifest:
         check_listing(manifest, where)
         paths = [*manifest.shard_paths(), *manifest.files, *([manifest.directory] if manifest.directory else [])]
         for generation in manifest.generations:
-            paths += [*generation.shard_paths(), *generation.files, *([generation.directory] * bool(generation.directory))]
+            directory = [generation.directory] if generation.directory else []
+            paths += [*generation.shard_paths(), *generation.files, *directory]
         for path in paths:
             safe_relative_path(path)
         check_generations(manifest, where)
@@ -302,7 +303,7 @@ def check_generations(manifest: Manifest, where: str) -> None:
         )
     merged = merged_splits(generations)
     listed = {name: split.shards for name, split in manifest.splits.items() if split.shards}
-    if {n: [s.path for s in split.shards] for n, split in merged.items()} != {
+    if {n: [s.path for s in split.shards] for n, split in merged.items() if split.shards} != {
         n: [s.path for s in shards] for n, shards in listed.items()
     }:
         raise DatasetFormatError(f"{where}: the generations' shards are not the shards the manifest lists ({_FIX})")
