@@ -103,11 +103,19 @@ class Pin:
     """What decides how the shards are read and collated: block length, packing, file format, tokenizer ids."""
     manifest_sha256: str
     """Of the last manifest found to list the pinned generations unchanged."""
+    listed: list[int]
+    """The ids of every generation that manifest lists: the pinned ones and any added since."""
 
     @classmethod
-    def of(cls, manifest: Manifest, manifest_sha256: str) -> Pin:
-        """Pin ``manifest``'s generations (restrict it first to pin fewer)."""
-        return cls({g.id: _shard_sums(g) for g in manifest.generations}, _settings(manifest), manifest_sha256)
+    def of(cls, manifest: Manifest, manifest_sha256: str, generations: list[int] | None = None) -> Pin:
+        """Pin ``generations`` of ``manifest`` (every one for None)."""
+        chosen = restrict(manifest, generations).generations
+        return cls(
+            {g.id: _shard_sums(g) for g in chosen},
+            _settings(manifest),
+            manifest_sha256,
+            [g.id for g in manifest.generations],
+        )
 
     def difference(self, manifest: Manifest) -> str | None:
         """How ``manifest`` differs for this reader, in a few words, or None if it lists every pinned generation
@@ -127,7 +135,8 @@ class Pin:
 def check_manifest(location: Location, pin: Pin, doing: str) -> None:
     """Raise :class:`DatasetChangedError` unless ``manifest.json`` still lists the pinned generations unchanged.
 
-    On success a changed manifest (an append) becomes the pin's last seen one, so the next check is one read.
+    On success a changed manifest (an append) becomes the pin's last seen one (``pin.listed`` names its
+    generations), so the next check is one read again.
     """
     try:
         data = _manifest_bytes(location)
@@ -143,6 +152,7 @@ def check_manifest(location: Location, pin: Pin, doing: str) -> None:
     if (difference := pin.difference(manifest)) is not None:
         raise changed_error(location, difference, doing)
     pin.manifest_sha256 = sha256
+    pin.listed = [generation.id for generation in manifest.generations]
 
 
 def _shard_sums(generation: GenerationInfo) -> tuple[tuple[str, str], ...]:

@@ -79,7 +79,7 @@ class ShardSet:
         whole, manifest_sha256 = read_manifest(location)
         choose_splits(whole, [split], location)
         manifest = restrict(whole, generations)
-        pin = Pin.of(manifest, manifest_sha256)
+        pin = Pin.of(whole, manifest_sha256, generations)
         shards = split_shards(manifest, split)
         try:
             if verify:
@@ -95,6 +95,14 @@ class ShardSet:
     def generations(self) -> list[int]:
         """The ids of the generations opened, oldest first."""
         return [generation.id for generation in self.manifest.generations]
+
+    def listed_generations(self) -> list[int]:
+        """The ids of every generation the dataset has now (this set's and those appended since), oldest first.
+
+        One manifest read; raises :class:`DatasetChangedError` if a generation this set opened is gone or changed.
+        """
+        self.check_unchanged()
+        return list(self.pin.listed)
 
     @property
     def num_units(self) -> int:
