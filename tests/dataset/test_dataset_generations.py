@@ -10,8 +10,7 @@ import pytest
 from growing import commit, copy, halves
 from shardgen import examples_in, make_examples, write_dataset
 
-from seqpack.dataset import DatasetChangedError, ShardSet, data_files, open_manifest
-from seqpack.dataset import manifest_io
+from seqpack.dataset import DatasetChangedError, ShardSet, data_files, manifest_io, open_manifest
 from seqpack.schemas import MANIFEST_NAME
 
 
@@ -22,7 +21,9 @@ def keys(shards: ShardSet, units: range | None = None) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def grown(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, pairs: list[dict[str, str]]) -> SimpleNamespace:
+def grown(
+    tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, pairs: list[dict[str, str]]
+) -> SimpleNamespace:
     """``one``: a first run; ``two``: a copy of it and one append; readers opened on copies of ``one`` before an
     append (``before_append``) and before an ``--overwrite`` (``before_overwrite``), each having read one unit."""
     root = tmp_path_factory.mktemp("generations")
