@@ -131,6 +131,18 @@ def test_a_state_at_an_epoch_start_covers_what_is_there_then(grown: Any) -> None
     assert rows(dataset) == grown.epoch_1
 
 
+def test_the_length_of_the_dataloader_follows_the_epoch(grown: Any, recwarn: pytest.WarningsRecorder) -> None:
+    """torch warns when an iterable yields more batches than ``len(dataloader)`` said; an epoch that covers a new
+    generation is longer, and says so."""
+    settings = {**SETTINGS, "batch_size": 1}
+    start = PackedDataset(grown.two, **settings, generations=[1]).state_dict()  # epoch 0 of generation 1, not begun
+    dl = PackedDataLoader(PackedDataset(grown.two, **settings), collate_fn=row_keys)
+    dl.load_state_dict(start)
+    assert len(dl) == len(grown.epoch_0)
+    assert len(flat(dl)) == len(grown.epoch_1) == len(dl)
+    assert not [w for w in recwarn if "Length of IterableDataset" in str(w.message)]
+
+
 def test_a_state_of_seqpack_0_finds_its_generation_by_its_data(grown: Any) -> None:
     old = {key: value for key, value in grown.state.items() if key != "generations"}
     dataset = PackedDataset(grown.two, **SETTINGS)
