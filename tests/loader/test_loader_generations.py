@@ -4,6 +4,7 @@ it starts, new ones join at the next epoch, and a resumed run finishes its epoch
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -187,3 +188,24 @@ def test_a_following_loader_stops_at_the_next_epoch_when_its_generation_was_repl
     write_dataset(url, {"train": make_examples(80, seed=2)}, rows_per_shard=4, revision=2)
     with pytest.raises(DatasetChangedError, match="generation 1 is gone"):
         next(iter(dataset))
+
+
+# ------------------------------------------------------------------------------------------ the documentation
+
+
+def test_the_datasets_that_grow_example_runs(grown: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/loader.md's example, as written, on a dataset of two generations at ``out/``."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "loader.md").read_text(encoding="utf-8")
+    section = doc.split("### Datasets that grow", 1)[1].split("\n### ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert code, "the Datasets that grow section has no ```python block"
+    (tmp_path / "out").symlink_to(grown.two)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(compile(code.group(1), "docs/loader.md (Datasets that grow)", "exec"), namespace)  # noqa: S102 - our doc
+    ds, first = namespace["ds"], namespace["first"]
+    assert (ds.generations, first.generations) == ([1, 2], [1])
+    assert namespace["state"]["generations"] == [1, 2]
+    assert len(ds) == len(epoch_rows(grown.two, 0)) > len(first) == len(grown.epoch_0)
+    manifest = ds.manifest.generation(2)
+    assert namespace["added"] == [f"out/{shard.path}" for shard in manifest.splits["train"].shards]
