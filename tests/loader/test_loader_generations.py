@@ -166,6 +166,17 @@ def test_chosen_generations_never_change(grown: Any) -> None:
         PackedDataset(grown.two, **SETTINGS).load_state_dict(second.state_dict())
 
 
+@pytest.mark.parametrize("generations", [[], ["1"], [True], "1", 1])
+def test_generations_must_be_ids(grown: Any, generations: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match="generations must be a"):
+        PackedDataset(grown.two, generations=generations)
+
+
+def test_an_unknown_generation_is_named(grown: Any) -> None:
+    with pytest.raises(ValueError, match="no generation 9; it has 1, 2"):
+        PackedDataset(grown.two, generations=[1, 9])
+
+
 # --------------------------------------------------------------------- without Beam: generations replaced
 
 

@@ -22,26 +22,23 @@ epoch over exactly those.
 
 from __future__ import annotations
 
-import hashlib
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from seqpack.dataset import COLUMNS, ShardSet, open_manifest
-from seqpack.dataset.manifest_io import changed_error, split_shards
+from seqpack.dataset import ShardSet, open_manifest
+from seqpack.dataset.manifest_io import changed_error
+from seqpack.loader import coverage
 from seqpack.loader.order import EpochOrder, OrderSpec, samples_per_rank
 from seqpack.loader.state import ORDER_KEYS, check_epoch, check_state, state_generations
-from seqpack.schemas import Manifest, ShardInfo, TokenizerInfo
-
-Sample = dict[str, torch.Tensor]
-_NUMPY_TYPES = {pa.int32(): np.dtype(np.int32), pa.int8(): np.dtype(np.int8)}
+from seqpack.loader.windows import Sample
+from seqpack.loader.windows import WindowReader as _WindowReader
+from seqpack.schemas import Manifest, TokenizerInfo
 
 
 class PackedDataset(IterableDataset):
@@ -92,9 +89,7 @@ class PackedDataset(IterableDataset):
         self.split = split
         self._verify = verify
         self._storage_options = storage_options
-        if generations is not None and not generations:
-            raise ValueError("generations=[] reads nothing: pass the ids to read, or None for every generation")
-        self._generations = None if generations is None else sorted(set(generations))
+        self._generations = None if generations is None else coverage.generation_ids(generations)
         """The generations asked for, or None to follow the dataset as it grows."""
         self._batch_size_given = batch_size is not None
         self.spec = OrderSpec(
@@ -202,7 +197,7 @@ class PackedDataset(IterableDataset):
         shards = self._shards_for_state(state)
         num_samples = self._samples_of(shards)
         epoch, seen = check_state(
-            state, self._state_over(shards, num_samples), legacy_data=_path_fingerprint(shards.shards)
+            state, self._state_over(shards, num_samples), legacy_data=coverage.path_fingerprint(shards.shards)
         )
         self._cover(shards, num_samples)
         # Mid-epoch the state's generations hold to the epoch's end; at an epoch's start they are decided then.
@@ -215,11 +210,11 @@ class PackedDataset(IterableDataset):
         So a state still applies after the same data is committed again into a new revision directory, and
         never to other data.
         """
-        return _fingerprint(self.shards.shards)
+        return coverage.fingerprint(self.shards.shards)
 
     def _path_fingerprint(self) -> str:
         """What seqpack 0.1 called the fingerprint (paths and checksums): states saved by it still apply."""
-        return _path_fingerprint(self.shards.shards)
+        return coverage.path_fingerprint(self.shards.shards)
 
     def _state_over(self, shards: ShardSet, num_samples: int) -> dict[str, Any]:
         epoch, seen = self._position()
@@ -228,7 +223,7 @@ class PackedDataset(IterableDataset):
             "samples_seen": seen,
             "num_samples": num_samples,
             "split": self.split,
-            "data": _fingerprint(shards.shards),
+            "data": coverage.fingerprint(shards.shards),
             "generations": shards.generations,
             **{key: getattr(self.spec, key) for key in ORDER_KEYS},
         }
@@ -254,7 +249,7 @@ class PackedDataset(IterableDataset):
         self.shards = shards
         self._order = None
         start = self._start.numpy()
-        start[2], start[3] = _cover_key(shards)
+        start[2], start[3] = coverage.cover_key(shards)
 
     def _follow_new_generations(self, epoch: int) -> None:
         """At the start of ``epoch`` (main process): cover every generation the dataset has now.
@@ -272,12 +267,12 @@ class PackedDataset(IterableDataset):
         """In a worker: cover the generations the main process chose for this pass, if this copy covers others
         (a persistent worker, after generations joined or ``load_state_dict``)."""
         newest, digest = (int(v) for v in self._start[2:].tolist())
-        if (newest, digest) == _cover_key(self.shards):
+        if (newest, digest) == coverage.cover_key(self.shards):
             return
         # The main process covers every generation up to ``newest`` (load_state_dict allows no other choice).
         chosen = [i for i in self.shards.listed_generations() if i <= newest]
         shards = self._open(chosen)
-        if _cover_key(shards) != (newest, digest):
+        if coverage.cover_key(shards) != (newest, digest):
             shards.close()
             raise changed_error(shards.location, f"generations {chosen} are not the ones the loader chose")
         self._cover(shards)
@@ -293,35 +288,8 @@ class PackedDataset(IterableDataset):
                 )
             return self.shards
         manifest = open_manifest(self.url, storage_options=self._storage_options)
-        listed = [generation.id for generation in manifest.generations]
-        gone = [] if wanted is None else [i for i in wanted if i not in listed]
-        if wanted is None or gone:
-            # A state of seqpack 0.x, or the same data committed again under new ids: found by its content.
-            wanted = self._generations_holding(manifest, state) or wanted or listed
-        gone = [i for i in wanted if i not in listed]
-        if gone:
-            raise ValueError(
-                f"the loader state covers generations {wanted}, but {self.url} no longer has "
-                f"{', '.join(map(str, gone))} (it has {listed}): they were replaced (`seqpack compact`, "
-                "`seqpack run --overwrite`), so the rest of the state's epoch cannot be named. Start the next "
-                "epoch with ds.set_epoch(epoch + 1), or resume on a copy of the dataset as it was."
-            )
-        if wanted != [i for i in listed if i <= wanted[-1]]:
-            raise ValueError(
-                f"the loader state covers generations {wanted}, not every generation up to {wanted[-1]} "
-                f"({[i for i in listed if i <= wanted[-1]]}): it was saved by a dataset built with "
-                f"generations={wanted}; build this one so too"
-            )
+        wanted = coverage.generations_for_state(wanted, state, manifest, split=self.split, url=self.url)
         return self.shards if wanted == self.shards.generations else self._open(wanted)
-
-    def _generations_holding(self, manifest: Manifest, state: Any) -> list[int] | None:
-        """The first generations of ``manifest`` whose data is the state's (its ``data`` fingerprint), if any."""
-        listed = [generation.id for generation in manifest.generations]
-        for count in range(1, len(listed) + 1):
-            shards = split_shards(manifest.restricted_to(listed[:count]), self.split)
-            if state.get("data") in (_fingerprint(shards), _path_fingerprint(shards)):
-                return listed[:count]
-        return None
 
     # ------------------------------------------------------- for a DataLoader that counts the batches
 
@@ -408,27 +376,6 @@ class PackedDataset(IterableDataset):
             self._set(epoch + 1, 0)
 
 
-def _fingerprint(shards: list[ShardInfo]) -> str:
-    digest = hashlib.sha256()
-    for shard in shards:
-        digest.update(f"{shard.sha256}:{shard.rows}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def _path_fingerprint(shards: list[ShardInfo]) -> str:
-    digest = hashlib.sha256()
-    for shard in shards:
-        digest.update(f"{shard.path}:{shard.sha256}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def _cover_key(shards: ShardSet) -> tuple[int, int]:
-    """(newest generation id, a 60-bit digest of the ids and the data): what workers compare to the main's."""
-    ids = shards.generations
-    digest = hashlib.sha256(f"{ids}:{_fingerprint(shards.shards)}".encode()).hexdigest()
-    return ids[-1], int(digest[:15], 16)
-
-
 def _resolve_ranks(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is None and world_size is None:
         if dist.is_available() and dist.is_initialized():
@@ -437,75 +384,3 @@ def _resolve_ranks(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is None or world_size is None:
         raise ValueError("pass both rank and world_size, or neither (then torch.distributed decides)")
     return rank, world_size
-
-
-class _Unit:
-    """A decoded row group whose rows become tensor views without copying.
-
-    pyarrow marks its buffers read-only, and torch warns when wrapping those; these buffers are private heap
-    memory that this reader alone holds (Arrow IPC shards are read, not memory-mapped, for that reason), so
-    wrapping them is safe, and it saves copying every row group once more.
-    """
-
-    def __init__(self, table: pa.Table) -> None:
-        self.columns: dict[str, tuple[list[int], torch.Tensor]] = {}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*not writable.*")
-            for name in COLUMNS:
-                offsets, values = list_arrays(table.column(name).combine_chunks())
-                self.columns[name] = (offsets.tolist(), torch.from_numpy(values))
-
-    def row(self, row: int) -> Sample:
-        return {name: values[offsets[row] : offsets[row + 1]] for name, (offsets, values) in self.columns.items()}
-
-
-def list_arrays(array: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-copy numpy views of a list array's offsets (into ``values``) and values.
-
-    Read from the Arrow buffers directly: ``Array.to_numpy`` imports pandas on first use, which costs every
-    DataLoader worker a third of a second.
-    """
-    offsets = _view(array.buffers()[1], np.dtype(np.int32), len(array) + 1, array.offset)
-    child = array.values
-    return offsets, _view(child.buffers()[1], _NUMPY_TYPES[child.type], len(child), child.offset)
-
-
-def _view(buffer: pa.Buffer | None, dtype: np.dtype, count: int, offset: int) -> np.ndarray:
-    if buffer is None or count == 0:
-        return np.zeros(count, dtype=dtype)
-    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset * dtype.itemsize)
-
-
-class _Window:
-    def __init__(self, index: int, units: np.ndarray, rows: np.ndarray) -> None:
-        self.index = index
-        self.units = units.tolist()
-        self.rows = rows.tolist()
-        self.needed = set(self.units)
-
-
-class _WindowReader:
-    """Reads the shuffle windows one process needs; holds only its live windows' row groups in memory."""
-
-    def __init__(self, shards: ShardSet, order: EpochOrder) -> None:
-        self.shards = shards
-        self.order = order
-        self.windows: dict[int, _Window] = {}
-        self.units: dict[int, _Unit] = {}
-
-    def sample(self, lane: int, window: int, offset: int) -> Sample:
-        current = self.windows.get(lane)
-        if current is None or current.index != window:
-            current = self._load(lane, window)
-        return self.units[current.units[offset]].row(current.rows[offset])
-
-    def _load(self, lane: int, window: int) -> _Window:
-        units, rows = self.order.units_of(self.order.window_rows(lane, window))
-        loaded = _Window(window, units, rows)
-        self.windows[lane] = loaded
-        live = set().union(*(w.needed for w in self.windows.values()))
-        for unit in [u for u in self.units if u not in live]:
-            del self.units[unit]
-        for unit in sorted(loaded.needed - self.units.keys()):
-            self.units[unit] = _Unit(self.shards.read_unit(unit))
-        return loaded
