@@ -4,6 +4,7 @@ it starts, new ones join at the next epoch, and a resumed run finishes its epoch
 from __future__ import annotations
 
 import gc
+import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from shardgen import examples_in, make_examples, write_dataset
 
 from seqpack.dataset import DatasetChangedError
 from seqpack.loader import PackedDataLoader, PackedDataset
+from seqpack.schemas import MANIFEST_NAME
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*suggested max number of worker")
 
@@ -220,3 +222,20 @@ def test_the_datasets_that_grow_example_runs(grown: Any, tmp_path: Path, monkeyp
     assert len(ds) == len(epoch_rows(grown.two, 0)) > len(first) == len(grown.epoch_0)
     manifest = ds.manifest.generation(2)
     assert namespace["added"] == [f"out/{shard.path}" for shard in manifest.splits["train"].shards]
+
+
+def test_a_version_1_dataset_reads_and_resumes_as_one_generation(tmp_path: Path) -> None:
+    url = str(tmp_path)
+    write_dataset(url, {"train": make_examples(80, seed=1)}, rows_per_shard=4, revision=3)
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    manifest["format_version"] = 1
+    del manifest["generations"]
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    dataset = PackedDataset(url, seed=2)
+    whole = rows(dataset)
+    state = {**dataset.state_dict(), "epoch": 0, "samples_seen": 5}
+    assert state["generations"] == [3]
+    del state["generations"]
+    resumed = PackedDataset(url, seed=2)
+    resumed.load_state_dict(state)
+    assert rows(resumed) == whole[5:]
