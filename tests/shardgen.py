@@ -27,6 +27,7 @@ from seqpack.schemas import (
     revision_dir,
     serialize_shard,
 )
+from seqpack.schemas.manifest import GenerationInfo
 
 PAD_ID = 0
 
@@ -180,6 +181,11 @@ def write_dataset(
         created_by="tests/shardgen.py",
         revision=revision,
         directory=directory,
+        generations=[
+            GenerationInfo(
+                id=revision, directory=directory, splits=infos, files=[], inputs=[], created_by="tests/shardgen.py"
+            )
+        ],
     )
     with fs.open(f"{root}/{MANIFEST_NAME}", "w") as out:
         out.write(manifest.to_json())

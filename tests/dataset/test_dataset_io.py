@@ -99,7 +99,11 @@ def test_unknown_file_format_is_refused(dataset: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["../outside.parquet", "/etc/passwd", "train/../../x.parquet", "gs://b/x"])
 def test_shard_paths_leaving_the_dataset_are_refused(dataset: Path, bad: str) -> None:
-    rewrite_manifest(dataset, lambda raw: raw["splits"]["train"]["shards"][0].update(path=bad))
+    def edit(raw: dict) -> None:  # a consistent lie: the generation lists the same path
+        for listing in (raw, raw["generations"][0]):
+            listing["splits"]["train"]["shards"][0].update(path=bad)
+
+    rewrite_manifest(dataset, edit)
     with pytest.raises(DatasetFormatError, match="shard path"):
         open_manifest(str(dataset))
 

@@ -205,5 +205,6 @@ def test_states_saved_with_the_old_path_fingerprint_still_apply(tmp_path: Path) 
     for shard in dataset.shards.shards:
         digest.update(f"{shard.path}:{shard.sha256}\n".encode())
     state = {**dataset.state_dict(), "data": digest.hexdigest()[:16], "samples_seen": 3}
+    del state["generations"]  # seqpack 0.x states have none
     dataset.load_state_dict(state)
     assert dataset.state_dict()["samples_seen"] == 3

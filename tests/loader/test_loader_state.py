@@ -52,6 +52,11 @@ BAD_VALUES: list[tuple[str, Any, type[Exception], str]] = [
     ("data", 12345, TypeError, "'data' must be a string, not 12345"),
     ("data", "0" * 16, ValueError, r"data='0000000000000000' \(this dataset: "),
     ("equalize", None, TypeError, "'equalize' must be a string, not None"),
+    ("generations", [], TypeError, "'generations' must be a non-empty list of generation ids, not"),
+    ("generations", "0", TypeError, "'generations' must be a non-empty list of generation ids, not '0'"),
+    ("generations", [0.0], TypeError, "'generations' item must be an integer, not 0.0"),
+    ("generations", [0, 0], ValueError, r"'generations' is \[0, 0\]; it must list distinct generation ids"),
+    ("generations", [-1], ValueError, r"'generations' is \[-1\]; it must list distinct generation ids"),
 ]
 
 

@@ -8,9 +8,10 @@ loader (:mod:`seqpack.loader`), which only adds the ordering and the tensors.
     files = data_files("gs://bucket/out", "train")      # the committed shards, for other readers
     shards = ShardSet.open("gs://bucket/out", split="train")
 
-Every reader here pins the manifest it opened (its sha256) and checks it again whenever it opens a shard, so a
-dataset replaced by ``seqpack run --overwrite`` while it is being read raises :class:`DatasetChangedError`
-instead of mixing two datasets.
+Every reader here pins the generations it opened and reads the manifest again whenever it opens a shard, so a
+dataset replaced by ``seqpack run --overwrite`` (or compacted) while it is being read raises
+:class:`DatasetChangedError` instead of mixing two datasets. ``seqpack run --append`` only adds a generation:
+readers of the older ones read on (``ShardSet.open(url, generations=[1])`` reads generation 1 only).
 
 - :mod:`~seqpack.dataset.location`: where a dataset lies (``Location``).
 - :mod:`~seqpack.dataset.manifest_io`: the manifest, the messages for a missing one, ``data_files``.

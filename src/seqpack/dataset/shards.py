@@ -1,8 +1,8 @@
 """One split's shards, cut into units (row groups or record batches) that are read one at a time.
 
-Every ``ShardSet`` pins the manifest it opened (its sha256) and checks it again whenever it opens a shard, so a
-dataset replaced by ``seqpack run --overwrite`` while it is being read raises :class:`DatasetChangedError`
-instead of mixing two datasets.
+Every ``ShardSet`` pins the generations it opened and reads the manifest again whenever it opens a shard, so a
+dataset replaced by ``seqpack run --overwrite`` (or compacted) while it is being read raises
+:class:`DatasetChangedError` instead of mixing two datasets; an append, which only adds a generation, does not.
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ import pyarrow.parquet as pq
 
 from seqpack.dataset.footers import COLUMNS, IO_THREADS, ShardLayout, check_and_open
 from seqpack.dataset.location import Location
-from seqpack.dataset.manifest_io import changed_error, check_manifest, choose_splits, read_manifest
+from seqpack.dataset.manifest_io import (
+    Pin,
+    changed_error,
+    check_manifest,
+    choose_splits,
+    read_manifest,
+    restrict,
+    split_shards,
+)
 from seqpack.dataset.verify import verify_dataset
 from seqpack.schemas import DatasetFormatError, Manifest
 from seqpack.schemas.columns import TOKEN_COLUMNS
@@ -38,17 +46,19 @@ class ShardSet:
 
         shards = ShardSet.open("out/", split="train")
         table = shards.read_unit(0)          # a pyarrow Table with the block columns
+
+    ``generations`` (ids) opens only those generations; ``manifest`` is then the manifest restricted to them.
     """
 
     def __init__(
-        self, location: Location, manifest: Manifest, split: str, layouts: list[ShardLayout], *, manifest_sha256: str
+        self, location: Location, manifest: Manifest, split: str, layouts: list[ShardLayout], *, pin: Pin
     ) -> None:
         self.location = location
         self.manifest = manifest
-        self.manifest_sha256 = manifest_sha256
-        """Of the manifest's bytes when opened: a shard is read only while the manifest is still this one."""
+        self.pin = pin
+        """The generations opened: a shard is read only while the manifest still lists them unchanged."""
         self.split = split
-        self.shards = manifest.splits[split].shards
+        self.shards = split_shards(manifest, split)
         sizes = [layout.unit_rows for layout in layouts]
         self.unit_shard = np.repeat(np.arange(len(sizes), dtype=np.int64), [len(s) for s in sizes])
         self.unit_index = np.asarray([i for s in sizes for i in range(len(s))], dtype=np.int64)
@@ -61,22 +71,38 @@ class ShardSet:
         url: str,
         *,
         split: str = "train",
+        generations: list[int] | None = None,
         verify: bool = False,
         storage_options: dict[str, Any] | None = None,
     ) -> ShardSet:
         location = Location.of(url, storage_options)
-        manifest, manifest_sha256 = read_manifest(location)
-        choose_splits(manifest, [split], location)
-        shards = manifest.splits[split].shards
+        whole, manifest_sha256 = read_manifest(location)
+        choose_splits(whole, [split], location)
+        manifest = restrict(whole, generations)
+        pin = Pin.of(whole, manifest_sha256, generations)
+        shards = split_shards(manifest, split)
         try:
             if verify:
                 verify_dataset(url, splits=[split], storage_options=storage_options)
             with ThreadPoolExecutor(max_workers=max(1, min(IO_THREADS, len(shards)))) as pool:
                 layouts = list(pool.map(lambda s: check_and_open(location, manifest.file_format, s), shards))
         except DatasetFormatError:
-            check_manifest(location, manifest_sha256, "opened")  # a commit in between explains a missing shard
+            check_manifest(location, pin, "opened")  # a commit in between explains a missing shard
             raise
-        return cls(location, manifest, split, layouts, manifest_sha256=manifest_sha256)
+        return cls(location, manifest, split, layouts, pin=pin)
+
+    @property
+    def generations(self) -> list[int]:
+        """The ids of the generations opened, oldest first."""
+        return [generation.id for generation in self.manifest.generations]
+
+    def listed_generations(self) -> list[int]:
+        """The ids of every generation the dataset has now (this set's and those appended since), oldest first.
+
+        One manifest read; raises :class:`DatasetChangedError` if a generation this set opened is gone or changed.
+        """
+        self.check_unchanged()
+        return list(self.pin.listed)
 
     @property
     def num_units(self) -> int:
@@ -87,11 +113,13 @@ class ShardSet:
         return int(self.unit_rows.sum())
 
     def check_unchanged(self) -> None:
-        """Raise :class:`DatasetChangedError` if ``manifest.json`` is no longer the one this set was opened with.
+        """Raise :class:`DatasetChangedError` if ``manifest.json`` no longer lists the generations this set opened
+        as they were (an append, which only adds generations, is fine).
 
-        One small read; it is done on every shard open and costs microseconds locally (see docs/loader.md).
+        One small read; it is done on every shard open and costs microseconds locally (see docs/loader.md). A
+        manifest that differs from the last one seen is parsed and compared once.
         """
-        check_manifest(self.location, self.manifest_sha256, "read")
+        check_manifest(self.location, self.pin, "read")
 
     def read_unit(self, unit: int, *, columns: Sequence[str] = COLUMNS) -> pa.Table:
         """Decode one row group (or record batch): every block column, or only ``columns`` (Parquet decodes only

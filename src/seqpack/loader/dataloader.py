@@ -45,6 +45,10 @@ class PackedDataLoader(DataLoader):
         dataset: PackedDataset = self.dataset  # type: ignore[assignment]
         epoch, seen = dataset.start_pass()
         total = len(dataset)
+        if self._IterableDataset_len_called is not None:
+            # An epoch may cover more generations than the last (a dataset that grows): torch compares the
+            # batches it yields with the length it last reported and would warn.
+            self._IterableDataset_len_called = total
         step = self.batch_size or 1
         for batch in super().__iter__():
             seen = min(seen + step, total)

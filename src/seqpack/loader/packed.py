@@ -13,29 +13,32 @@ other counts stay exact but decode some row groups in more than one worker.
 
 The state is ``(epoch, samples_seen)``: restarting at a position recomputes which row groups and which
 shuffle window hold it, reads them again, and continues with exactly the samples that would have come.
+
+A dataset that grows (``seqpack run --append`` adds generations): an epoch covers the generations present when
+it starts, decided in the main process and shared with the workers, and never changes in its middle; new
+generations join at the next epoch. The state names the generations it covers, so a resumed run finishes its
+epoch over exactly those.
 """
 
 from __future__ import annotations
 
-import hashlib
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from seqpack.dataset import COLUMNS, ShardSet
+from seqpack.dataset import ShardSet, open_manifest
+from seqpack.dataset.manifest_io import changed_error
+from seqpack.loader import coverage
 from seqpack.loader.order import EpochOrder, OrderSpec, samples_per_rank
-from seqpack.loader.state import ORDER_KEYS, check_epoch, check_state
+from seqpack.loader.state import ORDER_KEYS, check_epoch, check_state, state_generations
+from seqpack.loader.windows import Sample
+from seqpack.loader.windows import WindowReader as _WindowReader
 from seqpack.schemas import Manifest, TokenizerInfo
-
-Sample = dict[str, torch.Tensor]
-_NUMPY_TYPES = {pa.int32(): np.dtype(np.int32), pa.int8(): np.dtype(np.int8)}
 
 
 class PackedDataset(IterableDataset):
@@ -58,8 +61,10 @@ class PackedDataset(IterableDataset):
             ``torch.distributed`` when it is initialised, else a single process.
         equalize: ``"pad"`` (default; repeat a few rows) or ``"drop"`` (leave out up to world_size - 1
             rows) so that every rank yields the same number of samples, as DDP needs.
-        verify: check every shard's sha256 against the manifest before reading.
+        verify: check every shard's sha256 against the manifest before reading (again when generations join).
         storage_options: passed to fsspec (credentials, endpoints).
+        generations: read only these generations (ids), always. Default: every generation, following the
+            dataset as it grows: each epoch covers the generations present when it starts.
     """
 
     def __init__(
@@ -77,11 +82,15 @@ class PackedDataset(IterableDataset):
         equalize: str = "pad",
         verify: bool = False,
         storage_options: dict[str, Any] | None = None,
+        generations: list[int] | None = None,
     ) -> None:
         rank, world_size = _resolve_ranks(rank, world_size)
         self.url = str(url)
         self.split = split
-        self.shards = ShardSet.open(self.url, split=split, verify=verify, storage_options=storage_options)
+        self._verify = verify
+        self._storage_options = storage_options
+        self._generations = None if generations is None else coverage.generation_ids(generations)
+        """The generations asked for, or None to follow the dataset as it grows."""
         self._batch_size_given = batch_size is not None
         self.spec = OrderSpec(
             seed=seed,
@@ -93,17 +102,17 @@ class PackedDataset(IterableDataset):
             world_size=world_size,
             equalize=equalize,
         )
-        try:
-            self.num_samples = samples_per_rank(self.shards.num_rows, world_size, equalize)
-        except ValueError as exc:
-            raise ValueError(f"{self.url} split {split!r}: {exc}") from exc
-        # Where the next pass starts, (epoch, sample), in shared memory so that DataLoader workers, persistent
-        # ones included, see set_epoch() and load_state_dict(). It changes only between passes: workers read
-        # it when they start, and some start after the main process has received its first batches.
-        self._start = torch.zeros(2, dtype=torch.int64).share_memory_()
+        # Where the next pass starts, (epoch, sample), and what it covers, (newest generation id, digest of the
+        # covered generations), in shared memory so that DataLoader workers, persistent ones included, see
+        # set_epoch(), load_state_dict() and generations that joined. It changes only between passes: workers
+        # read it when they start, and some start after the main process has received its first batches.
+        self._start = torch.zeros(4, dtype=torch.int64).share_memory_()
         # Where the training loop is, (epoch, samples received); known only in the main process.
         self._progress = (0, 0)
         self._order: EpochOrder | None = None
+        self._cover(self._open(self._generations, verify=verify))
+        self._covered_epoch: int | None = 0
+        """The epoch whose generations are decided (the main process decides at an epoch's start)."""
 
     # ------------------------------------------------------------------ what a trainer needs to know
 
@@ -145,8 +154,13 @@ class PackedDataset(IterableDataset):
         self._order = None
 
     def __len__(self) -> int:
-        """Samples this rank yields per epoch (the same on every rank)."""
+        """Samples this rank yields per epoch (the same on every rank), over the generations the epoch covers."""
         return self.num_samples
+
+    @property
+    def generations(self) -> list[int]:
+        """The ids of the generations the current epoch covers, oldest first."""
+        return self.shards.generations
 
     # ------------------------------------------------------------------------------ epochs and state
 
@@ -163,43 +177,119 @@ class PackedDataset(IterableDataset):
         epoch = check_epoch(epoch)
         if epoch != self.epoch:
             self._set(epoch, 0)
+        if self._position()[1] == 0:
+            self._follow_new_generations(epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the training loop is, as plain JSON-able data; see ``load_state_dict``."""
-        epoch, seen = self._position()
-        return {
-            "epoch": epoch,
-            "samples_seen": seen,
-            "num_samples": self.num_samples,
-            "split": self.split,
-            "data": self.fingerprint(),
-            **{key: getattr(self.spec, key) for key in ORDER_KEYS},
-        }
+        """Where the training loop is, as plain JSON-able data; see ``load_state_dict``.
+
+        ``generations`` lists the generations the epoch covers; ``data`` and ``num_samples`` are theirs.
+        """
+        return self._state_over(self.shards, self.num_samples)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``: the next sample is the one that would have followed. Settings must match.
 
-        Every field is checked first (``seqpack.loader.state``): a bad state raises and changes nothing.
+        The rest of the state's epoch covers the generations it names (they must still be there, unchanged);
+        generations appended since join at the next epoch. Every field is checked first
+        (``seqpack.loader.state``): a bad state raises and changes nothing.
         """
-        self._set(*check_state(state, self.state_dict(), legacy_data=self._path_fingerprint()))
+        shards = self._shards_for_state(state)
+        num_samples = self._samples_of(shards)
+        epoch, seen = check_state(
+            state, self._state_over(shards, num_samples), legacy_data=coverage.path_fingerprint(shards.shards)
+        )
+        self._cover(shards, num_samples)
+        # Mid-epoch the state's generations hold to the epoch's end; at an epoch's start they are decided then.
+        self._covered_epoch = epoch if seen > 0 else None
+        self._set(epoch, seen)
 
     def fingerprint(self) -> str:
-        """Identifies the split's data by content (each shard's sha256 and rows, in order), not by where it lies.
+        """Identifies the covered data by content (each shard's sha256 and rows, in order), not by where it lies.
 
         So a state still applies after the same data is committed again into a new revision directory, and
         never to other data.
         """
-        digest = hashlib.sha256()
-        for shard in self.shards.shards:
-            digest.update(f"{shard.sha256}:{shard.rows}\n".encode())
-        return digest.hexdigest()[:16]
+        return coverage.fingerprint(self.shards.shards)
 
     def _path_fingerprint(self) -> str:
         """What seqpack 0.1 called the fingerprint (paths and checksums): states saved by it still apply."""
-        digest = hashlib.sha256()
-        for shard in self.shards.shards:
-            digest.update(f"{shard.path}:{shard.sha256}\n".encode())
-        return digest.hexdigest()[:16]
+        return coverage.path_fingerprint(self.shards.shards)
+
+    def _state_over(self, shards: ShardSet, num_samples: int) -> dict[str, Any]:
+        epoch, seen = self._position()
+        return {
+            "epoch": epoch,
+            "samples_seen": seen,
+            "num_samples": num_samples,
+            "split": self.split,
+            "data": coverage.fingerprint(shards.shards),
+            "generations": shards.generations,
+            **{key: getattr(self.spec, key) for key in ORDER_KEYS},
+        }
+
+    # ----------------------------------------------------------------------------- the generations read
+
+    def _open(self, generations: list[int] | None, *, verify: bool = False) -> ShardSet:
+        return ShardSet.open(
+            self.url, split=self.split, generations=generations, verify=verify, storage_options=self._storage_options
+        )
+
+    def _samples_of(self, shards: ShardSet) -> int:
+        try:
+            return samples_per_rank(shards.num_rows, self.spec.world_size, self.spec.equalize)
+        except ValueError as exc:
+            raise ValueError(f"{self.url} split {self.split!r} generations {shards.generations}: {exc}") from exc
+
+    def _cover(self, shards: ShardSet, num_samples: int | None = None) -> None:
+        """Read ``shards`` from now on, and tell the workers (at their next pass) which generations they are."""
+        if getattr(self, "shards", None) is not None and self.shards is not shards:
+            self.shards.close()
+        self.num_samples = self._samples_of(shards) if num_samples is None else num_samples
+        self.shards = shards
+        self._order = None
+        start = self._start.numpy()
+        start[2], start[3] = coverage.cover_key(shards)
+
+    def _follow_new_generations(self, epoch: int) -> None:
+        """At the start of ``epoch`` (main process): cover every generation the dataset has now.
+
+        The covered ones must still be there unchanged (else :class:`DatasetChangedError`); once per epoch.
+        """
+        if self._generations is not None or self._covered_epoch == epoch:
+            return
+        listed = self.shards.listed_generations()
+        if listed != self.shards.generations:
+            self._cover(self._open(listed, verify=self._verify))
+        self._covered_epoch = epoch
+
+    def _follow_main_process(self) -> None:
+        """In a worker: cover the generations the main process chose for this pass, if this copy covers others
+        (a persistent worker, after generations joined or ``load_state_dict``)."""
+        newest, digest = (int(v) for v in self._start[2:].tolist())
+        if (newest, digest) == coverage.cover_key(self.shards):
+            return
+        # The main process covers every generation up to ``newest`` (load_state_dict allows no other choice).
+        chosen = [i for i in self.shards.listed_generations() if i <= newest]
+        shards = self._open(chosen)
+        if coverage.cover_key(shards) != (newest, digest):
+            shards.close()
+            raise changed_error(shards.location, f"generations {chosen} are not the ones the loader chose")
+        self._cover(shards)
+
+    def _shards_for_state(self, state: Any) -> ShardSet:
+        """The shards of the generations ``state`` covers; raises naming the problem if they cannot be read."""
+        wanted = state_generations(state)
+        if self._generations is not None:
+            if wanted is not None and wanted != self._generations:
+                raise ValueError(
+                    f"the loader state covers generations {wanted}, but this dataset reads generations "
+                    f"{self._generations}: build it with generations={wanted}"
+                )
+            return self.shards
+        manifest = open_manifest(self.url, storage_options=self._storage_options)
+        wanted = coverage.generations_for_state(wanted, state, manifest, split=self.split, url=self.url)
+        return self.shards if wanted == self.shards.generations else self._open(wanted)
 
     # ------------------------------------------------------- for a DataLoader that counts the batches
 
@@ -216,6 +306,8 @@ class PackedDataset(IterableDataset):
         Call it before the pass starts its workers: they read the start when they begin.
         """
         epoch, seen = self._position()
+        if seen == 0:
+            self._follow_new_generations(epoch)
         self._set(epoch, seen)
         return epoch, seen
 
@@ -252,11 +344,15 @@ class PackedDataset(IterableDataset):
     # -------------------------------------------------------------------------------------- iterate
 
     def __iter__(self) -> Iterator[Sample]:
-        # Each pass (in each worker) starts by checking that the dataset was not committed again since it was
-        # opened; shards opened during the pass are checked as they are opened.
-        self.shards.check_unchanged()
-        epoch, start = self._normalized(*(int(v) for v in self._start.tolist()))
         info = get_worker_info()
+        if info is None:
+            self.start_pass()  # a no-op after PackedDataLoader's own call
+        else:
+            self._follow_main_process()
+        # Each pass (in each worker) starts by checking that the covered generations were not replaced since they
+        # were opened; shards opened during the pass are checked as they are opened.
+        self.shards.check_unchanged()
+        epoch, start = self._normalized(*(int(v) for v in self._start[:2].tolist()))
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         return self._samples(epoch, start, worker, workers)
 
@@ -288,75 +384,3 @@ def _resolve_ranks(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is None or world_size is None:
         raise ValueError("pass both rank and world_size, or neither (then torch.distributed decides)")
     return rank, world_size
-
-
-class _Unit:
-    """A decoded row group whose rows become tensor views without copying.
-
-    pyarrow marks its buffers read-only, and torch warns when wrapping those; these buffers are private heap
-    memory that this reader alone holds (Arrow IPC shards are read, not memory-mapped, for that reason), so
-    wrapping them is safe, and it saves copying every row group once more.
-    """
-
-    def __init__(self, table: pa.Table) -> None:
-        self.columns: dict[str, tuple[list[int], torch.Tensor]] = {}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*not writable.*")
-            for name in COLUMNS:
-                offsets, values = list_arrays(table.column(name).combine_chunks())
-                self.columns[name] = (offsets.tolist(), torch.from_numpy(values))
-
-    def row(self, row: int) -> Sample:
-        return {name: values[offsets[row] : offsets[row + 1]] for name, (offsets, values) in self.columns.items()}
-
-
-def list_arrays(array: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-copy numpy views of a list array's offsets (into ``values``) and values.
-
-    Read from the Arrow buffers directly: ``Array.to_numpy`` imports pandas on first use, which costs every
-    DataLoader worker a third of a second.
-    """
-    offsets = _view(array.buffers()[1], np.dtype(np.int32), len(array) + 1, array.offset)
-    child = array.values
-    return offsets, _view(child.buffers()[1], _NUMPY_TYPES[child.type], len(child), child.offset)
-
-
-def _view(buffer: pa.Buffer | None, dtype: np.dtype, count: int, offset: int) -> np.ndarray:
-    if buffer is None or count == 0:
-        return np.zeros(count, dtype=dtype)
-    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset * dtype.itemsize)
-
-
-class _Window:
-    def __init__(self, index: int, units: np.ndarray, rows: np.ndarray) -> None:
-        self.index = index
-        self.units = units.tolist()
-        self.rows = rows.tolist()
-        self.needed = set(self.units)
-
-
-class _WindowReader:
-    """Reads the shuffle windows one process needs; holds only its live windows' row groups in memory."""
-
-    def __init__(self, shards: ShardSet, order: EpochOrder) -> None:
-        self.shards = shards
-        self.order = order
-        self.windows: dict[int, _Window] = {}
-        self.units: dict[int, _Unit] = {}
-
-    def sample(self, lane: int, window: int, offset: int) -> Sample:
-        current = self.windows.get(lane)
-        if current is None or current.index != window:
-            current = self._load(lane, window)
-        return self.units[current.units[offset]].row(current.rows[offset])
-
-    def _load(self, lane: int, window: int) -> _Window:
-        units, rows = self.order.units_of(self.order.window_rows(lane, window))
-        loaded = _Window(window, units, rows)
-        self.windows[lane] = loaded
-        live = set().union(*(w.needed for w in self.windows.values()))
-        for unit in [u for u in self.units if u not in live]:
-            del self.units[unit]
-        for unit in sorted(loaded.needed - self.units.keys()):
-            self.units[unit] = _Unit(self.shards.read_unit(unit))
-        return loaded

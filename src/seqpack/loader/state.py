@@ -32,11 +32,7 @@ def check_state(state: Any, current: Mapping[str, Any], *, legacy_data: str | No
     ``current`` is the dataset's own ``state_dict()``; ``legacy_data`` is a fingerprint that older seqpack
     versions gave the same data. Raises TypeError or ValueError naming the field and what it may be.
     """
-    if not isinstance(state, Mapping):
-        raise TypeError(
-            f"a loader state must be the dict that state_dict() returned, not {type(state).__name__}: pass "
-            "checkpoint['data'] (or whatever key it was saved under), not the whole checkpoint or None"
-        )
+    _require_mapping(state)
     missing = [name for name in _TYPES if name not in state]
     if missing:
         raise ValueError(
@@ -66,12 +62,38 @@ def check_state(state: Any, current: Mapping[str, Any], *, legacy_data: str | No
     return epoch, seen
 
 
+def state_generations(state: Any) -> list[int] | None:
+    """The ids of the generations a state covers, oldest first; None for a state of seqpack 0.x, which has no
+    ``generations`` field (its dataset had one generation)."""
+    _require_mapping(state)
+    if "generations" not in state:
+        return None
+    value = state["generations"]
+    what = "loader state field 'generations'"
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TypeError(f"{what} must be a non-empty list of generation ids, not {value!r}")
+    for item in value:
+        _require_type(item, f"{what} item", "int")
+    ids = [int(item) for item in value]
+    if any(i < 0 for i in ids) or ids != sorted(set(ids)):
+        raise ValueError(f"{what} is {ids}; it must list distinct generation ids (0 or more) in growing order")
+    return ids
+
+
 def check_epoch(epoch: Any) -> int:
     """An epoch number given to ``set_epoch``: an integer in [0, MAX_EPOCH]."""
     _require_type(epoch, "set_epoch's epoch", "int")
     if not 0 <= epoch <= MAX_EPOCH:
         raise ValueError(f"set_epoch's epoch is {epoch}; it must be in [0, {MAX_EPOCH:,}]")
     return int(epoch)
+
+
+def _require_mapping(state: Any) -> None:
+    if not isinstance(state, Mapping):
+        raise TypeError(
+            f"a loader state must be the dict that state_dict() returned, not {type(state).__name__}: pass "
+            "checkpoint['data'] (or whatever key it was saved under), not the whole checkpoint or None"
+        )
 
 
 def _require_type(value: Any, name: str, kind: str) -> None:
