@@ -16,6 +16,7 @@ from typing import Any
 
 from seqpack.dataset import Location, open_manifest
 from seqpack.dataset.footers import IO_THREADS
+from seqpack.errors import UsageError
 from seqpack.schemas import STATS_NAME, DatasetFormatError, Manifest
 from seqpack.schemas import stats as stats_format
 from seqpack.schemas.manifest import GenerationInfo
@@ -59,9 +60,12 @@ def total_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 def dataset_stats(url: str, *, generation: int | None = None) -> dict[str, Any]:
     """The dataset's statistics (every generation added up), or ``generation``'s alone as its run wrote them.
 
-    Raises ``DatasetFormatError`` for a bad dataset, a missing ``stats.json`` or a generation it does not have."""
+    Raises ``DatasetFormatError`` for a bad dataset or a missing ``stats.json``, ``UsageError`` for a generation it
+    does not have."""
     manifest = open_manifest(url)
     if generation is not None:
-        only = manifest.restricted_to([generation])  # names the generations there are if it has no such one
-        return generation_stats(url, only)[generation]
+        ids = [g.id for g in manifest.generations]
+        if generation not in ids:
+            raise UsageError(f"{url} has no generation {generation}; it has {', '.join(map(str, ids))}")
+        return generation_stats(url, manifest.restricted_to([generation]))[generation]
     return total_stats(generation_stats(url, manifest).values())

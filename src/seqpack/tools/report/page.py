@@ -73,16 +73,20 @@ def generations_table(manifest: Manifest, per_generation: Mapping[int, Mapping[s
     rows = []
     for generation in manifest.generations:
         part = per_generation[generation.id]
-        inputs = f"{len(generation.inputs):,} files" if manifest.inputs_recorded else "not recorded"
+        inputs = _files(len(generation.inputs)) if manifest.inputs_recorded else "not recorded"
         rows.append((generation.id, generation.committed_at or "-", inputs, f"{generation.examples:,}",
                      f"{generation.tokens:,}", f"{part.get('fill', 0.0):.2%}", f"{part.get('records_rejected', 0):,}"))
     generations = manifest.generations
-    consumed = f"{sum(len(g.inputs) for g in generations):,} files" if manifest.inputs_recorded else ""
+    consumed = _files(sum(len(g.inputs) for g in generations)) if manifest.inputs_recorded else ""
     rows.append((f"total ({len(generations)})", "", consumed, f"{sum(g.examples for g in generations):,}",
                  f"{sum(g.tokens for g in generations):,}", f"{stats.get('fill', 0.0):.2%}",
                  f"{stats.get('records_rejected', 0):,}"))
     headers = ["generation", "committed at (UTC)", "inputs consumed", "examples", "tokens", "fill", "rejected"]
     return f"<h3>Generations</h3>{_table(headers, rows)}"
+
+
+def _files(count: int) -> str:
+    return f"{count:,} file{'s' * (count != 1)}"
 
 
 def summary_section(url: str, manifest: Manifest, stats: Mapping[str, Any],
