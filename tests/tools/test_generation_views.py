@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,18 +16,22 @@ from helpers import run_args, write_jsonl
 from seqpack.cli.main import main
 from seqpack.schemas import STATS_NAME
 from seqpack.schemas import stats as stats_format
+from seqpack.tools.status import dataset_status
 
 DAYS = 3
 PER_DAY = 30
+BAD_LINE = "{not json, in day 2"
 
 
 @pytest.fixture(scope="module")
 def grown(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, pairs: list[dict[str, str]]) -> Path:
-    """Three generations: a first run over ``in/*.jsonl``, then a new file and an ``--append`` each day."""
+    """Three generations: a first run over ``in/*.jsonl``, then a new file and an ``--append`` each day; day 2
+    has one line that is not JSON (a rejected record of generation 2)."""
     root = tmp_path_factory.mktemp("grown")
     (root / "in").mkdir()
     for day in range(DAYS):
-        write_jsonl(root / "in" / f"day{day + 1}.jsonl", pairs[day * PER_DAY : (day + 1) * PER_DAY])
+        bad = [BAD_LINE] if day == 1 else []
+        write_jsonl(root / "in" / f"day{day + 1}.jsonl", pairs[day * PER_DAY : (day + 1) * PER_DAY] + bad)
         extra = ["--validation-fraction", "0.2", *(["--append"] if day else [])]
         assert main(run_args(root / "in" / "*.jsonl", root / "ds", tokenizer_dir, *extra)) == 0
     return root
@@ -103,7 +108,8 @@ def test_stats_total_is_the_merge_of_each_generations_file(grown: Path, capsys: 
              for g in manifest(grown)["generations"]]
     total = stats_of(capsys, str(grown / "ds"))
     assert total == stats_format.finalize(stats_format.merge_stats(files))
-    assert total["records_read"] == DAYS * PER_DAY == sum(f["records_read"] for f in files)
+    assert total["records_read"] == DAYS * PER_DAY + 1 == sum(f["records_read"] for f in files)
+    assert total["rejected_by_reason"] == {"invalid_json": 1}
     written = [s["examples"] for g in manifest(grown)["generations"] for s in g["splits"].values()]
     assert sum(total["examples_by_split"].values()) == sum(written)
     assert total["fill"] == pytest.approx(total["tokens_written"] / total["block_tokens"])
@@ -130,9 +136,12 @@ def test_report_shows_the_generations_and_the_total(grown: Path, tmp_path: Path,
     for row, generation in zip(cells, generations, strict=False):
         assert row[1] == generation["committed_at"] and row[2] == "1 file"
         assert row[3] == f"{sum(split['examples'] for split in generation['splits'].values()):,}"
+    assert [row[6] for row in cells] == ["0", "1", "0", "1"]  # rejected
     assert cells[-1][2] == "3 files" and cells[-1][5] == f"{total['fill']:.2%}"
     summary = document.split('<section id="summary">', 1)[1].split("</section>", 1)[0]
     assert f"<td>records read</td><td>{total['records_read']:,}</td>" in summary
+    rejected = document.split('<section id="rejected">', 1)[1].split("</section>", 1)[0]
+    assert "v000002/rejected/rejected.jsonl" in rejected and "{not json, in day 2" in rejected
 
 
 # ---------------------------------------------------------------------------------------------------- status
@@ -164,6 +173,15 @@ def test_status_lists_the_generations_and_the_total(grown: Path, capsys: pytest.
     assert "3 generations" in total and "3 files consumed" in total
     examples = sum(s["examples"] for g in generations for s in g["splits"].values())
     assert f"{examples:,} examples" in total
+
+
+def test_status_of_inputs_that_match_nothing_or_were_not_recorded(grown: Path, capsys: pytest.CaptureFixture) -> None:
+    code, states, out = status(capsys, str(grown / "ds"), "--input", str(grown / "nowhere" / "*.jsonl"))
+    assert code == 0 and "no file matches" in out
+    assert set(states.values()) == {"unlisted"}
+    old = dataset_status(str(grown / "ds"))
+    old.manifest = replace(old.manifest, format_version=1)  # as a dataset written before inputs were recorded
+    assert "inputs: not recorded (format version 1)" in old.lines()[-1]
 
 
 def test_status_sorts_new_copied_changed_and_missing_inputs(grown: Path, pairs: list[dict[str, str]],

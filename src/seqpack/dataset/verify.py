@@ -1,6 +1,10 @@
 """``seqpack verify``: every shard against the manifest, byte for byte, before a long training run trusts it.
 
+A dataset is checked one generation after the other (``_verify_generation``), so each gets its line in the summary
+and a check that concerns a whole generation has one place to go.
+
     summary = verify_dataset("gs://bucket/out")         # sha256 of every shard, names the bad one
+    summary.generations[0].examples                      # what the oldest generation holds
 """
 
 from __future__ import annotations
