@@ -5,7 +5,8 @@ sha256). ``status`` lists the generations and their total, then sorts every inpu
 would (``seqpack.generations.plan_inputs``): consumed (by which generation), *new* (the backlog the next append
 reads), a copy of consumed content (skipped), *changed* since a generation consumed it (never read again:
 ``--rebuild`` starts over), or consumed but missing. No Beam: files are listed and hashed through fsspec, local
-paths keep the form the run recorded (``glob``, as Beam's local filesystem writes them).
+paths keep the form the run recorded (``glob``, as Beam's local filesystem writes them), so a relative pattern
+is read from the current directory, as ``--append`` reads it.
 
     status = dataset_status("out/")                          # the inputs the newest generation's run named
     status = dataset_status("out/", inputs=["in/*.jsonl"], rehash=True)
@@ -133,8 +134,12 @@ def dataset_status(url: str, *, inputs: Sequence[str] = (), rehash: bool = False
     status = DatasetStatus(url, manifest, patterns, given=bool(inputs))
     if not manifest.inputs_recorded or not patterns:
         return status
-    paths = _list_inputs(patterns, status.problems)
-    found = [FoundFile(path, *metadata(path)) for path in paths]
+    found = []
+    for path in _list_inputs(patterns, status.problems):
+        try:
+            found.append(FoundFile(path, *metadata(path)))
+        except FileNotFoundError:  # deleted since it was listed: as if never listed
+            continue
     plan = plan_inputs(found, manifest.generations, sha256_of=sha256_of, rehash=rehash)
     status.inputs = _states(plan, manifest)
     return status
