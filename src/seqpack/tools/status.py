@@ -79,7 +79,9 @@ class DatasetStatus:
         if not self.patterns:
             return ["inputs: none recorded in the manifest: pass --input GLOB to compare some with the dataset"]
         source = "given" if self.given else "the newest generation's --input"
-        lines = [f"inputs ({source}): {' '.join(self.patterns)}"]
+        relative = any("://" not in p and not os.path.isabs(p) for p in self.patterns)
+        where = f" (relative to {os.getcwd()}, as --append reads them)" if relative else ""
+        lines = [f"inputs ({source}): {' '.join(self.patterns)}{where}"]
         lines += [f"  {problem}" for problem in self.problems]
         width = max((len(entry.state) for entry in self.inputs), default=0)
         for entry in self.inputs:
