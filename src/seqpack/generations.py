@@ -103,14 +103,15 @@ def consumed_inputs(generations: Iterable[GenerationInfo]) -> dict[str, tuple[in
 
 
 def plan_inputs(
-    found: Iterable[FoundFile], generations: list[GenerationInfo], *, sha256_of: Callable[[str], str]
+    found: Iterable[FoundFile], generations: list[GenerationInfo], *, sha256_of: Callable[[str], str],
+    rehash: bool = False,
 ) -> InputPlan:
     """Sort ``found`` by content against what ``generations`` consumed.
 
     A file at a consumed path with the same size and modification time is taken as consumed without reading it
-    (as rsync and make do); otherwise it is hashed: the same content is consumed (it was only touched), other
-    content is *changed*. A file at a new path is hashed only when its size equals a consumed file's, since only
-    then can it be a copy; a copy is skipped, anything else is new.
+    (as rsync and make do), unless ``rehash``; otherwise it is hashed: the same content is consumed (it was only
+    touched), other content is *changed*. A file at a new path is hashed only when its size equals a consumed
+    file's, since only then can it be a copy; a copy is skipped, anything else is new.
     """
     by_path = consumed_inputs(generations)
     by_content = {c.sha256: c.path for g in generations for c in g.inputs}
@@ -121,7 +122,7 @@ def plan_inputs(
         seen.add(found_file.path)
         if found_file.path in by_path:
             generation, consumed = by_path[found_file.path]
-            if (found_file.size, found_file.modified) == (consumed.size, consumed.modified):
+            if not rehash and (found_file.size, found_file.modified) == (consumed.size, consumed.modified):
                 plan.consumed.append(found_file)
                 continue
             digest = sha256_of(found_file.path)

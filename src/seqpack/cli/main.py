@@ -1,7 +1,7 @@
-"""The ``seqpack`` command line: ``run``, ``demo``, ``verify``, ``inspect`` and ``report``.
+"""The ``seqpack`` command line: ``run``, ``demo``, ``verify``, ``inspect``, ``report``, ``stats`` and ``status``.
 
 Exit codes a scheduler can act on: 0 done, 2 usage or configuration error (nothing started), 1 the run
-failed and nothing was committed.
+failed and nothing was committed (``status``: an input changed after a generation consumed it).
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--random", type=_count, metavar="K", help="show K random blocks")
     inspect.add_argument("--seed", type=int, default=None, help="seed for --random")
     inspect.add_argument("--tokenizer", "-t", help="decode with this tokenizer instead of the dataset's")
+    inspect.add_argument("--generation", type=int, metavar="N",
+                         help="show only generation N's blocks, numbered from its first (0)")
     colors = inspect.add_mutually_exclusive_group()
     colors.add_argument("--plain", "--no-color", dest="color", action="store_false", default=None,
                         help="no colours: mark masked text ⟦like this⟧ (the default when not on a terminal)")
@@ -101,6 +103,17 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--split", default="train", help="split of the decoded sample blocks")
     report.add_argument("--blocks", type=_count, default=3, help="decoded sample blocks to show (default 3)")
     report.add_argument("--tokenizer", "-t", help="decode with this tokenizer instead of the dataset's")
+    stats = _command(commands, "stats", "print a dataset's statistics as JSON, every generation added up")
+    stats.add_argument("dataset", help="dataset directory or URL")
+    stats.add_argument("--generation", type=int, metavar="N", help="only generation N's, as its run wrote them")
+    status = _command(commands, "status", "list the generations, and the inputs not yet consumed or changed since",
+                      epilog="Exit code 1 when an input changed after a generation consumed it (it is never read "
+                      "again: --rebuild starts over), so a scheduler can alert; 0 otherwise.")
+    status.add_argument("dataset", help="dataset directory or URL")
+    status.add_argument("--input", "-i", action="extend", nargs="+", metavar="GLOB",
+                        help="compare these files, globs or directories (default: the newest generation's --input)")
+    status.add_argument("--rehash", action="store_true",
+                        help="hash every consumed file again instead of trusting an unchanged size and time")
     return parser
 
 
@@ -151,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _inspect(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "stats":
+            return _stats(args)
+        if args.command == "status":
+            return _status(args)
     except UsageError as error:
         print(f"seqpack: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -172,7 +189,7 @@ def _verify(dataset: str) -> int:
     except DatasetFormatError as error:
         print(f"seqpack: verify failed: {error}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"{dataset}: OK ({summary})")
+    print("\n".join(summary.lines(dataset)))
     return 0
 
 
@@ -182,7 +199,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
     try:
         inspection = inspect_blocks(args.dataset, split=args.split, rows=args.block or (),
-                                    random_count=args.random or 0, seed=args.seed, tokenizer=args.tokenizer)
+                                    random_count=args.random or 0, seed=args.seed, tokenizer=args.tokenizer,
+                                    generation=args.generation)
     except NoSuchBlock as error:
         print(f"seqpack: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -217,6 +235,33 @@ def _report(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(args.output)
     return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from seqpack.schemas import DatasetFormatError
+    from seqpack.schemas.stats import to_json
+    from seqpack.tools.stats import dataset_stats
+
+    try:
+        stats = dataset_stats(args.dataset, generation=args.generation)
+    except DatasetFormatError as error:
+        print(f"seqpack: stats failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(to_json(stats))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from seqpack.schemas import DatasetFormatError
+    from seqpack.tools.status import dataset_status
+
+    try:
+        status = dataset_status(args.dataset, inputs=args.input or (), rehash=args.rehash)
+    except (DatasetFormatError, OSError) as error:
+        print(f"seqpack: status failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(status.lines()))
+    return status.exit_code
 
 
 def console_main() -> None:

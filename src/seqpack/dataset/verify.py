@@ -1,12 +1,16 @@
 """``seqpack verify``: every shard against the manifest, byte for byte, before a long training run trusts it.
 
+A dataset is checked one generation after the other (``_verify_generation``), so each gets its line in the summary
+and a check that concerns a whole generation has one place to go.
+
     summary = verify_dataset("gs://bucket/out")         # sha256 of every shard, names the bad one
+    summary.generations[0].examples                      # what the oldest generation holds
 """
 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,48 +22,114 @@ from seqpack.dataset.footers import COLUMNS, IO_THREADS, open_shard, shard_error
 from seqpack.dataset.location import Location
 from seqpack.dataset.manifest_io import choose_splits, read_manifest
 from seqpack.schemas import MANIFEST_NAME, DatasetFormatError, Manifest, ShardInfo
+from seqpack.schemas.manifest import GenerationInfo
 
 _HASH_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
+class GenerationSummary:
+    """What :func:`verify_dataset` checked in one generation (its shards of the splits asked for)."""
+
+    id: int
+    directory: str
+    shards: int
+    bytes: int
+    rows: int
+    examples: int
+    tokens: int
+
+    def line(self) -> str:
+        """``generation 2  v000002  3 shards  41 rows  402 examples  12,345 tokens  OK``."""
+        shards = f"{self.shards:,} shard{'s' * (self.shards != 1)}"
+        return (
+            f"generation {self.id}  {self.directory or '.'}  {shards}  {self.rows:,} rows  {self.examples:,} examples"
+            f"  {self.tokens:,} tokens  OK"
+        )
+
+
+@dataclass(frozen=True)
 class VerifySummary:
-    """What :func:`verify_dataset` checked."""
+    """What :func:`verify_dataset` checked: the totals, and each generation's share (oldest first)."""
 
     splits: int
     shards: int
     bytes: int
     rows: int
+    examples: int = 0
+    tokens: int = 0
+    generations: tuple[GenerationSummary, ...] = ()
 
     def __str__(self) -> str:
         return f"{self.shards} shards in {self.splits} splits, {self.bytes:,} bytes, {self.rows:,} rows checked"
+
+    def lines(self, url: str) -> list[str]:
+        """What ``seqpack verify`` prints: one OK line, then for a dataset of several generations one line per
+        generation and their total."""
+        lines = [f"{url}: OK ({self})"]
+        if len(self.generations) > 1:
+            lines += [f"  {generation.line()}" for generation in self.generations]
+            lines.append(
+                f"  total: {len(self.generations)} generations  {self.shards:,} shards  {self.rows:,} rows  "
+                f"{self.examples:,} examples  {self.tokens:,} tokens  OK"
+            )
+        return lines
 
 
 def verify_dataset(
     url: str, *, splits: list[str] | None = None, storage_options: dict[str, Any] | None = None
 ) -> VerifySummary:
-    """Check every shard against the manifest: present, same size, same sha256, block schema, row count.
+    """Check every shard against the manifest: present, same size, same sha256, block schema, row count; one
+    generation after the other.
 
     Raises one ``DatasetFormatError`` that names every bad file; prints nothing.
     """
     location = Location.of(url, storage_options)
     manifest = read_manifest(location)[0]
     chosen = choose_splits(manifest, splits, location)
-    shards = [shard for name in chosen for shard in manifest.splits[name].shards]
-    with ThreadPoolExecutor(max_workers=max(1, min(IO_THREADS, len(shards)))) as pool:
-        problems = [p for p in pool.map(lambda s: _verify_shard(location, manifest, s), shards) if p]
+    checked: list[GenerationSummary] = []
+    problems: list[str] = []
+    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
+        for generation in manifest.generations:
+            summary, found = _verify_generation(location, manifest, generation, chosen, pool)
+            checked.append(summary)
+            problems += found
+    shards = sum(g.shards for g in checked)
     if problems:
         raise DatasetFormatError(
-            f"{len(problems)} of {len(shards)} shards in {location.url} do not match {MANIFEST_NAME}:\n  "
+            f"{len(problems)} of {shards} shards in {location.url} do not match {MANIFEST_NAME}:\n  "
             + "\n  ".join(problems)
             + "\nRe-copy these files from the original output, or rebuild the dataset."
         )
     return VerifySummary(
         splits=len(chosen),
+        shards=shards,
+        bytes=sum(g.bytes for g in checked),
+        rows=sum(g.rows for g in checked),
+        examples=sum(g.examples for g in checked),
+        tokens=sum(g.tokens for g in checked),
+        generations=tuple(checked),
+    )
+
+
+def _verify_generation(
+    location: Location, manifest: Manifest, generation: GenerationInfo, splits: list[str], pool: Executor
+) -> tuple[GenerationSummary, list[str]]:
+    """Check one generation's shards of ``splits``: what was checked, and a line per problem found.
+
+    Every check that concerns a generation as a whole belongs here, after its shards are checked."""
+    shards = [shard for name in splits if name in generation.splits for shard in generation.splits[name].shards]
+    problems = [p for p in pool.map(lambda s: _verify_shard(location, manifest, s), shards) if p]
+    summary = GenerationSummary(
+        id=generation.id,
+        directory=generation.directory,
         shards=len(shards),
         bytes=sum(s.bytes for s in shards),
         rows=sum(s.rows for s in shards),
+        examples=sum(s.examples for s in shards),
+        tokens=sum(s.tokens for s in shards),
     )
+    return summary, problems
 
 
 def _verify_shard(location: Location, manifest: Manifest, shard: ShardInfo) -> str | None:

@@ -2,4 +2,6 @@
 
 - :mod:`seqpack.tools.blocks`: ``seqpack inspect``, decoded blocks in the terminal.
 - :mod:`seqpack.tools.report`: ``seqpack report``, one self-contained HTML file with plots.
+- :mod:`seqpack.tools.stats`: ``seqpack stats``, the statistics of every generation added up, or of one.
+- :mod:`seqpack.tools.status`: ``seqpack status``, the generations, and the inputs not consumed yet or changed since.
 """

@@ -58,6 +58,10 @@ class NoSuchBlock(InspectError):
     """A block number outside the split: a usage error."""
 
 
+class NoSuchGeneration(NoSuchBlock):
+    """A generation the dataset does not have: a usage error."""
+
+
 # ------------------------------------------------------------------------------------------------ the views
 
 
@@ -81,11 +85,14 @@ class BlockView:
 
     split: str
     index: int
-    """Row number in the split, counting across shards in manifest order (what ``--block`` takes)."""
+    """Row number in the split, counting across shards in manifest order (what ``--block`` takes); with
+    ``generation``, counting from that generation's first row."""
     examples: tuple[ExampleView, ...]
     real_tokens: int
     length: int
     """Tokens in the row, padding included."""
+    generation: int | None = None
+    """Set when the block was picked among one generation's blocks (``inspect --generation``)."""
 
     @property
     def fill(self) -> float:
@@ -95,8 +102,9 @@ class BlockView:
         """The block's one-line summary: ``block 3 (train): 11 examples, 245 of 256 tokens real, fill 95.7%``."""
         count = len(self.examples)
         noun = "example" if count == 1 else "examples"
+        where = self.split if self.generation is None else f"{self.split}, generation {self.generation}"
         return (
-            f"block {self.index} ({self.split}): {count} {noun}, {self.real_tokens:,} of {self.length:,} "
+            f"block {self.index} ({where}): {count} {noun}, {self.real_tokens:,} of {self.length:,} "
             f"tokens real, fill {self.fill:.1%}"
         )
 
@@ -142,6 +150,7 @@ def block_view(
     seq_lens: Sequence[int],
     split: str,
     index: int,
+    generation: int | None = None,
 ) -> BlockView:
     """Decode one block row: its examples are cut by ``seq_lens``; what follows them is padding."""
     ids = np.asarray(input_ids, dtype=np.int64)
@@ -151,7 +160,8 @@ def block_view(
         end = start + int(length)
         examples.append(example_view(decode, ids[start:end], labs[start:end]))
         start = end
-    return BlockView(split=split, index=index, examples=tuple(examples), real_tokens=start, length=len(ids))
+    return BlockView(split=split, index=index, examples=tuple(examples), real_tokens=start, length=len(ids),
+                     generation=generation)
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -266,15 +276,17 @@ def load_dataset_tokenizer(url: str, manifest: Manifest, override: str | None = 
 
 
 def choose_rows(
-    num_rows: int, *, blocks: Sequence[int] = (), random_count: int = 0, seed: int | None = None
+    num_rows: int, *, blocks: Sequence[int] = (), random_count: int = 0, seed: int | None = None,
+    where: str = "the split",
 ) -> tuple[list[int], list[int]]:
     """Which rows to show: the ones asked for (negative counts from the end), ``random_count`` distinct random
     ones (sorted, so shards are read in order), or the first one; and the blocks asked for that do not exist.
 
     A block past the end does not stop the others from being shown: ``inspect`` prints them, then one error
-    line (``missing_blocks``). Raises ``NoSuchBlock`` only when there is nothing at all to show."""
+    line (``missing_blocks``). Raises ``NoSuchBlock`` only when there is nothing at all to show. ``where`` names
+    what the rows are of, in messages ("the split", "generation 2 in split train")."""
     if num_rows == 0:
-        raise NoSuchBlock("the split has no blocks to show")
+        raise NoSuchBlock(f"{where} has no blocks to show")
     if random_count:
         return sorted(random.Random(seed).sample(range(num_rows), min(random_count, num_rows))), []
     rows, missing = [], []
@@ -285,32 +297,61 @@ def choose_rows(
         else:
             missing.append(block)
     if not rows:
-        raise NoSuchBlock(missing_blocks(missing, num_rows))
+        raise NoSuchBlock(missing_blocks(missing, num_rows, where))
     return rows, missing
 
 
-def missing_blocks(missing: Sequence[int], num_rows: int) -> str:
+def missing_blocks(missing: Sequence[int], num_rows: int, where: str = "the split") -> str:
     """One line for the blocks that do not exist: ``blocks 500, -900 do not exist: the split has 120 blocks
     (0 to 119)``."""
     which = f"block {missing[0]} does" if len(missing) == 1 else f"blocks {', '.join(map(str, missing))} do"
-    return f"{which} not exist: the split has {num_rows:,} blocks (0 to {num_rows - 1:,}, or -1 to -{num_rows:,})"
+    return f"{which} not exist: {where} has {num_rows:,} blocks (0 to {num_rows - 1:,}, or -1 to -{num_rows:,})"
 
 
-def read_rows(shards: ShardSet, rows: Iterable[int]) -> Iterator[tuple[int, dict[str, list[int]]]]:
-    """``(row, columns)`` for each row asked for, reading each row group at most once in a row."""
+@dataclass(frozen=True)
+class GenerationRows:
+    """One generation's part of a split: rows ``offset`` to ``offset + rows - 1`` of the split, since a split
+    lists its generations' shards oldest first."""
+
+    id: int
+    directory: str
+    offset: int
+    rows: int
+
+
+def generation_rows(manifest: Manifest, split: str) -> list[GenerationRows]:
+    """Where each generation's blocks lie in ``split``, oldest first (a generation without the split has none)."""
+    parts, offset = [], 0
+    for generation in manifest.generations:
+        rows = generation.splits[split].rows if split in generation.splits else 0
+        parts.append(GenerationRows(generation.id, generation.directory, offset, rows))
+        offset += rows
+    return parts
+
+
+def read_rows(
+    shards: ShardSet, rows: Iterable[int], offset: int = 0
+) -> Iterator[tuple[int, dict[str, list[int]]]]:
+    """``(row, columns)`` for each row asked for (row ``offset + row`` of the split), reading each row group at
+    most once in a row."""
     ends = np.cumsum(shards.unit_rows)
     cached: tuple[int, Any] | None = None
-    for row in rows:
+    for asked in rows:
+        row = asked + offset
         unit = int(np.searchsorted(ends, row, side="right"))
         if cached is None or cached[0] != unit:
             cached = (unit, shards.read_unit(unit))
-        offset = row - (int(ends[unit - 1]) if unit else 0)
-        values = cached[1].slice(offset, 1).to_pylist()[0]
-        yield row, values
+        within = row - (int(ends[unit - 1]) if unit else 0)
+        values = cached[1].slice(within, 1).to_pylist()[0]
+        yield asked, values
 
 
-def decoded_blocks(shards: ShardSet, rows: Iterable[int], decode: Decode) -> Iterator[BlockView]:
-    for row, values in read_rows(shards, rows):
+def decoded_blocks(
+    shards: ShardSet, rows: Iterable[int], decode: Decode, *, generation: GenerationRows | None = None
+) -> Iterator[BlockView]:
+    """The blocks at ``rows`` of the split, or of one generation's part of it, decoded."""
+    offset = generation.offset if generation else 0
+    for row, values in read_rows(shards, rows, offset):
         yield block_view(
             decode,
             input_ids=values["input_ids"],
@@ -318,6 +359,7 @@ def decoded_blocks(shards: ShardSet, rows: Iterable[int], decode: Decode) -> Ite
             seq_lens=values["seq_lens"],
             split=shards.split,
             index=row,
+            generation=generation.id if generation else None,
         )
 
 
@@ -332,10 +374,28 @@ class Inspection:
     blocks: list[BlockView]
     missing: str | None = None
     """An error line for requested blocks that do not exist, printed after the blocks that do."""
+    generations: tuple[GenerationRows, ...] = ()
+    """Each generation's blocks in the split."""
+    generation: GenerationRows | None = None
+    """The generation shown (``--generation``): ``num_rows`` and block numbers are then its own."""
 
     def header(self) -> str:
+        """``out · split train · 43 blocks in 3 generations (1: 10, 2: 20, 3: 13) · tokenizer tok/``; a dataset of
+        one generation leaves the generations out, one generation shown says which and how many blocks in all."""
         blocks = f"{self.num_rows:,} block{'s' * (self.num_rows != 1)}"
+        total = sum(part.rows for part in self.generations)
+        if self.generation is not None:
+            where = f"generation {self.generation.id} ({self.generation.directory or '.'}) of {len(self.generations)}"
+            blocks = f"{where} · split {self.split} · {blocks} of {total:,}"
+            return f"{self.url} · {blocks} · tokenizer {self.tokenizer.spec}"
+        if len(self.generations) > 1:
+            parts = [f"{part.id}: {part.rows:,}" for part in self.generations]
+            listed = ", ".join(parts if len(parts) <= _LISTED else [*parts[:_LISTED - 1], "…", parts[-1]])
+            blocks += f" in {len(self.generations)} generations ({listed})"
         return f"{self.url} · split {self.split} · {blocks} · tokenizer {self.tokenizer.spec}"
+
+
+_LISTED = 12  # generations listed in the header; more are elided in the middle
 
 
 def inspect_blocks(
@@ -346,20 +406,36 @@ def inspect_blocks(
     random_count: int = 0,
     seed: int | None = None,
     tokenizer: str | None = None,
+    generation: int | None = None,
 ) -> Inspection:
-    """Open the dataset, pick the rows, decode them. Raises ``DatasetFormatError`` for a bad dataset and
-    ``InspectError`` when no requested block exists or the tokenizer cannot be loaded; requested blocks that
+    """Open the dataset, pick the rows, decode them; with ``generation``, among that generation's blocks only,
+    numbered from its first. Raises ``DatasetFormatError`` for a bad dataset and ``InspectError`` when no
+    requested block exists, the generation does not, or the tokenizer cannot be loaded; requested blocks that
     do not exist among ones that do are named in ``Inspection.missing``."""
     shards = ShardSet.open(url, split=split)
     try:
-        chosen, missing = choose_rows(shards.num_rows, blocks=rows, random_count=random_count, seed=seed)
+        parts = generation_rows(shards.manifest, split)
+        shown = _generation_part(parts, generation)
+        num_rows, where = (shards.num_rows, "the split") if shown is None else (
+            shown.rows, f"generation {shown.id} in split {split}")
+        chosen, missing = choose_rows(num_rows, blocks=rows, random_count=random_count, seed=seed, where=where)
         loaded = load_dataset_tokenizer(url, shards.manifest, tokenizer)
-        blocks = list(decoded_blocks(shards, chosen, loaded.decode))
+        blocks = list(decoded_blocks(shards, chosen, loaded.decode, generation=shown))
     finally:
         shards.close()
     return Inspection(
-        url=url, split=split, num_rows=shards.num_rows, tokenizer=loaded, blocks=blocks,
-        missing=missing_blocks(missing, shards.num_rows) if missing else None,
+        url=url, split=split, num_rows=num_rows, tokenizer=loaded, blocks=blocks,
+        missing=missing_blocks(missing, num_rows, where) if missing else None,
+        generations=tuple(parts), generation=shown,
+    )
+
+
+def _generation_part(parts: Sequence[GenerationRows], generation: int | None) -> GenerationRows | None:
+    found = [part for part in parts if part.id == generation]
+    if generation is None or found:
+        return found[0] if found else None
+    raise NoSuchGeneration(
+        f"the dataset has no generation {generation}; it has {', '.join(str(part.id) for part in parts)}"
     )
 
 

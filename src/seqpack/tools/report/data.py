@@ -1,10 +1,10 @@
-"""What the report shows, read from the dataset: the run's statistics, a few rejected records per reason, figures
-per block from the shards' small ``seq_lens`` column, and a few decoded blocks.
+"""What the report shows, read from the dataset: the statistics (every generation's added up), a few rejected
+records per reason, figures per block from the shards' small ``seq_lens`` column, and a few decoded blocks.
 
 Shards are read through :class:`seqpack.dataset.ShardSet`, so the report gets the same checks and errors as the
 loader and ``seqpack inspect``.
 
-    stats = read_stats("out/", manifest)
+    stats = read_stats("out/", manifest)          # every generation's stats.json added up
     blocks = block_stats("out/", manifest)        # samples row groups evenly past MAX_UNITS
 """
 
@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 
 from seqpack.dataset import Location, ShardSet
-from seqpack.schemas import REJECTED_FILE, STATS_NAME, DatasetFormatError, Manifest, RejectedLine
-from seqpack.schemas import stats as stats_format
+from seqpack.schemas import REJECTED_FILE, Manifest, RejectedLine
 from seqpack.tools.blocks import BlockView, decoded_blocks, load_dataset_tokenizer
+from seqpack.tools.stats import generation_file, generation_stats, total_stats
 
 EXAMPLES_PER_REASON = 3
 REJECTED_SCAN_BYTES = 64 << 20
@@ -76,27 +76,44 @@ def block_stats(url: str, manifest: Manifest, *, max_units: int = MAX_UNITS) -> 
 
 @dataclass
 class RejectedSamples:
-    """A few raw rejected records per reason, read from the start of ``rejected.jsonl``."""
+    """A few raw rejected records per reason, read from the start of each generation's ``rejected.jsonl``."""
 
     by_reason: dict[str, list[RejectedLine]] = field(default_factory=dict)
     truncated_scan: bool = False
-    path: str = REJECTED_FILE
-    """The file, relative to the dataset directory."""
+    paths: list[str] = field(default_factory=list)
+    """The files that hold every rejected record (one per generation that rejected any), relative to the dataset
+    directory."""
 
 
 def rejected_samples(
     url: str, manifest: Manifest, reasons: Iterable[str], *, per_reason: int = EXAMPLES_PER_REASON
 ) -> RejectedSamples:
+    """Up to ``per_reason`` raw records per reason, oldest generation first, reading at most
+    ``REJECTED_SCAN_BYTES`` in all."""
     location = Location.of(url)
-    path = location.path(manifest.path_of(REJECTED_FILE))
-    samples = RejectedSamples({reason: [] for reason in reasons}, path=manifest.path_of(REJECTED_FILE))
-    if not samples.by_reason or not location.fs.exists(path):
+    candidates = [generation_file(g, REJECTED_FILE) for g in manifest.generations]
+    samples = RejectedSamples({reason: [] for reason in reasons})
+    if not samples.by_reason:
         return samples
-    read = 0
-    with location.fs.open(path, "rb") as handle:
+    samples.paths = [path for path in candidates if location.fs.exists(location.path(path))]
+    budget = REJECTED_SCAN_BYTES
+    for path in samples.paths:
+        budget = _scan_rejected(location, path, samples, per_reason, budget)
+        if budget <= 0 or _enough(samples, per_reason):
+            break
+    return samples
+
+
+def _enough(samples: RejectedSamples, per_reason: int) -> bool:
+    return all(len(found) >= per_reason for found in samples.by_reason.values())
+
+
+def _scan_rejected(location: Location, path: str, samples: RejectedSamples, per_reason: int, budget: int) -> int:
+    """Take samples from one ``rejected.jsonl``; return the bytes left to read."""
+    with location.fs.open(location.path(path), "rb") as handle:
         for line in handle:
-            read += len(line)
-            if read > REJECTED_SCAN_BYTES:
+            budget -= len(line)
+            if budget < 0:
                 samples.truncated_scan = True
                 break
             try:
@@ -108,20 +125,15 @@ def rejected_samples(
             found = samples.by_reason.setdefault(str(entry.get("reason")), [])
             if len(found) < per_reason:
                 found.append(entry)
-            if all(len(found) >= per_reason for found in samples.by_reason.values()):
+            if _enough(samples, per_reason):
                 break
-    return samples
+    return budget
 
 
 def read_stats(url: str, manifest: Manifest) -> dict[str, Any]:
-    """The dataset's ``stats.json``, checked field by field (``DatasetFormatError`` if missing or damaged)."""
-    location = Location.of(url)
-    relative = manifest.path_of(STATS_NAME)
-    path = location.path(relative)
-    if not location.fs.isfile(path):
-        raise DatasetFormatError(f"{location.name(relative)} is missing: the report needs the run's statistics")
-    with location.fs.open(path, "rb") as handle:
-        return stats_format.parse(handle.read(), location.name(relative))
+    """The dataset's statistics: every generation's ``stats.json``, checked field by field and added up
+    (``DatasetFormatError`` if one is missing or damaged)."""
+    return total_stats(generation_stats(url, manifest).values())
 
 
 def sample_blocks(url: str, manifest: Manifest, *, split: str, count: int, tokenizer: str | None) -> list[BlockView]:

@@ -24,7 +24,6 @@ from seqpack.tools.report.data import (
     BlockStats,
     RejectedSamples,
     block_stats,
-    read_stats,
     rejected_samples,
     sample_blocks,
 )
@@ -35,6 +34,7 @@ from seqpack.tools.report.plots import (
     pow2_histogram_figure,
     require_matplotlib,
 )
+from seqpack.tools.stats import generation_stats, total_stats
 
 RAW_CHARS = 400
 """How much of a rejected record's raw text the report shows."""
@@ -67,7 +67,30 @@ def _by_reason(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{reason} {count:,}" for reason, count in sorted(counts.items())) or "none"
 
 
-def summary_section(url: str, manifest: Manifest, stats: Mapping[str, Any]) -> str:
+def generations_table(manifest: Manifest, per_generation: Mapping[int, Mapping[str, Any]],
+                      stats: Mapping[str, Any]) -> str:
+    """One row per generation (oldest first), then the total: what each run added to the dataset."""
+    rows = []
+    for generation in manifest.generations:
+        part = per_generation[generation.id]
+        inputs = _files(len(generation.inputs)) if manifest.inputs_recorded else "not recorded"
+        rows.append((generation.id, generation.committed_at or "-", inputs, f"{generation.examples:,}",
+                     f"{generation.tokens:,}", f"{part.get('fill', 0.0):.2%}", f"{part.get('records_rejected', 0):,}"))
+    generations = manifest.generations
+    consumed = _files(sum(len(g.inputs) for g in generations)) if manifest.inputs_recorded else ""
+    rows.append((f"total ({len(generations)})", "", consumed, f"{sum(g.examples for g in generations):,}",
+                 f"{sum(g.tokens for g in generations):,}", f"{stats.get('fill', 0.0):.2%}",
+                 f"{stats.get('records_rejected', 0):,}"))
+    headers = ["generation", "committed at (UTC)", "inputs consumed", "examples", "tokens", "fill", "rejected"]
+    return f"<h3>Generations</h3>{_table(headers, rows)}"
+
+
+def _files(count: int) -> str:
+    return f"{count:,} file{'s' * (count != 1)}"
+
+
+def summary_section(url: str, manifest: Manifest, stats: Mapping[str, Any],
+                    per_generation: Mapping[int, Mapping[str, Any]] | None = None) -> str:
     written = sum(stats.get("examples_by_split", {}).values())
     records = [
         ("records read", f"{stats.get('records_read', 0):,}"),
@@ -104,7 +127,8 @@ def summary_section(url: str, manifest: Manifest, stats: Mapping[str, Any]) -> s
         f"<div><h3>Records</h3>{_table([], records)}</div>"
         f"<div><h3>Tokens</h3>{_table([], tokens)}</div>"
         f"<div><h3>Blocks</h3>{_table([], blocks)}</div>"
-        f"</div><h3>Splits</h3>{splits}</section>"
+        f"</div><h3>Splits</h3>{splits}"
+        f"{generations_table(manifest, per_generation, stats) if per_generation else ''}</section>"
     )
 
 
@@ -205,9 +229,12 @@ def rejected_section(stats: Mapping[str, Any], samples: RejectedSamples) -> str:
         else "<p>No example was dropped.</p>"
     )
     scan = "<p>Examples come from the first 64 MiB of rejected.jsonl.</p>" if samples.truncated_scan else ""
+    where = (
+        f"<p>All of them are in {esc(', '.join(samples.paths))}, raw, with their file and line.</p>" if samples.paths
+        else ""
+    )
     return (
-        f'<section id="rejected"><h2>Rejected records</h2><p>All of them are in {esc(samples.path)}, raw, with '
-        f"their file and line.</p>{table}{scan}{dropped_html}</section>"
+        f'<section id="rejected"><h2>Rejected records</h2>{where}{table}{scan}{dropped_html}</section>'
     )
 
 
@@ -258,7 +285,8 @@ def build_report(
     ``MissingDependencyError`` without matplotlib; a tokenizer that cannot be loaded only costs the samples."""
     require_matplotlib()
     manifest = open_manifest(url)
-    stats = read_stats(url, manifest)
+    per_generation = generation_stats(url, manifest)
+    stats = total_stats(per_generation.values())
     block_figures = block_stats(url, manifest, max_units=max_units)
     samples = rejected_samples(url, manifest, stats["rejected_by_reason"])
     problem = None
@@ -267,7 +295,7 @@ def build_report(
     except InspectError as error:
         decoded, problem = [], str(error)
     sections = [
-        summary_section(url, manifest, stats),
+        summary_section(url, manifest, stats, per_generation),
         lengths_section(manifest, stats, block_figures),
         blocks_section(block_figures),
         rejected_section(stats, samples),
