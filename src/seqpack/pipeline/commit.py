@@ -55,7 +55,7 @@ from seqpack.schemas import (
     revision_of,
 )
 from seqpack.schemas import stats as stats_format
-from seqpack.schemas.layout import RUN_MARKER_SUFFIX
+from seqpack.schemas.layout import DEDUP_DIR, DEDUP_KEY_FILES, RUN_MARKER_SUFFIX
 from seqpack.schemas.manifest import ConsumedInput, GenerationInfo, merged_splits
 from seqpack.transforms.write import write_atomically
 
@@ -273,10 +273,10 @@ def _revision_files(destination: Destination) -> list[str]:
     names = [STATS_NAME]
     if FileSystems.exists(FileSystems.join(destination.root, REJECTED_FILE)):
         names.append(REJECTED_FILE)
-    tokenizer_prefix = FileSystems.join(destination.root, TOKENIZER_DIR) + "/"
-    names += sorted(
-        TOKENIZER_DIR + "/" + path[len(tokenizer_prefix) :] for path in _match(tokenizer_prefix + "*")
-    )
+    # The extended tokenizer (--add-special-tokens); the dedup key files (--dedup exact).
+    for directory, pattern in ((TOKENIZER_DIR, "*"), (DEDUP_DIR, DEDUP_KEY_FILES)):
+        prefix = FileSystems.join(destination.root, directory) + "/"
+        names += sorted(directory + "/" + path[len(prefix) :] for path in _match(prefix + pattern))
     return [f"{destination.directory}/{name}" for name in names]
 
 
