@@ -345,7 +345,8 @@ def commit(
     lock.check()  # a launcher that was stopped gave its lock back: its job must not commit
     stats = stats_format.finalize(json.loads(json.dumps(stats)))  # as a reader sees them: string keys
     stats_format.check_identity(stats)
-    check_enough_written(stats, config.max_reject_fraction, FileSystems.join(destination.root, REJECTED_FILE))
+    check_enough_written(stats, config.max_reject_fraction, FileSystems.join(destination.root, REJECTED_FILE),
+                         appending=bool(destination.kept))
     write_atomically(FileSystems.join(destination.root, STATS_NAME), stats_format.to_json(stats).encode())
     manifest = build_manifest(config, tokenizer, shards, destination, _revision_files(destination),
                               inputs=list(inputs or []), replaces=replaces, examples_digest=examples_digest)
