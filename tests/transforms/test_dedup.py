@@ -104,3 +104,10 @@ def test_records_an_earlier_generation_holds_are_dropped_and_counted(tmp_path: P
 
 def test_without_earlier_generations_dedup_is_unchanged() -> None:
     run_dedup([pair(1, "b:1"), pair(1, "a:9"), pair(2, "a:3")], [], kept=[pair(1, "a:9"), pair(2, "a:3")], dropped=1)
+
+
+def test_the_format_doc_gives_the_partition_function() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "format.md").read_text()
+    assert f'`int.from_bytes(k[:4], "big") % {DEDUP_PARTITIONS}`' in doc
+    key = bytes(range(16))
+    assert partition_of(key) == int.from_bytes(key[:4], "big") % DEDUP_PARTITIONS

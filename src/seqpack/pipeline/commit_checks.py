@@ -30,7 +30,7 @@ def check_enough_written(stats: dict[str, Any], max_reject_fraction: float, reje
     written = sum(stats["examples_by_split"].values())
     if read == 0:
         raise TooFewWritten("no records were read from the inputs: nothing to write, nothing was committed")
-    only_duplicates = appending and set(stats["dropped_by_reason"]) <= {DUPLICATE}
+    only_duplicates = appending and stats["examples_dropped"] > 0 and set(stats["dropped_by_reason"]) == {DUPLICATE}
     if (written or only_duplicates) and rejected <= max_reject_fraction * read:
         return
     dropped = stats["examples_dropped"]
