@@ -53,10 +53,10 @@ class KeepFirstDoFn(StatsDoFn):
 
     def process(self, group: tuple[bytes, Iterable[Rendered | None]]) -> Iterator[Any]:
         key, values = group
-        values = list(values)
-        copies = [value for value in values if value is not EARLIER]
+        grouped = list(values)
+        copies = [value for value in grouped if value is not EARLIER]
         dropped = len(copies)
-        if copies and len(copies) == len(values):  # no EARLIER marker: no earlier generation holds it
+        if copies and len(copies) == len(grouped):  # no EARLIER marker: no earlier generation holds it
             yield min(copies, key=origin_order)
             yield beam.pvalue.TaggedOutput(KEYS_TAG, key)
             dropped -= 1
