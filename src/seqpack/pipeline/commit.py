@@ -273,8 +273,7 @@ def _revision_files(destination: Destination) -> list[str]:
     names = [STATS_NAME]
     if FileSystems.exists(FileSystems.join(destination.root, REJECTED_FILE)):
         names.append(REJECTED_FILE)
-    # The extended tokenizer (--add-special-tokens); the dedup key files (--dedup exact).
-    for directory, pattern in ((TOKENIZER_DIR, "*"), (DEDUP_DIR, DEDUP_KEY_FILES)):
+    for directory, pattern in ((TOKENIZER_DIR, "*"), (DEDUP_DIR, DEDUP_KEY_FILES)):  # --add-special-tokens, --dedup
         prefix = FileSystems.join(destination.root, directory) + "/"
         names += sorted(directory + "/" + path[len(prefix) :] for path in _match(prefix + pattern))
     return [f"{destination.directory}/{name}" for name in names]
