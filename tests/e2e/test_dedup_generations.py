@@ -5,6 +5,7 @@ bytes whatever the workers."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,6 +16,9 @@ from transformers import AutoTokenizer
 from seqpack import IGNORE_INDEX
 from seqpack.cli.main import main
 from seqpack.dataset.verify import verify_dataset
+from seqpack.pipeline.build import earlier_key_files
+from seqpack.pipeline.commit import Destination
+from seqpack.schemas import Manifest
 from seqpack.schemas.dedup_keys import KEY_BYTES
 from seqpack.schemas.layout import DEDUP_DIR, is_dedup_key_file
 from seqpack.schemas.stats import check_identity
@@ -132,3 +136,16 @@ def test_generations_are_the_same_bytes_whatever_the_workers(grown: Path, inputs
     run([a, b], again, tokenizer_dir, *TWO_WORKERS, "--append")
     for generation in manifest(again)["generations"]:
         assert files_of(again, generation["directory"]) == files_of(grown, generation["directory"])
+
+
+def test_the_job_reads_the_key_files_of_the_generations_it_joins(grown: Path, caplog: pytest.LogCaptureFixture
+                                                                 ) -> None:
+    previous = Manifest.from_json((grown / "manifest.json").read_text(), where="manifest.json")
+    listed = [str(grown / p) for g in previous.generations for p in g.files if is_dedup_key_file(p)]
+    kept_all = Destination(output=str(grown), revision=9, previous=previous, kept=(1, 2, 3))
+    assert earlier_key_files(kept_all) == listed and not caplog.records, "generation 3 is empty: no keys, no warning"
+    assert earlier_key_files(Destination(output=str(grown), revision=9, previous=previous)) == [], "--rebuild"
+    first = previous.generations[0]
+    older = replace(previous, generations=[replace(first, files=[p for p in first.files if not is_dedup_key_file(p)])])
+    assert earlier_key_files(Destination(output=str(grown), revision=9, previous=older, kept=(1,))) == []
+    assert "generation 1" in caplog.text and "no dedup key files" in caplog.text
