@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.config import RunConfig
 from seqpack.generations import FoundFile
 from seqpack.masking import masks_example_starts
+from seqpack.pipeline.commit import Destination
 from seqpack.pipeline.commit_step import CommitDoFn, CommitPlan
 from seqpack.pipeline.runners import resolve_shuffle
 from seqpack.prompt_templates import make_template
+from seqpack.schemas.layout import is_dedup_key_file
 from seqpack.tokenizer import BackendPlan
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
-from seqpack.transforms.dedup import DropExactDuplicates
+from seqpack.transforms.dedup import KEYS_TAG, DropExactDuplicates, WriteKeyFiles
 from seqpack.transforms.hash_inputs import HashInputs
 from seqpack.transforms.pack import PackOptions, ShuffleAndPack
 from seqpack.transforms.read import ReadRecords
@@ -101,6 +105,21 @@ def _tokenize_fn(config: RunConfig, spill_dir: str, backend: BackendPlan | None)
     return ChatTokenizeDoFn(options, spill_dir) if config.is_chat else TokenizeDoFn(options, spill_dir, backend)
 
 
+def earlier_key_files(destination: Destination) -> list[str]:
+    """The dedup key files of the generations the new one joins (``--append``): what it must not repeat."""
+    paths = []
+    for generation in destination.kept_generations:
+        found = [path for path in generation.files if is_dedup_key_file(path)]
+        if not found and generation.examples:
+            logging.getLogger("seqpack").warning(
+                "generation %d of %s has no dedup key files (a seqpack older than its --dedup exact wrote it): "
+                "pairs it holds are not dropped from this generation; seqpack run --rebuild dedups the whole "
+                "dataset", generation.id, destination.output,
+            )
+        paths += [FileSystems.join(destination.output, path) for path in found]
+    return paths
+
+
 def build_pipeline(
     pipeline: beam.Pipeline,
     config: RunConfig,
@@ -117,7 +136,9 @@ def build_pipeline(
     ``backend``: the Rust tokenizer the driver saved for the workers (``tokenizer.BackendPlan``); without it
     every worker loads the tokenizer through ``transformers``. ``--shuffle auto`` is resolved for the pipeline's
     runner here (``runners.resolve_shuffle``). ``found``: the input files as the driver listed them; the job
-    hashes them to record what the generation consumed (``transforms.hash_inputs``).
+    hashes them to record what the generation consumed (``transforms.hash_inputs``). With ``--dedup exact``
+    the generation stores the keys of the records it kept, and drops those the generations it joins stored
+    (``transforms.dedup``).
     """
     staging, revision_root = plan.destination.staging, plan.destination.root
     read = pipeline | "ReadRecords" >> ReadRecords(files, max_record_bytes=config.max_record_bytes)
@@ -126,9 +147,14 @@ def build_pipeline(
     )
     batches, dedup_stats = rendered.pairs, []
     if config.dedup == "exact":
-        deduped = batches | "OnePerElement" >> beam.FlatMap(list) | "DropExactDuplicates" >> DropExactDuplicates()
+        deduped = (
+            batches
+            | "OnePerElement" >> beam.FlatMap(list)
+            | "DropExactDuplicates" >> DropExactDuplicates(earlier_key_files(plan.destination))
+        )
         batches = deduped.kept | "Rebatch" >> beam.BatchElements(min_batch_size=64, max_batch_size=512)
-        dedup_stats = [deduped[STATS_TAG]]
+        key_files = deduped[KEYS_TAG] | "WriteKeyFiles" >> WriteKeyFiles(revision_root)
+        dedup_stats = [deduped[STATS_TAG], key_files[STATS_TAG]]  # the commit lists the key files: it waits
     spill_dir = FileSystems.join(staging, SPILL_DIR)
     tokenized = batches | "Tokenize" >> beam.ParDo(_tokenize_fn(config, spill_dir, backend)).with_outputs(
         REJECTED_TAG, STATS_TAG, main="spills"

@@ -61,7 +61,7 @@ from seqpack.schemas import (
     revision_of,
 )
 from seqpack.schemas import stats as stats_format
-from seqpack.schemas.layout import RUN_MARKER_SUFFIX
+from seqpack.schemas.layout import DEDUP_DIR, DEDUP_KEY_FILES, RUN_MARKER_SUFFIX
 from seqpack.schemas.manifest import ConsumedInput, GenerationInfo, merged_splits
 from seqpack.transforms.write import write_atomically
 
@@ -279,10 +279,9 @@ def _revision_files(destination: Destination) -> list[str]:
     names = [STATS_NAME]
     if FileSystems.exists(FileSystems.join(destination.root, REJECTED_FILE)):
         names.append(REJECTED_FILE)
-    tokenizer_prefix = FileSystems.join(destination.root, TOKENIZER_DIR) + "/"
-    names += sorted(
-        TOKENIZER_DIR + "/" + path[len(tokenizer_prefix) :] for path in match_paths(tokenizer_prefix + "*")
-    )
+    for directory, pattern in ((TOKENIZER_DIR, "*"), (DEDUP_DIR, DEDUP_KEY_FILES)):  # --add-special-tokens, --dedup
+        prefix = FileSystems.join(destination.root, directory) + "/"
+        names += sorted(directory + "/" + path[len(prefix) :] for path in match_paths(prefix + pattern))
     return [f"{destination.directory}/{name}" for name in names]
 
 
@@ -351,7 +350,8 @@ def commit(
     lock.check()  # a launcher that was stopped gave its lock back: its job must not commit
     stats = stats_format.finalize(json.loads(json.dumps(stats)))  # as a reader sees them: string keys
     stats_format.check_identity(stats)
-    check_enough_written(stats, config.max_reject_fraction, FileSystems.join(destination.root, REJECTED_FILE))
+    check_enough_written(stats, config.max_reject_fraction, FileSystems.join(destination.root, REJECTED_FILE),
+                         appending=bool(destination.kept))
     write_atomically(FileSystems.join(destination.root, STATS_NAME), stats_format.to_json(stats).encode())
     manifest = build_manifest(config, tokenizer, shards, destination, _revision_files(destination),
                               inputs=list(inputs or []), replaces=replaces, examples_digest=examples_digest)

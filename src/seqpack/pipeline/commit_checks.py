@@ -13,19 +13,25 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.errors import RunFailedError
+from seqpack.transforms.dedup import DROPPED_REASON as DUPLICATE
 
 
 class TooFewWritten(RunFailedError):
     """The run would commit an empty dataset, or one that lost more records than ``--max-reject-fraction``."""
 
 
-def check_enough_written(stats: dict[str, Any], max_reject_fraction: float, rejected_file: str) -> None:
-    """A wrong field name or template rejects every record: fail loudly rather than commit (nearly) nothing."""
+def check_enough_written(stats: dict[str, Any], max_reject_fraction: float, rejected_file: str, *,
+                         appending: bool = False) -> None:
+    """A wrong field name or template rejects every record: fail loudly rather than commit (nearly) nothing.
+
+    ``appending``: the run adds a generation to a dataset; one whose records the dataset already holds (all
+    dropped as duplicates) is committed empty, so its inputs are recorded as consumed, not read again and again."""
     read, rejected = stats["records_read"], stats["records_rejected"]
     written = sum(stats["examples_by_split"].values())
     if read == 0:
         raise TooFewWritten("no records were read from the inputs: nothing to write, nothing was committed")
-    if written and rejected <= max_reject_fraction * read:
+    only_duplicates = appending and stats["examples_dropped"] > 0 and set(stats["dropped_by_reason"]) == {DUPLICATE}
+    if (written or only_duplicates) and rejected <= max_reject_fraction * read:
         return
     dropped = stats["examples_dropped"]
     if written == 0 and dropped >= rejected:

@@ -7,6 +7,7 @@
         train/part-00000-of-00002.parquet
         rejected/rejected.jsonl
         tokenizer/           (with --add-special-tokens)
+        dedup/keys-00003.bin (with --dedup exact: the content keys of its records, see schemas.dedup_keys)
       report.html            (seqpack run --report)
       .seqpack-lock          held while a run writes here
       .seqpack-staging/      a run's scratch space (spill files, metadata); removed at commit
@@ -28,6 +29,13 @@ REPORT_NAME = "report.html"
 RUN_MARKER_SUFFIX = ".run"
 """``STAGING_NAME/v000002.run``: which revision a run in progress writes, so a crashed run's files are found."""
 
+DEDUP_DIR = "dedup"
+"""With ``--dedup exact``: a generation's content keys, so a later ``--append`` drops what it already holds."""
+DEDUP_PARTITIONS = 64
+"""Key files per generation (at most: an empty partition has no file). Fixed, so the same keys give the same
+files whatever the workers; 64 keeps a partition of a billion-record generation (16 GB of keys) near 250 MB on
+the one worker that sorts it, and a small generation at a few dozen files."""
+
 _REVISION = re.compile(r"v(\d{6,})")
 
 
@@ -40,3 +48,20 @@ def revision_of(directory: str) -> int | None:
     """The revision number a directory name stands for, or None if it is not a revision directory."""
     match = _REVISION.fullmatch(directory)
     return int(match.group(1)) if match else None
+
+
+DEDUP_KEY_FILES = "keys-*.bin"
+"""The key files in ``DEDUP_DIR``, as a glob (a writer's temporary ``keys-00003.bin.tmp-...`` is not one)."""
+
+
+def dedup_key_file(partition: int) -> str:
+    """The key file of ``partition`` (0 ... ``DEDUP_PARTITIONS - 1``), relative to its generation's directory."""
+    return f"{DEDUP_DIR}/keys-{partition:05d}.bin"
+
+
+_DEDUP_KEY_FILE = re.compile(rf"(?:.*/)?{DEDUP_DIR}/keys-\d{{5}}\.bin")
+
+
+def is_dedup_key_file(path: str) -> bool:
+    """Whether a path of a manifest's ``files`` (``v000002/dedup/keys-00003.bin``) is a dedup key file."""
+    return _DEDUP_KEY_FILE.fullmatch(path) is not None
