@@ -1,0 +1,300 @@
+"""`seqpack compact`: several generations repacked into one that replaces them at once, every example kept exactly
+(the same tokens, labels and split, as many times), the inputs still known as consumed, and `verify` proving it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from helpers import IN_PROCESS, pack, run_args, write_jsonl
+
+from seqpack.cli.main import EXIT_FAILED, EXIT_USAGE, main
+from seqpack.dataset import verify_dataset
+from seqpack.errors import UsageError
+from seqpack.examples_digest import ExamplesDigest, block_arrays, example_bounds
+from seqpack.masking import Piece
+from seqpack.pipeline.compact import check_can_compact, choose_generations, config_of
+from seqpack.schemas import DatasetFormatError, Manifest
+from seqpack.schemas import stats as stats_format
+from seqpack.unpacking import NotWholeExamples, examples_of_blocks
+
+SETTINGS = ("--validation-fraction", "0.1")
+
+
+def manifest_of(dataset: Path) -> Manifest:
+    return Manifest.from_json((dataset / "manifest.json").read_text())
+
+
+def examples(dataset: Path, generation_ids: list[int] | None = None) -> Counter:
+    """Every example of the dataset (or of some generations) as (split, input_ids, labels), counted."""
+    manifest = manifest_of(dataset)
+    found: Counter = Counter()
+    for generation in manifest.generations:
+        if generation_ids is not None and generation.id not in generation_ids:
+            continue
+        for split, info in generation.splits.items():
+            for shard in info.shards:
+                ids, labels, *layout = block_arrays(pq.read_table(dataset / shard.path))
+                for start, stop in example_bounds(*layout):
+                    found[(split, tuple(ids[start:stop].tolist()), tuple(labels[start:stop].tolist()))] += 1
+    return found
+
+
+def generation_stats(dataset: Path, generation_ids: list[int] | None = None) -> list[dict]:
+    manifest = manifest_of(dataset)
+    return [json.loads((dataset / g.directory / "stats.json").read_text()) for g in manifest.generations
+            if generation_ids is None or g.id in generation_ids]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, pairs: list[dict[str, str]]) -> Path:
+    """Three days of pairs (and one record that is rejected), one file each."""
+    folder = tmp_path_factory.mktemp("days")
+    for day in range(3):
+        write_jsonl(folder / f"day{day}.jsonl", pairs[day::3] + ([{"source": "no target"}] if day == 1 else []))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory: pytest.TempPathFactory, inputs: Path, tokenizer_dir: Path) -> Path:
+    """A dataset of three generations: one run, then two `--append` runs, each with one more day."""
+    dataset = tmp_path_factory.mktemp("grown") / "dataset"
+    for day in range(3):
+        files = [arg for d in range(day + 1) for arg in ("-i", str(inputs / f"day{d}.jsonl"))]
+        argv = run_args(inputs / "day0.jsonl", dataset, tokenizer_dir, *SETTINGS, *files[2:],
+                        *(["--append"] if day else []))
+        assert main(argv) == 0
+    assert [g.id for g in manifest_of(dataset).generations] == [1, 2, 3]
+    return dataset
+
+
+def copy_of(dataset: Path, where: Path) -> Path:
+    return Path(shutil.copytree(dataset, where / "dataset"))
+
+
+def compact(dataset: Path, *extra: str) -> int:
+    return main(["compact", str(dataset), IN_PROCESS, "-q", *extra])
+
+
+@pytest.fixture(scope="module")
+def compacted(tmp_path_factory: pytest.TempPathFactory, grown: Path) -> Path:
+    dataset = copy_of(grown, tmp_path_factory.mktemp("compacted"))
+    assert compact(dataset) == 0
+    return dataset
+
+
+def test_compaction_replaces_every_generation_with_one_holding_the_same_examples(grown: Path, compacted: Path) -> None:
+    manifest = manifest_of(compacted)
+    assert [g.id for g in manifest.generations] == [4]
+    generation = manifest.generations[0]
+    assert generation.replaces == [1, 2, 3]
+    assert examples(compacted) == examples(grown)
+    assert sum(examples(grown).values()) == generation.examples
+    assert sorted(path.name for path in compacted.iterdir()) == ["manifest.json", "v000004"]
+
+
+def test_compaction_packs_fuller_and_into_fewer_shards(grown: Path, compacted: Path) -> None:
+    before, (after,) = generation_stats(grown), generation_stats(compacted)
+    assert after["fill"] >= sum(s["tokens_written"] for s in before) / sum(s["block_tokens"] for s in before)
+    assert after["blocks"] <= sum(s["blocks"] for s in before)
+    assert len(manifest_of(compacted).shard_paths()) < len(manifest_of(grown).shard_paths())
+
+
+def test_statistics_still_account_for_every_input_record(grown: Path, compacted: Path) -> None:
+    before, (after,) = generation_stats(grown), generation_stats(compacted)
+    stats_format.check_identity(after)
+    merged = stats_format.merge_stats(before)
+    for name in ("records_read", "records_rejected", "tokens_in", "tokens_written", "pieces", "trained_tokens"):
+        assert after[name] == merged[name], name
+    assert after["rejected_by_reason"] == merged["rejected_by_reason"] == {"missing_field": 1}
+    rejected = compacted / "v000004" / "rejected" / "rejected.jsonl"
+    assert len(rejected.read_text().splitlines()) == 1
+
+
+def test_the_compacted_generation_still_consumed_every_input(grown: Path, compacted: Path, inputs: Path,
+                                                             tokenizer_dir: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    consumed = sorted(i.sha256 for g in manifest_of(grown).generations for i in g.inputs)
+    assert sorted(i.sha256 for i in manifest_of(compacted).generations[0].inputs) == consumed
+    dataset = copy_of(compacted, inputs.parent / "append-after-compact")
+    argv = run_args(inputs / "day0.jsonl", dataset, tokenizer_dir, *SETTINGS, "-i", str(inputs / "day1.jsonl"),
+                    "-i", str(inputs / "day2.jsonl"), "--append")
+    argv.remove("-q")
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "is up to date: no new input" in capsys.readouterr().err
+    assert [g.id for g in manifest_of(dataset).generations] == [4]
+
+
+def test_verify_proves_the_examples_were_kept(compacted: Path, tmp_path: Path) -> None:
+    assert verify_dataset(str(compacted)).shards == len(manifest_of(compacted).shard_paths())
+    generation = manifest_of(compacted).generations[0]
+    assert generation.examples_digest.startswith("blake2b128-sum:")
+
+    edited = copy_of(compacted, tmp_path)
+    raw = json.loads((edited / "manifest.json").read_text())
+    raw["generations"][0]["examples_digest"] = str(ExamplesDigest(generation.examples, 12345))
+    (edited / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(DatasetFormatError, match=r"generation 4 \(v000004\): its examples digest is"):
+        verify_dataset(str(edited))
+    assert main(["verify", str(edited)]) == EXIT_FAILED
+
+
+def test_verify_finds_a_changed_label_even_when_the_manifest_was_updated_to_match(compacted: Path,
+                                                                                 tmp_path: Path) -> None:
+    """The shard's sha256 in the manifest proves the bytes; the digest proves they are the examples replaced."""
+    import hashlib
+
+    edited = copy_of(compacted, tmp_path)
+    raw = json.loads((edited / "manifest.json").read_text())
+    shard = raw["generations"][0]["splits"]["train"]["shards"][0]
+    path = edited / shard["path"]
+    table = pq.read_table(path)
+    labels = table.column("labels").to_pylist()
+    row = labels[0]
+    position = next(i for i, label in enumerate(row) if label != -100)
+    row[position] = -100  # a token no longer trained: same tokens, same counts
+    table = table.set_column(1, "labels", [labels])
+    pq.write_table(table.cast(pq.read_schema(path)), path)
+    data = path.read_bytes()
+    shard.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    for listing in (raw["splits"]["train"]["shards"],):
+        listing[0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (edited / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(DatasetFormatError, match="do not hold the examples they replaced"):
+        verify_dataset(str(edited))
+
+
+def test_compacting_some_generations_keeps_the_others(grown: Path, tmp_path: Path) -> None:
+    dataset = copy_of(grown, tmp_path)
+    assert compact(dataset, "--generations", "1,2") == 0
+    manifest = manifest_of(dataset)
+    assert [g.id for g in manifest.generations] == [3, 4]
+    assert manifest.generation(4).replaces == [1, 2]
+    assert manifest.generation(3) == manifest_of(grown).generation(3)
+    assert examples(dataset, [4]) == examples(grown, [1, 2])
+    assert examples(dataset) == examples(grown)
+    assert sorted(p.name for p in dataset.iterdir()) == ["manifest.json", "v000003", "v000004"]
+    verify_dataset(str(dataset))
+
+
+def test_compacting_the_same_dataset_twice_writes_the_same_shards(grown: Path, compacted: Path,
+                                                                  tmp_path: Path) -> None:
+    again = copy_of(grown, tmp_path)
+    assert compact(again) == 0
+    first, second = manifest_of(compacted), manifest_of(again)
+    assert first.shard_paths() == second.shard_paths()
+    for path in first.shard_paths():
+        assert (compacted / path).read_bytes() == (again / path).read_bytes(), path
+    assert first.generations[0].examples_digest == second.generations[0].examples_digest
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+
+
+def test_refusals_name_the_problem_and_what_to_do(grown: Path, capsys: pytest.CaptureFixture) -> None:
+    manifest = manifest_of(grown)
+    with pytest.raises(UsageError, match="has no generation 9; its generations are 1, 2, 3"):
+        choose_generations(manifest, [1, 9], "out")
+    with pytest.raises(UsageError, match="names one generation"):
+        choose_generations(manifest, [2], "out")
+    single = manifest.restricted_to([3])
+    with pytest.raises(UsageError, match="has one generation"):
+        choose_generations(single, None, "out")
+    config = config_of(manifest, "out", None)
+    with pytest.raises(UsageError, match="--packing wrap"):
+        check_can_compact(replace(manifest, packing="wrap"), config, "out")
+    with pytest.raises(UsageError, match="--dedup exact"):
+        check_can_compact(manifest, replace(config, dedup="exact"), "out")
+    check_can_compact(manifest, config, "out")
+
+    capsys.readouterr()
+    assert compact(grown, "--generations", "2") == EXIT_USAGE
+    assert "names one generation" in capsys.readouterr().err
+    assert [g.id for g in manifest_of(grown).generations] == [1, 2, 3]  # untouched
+    assert main(["compact", str(grown / "v000001")]) == EXIT_USAGE
+    assert "not a seqpack dataset" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ pure parts
+
+
+def random_pieces(rng: np.random.Generator, count: int, *, chat: bool) -> list[Piece]:
+    pieces = []
+    for _ in range(count):
+        ids = rng.integers(1, 500, int(rng.integers(1, 30))).astype(np.int32)
+        if chat:
+            pieces.append(Piece(ids, 0, rng.random(len(ids)) < 0.5))
+        else:
+            pieces.append(Piece(ids, int(rng.integers(0, len(ids) + 1))))
+    return pieces
+
+
+def block_examples(blocks) -> Counter:  # noqa: ANN001 - a PackedBlocks
+    digest_bounds = example_bounds(blocks.row_offsets, blocks.seq_len_offsets, blocks.seq_lens)
+    return Counter((tuple(blocks.input_ids[a:b].tolist()), tuple(blocks.labels[a:b].tolist()))
+                   for a, b in digest_bounds)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+@pytest.mark.parametrize("strategy", ["bfd", "none"])
+@pytest.mark.parametrize("mask_boundaries", [True, False])
+def test_blocks_cut_back_and_packed_again_hold_the_same_examples(chat: bool, strategy: str,
+                                                                 mask_boundaries: bool) -> None:
+    from seqpack.packing import pack_columns
+
+    rng = np.random.default_rng(7)
+    blocks = pack(random_pieces(rng, 60, chat=chat), strategy=strategy, max_length=48, pad_id=0,
+                  mask_boundaries=mask_boundaries)
+    columns = examples_of_blocks(blocks.input_ids, blocks.labels, blocks.row_offsets, blocks.seq_len_offsets,
+                                 blocks.seq_lens, seed=3, with_trained=chat)
+    assert len(columns) == blocks.examples
+    assert np.all(np.diff(columns.key_hi.astype(np.float64)) >= 0)  # sorted by key, ready to spill
+    again = pack_columns(columns, strategy=strategy, max_length=48, pad_id=0, mask_boundaries=mask_boundaries)
+    assert block_examples(again) == block_examples(blocks)
+    first, second = ExamplesDigest(), ExamplesDigest()
+    first.add_blocks("train", blocks.input_ids, blocks.labels, blocks.row_offsets, blocks.seq_len_offsets,
+                     blocks.seq_lens)
+    second.add_blocks("train", again.input_ids, again.labels, again.row_offsets, again.seq_len_offsets,
+                      again.seq_lens)
+    assert str(first) == str(second)
+
+
+def test_the_digest_ignores_order_and_sees_every_change() -> None:
+    ids, labels = np.array([5, 6, 7], np.int32), np.array([-100, 6, 7], np.int32)
+    one, two = ExamplesDigest(), ExamplesDigest()
+    one.add_example("train", ids, labels)
+    one.add_example("train", ids[:2], labels[:2])
+    two.add_example("train", ids[:2], labels[:2])
+    two.add_example("train", ids, labels)
+    assert str(one) == str(two)
+    for changed in (("validation", ids, labels), ("train", ids, np.array([-100, -100, 7], np.int32)),
+                    ("train", np.array([5, 6, 8], np.int32), labels)):
+        other = ExamplesDigest()
+        other.add_example(*changed)
+        other.add_example("train", ids[:2], labels[:2])
+        assert str(other) != str(one)
+    twice = ExamplesDigest()
+    for _ in range(2):
+        twice.add_example("train", ids, labels)
+    assert str(twice) != str(one)
+
+
+def test_labels_that_packing_cannot_have_made_are_refused() -> None:
+    blocks = pack([Piece(np.array([5, 6, 7, 8], np.int32), 2)], strategy="bfd", max_length=8, pad_id=0)
+    labels = blocks.labels.copy()
+    labels[3] = -100  # a masked token after a trained one: not a masked prefix
+    with pytest.raises(NotWholeExamples, match="not a masked prefix"):
+        examples_of_blocks(blocks.input_ids, labels, blocks.row_offsets, blocks.seq_len_offsets, blocks.seq_lens,
+                           seed=0, with_trained=False)
+    labels = blocks.labels.copy()
+    labels[3] = 99
+    with pytest.raises(NotWholeExamples, match="neither -100 nor its token"):
+        examples_of_blocks(blocks.input_ids, labels, blocks.row_offsets, blocks.seq_len_offsets, blocks.seq_lens,
+                           seed=0, with_trained=False)
