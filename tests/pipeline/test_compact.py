@@ -298,3 +298,31 @@ def test_labels_that_packing_cannot_have_made_are_refused() -> None:
     with pytest.raises(NotWholeExamples, match="neither -100 nor its token"):
         examples_of_blocks(blocks.input_ids, labels, blocks.row_offsets, blocks.seq_len_offsets, blocks.seq_lens,
                            seed=0, with_trained=False)
+
+
+def test_an_arrow_dataset_packed_one_example_per_row_compacts_too(inputs: Path, tokenizer_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    for day in range(2):
+        files = [arg for d in range(day + 1) for arg in ("-i", str(inputs / f"day{d}.jsonl"))]
+        assert main(run_args(inputs / "day0.jsonl", dataset, tokenizer_dir, "--format", "arrow", "--packing", "none",
+                             *files[2:], *(["--append"] if day else []))) == 0
+    before = examples_of_arrow(dataset)
+    assert compact(dataset) == 0
+    manifest = manifest_of(dataset)
+    assert [g.replaces for g in manifest.generations] == [[1, 2]]
+    assert examples_of_arrow(dataset) == before
+    assert manifest.generations[0].rows == manifest.generations[0].examples  # still one example per row
+    verify_dataset(str(dataset))
+
+
+def examples_of_arrow(dataset: Path) -> Counter:
+    import pyarrow as pa
+
+    found: Counter = Counter()
+    for path in manifest_of(dataset).shard_paths():
+        with pa.memory_map(str(dataset / path)) as source:
+            ids, labels, *layout = block_arrays(pa.ipc.open_file(source).read_all())
+        for start, stop in example_bounds(*layout):
+            found[(tuple(ids[start:stop].tolist()), tuple(labels[start:stop].tolist()))] += 1
+    return found
