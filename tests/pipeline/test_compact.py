@@ -100,6 +100,8 @@ def test_compaction_replaces_every_generation_with_one_holding_the_same_examples
 
 
 def test_compaction_packs_fuller_and_into_fewer_shards(grown: Path, compacted: Path) -> None:
+    """Each generation here is a few buckets (train, validation), each with a part-filled last block; together they
+    need fewer buckets. (Generations of many buckets each gain little: a bucket is packed alone either way.)"""
     before, (after,) = generation_stats(grown), generation_stats(compacted)
     assert after["fill"] >= sum(s["tokens_written"] for s in before) / sum(s["block_tokens"] for s in before)
     assert after["blocks"] <= sum(s["blocks"] for s in before)
@@ -193,6 +195,19 @@ def test_compacting_the_same_dataset_twice_writes_the_same_shards(grown: Path, c
     for path in first.shard_paths():
         assert (compacted / path).read_bytes() == (again / path).read_bytes(), path
     assert first.generations[0].examples_digest == second.generations[0].examples_digest
+
+
+def test_a_compaction_that_loses_an_example_commits_nothing(grown: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    dataset = copy_of(grown, tmp_path)
+    manifest = (dataset / "manifest.json").read_bytes()
+    monkeypatch.setenv("SEQPACK_FAULT", "lose_example")  # packing drops an example of each bucket
+    capsys.readouterr()
+    assert compact(dataset) == EXIT_FAILED
+    assert "the repacked examples are not the examples read" in capsys.readouterr().err
+    assert (dataset / "manifest.json").read_bytes() == manifest
+    assert sorted(p.name for p in dataset.iterdir()) == ["manifest.json", "v000001", "v000002", "v000003"]
 
 
 # ------------------------------------------------------------------------------------------------ refusals

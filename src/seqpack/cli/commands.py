@@ -47,7 +47,10 @@ def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
 def compact_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
     from seqpack.pipeline.compact import compact, compacted_summary
 
-    result = compact(args.dataset, generations=args.generations, shard_bytes=args.shard_bytes, beam_args=beam_args)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    result = compact(args.dataset, generations=args.generations, shard_bytes=args.shard_bytes, beam_args=beam_args,
+                     verbose=args.verbose)
     if not args.quiet:
         print(compacted_summary(result), file=sys.stderr)
     return 0

@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     compact.add_argument("--shard-bytes", type=int, default=None,
                          help="about how large a shard file grows; default: the dataset's own setting")
     compact.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    compact.add_argument("--verbose", "-v", action="store_true",
+                         help="also print Beam's and the local workers' log lines as they happen (by default they go "
+                         "to a log file, named only if the job fails)")
     compact.set_defaults(_compact_parser=compact)
     demo = _command(commands, "demo", "run the whole pipeline on the bundled demo data")
     demo.add_argument("--output", "-o", default="seqpack-demo", help="where to put the demo tokenizer and dataset")

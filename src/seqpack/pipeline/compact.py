@@ -34,6 +34,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from seqpack.config import RunConfig
 from seqpack.errors import RunFailedError, UsageError
@@ -46,8 +47,10 @@ from seqpack.pipeline.commit import (
 )
 from seqpack.pipeline.commit_step import refusal_message
 from seqpack.pipeline.compact_job import CompactPlan, build_compaction, carried_stats
+from seqpack.pipeline.failures import crash_summary
 from seqpack.pipeline.lock import OutputLock
 from seqpack.pipeline.runners import pipeline_options
+from seqpack.pipeline.worker_logs import WorkerLog, capture_worker_output
 from seqpack.schemas import MANIFEST_NAME, REJECTED_FILE, STATS_NAME, TOKENIZER_DIR, DatasetFormatError, Manifest
 from seqpack.schemas import stats as stats_format
 from seqpack.schemas.manifest import ConsumedInput, GenerationInfo
@@ -68,8 +71,11 @@ class Compacted:
 
 
 def compact(output: str, *, generations: list[int] | None = None, shard_bytes: int | None = None,
-            beam_args: list[str] | None = None) -> Compacted:
-    """Replace ``generations`` of the dataset in ``output`` (all of them by default) with one new generation."""
+            beam_args: list[str] | None = None, verbose: bool = False) -> Compacted:
+    """Replace ``generations`` of the dataset in ``output`` (all of them by default) with one new generation.
+
+    On the local runner the workers' log lines go to a file, shown only if the job fails, unless ``verbose``
+    (``pipeline.worker_logs``)."""
     options, runner = pipeline_options(list(beam_args or []))
     FileSystems.set_options(options)  # the driver reads the manifest and stats through Beam's filesystems
     manifest = _read_manifest(output)
@@ -92,12 +98,14 @@ def compact(output: str, *, generations: list[int] | None = None, shard_bytes: i
                            lock_token=lock.token, replaces=tuple(chosen), inputs=tuple(consumed_inputs(replaced)))
         shards = [ShardToCut(split, FileSystems.join(output, shard.path))
                   for g in replaced for split, info in sorted(g.splits.items()) for shard in info.shards]
-        manifest, stats = _launch(plan, shards, carried_stats(replaced_stats), options, runner)
+        with capture_worker_output(enabled=isinstance(runner, FnApiRunner) and not verbose) as worker_log:
+            manifest, stats = _launch(plan, shards, carried_stats(replaced_stats), options, runner, worker_log)
     return Compacted(output, manifest, stats, replaced, stats_format.merge_stats(replaced_stats))
 
 
-def _launch(plan: CompactPlan, shards: list[ShardToCut], carried: dict[str, Any], options: Any, runner: Any
-            ) -> tuple[Manifest, dict[str, Any]]:
+def _launch(plan: CompactPlan, shards: list[ShardToCut], carried: dict[str, Any], options: Any, runner: Any,
+            worker_log: WorkerLog | None) -> tuple[Manifest, dict[str, Any]]:
+    """Run the job (it commits as its last step); a failure removes what it wrote and says why in one line."""
     destination = plan.destination
     pipeline = beam.Pipeline(runner=runner, options=options)
     try:
@@ -110,9 +118,17 @@ def _launch(plan: CompactPlan, shards: list[ShardToCut], carried: dict[str, Any]
         message = refusal_message(error) if isinstance(error, Exception) else None
         if message is not None:
             raise RunFailedError(message) from error
+        if worker_log is not None and isinstance(error, Exception):
+            worker_log.append_traceback(error)
+            raise RunFailedError(
+                f"{crash_summary(error)}. Nothing was committed; the dataset is as it was. The traceback and the "
+                f"workers' log are in {worker_log.path} (seqpack compact --verbose shows them as they happen)"
+            ) from error
         raise
     finally:  # Beam makes this directory when the pipeline is built and removes it only after a run
         shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+    if worker_log is not None:
+        worker_log.discard()
     return read_committed(destination)
 
 
@@ -248,7 +264,12 @@ def compacted_summary(result: Compacted) -> str:
         f"(now {len(result.manifest.generations)} generation{'s' * (len(result.manifest.generations) != 1)})",
         f"  {generation.examples:,} examples · {generation.tokens:,} tokens, kept exactly "
         f"(examples digest {generation.examples_digest})",
-        f"  {old['blocks']:,} blocks in {before_shards:,} shards → {new['blocks']:,} blocks in "
-        f"{len(generation.shard_paths()):,} shards; fill {old_fill:.1%} → {new['fill']:.1%}",
+        f"  {_plural(old['blocks'], 'block')} in {_plural(before_shards, 'shard')} → "
+        f"{_plural(new['blocks'], 'block')} in {_plural(len(generation.shard_paths()), 'shard')}; "
+        f"fill {old_fill:.1%} → {new['fill']:.1%}",
         f"  check it: seqpack verify {shlex.quote(result.output)}",
     ])
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'s' * (count != 1)}"
