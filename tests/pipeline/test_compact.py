@@ -317,17 +317,22 @@ def test_labels_that_packing_cannot_have_made_are_refused() -> None:
 
 def test_an_arrow_dataset_packed_one_example_per_row_compacts_too(inputs: Path, tokenizer_dir: Path,
                                                                   tmp_path: Path) -> None:
+    """Also with --add-special-tokens: the extended tokenizer, which readers take from the newest generation,
+    comes along into the compacted one."""
     dataset = tmp_path / "dataset"
     for day in range(2):
         files = [arg for d in range(day + 1) for arg in ("-i", str(inputs / f"day{d}.jsonl"))]
         assert main(run_args(inputs / "day0.jsonl", dataset, tokenizer_dir, "--format", "arrow", "--packing", "none",
-                             *files[2:], *(["--append"] if day else []))) == 0
+                             "--add-special-tokens", "[SEP]", *files[2:], *(["--append"] if day else []))) == 0
     before = examples_of_arrow(dataset)
+    tokenizer = sorted(p.name for p in (dataset / "v000002" / "tokenizer").iterdir())
     assert compact(dataset) == 0
     manifest = manifest_of(dataset)
     assert [g.replaces for g in manifest.generations] == [[1, 2]]
     assert examples_of_arrow(dataset) == before
     assert manifest.generations[0].rows == manifest.generations[0].examples  # still one example per row
+    assert tokenizer and sorted(p.name for p in (dataset / "v000003" / "tokenizer").iterdir()) == tokenizer
+    assert {f"v000003/tokenizer/{name}" for name in tokenizer} <= set(manifest.files)
     verify_dataset(str(dataset))
 
 

@@ -178,7 +178,8 @@ def config_of(manifest: Manifest, output: str, shard_bytes: int | None) -> RunCo
     known = {f.name for f in fields(RunConfig)}
     recorded = {k: v for k, v in manifest.config.items() if k in known}
     recorded["add_special_tokens"] = tuple(recorded.get("add_special_tokens") or ())
-    recorded.update(output=output, overwrite=False, append=False)
+    # Each replaced generation passed --max-reject-fraction when it was committed; their records are not read again.
+    recorded.update(output=output, overwrite=False, append=False, max_reject_fraction=1.0)
     if shard_bytes is not None:
         recorded["shard_bytes"] = shard_bytes
     try:
