@@ -35,8 +35,9 @@ def shard_digest(location: Location, file_format: str, shard: ShardInfo, split: 
     digest = ExamplesDigest()
     with shard_errors(location, file_format, shard), location.fs.open(location.path(shard.path), "rb") as handle:
         if file_format == "parquet":
-            for batch in pq.ParquetFile(handle, page_checksum_verification=True).iter_batches(columns=DIGEST_COLUMNS):
-                digest.add_table(split, batch)
+            reader = pq.ParquetFile(handle, page_checksum_verification=True)
+            for index in range(reader.num_row_groups):  # a row group at a time: memory stays one row group
+                digest.add_table(split, reader.read_row_group(index, columns=DIGEST_COLUMNS))
         else:
             reader = pa.ipc.open_file(handle)
             for index in range(reader.num_record_batches):

@@ -29,6 +29,8 @@ from seqpack.transforms.shuffle import SPILL_TOKENS, SpillFile, spill_path, writ
 from seqpack.unpacking import NotWholeExamples, examples_of_blocks
 
 DIGEST_TAG = "digest"
+DIGEST_COLUMNS = ["input_ids", "labels", "seq_lens"]
+"""What an example is made of: its tokens, its labels, and where it lies in its block."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,14 @@ class ShardToCut:
     """Full path (or URL) of a committed shard."""
 
 
-def shard_batches(path: str, file_format: str) -> Iterator[pa.RecordBatch]:
-    """A shard's rows, a record batch (row group) at a time, through Beam's filesystems."""
+def shard_batches(path: str, file_format: str) -> Iterator[pa.Table | pa.RecordBatch]:
+    """A shard's rows, a row group (record batch) at a time, through Beam's filesystems: memory stays one row
+    group of ``--row-group-size`` blocks."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         if file_format == "parquet":
-            yield from pq.ParquetFile(handle).iter_batches(columns=["input_ids", "labels", "seq_lens"])
+            shard = pq.ParquetFile(handle, page_checksum_verification=True)
+            for index in range(shard.num_row_groups):
+                yield shard.read_row_group(index, columns=DIGEST_COLUMNS)
         else:
             reader = pa.ipc.open_file(pa.PythonFile(handle, mode="r"))
             for index in range(reader.num_record_batches):
