@@ -346,3 +346,36 @@ def examples_of_arrow(dataset: Path) -> Counter:
         for start, stop in example_bounds(*layout):
             found[(tuple(ids[start:stop].tolist()), tuple(labels[start:stop].tolist()))] += 1
     return found
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_shard_cut_back_spills_its_examples_keyed_and_sorted(chat: bool, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cut step alone, on one Parquet shard of a few row groups: its spill files (several, when the examples
+    exceed the spill size) hold exactly the shard's examples, conversations with their per-token mask."""
+    from seqpack.packing import pack_columns
+    from seqpack.schemas import serialize_shard
+    from seqpack.transforms import unpack
+    from seqpack.transforms.shuffle import read_spill_range
+    from seqpack.transforms.write import table_of
+
+    monkeypatch.setattr(unpack, "SPILL_TOKENS", 200)
+    blocks = pack(random_pieces(np.random.default_rng(11), 80, chat=chat), strategy="bfd", max_length=48, pad_id=0)
+    shard = tmp_path / "part-00000-of-00001.parquet"
+    shard.write_bytes(serialize_shard(table_of(blocks), "parquet", 8))
+    cut = unpack.CutShardDoFn(unpack.UnpackOptions(file_format="parquet", seed=5, with_trained=chat),
+                              str(tmp_path / "spill"))
+    out = list(cut.process(unpack.ShardToCut("train", str(shard))))
+    spills, (digest,) = out[:-1], [tagged.value for tagged in out[-1:]]
+    assert len(spills) > 1 and sum(s.examples for s in spills) == blocks.examples
+    again = Counter()
+    for spill in spills:
+        columns = read_spill_range(spill.path, 0, None, with_trained=chat)
+        assert (columns.trained is not None) == chat
+        assert np.all(np.diff(columns.key_hi.astype(np.float64)) >= 0)
+        again += block_examples(pack_columns(columns, strategy="bfd", max_length=48, pad_id=0))
+    assert again == block_examples(blocks)
+    expected = ExamplesDigest()
+    expected.add_blocks("train", blocks.input_ids, blocks.labels, blocks.row_offsets, blocks.seq_len_offsets,
+                        blocks.seq_lens)
+    assert str(digest) == str(expected)
