@@ -148,29 +148,49 @@ def test_verify_proves_the_examples_were_kept(compacted: Path, tmp_path: Path) -
     assert main(["verify", str(edited)]) == EXIT_FAILED
 
 
+def edit_first_label(dataset: Path, generation: int, label: int | None = None) -> str:
+    """Change one trained label of the generation's first train shard (to ``label``, or to -100: no longer
+    trained) and update the manifest to match the new bytes, so only the contents tell; the shard's path."""
+    import hashlib
+
+    raw = json.loads((dataset / "manifest.json").read_text())
+    entry = next(g for g in raw["generations"] if g["id"] == generation)
+    shard = entry["splits"]["train"]["shards"][0]
+    path = dataset / shard["path"]
+    table = pq.read_table(path)
+    labels = table.column("labels").to_pylist()
+    position = next(i for i, value in enumerate(labels[0]) if value != -100)
+    labels[0][position] = -100 if label is None else label
+    pq.write_table(table.set_column(1, "labels", [labels]).cast(pq.read_schema(path)), path)
+    data = path.read_bytes()
+    for listed in [shard, *raw["splits"]["train"]["shards"]]:
+        if listed["path"] == shard["path"]:
+            listed.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (dataset / "manifest.json").write_text(json.dumps(raw))
+    return shard["path"]
+
+
 def test_verify_finds_a_changed_label_even_when_the_manifest_was_updated_to_match(compacted: Path,
                                                                                  tmp_path: Path) -> None:
     """The shard's sha256 in the manifest proves the bytes; the digest proves they are the examples replaced."""
-    import hashlib
-
     edited = copy_of(compacted, tmp_path)
-    raw = json.loads((edited / "manifest.json").read_text())
-    shard = raw["generations"][0]["splits"]["train"]["shards"][0]
-    path = edited / shard["path"]
-    table = pq.read_table(path)
-    labels = table.column("labels").to_pylist()
-    row = labels[0]
-    position = next(i for i, label in enumerate(row) if label != -100)
-    row[position] = -100  # a token no longer trained: same tokens, same counts
-    table = table.set_column(1, "labels", [labels])
-    pq.write_table(table.cast(pq.read_schema(path)), path)
-    data = path.read_bytes()
-    shard.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    for listing in (raw["splits"]["train"]["shards"],):
-        listing[0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    (edited / "manifest.json").write_text(json.dumps(raw))
+    edit_first_label(edited, 4)
+    verify_dataset(str(edited), splits=["train"])  # the bytes match the manifest: only the digest can tell
     with pytest.raises(DatasetFormatError, match="do not hold the examples they replaced"):
         verify_dataset(str(edited))
+
+
+def test_a_shard_seqpack_could_not_have_packed_is_not_compacted(grown: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    dataset = copy_of(grown, tmp_path)
+    path = edit_first_label(dataset, 1, label=99999)  # a label that is neither -100 nor its token
+    manifest = (dataset / "manifest.json").read_bytes()
+    capsys.readouterr()
+    assert compact(dataset) == EXIT_FAILED
+    error = capsys.readouterr().err
+    assert path in error and "neither -100 nor its token" in error and "seqpack verify" in error
+    assert (dataset / "manifest.json").read_bytes() == manifest
+    assert sorted(p.name for p in dataset.iterdir()) == ["manifest.json", "v000001", "v000002", "v000003"]
 
 
 def test_compacting_some_generations_keeps_the_others(grown: Path, tmp_path: Path) -> None:

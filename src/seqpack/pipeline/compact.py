@@ -27,6 +27,7 @@ generations, and ids the dataset does not have.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 from dataclasses import dataclass, fields
@@ -56,6 +57,7 @@ from seqpack.schemas import stats as stats_format
 from seqpack.schemas.manifest import ConsumedInput, GenerationInfo
 from seqpack.transforms.unpack import ShardToCut
 from seqpack.transforms.write import atomic_output
+from seqpack.unpacking import NotWholeExamples
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,9 @@ def compact(output: str, *, generations: list[int] | None = None, shard_bytes: i
     options, runner = pipeline_options(list(beam_args or []))
     FileSystems.set_options(options)  # the driver reads the manifest and stats through Beam's filesystems
     manifest = _read_manifest(output)
-    chosen = choose_generations(manifest, generations, output)
     config = config_of(manifest, output, shard_bytes)
     check_can_compact(manifest, config, output)
+    chosen = choose_generations(manifest, generations, output)
     with OutputLock(output, options=options) as lock:
         destination = prepare_output(config, lock, keep=lambda previous: _kept(previous, chosen))
         try:
@@ -111,19 +113,12 @@ def _launch(plan: CompactPlan, shards: list[ShardToCut], carried: dict[str, Any]
     try:
         build_compaction(pipeline, plan, shards, carried)
         pipeline.run().wait_until_finish()
-    except BaseException as error:
-        if isinstance(error, Exception) and is_committed(destination):
-            return read_committed(destination)
+    except Exception as error:
+        if not is_committed(destination):
+            abandon(destination)
+            raise _failure(error, worker_log) from error
+    except BaseException:  # stopped (Ctrl-C): what the job wrote goes, the dataset stays as it was
         abandon(destination)
-        message = refusal_message(error) if isinstance(error, Exception) else None
-        if message is not None:
-            raise RunFailedError(message) from error
-        if worker_log is not None and isinstance(error, Exception):
-            worker_log.append_traceback(error)
-            raise RunFailedError(
-                f"{crash_summary(error)}. Nothing was committed; the dataset is as it was. The traceback and the "
-                f"workers' log are in {worker_log.path} (seqpack compact --verbose shows them as they happen)"
-            ) from error
         raise
     finally:  # Beam makes this directory when the pipeline is built and removes it only after a run
         shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
@@ -132,7 +127,39 @@ def _launch(plan: CompactPlan, shards: list[ShardToCut], carried: dict[str, Any]
     return read_committed(destination)
 
 
+def _failure(error: Exception, worker_log: WorkerLog | None) -> RunFailedError:
+    """One line for a job that failed: a refusal's or a bad shard's own message, else where the traceback is."""
+    message = refusal_message(error)
+    if message is None:
+        bad_shard = _bad_shard_message(error)
+        message = f"{bad_shard}. Nothing was committed; `seqpack verify` checks the shards" if bad_shard else None
+    if message is not None:
+        if worker_log is not None:
+            worker_log.discard()
+        return RunFailedError(message)
+    if worker_log is None:
+        return RunFailedError(f"{crash_summary(error)}. Nothing was committed; the dataset is as it was")
+    worker_log.append_traceback(error)
+    return RunFailedError(
+        f"{crash_summary(error)}. Nothing was committed; the dataset is as it was. The traceback and the workers' "
+        f"log are in {worker_log.path} (seqpack compact --verbose shows them as they happen)"
+    )
+
+
 # --------------------------------------------------------------------------------------------- the checks
+
+
+def _bad_shard_message(error: BaseException) -> str | None:
+    """The message of a ``NotWholeExamples`` behind ``error``: raised here (the local runner in this process), or
+    as a worker's traceback text (``...NotWholeExamples: v000001/...: a label is ...``)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, NotWholeExamples):
+            return re.sub(r" \[while running '[^']*'\]$", "", str(seen).strip())
+        seen = seen.__cause__ or seen.__context__
+    found = re.findall(rf"\b{NotWholeExamples.__name__}: (.+?)(?: \[while running '[^']*'\])?$", str(error),
+                       flags=re.MULTILINE)
+    return found[-1].strip() if found else None
 
 
 def choose_generations(manifest: Manifest, wanted: list[int] | None, output: str) -> list[int]:
