@@ -65,10 +65,6 @@ class CompactPlan:
     """The replaced generations' consumed inputs: the new generation consumed them, for later ``--append`` runs."""
 
 
-def _digest(parts: Iterable[ExamplesDigest]) -> ExamplesDigest:
-    return combined(parts)
-
-
 class CompactCommitDoFn(beam.DoFn):
     """Check that the examples were kept and the statistics add up; commit the new generation; output its
     directory."""
@@ -117,9 +113,10 @@ def build_compaction(pipeline: beam.Pipeline, plan: CompactPlan, shards: list[Sh
         shard_format(config), root=destination.root, staging=destination.staging,
         per_shard=buckets_per_shard(config.shard_bytes, config.bucket_tokens),
     )
-    read_digest = cut[DIGEST_TAG] | "DigestRead" >> beam.CombineGlobally(_digest)
-    packed_digest = packed | "DigestEach" >> beam.Map(digest_of_packed) | "DigestPacked" >> beam.CombineGlobally(
-        _digest)
+    read_digest = cut[DIGEST_TAG] | "DigestRead" >> beam.CombineGlobally(combined)
+    packed_digest = (
+        packed | "DigestEach" >> beam.Map(digest_of_packed) | "DigestPacked" >> beam.CombineGlobally(combined)
+    )
     shard_list = written["shards"] | "ListWritten" >> beam.combiners.ToList()
     (
         (pipeline | "CarriedStats" >> beam.Create([carried]), written[STATS_TAG])
