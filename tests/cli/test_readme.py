@@ -100,11 +100,12 @@ def skip_reason(command: str) -> str | None:
 
 
 def runnable(command: str) -> str:
-    """The command as it runs here: placeholders replaced, the venv's programs from PATH, `seqpack run` in process."""
+    """The command as it runs here: placeholders replaced, the venv's programs from PATH, the Beam jobs (`seqpack
+    run`, `seqpack compact`) in process."""
     for written, here in PLACEHOLDERS.items():
         command = re.sub(rf"(?<![\w/.-]){re.escape(written)}(?![\w-])", here, command)
     command = command.replace(VENV_BIN, "")
-    return re.sub(r"\bseqpack run\b", f"seqpack run {IN_PROCESS}", command)
+    return re.sub(r"\bseqpack (run|compact)\b", rf"seqpack \1 {IN_PROCESS}", command)
 
 
 # ---------------------------------------------------------------------------------------------- the fixtures

@@ -1,4 +1,5 @@
-"""``seqpack run`` and ``seqpack demo``: a run from the command line's flags, its summary and its report."""
+"""``seqpack run``, ``seqpack compact`` and ``seqpack demo``: a job from the command line's flags, its summary
+and its report."""
 
 from __future__ import annotations
 
@@ -41,6 +42,18 @@ def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
     if not args.quiet:
         print(summary(manifest, stats, config.output, report=report), file=sys.stderr)
     return 1 if args.report and report is None else 0
+
+
+def compact_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from seqpack.pipeline.compact import compact, compacted_summary
+
+    if args.verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    result = compact(args.dataset, generations=args.generations, shard_bytes=args.shard_bytes, beam_args=beam_args,
+                     verbose=args.verbose)
+    if not args.quiet:
+        print(compacted_summary(result), file=sys.stderr)
+    return 0
 
 
 def submitted_message(job: Submitted, *, report: bool = False) -> str:

@@ -1,4 +1,5 @@
-"""The ``seqpack`` command line: ``run``, ``demo``, ``verify``, ``inspect``, ``report``, ``stats`` and ``status``.
+"""The ``seqpack`` command line: ``run``, ``compact``, ``demo``, ``verify``, ``inspect``, ``report``, ``stats`` and
+``status``.
 
 Exit codes a scheduler can act on: 0 done, 2 usage or configuration error (nothing started), 1 the run
 failed and nothing was committed (``status``: an input changed after a generation consumed it).
@@ -78,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="take options from this YAML file (option: value, Beam options under beam:); "
                      "flags given here override it")
     run.set_defaults(_run_parser=run)  # the job file is read against this parser's options
+    compact = _command(commands, "compact", "repack several generations of a dataset into one, examples kept exactly",
+                       epilog="Any Apache Beam pipeline option (--runner, --project, ...) is passed on.")
+    compact.add_argument("dataset", help="dataset directory or URL (written by seqpack run, grown by --append)")
+    compact.add_argument("--generations", type=_generation_ids, metavar="1,2,3",
+                         help="ids of the generations to replace (two or more); default: all of them")
+    compact.add_argument("--shard-bytes", type=int, default=None,
+                         help="about how large a shard file grows; default: the dataset's own setting")
+    compact.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    compact.add_argument("--verbose", "-v", action="store_true",
+                         help="also print Beam's and the local workers' log lines as they happen (by default they go "
+                         "to a log file, named only if the job fails)")
+    compact.set_defaults(_compact_parser=compact)
     demo = _command(commands, "demo", "run the whole pipeline on the bundled demo data")
     demo.add_argument("--output", "-o", default="seqpack-demo", help="where to put the demo tokenizer and dataset")
     verify = _command(commands, "verify", "check every shard of a dataset against its manifest")
@@ -117,6 +130,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _generation_ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be ids separated by commas (e.g. 1,2), got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError("must name at least two generation ids (e.g. 1,2)")
+    return ids
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -152,6 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_argv = argv[argv.index("run") + 1 :]
             check_command_line(args._run_parser, extra)
             return run_from_args(args, apply_job_file(args._run_parser, args, run_argv) + extra)
+        if args.command == "compact":
+            from seqpack.cli.commands import compact_from_args
+            from seqpack.cli.flags import check_command_line
+
+            check_command_line(args._compact_parser, extra)
+            return compact_from_args(args, extra)
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "demo":

@@ -16,6 +16,7 @@ readers of the older ones read on (``ShardSet.open(url, generations=[1])`` reads
 - :mod:`~seqpack.dataset.location`: where a dataset lies (``Location``).
 - :mod:`~seqpack.dataset.manifest_io`: the manifest, the messages for a missing one, ``data_files``.
 - :mod:`~seqpack.dataset.verify`: ``verify_dataset``.
+- :mod:`~seqpack.dataset.digest`: a compacted generation's examples digest, recomputed from its shards.
 - :mod:`~seqpack.dataset.footers`: a shard's footer (schema and unit sizes).
 - :mod:`~seqpack.dataset.shards`: ``ShardSet``, reading units and noticing a new commit.
 - :mod:`~seqpack.dataset.arrow_footer`: Arrow IPC batch sizes from the file footer.

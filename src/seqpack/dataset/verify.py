@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from seqpack.dataset.digest import generation_digest
 from seqpack.dataset.footers import COLUMNS, IO_THREADS, open_shard, shard_errors
 from seqpack.dataset.location import Location
 from seqpack.dataset.manifest_io import choose_splits, read_manifest
@@ -101,6 +102,15 @@ def verify_dataset(
             + "\n  ".join(problems)
             + "\nRe-copy these files from the original output, or rebuild the dataset."
         )
+    if splits is None:  # a digest covers every split of its generation
+        wrong = [p for g in manifest.generations if g.examples_digest
+                 if (p := _check_examples_digest(location, manifest, g))]
+        if wrong:
+            raise DatasetFormatError(
+                f"{location.url}: {len(wrong)} compacted generation{'s' * (len(wrong) != 1)} do not hold the "
+                "examples they replaced:\n  " + "\n  ".join(wrong)
+                + f"\n{MANIFEST_NAME} or the shards were edited: restore them from the original output, or rebuild"
+            )
     return VerifySummary(
         splits=len(chosen),
         shards=shards,
@@ -158,6 +168,25 @@ def _verify_shard(location: Location, manifest: Manifest, shard: ShardInfo) -> s
         return (
             f"{name}: {examples:,} examples and {tokens:,} tokens, the manifest says {shard.examples:,} and "
             f"{shard.tokens:,}"
+        )
+    return None
+
+
+def _check_examples_digest(location: Location, manifest: Manifest, generation: GenerationInfo) -> str | None:
+    """One line if ``generation``'s shards do not hold the examples its ``examples_digest`` records (a compacted
+    generation: the examples of the generations it replaced, ``seqpack compact``), else None."""
+    try:
+        found = str(generation_digest(location, manifest, generation))
+    except DatasetFormatError as error:
+        return f"generation {generation.id}: {error}"
+    except ValueError as error:  # blocks whose seq_lens do not fit their rows
+        return f"generation {generation.id}: its shards cannot be cut into examples ({error})"
+    if found != generation.examples_digest:
+        replaced = ", ".join(map(str, generation.replaces)) or "it replaced"
+        return (
+            f"generation {generation.id} ({generation.directory}): its examples digest is {found}, but it records "
+            f"{generation.examples_digest} for the examples of generations {replaced}: its shards do not hold "
+            "exactly those examples"
         )
     return None
 
