@@ -1,10 +1,12 @@
 """``--append --dedup exact`` end to end: a pair an earlier generation holds is dropped and counted, new pairs are
 kept, every pair of the union is in the dataset exactly once, and the key files are small, listed, and the same
-bytes whatever the workers."""
+bytes whatever the workers; ``seqpack compact`` carries the union of the replaced generations' key files, so an
+append after it still drops what they held."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from seqpack.schemas import Manifest
 from seqpack.schemas.dedup_keys import KEY_BYTES
 from seqpack.schemas.layout import DEDUP_DIR, is_dedup_key_file
 from seqpack.schemas.stats import check_identity
-from seqpack.transforms.dedup import DROPPED_REASON
+from seqpack.transforms.dedup import DROPPED_REASON, read_key_file, write_key_files
 
 ONE_WORKER = "--direct_running_mode=in_memory"
 TWO_WORKERS = ("--direct_running_mode=multi_threading", "--direct_num_workers=2")
@@ -149,3 +151,69 @@ def test_the_job_reads_the_key_files_of_the_generations_it_joins(grown: Path, ca
     older = replace(previous, generations=[replace(first, files=[p for p in first.files if not is_dedup_key_file(p)])])
     assert earlier_key_files(Destination(output=str(grown), revision=9, previous=older, kept=(1,))) == []
     assert "generation 1" in caplog.text and "no dedup key files" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------- compaction
+
+
+def key_files(dataset: Path, generation: dict) -> dict[str, bytes]:
+    """A generation's key files as its manifest lists them: name in its ``dedup/`` folder → bytes."""
+    listed = [path for path in generation["files"] if is_dedup_key_file(path)]
+    on_disk = {path for path in files_of(dataset, generation["directory"]) if f"/{DEDUP_DIR}/" in path}
+    assert set(listed) == on_disk, "every key file is listed, every listed one is there"
+    return {path.removeprefix(generation["directory"] + "/"): (dataset / path).read_bytes() for path in listed}
+
+
+@pytest.fixture(scope="module")
+def compacted(tmp_path_factory: pytest.TempPathFactory, grown: Path) -> Path:
+    """``grown``'s three generations compacted into one (two workers, so the key files come from several)."""
+    dataset = Path(shutil.copytree(grown, tmp_path_factory.mktemp("compacted") / "ds"))
+    assert main(["compact", "-q", str(dataset), *TWO_WORKERS]) == 0
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def appended(tmp_path_factory: pytest.TempPathFactory, compacted: Path, inputs: dict, tokenizer_dir: Path
+             ) -> tuple[Path, list[dict]]:
+    """``compacted``, then an append of a day that repeats pairs of the compacted generations, and new ones."""
+    dataset = Path(shutil.copytree(compacted, tmp_path_factory.mktemp("appended") / "ds"))
+    pairs = inputs["a"][1] + inputs["b"][1]
+    day = pairs[2:6] + pairs[50:53] + [{"source": f"new {i}", "target": f"pair {i}"} for i in range(5)] + [pairs[3]]
+    path = write_jsonl(tmp_path_factory.mktemp("day-d") / "d.jsonl", day)
+    run([*(inputs[name][0] for name in "abc"), path], dataset, tokenizer_dir, ONE_WORKER, "--append")
+    return dataset, day
+
+
+def test_compaction_carries_the_union_of_the_key_files(grown: Path, compacted: Path, tmp_path: Path) -> None:
+    before, after = manifest(grown)["generations"], manifest(compacted)["generations"]
+    assert [g["id"] for g in after] == [4] and after[0]["replaces"] == [1, 2, 3]
+    old_keys = [key for g in before for name in key_files(grown, g)
+                for key in read_key_file(str(grown / g["directory"] / name))]
+    assert len(old_keys) == len(set(old_keys)) > 0, "the generations' keys are disjoint: each pair in one of them"
+    union = {name: (tmp_path / name).read_bytes() for name in write_key_files(old_keys, str(tmp_path))}
+    carried = key_files(compacted, after[0])
+    assert carried == union, "the union, partitioned and sorted: the bytes one writer of all the keys writes"
+    assert sum(len(data) for data in carried.values()) == KEY_BYTES * sum(
+        sum(stats_of(compacted, g)["examples_by_split"].values()) for g in after
+    )
+    assert set(manifest(compacted)["files"]) >= set(after[0]["files"])
+    assert not list(compacted.glob("v000001")), "the replaced generations' files (key files too) are gone"
+    verify_dataset(str(compacted))
+
+
+def test_an_append_after_compaction_still_drops_what_the_compacted_generations_held(
+        compacted: Path, appended: tuple[Path, list[dict]], inputs: dict, tokenizer_dir: Path) -> None:
+    dataset, day = appended
+    held = {pair for name in "abc" for pair in as_tuples(inputs[name][1])}
+    new = set(as_tuples(day)) - held
+    assert 0 < len(new) < len(day) - 1, "the day has both pairs the dataset holds and new ones"
+    generations = manifest(dataset)["generations"]
+    assert [g["id"] for g in generations] == [4, 5]
+    stats = stats_of(dataset, generations[-1])
+    check_identity(stats)
+    assert stats["records_read"] == len(day)
+    assert sum(stats["examples_by_split"].values()) == len(new)
+    assert stats["dropped_by_reason"] == {DROPPED_REASON: len(day) - len(new)}
+    assert sorted(pairs_in(dataset, tokenizer_dir)) == sorted(held | new), "every pair of the union, once"
+    assert key_files(dataset, generations[0]) == key_files(compacted, manifest(compacted)["generations"][0])
+    verify_dataset(str(dataset))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -15,6 +16,7 @@ from seqpack.pipeline.commit_step import CommitDoFn, CommitPlan
 from seqpack.pipeline.runners import resolve_shuffle
 from seqpack.prompt_templates import make_template
 from seqpack.schemas.layout import is_dedup_key_file
+from seqpack.schemas.manifest import GenerationInfo
 from seqpack.tokenizer import BackendPlan
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.dedup import KEYS_TAG, DropExactDuplicates, WriteKeyFiles
@@ -107,16 +109,23 @@ def _tokenize_fn(config: RunConfig, spill_dir: str, backend: BackendPlan | None)
 
 def earlier_key_files(destination: Destination) -> list[str]:
     """The dedup key files of the generations the new one joins (``--append``): what it must not repeat."""
+    return key_files_of(destination.output, destination.kept_generations)
+
+
+def key_files_of(output: str, generations: Iterable[GenerationInfo]) -> list[str]:
+    """The dedup key files that ``generations`` of the dataset in ``output`` list, as paths. A generation with
+    examples but no key files (written by a seqpack older than its ``--dedup exact``) is a warning: appends do not
+    drop the pairs it holds."""
     paths = []
-    for generation in destination.kept_generations:
+    for generation in generations:
         found = [path for path in generation.files if is_dedup_key_file(path)]
         if not found and generation.examples:
             logging.getLogger("seqpack").warning(
                 "generation %d of %s has no dedup key files (a seqpack older than its --dedup exact wrote it): "
-                "pairs it holds are not dropped from this generation; seqpack run --rebuild dedups the whole "
-                "dataset", generation.id, destination.output,
+                "appends do not drop the pairs it holds; seqpack run --rebuild dedups the whole dataset",
+                generation.id, output,
             )
-        paths += [FileSystems.join(destination.output, path) for path in found]
+        paths += [FileSystems.join(output, path) for path in found]
     return paths
 
 

@@ -13,13 +13,15 @@ What is kept, exactly:
   ``seqpack verify`` recomputes from the new shards;
 - the consumed inputs: the new generation lists every input the replaced generations consumed, so a later
   ``--append`` still skips them;
+- with ``--dedup exact``, the dedup state: the new generation's key files hold the union of the replaced
+  generations' keys (written by the job's workers, ``pipeline.compact_job``), so a later ``--append`` still drops
+  a pair they held;
 - the accounting: the new ``stats.json`` is the replaced generations' statistics merged, with only the block-level
   figures (blocks, fill, tokens written, pieces written) those of the new blocks, so the records read still equal
   the examples written plus rejected plus dropped; their rejected records are carried into the new generation.
 
-Refused: ``--packing wrap`` (examples straddle blocks and cannot be cut back whole), ``--dedup exact`` datasets
-(compaction does not carry the dedup state of the generations; see ``check_can_compact``), fewer than two
-generations, and ids the dataset does not have.
+Refused: ``--packing wrap`` (examples straddle blocks and cannot be cut back whole; see ``check_can_compact``),
+fewer than two generations, and ids the dataset does not have.
 
     result = compact("out/", generations=[1, 2, 3])
     result.manifest.generations[-1].replaces      # [1, 2, 3]
@@ -39,6 +41,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from seqpack.config import RunConfig
 from seqpack.errors import RunFailedError, UsageError
+from seqpack.pipeline.build import key_files_of
 from seqpack.pipeline.commit import (
     Destination,
     abandon,
@@ -82,7 +85,7 @@ def compact(output: str, *, generations: list[int] | None = None, shard_bytes: i
     FileSystems.set_options(options)  # the driver reads the manifest and stats through Beam's filesystems
     manifest = _read_manifest(output)
     config = config_of(manifest, output, shard_bytes)
-    check_can_compact(manifest, config, output)
+    check_can_compact(manifest, output)
     chosen = choose_generations(manifest, generations, output)
     with OutputLock(output, options=options) as lock:
         destination = prepare_output(config, lock, keep=lambda previous: _kept(previous, chosen))
@@ -101,17 +104,18 @@ def compact(output: str, *, generations: list[int] | None = None, shard_bytes: i
         shards = [ShardToCut(split, FileSystems.join(output, shard.path))
                   for g in replaced for split, info in sorted(g.splits.items()) for shard in info.shards]
         with capture_worker_output(enabled=isinstance(runner, FnApiRunner) and not verbose) as worker_log:
-            manifest, stats = _launch(plan, shards, carried_stats(replaced_stats), options, runner, worker_log)
+            manifest, stats = _launch(plan, shards, carried_stats(replaced_stats), key_files_of(output, replaced),
+                                      options, runner, worker_log)
     return Compacted(output, manifest, stats, replaced, stats_format.merge_stats(replaced_stats))
 
 
-def _launch(plan: CompactPlan, shards: list[ShardToCut], carried: dict[str, Any], options: Any, runner: Any,
-            worker_log: WorkerLog | None) -> tuple[Manifest, dict[str, Any]]:
+def _launch(plan: CompactPlan, shards: list[ShardToCut], carried: dict[str, Any], key_files: list[str],
+            options: Any, runner: Any, worker_log: WorkerLog | None) -> tuple[Manifest, dict[str, Any]]:
     """Run the job (it commits as its last step); a failure removes what it wrote and says why in one line."""
     destination = plan.destination
     pipeline = beam.Pipeline(runner=runner, options=options)
     try:
-        build_compaction(pipeline, plan, shards, carried)
+        build_compaction(pipeline, plan, shards, carried, key_files)
         pipeline.run().wait_until_finish()
     except Exception as error:
         if not is_committed(destination):
@@ -185,18 +189,12 @@ def choose_generations(manifest: Manifest, wanted: list[int] | None, output: str
     return chosen
 
 
-def check_can_compact(manifest: Manifest, config: RunConfig, output: str) -> None:
-    """Refuse what compaction cannot repack exactly."""
+def check_can_compact(manifest: Manifest, output: str) -> None:
+    """Refuse what compaction cannot repack exactly (a ``--dedup exact`` dataset can be: its keys are carried)."""
     if manifest.packing == "wrap":
         raise UsageError(
             f"{output} was packed with --packing wrap: its examples run across blocks and cannot be cut back into "
             "whole examples, so compaction cannot keep them exactly. `seqpack run --rebuild` repacks from the inputs"
-        )
-    if config.dedup == "exact":
-        raise UsageError(
-            f"{output} was built with --dedup exact: compaction cannot yet carry the generations' record of which "
-            "examples they hold, which later appends deduplicate against. `seqpack run --rebuild` repacks from the "
-            "inputs"
         )
 
 

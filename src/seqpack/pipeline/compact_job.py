@@ -1,6 +1,7 @@
 """The pipeline of ``seqpack compact``: committed shards in, the same examples repacked into one new generation.
 
     shards | "CutShards" | "ShuffleAndPack" | "WriteShards" | ... | "Commit"
+    key files | "ReadKeys" | "WriteKeyFiles" ----------------------^        (--dedup exact datasets)
 
 The tail is ``seqpack run``'s own (``transforms.pack``, ``transforms.shard_groups``), with the dataset's settings,
 so a compacted generation is packed exactly as one run over all the replaced generations' examples would pack it.
@@ -11,6 +12,11 @@ The commit, the job's last step, checks two things before it switches the manife
 - the examples digest of what was packed equals the digest of what was read (``seqpack.examples_digest``): not
   one example was lost, duplicated or changed. That digest is recorded as the generation's ``examples_digest``,
   which ``seqpack verify`` recomputes from the new shards.
+
+A ``--dedup exact`` dataset's replaced generations each stored the content keys of their records (``dedup/``):
+the workers read their key files and write the union as the new generation's, partitioned and sorted as any
+generation's (``transforms.dedup``), so a later ``--append`` still drops what the replaced generations held. The
+keys are never gathered on one machine; the commit, which lists the key files, waits for them.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from seqpack.schemas import stats as stats_format
 from seqpack.schemas.manifest import ConsumedInput
 from seqpack.schemas.stats import AccountingError
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
+from seqpack.transforms.dedup import ReadKeyFiles, WriteKeyFiles
 from seqpack.transforms.pack import ShuffleAndPack
 from seqpack.transforms.shard_groups import WriteShards, buckets_per_shard
 from seqpack.transforms.shuffle import SPILL_DIR
@@ -93,9 +100,10 @@ class CompactCommitDoFn(beam.DoFn):
 
 
 def build_compaction(pipeline: beam.Pipeline, plan: CompactPlan, shards: list[ShardToCut],
-                     carried: dict[str, Any]) -> None:
+                     carried: dict[str, Any], key_files: Iterable[str] = ()) -> None:
     """The compaction's data flow: ``shards`` (the replaced generations') cut back, repacked, written, committed.
-    ``carried``: the replaced generations' statistics (``carried_stats``)."""
+    ``carried``: the replaced generations' statistics (``carried_stats``). ``key_files``: their dedup key files
+    (paths), whose union becomes the new generation's."""
     config, destination = plan.config, plan.destination
     spill_dir = FileSystems.join(destination.staging, SPILL_DIR)
     unpack = UnpackOptions(file_format=config.file_format, seed=config.seed, with_trained=config.is_chat)
@@ -118,8 +126,13 @@ def build_compaction(pipeline: beam.Pipeline, plan: CompactPlan, shards: list[Sh
         packed | "DigestEach" >> beam.Map(digest_of_packed) | "DigestPacked" >> beam.CombineGlobally(combined)
     )
     shard_list = written["shards"] | "ListWritten" >> beam.combiners.ToList()
+    key_stats = []
+    key_files = sorted(key_files)
+    if key_files:
+        keys = pipeline | "ReadKeys" >> ReadKeyFiles(key_files) | "WriteKeyFiles" >> WriteKeyFiles(destination.root)
+        key_stats = [keys[STATS_TAG]]  # the commit lists the key files: it waits for them
     (
-        (pipeline | "CarriedStats" >> beam.Create([carried]), written[STATS_TAG])
+        (pipeline | "CarriedStats" >> beam.Create([carried]), written[STATS_TAG], *key_stats)
         | "AllStats" >> beam.Flatten()
         | "MergeStats" >> beam.CombineGlobally(MergeStats())
         | "Commit" >> beam.ParDo(CompactCommitDoFn(plan), shards=beam.pvalue.AsSingleton(shard_list),

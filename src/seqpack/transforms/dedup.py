@@ -124,8 +124,9 @@ class ReadKeyFiles(beam.PTransform):
 def write_key_files(keys: Iterable[bytes], root: str) -> list[str]:
     """Write ``keys`` as the key files of the generation directory ``root``; return their names, relative to it.
 
-    For a driver that holds the keys (``seqpack compact``: the union of the replaced generations' keys, read
-    with ``read_key_file``); a job writes them with :class:`WriteKeyFiles`. Both write the same bytes."""
+    For a writer that holds the keys (a small tool, a test); a job writes them with :class:`WriteKeyFiles` (so do
+    ``seqpack run`` and ``seqpack compact``, which never gather the keys in one process). Both write the same
+    bytes."""
     partitions: dict[int, list[bytes]] = {}
     for key in keys:
         partitions.setdefault(partition_of(key), []).append(key)
