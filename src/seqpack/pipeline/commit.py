@@ -46,6 +46,7 @@ from seqpack.schemas import (
     STAGING_NAME,
     STATS_NAME,
     TOKENIZER_DIR,
+    WATCH_STATUS_NAME,
     DatasetFormatError,
     Manifest,
     ShardInfo,
@@ -150,6 +151,12 @@ def check_output(config: RunConfig) -> None:
         raise UsageError(f"{manifest} is a directory, so {output} is not a seqpack dataset: choose another --output")
 
 
+def committed_manifest(output: str) -> Manifest | None:
+    """The manifest committed in ``output`` (None if there is none yet), read without the lock: a commit replaces
+    it atomically, so this is always a whole one. ``UsageError`` if it cannot be read as a seqpack manifest."""
+    return _read_previous(output)
+
+
 def _read_previous(output: str) -> Manifest | None:
     path = FileSystems.join(output, MANIFEST_NAME)
     if not FileSystems.exists(path):
@@ -197,10 +204,10 @@ def _write_marker(destination: Destination, lock: OutputLock, *, obsolete: list[
 
 
 def _is_ours(path: str, previous: Manifest | None) -> bool:
-    """Files seqpack may find in an output: the dataset's own, its report, the lock."""
+    """Files seqpack may find in an output: the dataset's own, its report, the lock, a watcher's status."""
     if path == MANIFEST_NAME and previous is not None:
         return True
-    if path.startswith(LOCK_NAME):
+    if path.startswith((LOCK_NAME, WATCH_STATUS_NAME)):  # also a status a killed watcher left half-written
         return True
     if path == REPORT_NAME and previous is not None:
         return True
