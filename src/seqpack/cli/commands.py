@@ -51,6 +51,9 @@ def watch_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise UsageError("seqpack watch waits for each generation it starts: drop --no-wait")
     if args.report:
         raise UsageError("seqpack watch writes no report: run `seqpack report OUT` when you want one")
+    if args.overwrite:
+        raise UsageError("seqpack watch only appends: drop --overwrite/--rebuild (run `seqpack run --rebuild` once "
+                         "to start the dataset over, then watch it)")
     args.append = True
     config = config_from_args(args)
     options = WatchOptions(interval=args.interval, settle=args.settle, min_new_tokens=args.min_new_tokens,
