@@ -46,7 +46,6 @@ from seqpack.schemas import (
     STAGING_NAME,
     STATS_NAME,
     TOKENIZER_DIR,
-    WATCH_STATUS_NAME,
     DatasetFormatError,
     Manifest,
     ShardInfo,
@@ -56,7 +55,7 @@ from seqpack.schemas import (
     revision_of,
 )
 from seqpack.schemas import stats as stats_format
-from seqpack.schemas.layout import RUN_MARKER_SUFFIX
+from seqpack.schemas.layout import RUN_MARKER_SUFFIX, WATCH_STATUS_NAME
 from seqpack.schemas.manifest import ConsumedInput, GenerationInfo, merged_splits
 from seqpack.transforms.write import write_atomically
 
@@ -118,7 +117,7 @@ def prepare_output(config: RunConfig, lock: OutputLock, *, keep: Callable[[Manif
     """
     output = config.output
     check_output(config)
-    previous = _read_previous(output)
+    previous = committed_manifest(output)
     if previous is not None and not (config.overwrite or config.append or keep):
         raise UsageError(
             f"{output} already holds a seqpack dataset: pass --append to add the inputs it has not consumed as a "
@@ -151,13 +150,7 @@ def check_output(config: RunConfig) -> None:
         raise UsageError(f"{manifest} is a directory, so {output} is not a seqpack dataset: choose another --output")
 
 
-def committed_manifest(output: str) -> Manifest | None:
-    """The manifest committed in ``output`` (None if there is none yet), read without the lock: a commit replaces
-    it atomically, so this is always a whole one. ``UsageError`` if it cannot be read as a seqpack manifest."""
-    return _read_previous(output)
-
-
-def _read_previous(output: str) -> Manifest | None:
+def committed_manifest(output: str) -> Manifest | None:  # whole even without the lock: a commit swaps it atomically
     path = FileSystems.join(output, MANIFEST_NAME)
     if not FileSystems.exists(path):
         return None
@@ -388,7 +381,7 @@ def _clean_up_after_switch(output: str, destination: Destination) -> None:
 
 def read_committed(destination: Destination) -> tuple[Manifest, dict[str, Any]]:
     """The manifest and statistics the job committed; an error if the output does not name its revision."""
-    manifest = _read_previous(destination.output)
+    manifest = committed_manifest(destination.output)
     if manifest is None or manifest.directory != destination.directory:
         found = "no manifest" if manifest is None else f"the manifest of {manifest.directory}"
         raise RunFailedError(
@@ -420,7 +413,7 @@ def is_committed(destination: Destination) -> bool:
 
 def _committed_directory(output: str) -> str | None:
     try:
-        return _read_previous(output).directory  # type: ignore[union-attr]
+        return committed_manifest(output).directory  # type: ignore[union-attr]
     except (UsageError, AttributeError):
         return None
 
