@@ -262,6 +262,12 @@ def test_every_input_pair_lands_in_exactly_one_generation(story: dict, pairs: li
     assert final["backlog"]["files"] == 0
 
 
+def test_a_watcher_with_another_setting_than_its_dataset_stops_at_once(story: dict, tokenizer_dir: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    assert main(watch_args(story["root"], tokenizer_dir, "--once", "--max-length", "256")) == 2
+    assert "--max-length is 256 here, but the dataset was built with 128" in capsys.readouterr().err
+
+
 def test_a_busy_output_is_tried_again_later(tmp_path: Path, tokenizer_dir: Path, pairs_file: Path,
                                            capsys: pytest.CaptureFixture) -> None:
     """Another live run holds the lock: this poll starts nothing and says so; the watcher keeps going."""

@@ -30,6 +30,7 @@ from seqpack.config import RunConfig
 from seqpack.errors import RunFailedError, UsageError
 from seqpack.generations import FoundFile, plan_inputs
 from seqpack.inputs.records import InputError, NoInputFound
+from seqpack.pipeline.appends import check_can_append
 from seqpack.pipeline.commit import committed_manifest
 from seqpack.pipeline.failures import STOP_SIGNALS, RunInterrupted, crash_summary
 from seqpack.pipeline.lock import LockBusyError
@@ -94,6 +95,9 @@ def watch(config: RunConfig, beam_args: list[str] | None = None, options: WatchO
     config.validate()
     beam_args = list(beam_args or [])
     FileSystems.set_options(pipeline_options(beam_args)[0])  # listing gs:// or s3:// inputs needs them now
+    previous = committed_manifest(config.output)
+    if previous is not None:  # a setting the dataset was not built with fails now, not at the first new file
+        check_can_append(previous, config, previous.tokenizer)  # (the tokenizer itself: at each run)
     watcher = _Watcher(config, beam_args, options, verbose, say or _say)
     with _stop_signals() as stopping:
         return watcher.loop(stopping)
@@ -143,9 +147,11 @@ class _Watcher:
         self.status = WatchStatus()
         self.status_path = status_path(config, options)
         self.seen: dict[str, Seen] = {}
+        self.stopping = _Stopping()
         self.hashes: dict[tuple[str, int, float], str] = {}
 
     def loop(self, stopping: _Stopping) -> int:
+        self.stopping = stopping
         self.say(f"watch: watching {', '.join(self.config.inputs)} → {self.config.output} (every "
                  f"{self.options.interval:g} s, files settle after {self.options.settle:g} s; status in "
                  f"{self.status_path})")
@@ -170,6 +176,7 @@ class _Watcher:
         found, patterns, problems = self._list_inputs()
         manifest = committed_manifest(self.config.output)
         by_path = {f.path: f for f in found}
+        self.hashes = {key: digest for key, digest in self.hashes.items() if key[0] in by_path}
         plan = plan_inputs(found, manifest.generations if manifest else [],
                            sha256_of=lambda path: self._sha256(by_path[path]))
         self.seen = observe(self.seen, plan.new, now)
@@ -179,7 +186,7 @@ class _Watcher:
         self.say(poll_line(self.status.polls, backlog, per_byte, changed=len(plan.changed), problems=problems))
         reason = commit_reason(backlog, per_byte, min_new_tokens=self.options.min_new_tokens,
                                max_wait=self.options.max_wait, now=now)
-        if reason is None:
+        if reason is None or self.stopping.event.is_set():  # a stop asked for during the poll: start nothing
             self._write_status("idle")
             return
         self._generate(backlog, _patterns_of(backlog, patterns, self.config.inputs), reason)
