@@ -131,7 +131,7 @@ class Watcher:
     def stop(self, signum: int) -> int:
         self.process.send_signal(signum)
         try:
-            return self.process.wait(timeout=30)
+            return self.process.wait(timeout=40)
         finally:
             self.log.close()
 
@@ -186,7 +186,10 @@ def story(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, pairs: 
     drop(root, 0, pairs)
     drop(root, 1, pairs, slowly=True)
     first.wait_for("parts 0 and 1", lambda: consumed(out) == {0, 1} and first.status()["backlog"]["files"] == 0)
+    asked = time.monotonic()
     seen["between"] = first.stop(signal.SIGTERM)
+    seen["between_seconds"] = time.monotonic() - asked
+    seen["between_status"] = status(out)
     seen["first_log"] = first.output()
 
     second = Watcher(root, tokenizer_dir)
@@ -226,6 +229,8 @@ def test_the_watcher_waits_for_inputs_and_keeps_its_status_beside_the_dataset(st
 
 def test_sigterm_between_generations_exits_0_at_once(story: dict) -> None:
     assert story["between"] == 0
+    assert story["between_seconds"] < 5  # not after the sleep between polls, nor a generation
+    assert story["between_status"]["state"] == "stopped"
     assert "stopped by SIGTERM between generations" in story["first_log"]
 
 
