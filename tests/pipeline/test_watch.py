@@ -273,6 +273,17 @@ def test_a_watcher_with_another_setting_than_its_dataset_stops_at_once(story: di
     assert "--max-length is 256 here, but the dataset was built with 128" in capsys.readouterr().err
 
 
+def test_ctrl_c_while_sleeping_between_polls_ends_the_watcher_at_once(tmp_path: Path, tokenizer_dir: Path) -> None:
+    (tmp_path / "in").mkdir()
+    watcher = Watcher(tmp_path, tokenizer_dir, "--interval", "3600")
+    watcher.wait_for("a first poll", lambda: watcher.status().get("polls", 0) == 1)
+    asked = time.monotonic()
+    assert watcher.stop(signal.SIGINT) == 0
+    assert time.monotonic() - asked < 5, "it slept on"
+    assert "stopped by Ctrl-C (SIGINT) between generations" in watcher.output()
+    assert status(tmp_path / "out")["state"] == "stopped"
+
+
 def test_a_busy_output_is_tried_again_later(tmp_path: Path, tokenizer_dir: Path, pairs_file: Path,
                                            capsys: pytest.CaptureFixture) -> None:
     """Another live run holds the lock: this poll starts nothing and says so; the watcher keeps going."""
