@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from seqpack.cli.main import main
+from seqpack.errors import RunFailedError, UsageError
 from seqpack.generations import FoundFile
+from seqpack.inputs.records import InputError
 from seqpack.pipeline.watch import _patterns_of
 from seqpack.schemas import LOCK_NAME, MANIFEST_NAME, STAGING_NAME, STATS_NAME, WATCH_STATUS_NAME, Manifest
 from seqpack.watching import (
@@ -298,6 +300,29 @@ def test_a_busy_output_is_tried_again_later(tmp_path: Path, tokenizer_dir: Path,
     assert "watch: not started: another seqpack run" in err
     assert "is writing to" in status(tmp_path / "out")["last_error"]
     assert generations(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(("error", "code"), [
+    (RunFailedError("the disk is full"), 1),  # --once: cron learns that its generation failed
+    (UsageError("no file matches 'in/*.jsonl'"), 1),  # the inputs moved meanwhile (an InputError's): try again
+    (UsageError("the tokenizer does not load"), 2),  # the job cannot work: the watcher stops
+])
+def test_a_failed_generation_is_said_and_tried_again(tmp_path: Path, tokenizer_dir: Path, pairs_file: Path,
+                                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                                    error: Exception, code: int) -> None:
+    def failing_run(*args: Any, **kwargs: Any) -> None:
+        if "no file matches" in str(error):
+            raise error from InputError(str(error))
+        raise error
+
+    monkeypatch.setattr("seqpack.pipeline.watch.run", failing_run)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_bytes(pairs_file.read_bytes())
+    assert main(watch_args(tmp_path, tokenizer_dir, "--once", "--settle", "0")) == code
+    err = capsys.readouterr().err
+    assert str(error) in err
+    if code == 1:
+        assert str(error) in status(tmp_path / "out")["last_error"]
 
 
 def test_watch_refuses_what_it_cannot_do(tmp_path: Path, tokenizer_dir: Path,

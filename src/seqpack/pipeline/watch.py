@@ -155,23 +155,31 @@ class _Watcher:
         self.say(f"watch: watching {', '.join(self.config.inputs)} → {self.config.output} (every "
                  f"{self.options.interval:g} s, files settle after {self.options.settle:g} s; status in "
                  f"{self.status_path})")
+        failed = False
         while not stopping.event.is_set():
             try:
-                self.poll()
+                failed = not self.poll()
             except RunInterrupted:
                 self._write_status("stopping")
                 raise
+            except UsageError:
+                raise  # the job cannot work as configured (a changed setting, an unreadable manifest): stop
+            except Exception as error:  # noqa: BLE001 - a network blip listing a bucket: a service keeps going
+                _log.debug("the poll failed", exc_info=True)
+                self._failed(f"poll failed: {crash_summary(error)}; trying again at the next poll")
+                failed = True
             if self.options.once:
                 break
             stopping.event.wait(self.options.interval)
         if stopping.signum is not None:
             self.say(f"watch: stopped by {stopping.name()} between generations")
         self._write_status("stopped")
-        return 0
+        return 1 if failed and self.options.once else 0  # cron learns that its one generation failed
 
     # ------------------------------------------------------------------------------------------ a poll
 
-    def poll(self) -> None:
+    def poll(self) -> bool:
+        """List, decide, maybe run a generation; False if a generation (or the poll) failed."""
         now = time.time()
         found, patterns, problems = self._list_inputs()
         manifest = committed_manifest(self.config.output)
@@ -188,8 +196,8 @@ class _Watcher:
                                max_wait=self.options.max_wait, now=now)
         if reason is None or self.stopping.event.is_set():  # a stop asked for during the poll: start nothing
             self._write_status("idle")
-            return
-        self._generate(backlog, _patterns_of(backlog, patterns, self.config.inputs), reason)
+            return True
+        return self._generate(backlog, _patterns_of(backlog, patterns, self.config.inputs), reason)
 
     def _list_inputs(self) -> tuple[list[FoundFile], dict[str, str], int]:
         """Every file the inputs match now, with the pattern that matched it; a pattern that matches nothing yet
@@ -223,7 +231,7 @@ class _Watcher:
 
     # ------------------------------------------------------------------------------------ a generation
 
-    def _generate(self, backlog: Backlog, patterns: list[str], reason: str) -> None:
+    def _generate(self, backlog: Backlog, patterns: list[str], reason: str) -> bool:
         only = backlog.files()
         self._write_status("running")
         started = time.monotonic()
@@ -231,27 +239,33 @@ class _Watcher:
             result = run(replace(self.config, inputs=patterns), self.beam_args, only=only, verbose=self.verbose)
         except LockBusyError as error:
             self._failed(f"not started: {error}; trying again at the next poll")
-            return
+            return True  # another run is writing: not a failure of this one
         except RunInterrupted:
             raise
-        except UsageError:
-            raise  # the job cannot work as configured (a changed setting, a tokenizer that does not load): stop
+        except UsageError as error:
+            if not isinstance(error.__cause__, InputError):
+                raise  # the job cannot work as configured (a tokenizer that does not load, ...): stop
+            # the inputs changed since this poll listed them (a file moved away, a file in a format seqpack does
+            # not read appeared): the next poll lists them again
+            self._failed(f"not started: {error}; trying again at the next poll")
+            return False
         except RunFailedError as error:
             self._failed(f"generation failed, nothing committed: {error}; trying again at the next poll")
-            return
+            return False
         except Exception as error:  # noqa: BLE001 - a service keeps going; the traceback is in the log
             _log.exception("the generation failed")
             self._failed(f"generation failed, nothing committed: {crash_summary(error)}; trying again at the "
                          "next poll")
-            return
+            return False
         seconds = time.monotonic() - started
         if isinstance(result, UpToDate) or not isinstance(result, tuple):
             self.say("watch: nothing committed: the settled files changed since (they settle again) or hold "
                      "content already consumed")
             self._write_status("idle")
-            return
+            return True
         manifest, stats = result
         self._committed(manifest, stats, seconds, reason)
+        return True
 
     def _committed(self, manifest: Manifest, stats: Mapping[str, Any], seconds: float, reason: str) -> None:
         """Say what the generation holds; what it consumed leaves the backlog."""
@@ -271,6 +285,7 @@ class _Watcher:
         self._write_status("idle")
 
     def _failed(self, message: str) -> None:
+        """Say it and keep it in the status; the watcher goes on."""
         self.status.last_error = message
         self.say(f"watch: {message}")
         self._write_status("idle")
