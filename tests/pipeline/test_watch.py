@@ -90,6 +90,26 @@ def test_a_run_lists_only_the_patterns_of_its_settled_files_in_the_order_given()
     assert _patterns_of(backlog, patterns, inputs) == ["in/*.parquet", "in/*.jsonl"]
 
 
+def test_a_run_reads_only_the_settled_files_as_they_settled(tmp_path: Path) -> None:
+    """``run(only=...)``: a file not among them, or changed since it settled, is left for a later generation."""
+    from seqpack.config import RunConfig
+    from seqpack.inputs.records import InputFile
+    from seqpack.pipeline.appends import select_inputs
+
+    paths = {name: tmp_path / f"{name}.jsonl" for name in ("settled", "grew", "new", "gone")}
+    for path in paths.values():
+        path.write_text('{"source": "a", "target": "b"}\n')
+    seen = {str(p): (p.stat().st_size, p.stat().st_mtime) for name, p in paths.items() if name != "new"}
+    with paths["grew"].open("a") as out:
+        out.write('{"source": "c", "target": "d"}\n')
+    paths["gone"].unlink()
+    files = [InputFile(str(p), "jsonl", str(p)) for name, p in paths.items() if name != "gone"]
+    config = RunConfig(inputs=[str(tmp_path / "*.jsonl")], output=str(tmp_path / "out"), tokenizer="t", append=True)
+    selection = select_inputs(config, files, None, None, only=seen)  # type: ignore[arg-type]
+    assert [f.path for f in selection.files] == [str(paths["settled"])]
+    assert [(f.path, f.size) for f in selection.found] == [(str(paths["settled"]), paths["settled"].stat().st_size)]
+
+
 # ------------------------------------------------------------------------------------------ the service
 
 FILES = 6
