@@ -44,6 +44,26 @@ def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 1 if args.report and report is None else 0
 
 
+def watch_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
+    """``seqpack watch``: the run's flags make each generation's configuration; the watch flags say when."""
+    from seqpack.pipeline.watch import WatchOptions, watch
+
+    if not args.wait:
+        raise UsageError("seqpack watch waits for each generation it starts: drop --no-wait")
+    if args.report:
+        raise UsageError("seqpack watch writes no report: run `seqpack report OUT` when you want one")
+    if args.overwrite:
+        raise UsageError("seqpack watch only appends: drop --overwrite/--rebuild (run `seqpack run --rebuild` once "
+                         "to start the dataset over, then watch it)")
+    args.append = True
+    config = config_from_args(args)
+    options = WatchOptions(interval=args.interval, settle=args.settle, min_new_tokens=args.min_new_tokens,
+                           max_wait=args.max_wait, once=args.once, status_file=args.status_file)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    return watch(config, beam_args, options, verbose=args.verbose)
+
+
 def compact_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
     from seqpack.pipeline.compact import compact, compacted_summary
 

@@ -144,6 +144,28 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                          "the dataset is the same")
 
 
+def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
+    """``seqpack watch``'s own flags: when to look, and when new files make a generation."""
+    from seqpack.pipeline.watch import WatchOptions
+
+    defaults = WatchOptions()
+    when = parser.add_argument_group("watching (each generation is a `seqpack run --append` of the settled files)")
+    when.add_argument("--interval", type=float, default=defaults.interval, metavar="SECONDS",
+                      help="seconds between polls of the inputs")
+    when.add_argument("--settle", type=float, default=defaults.settle, metavar="SECONDS",
+                      help="read a new file once its size and modification time have not changed this long")
+    when.add_argument("--min-new-tokens", type=int, default=defaults.min_new_tokens, metavar="N",
+                      help="commit only once the settled files hold about this many tokens (estimated from the "
+                      "dataset's tokens per input byte; 4 bytes a token before the first generation)")
+    when.add_argument("--max-wait", type=float, default=defaults.max_wait, metavar="SECONDS",
+                      help="commit fewer than --min-new-tokens once the oldest settled file has waited this long")
+    when.add_argument("--once", action="store_true",
+                      help="poll once (committing a generation if one is due), then exit: for cron")
+    when.add_argument("--status-file", metavar="PATH",
+                      help="where to keep the watcher's status JSON (last poll, last generation, backlog; local "
+                      "or gs://, s3://) (default: OUT/.seqpack-watch.json)")
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     for flag, value in (("--input", args.input), ("--output", args.output), ("--tokenizer", args.tokenizer)):
         if not value:  # not required by argparse: a --config job file may give it

@@ -1,5 +1,5 @@
-"""The ``seqpack`` command line: ``run``, ``compact``, ``demo``, ``verify``, ``inspect``, ``report``, ``stats`` and
-``status``.
+"""The ``seqpack`` command line: ``run``, ``watch``, ``compact``, ``demo``, ``verify``, ``inspect``, ``report``,
+``stats`` and ``status``.
 
 Exit codes a scheduler can act on: 0 done, 2 usage or configuration error (nothing started), 1 the run
 failed and nothing was committed (``status``: an input changed after a generation consumed it).
@@ -64,7 +64,7 @@ def _command(commands: argparse._SubParsersAction, name: str, summary: str, **kw
 
 
 def _parser() -> argparse.ArgumentParser:
-    from seqpack.cli.flags import add_run_arguments
+    from seqpack.cli.flags import add_run_arguments, add_watch_arguments
 
     parser = argparse.ArgumentParser(prog="seqpack", description=__doc__.splitlines()[0].replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
@@ -79,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="take options from this YAML file (option: value, Beam options under beam:); "
                      "flags given here override it")
     run.set_defaults(_run_parser=run)  # the job file is read against this parser's options
+    watch = _command(commands, "watch", "keep appending: a generation for every batch of new input files that "
+                     "settled", epilog="Takes every `seqpack run` option (it always appends) and Beam's pipeline "
+                     "options; see docs/scheduling.md for running it as a service.")
+    add_run_arguments(watch)
+    add_watch_arguments(watch)
+    watch.add_argument("--verbose", "-v", action="store_true",
+                       help="also print Beam's and the local workers' log lines as they happen")
+    watch.add_argument("--config", metavar="JOB.yaml",
+                       help="take options from this YAML file (as seqpack run --config; watch options too)")
+    watch.set_defaults(_run_parser=watch)
     compact = _command(commands, "compact", "repack several generations of a dataset into one, examples kept exactly",
                        epilog="Any Apache Beam pipeline option (--runner, --project, ...) is passed on.")
     compact.add_argument("dataset", help="dataset directory or URL (written by seqpack run, grown by --append)")
@@ -175,6 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_argv = argv[argv.index("run") + 1 :]
             check_command_line(args._run_parser, extra)
             return run_from_args(args, apply_job_file(args._run_parser, args, run_argv) + extra)
+        if args.command == "watch":
+            from seqpack.cli.commands import watch_from_args
+            from seqpack.cli.flags import check_command_line
+            from seqpack.cli.jobfile import apply_job_file
+
+            watch_argv = argv[argv.index("watch") + 1 :]
+            check_command_line(args._run_parser, extra)
+            return watch_from_args(args, apply_job_file(args._run_parser, args, watch_argv) + extra)
         if args.command == "compact":
             from seqpack.cli.commands import compact_from_args
             from seqpack.cli.flags import check_command_line

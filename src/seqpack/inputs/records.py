@@ -24,6 +24,10 @@ class InputError(ValueError):
     """The inputs cannot be read at all (nothing matches, an unsupported format): stop before any work."""
 
 
+class NoInputFound(InputError):
+    """An input pattern matches no file seqpack reads (yet): an error for a run, a wait for ``seqpack watch``."""
+
+
 @dataclass(slots=True)
 class Record:
     """One parsed input record. ``origin`` is ``path:N`` (N: 1-based line for JSONL/CSV, row for

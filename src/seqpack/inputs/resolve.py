@@ -19,7 +19,7 @@ from typing import Any
 
 from seqpack.inputs.formats import FORMATS, detect_format, format_or_none
 from seqpack.inputs.json_values import json_type
-from seqpack.inputs.records import InputError, InputFile, Match, OpenBinary, printable_path
+from seqpack.inputs.records import InputError, InputFile, Match, NoInputFound, OpenBinary, printable_path
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _HF_METADATA = ("state.json", "dataset_info.json", "dataset_dict.json")
@@ -94,14 +94,14 @@ def _expand_pattern(pattern: str, match: Match, open_binary: OpenBinary) -> list
         return _expand_directory(pattern.rstrip("/"), listing, open_binary)
     if matched:
         detect_format(matched[0])  # raises, naming the unsupported type
-    raise InputError(f"no file or directory {pattern!r}: check the path (and that it is readable)")
+    raise NoInputFound(f"no file or directory {pattern!r}: check the path (and that it is readable)")
 
 
 def _expand_glob(pattern: str, match: Match) -> list[InputFile]:
     keep_hidden = posixpath.basename(pattern).startswith(("_", "."))
     paths = [p for p in _list(match, pattern) if keep_hidden or not _is_hidden(p)]
     if not paths:
-        raise InputError(f"no file matches {pattern!r}: check the path, and quote the glob so the shell leaves it")
+        raise NoInputFound(f"no file matches {pattern!r}: check the path, and quote the glob so the shell leaves it")
     files = []
     for path in paths:
         if posixpath.basename(path) in _HF_METADATA:
@@ -136,7 +136,7 @@ def _expand_directory(directory: str, listing: Sequence[str], open_binary: OpenB
             files.append(InputFile(path, fmt, path))
     if not files:
         has = f" (it holds {_some(skipped)})" if skipped else ""
-        raise InputError(
+        raise NoInputFound(
             f"directory {directory!r} holds no file seqpack reads ({', '.join(sorted(FORMATS))}){has}; "
             "subdirectories are not searched: use a glob such as 'dir/**/*.jsonl'"
         )

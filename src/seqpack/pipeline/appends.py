@@ -9,6 +9,7 @@ Runs in the driver under the output lock, so two appends never pick the same new
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from seqpack.config import RunConfig
@@ -32,12 +33,23 @@ class Selection:
 
 
 def select_inputs(config: RunConfig, files: list[InputFile], previous: Manifest | None,
-                  tokenizer: TokenizerInfo) -> Selection:
-    """Every input for a new dataset; for ``--append`` only the new ones, once the dataset accepts them."""
+                  tokenizer: TokenizerInfo, *, only: Mapping[str, tuple[int, float]] | None = None) -> Selection:
+    """Every input for a new dataset; for ``--append`` only the new ones, once the dataset accepts them.
+
+    ``only`` (``seqpack watch``) restricts the run to these files, ``path -> (size, modified)`` as the caller saw
+    them settle: a file that is not listed, or no longer so, is left for a later run, never read half-written."""
+    if only is not None:
+        files = [f for f in files if f.path in only]
     metadata = file_metadata(sorted({f.path for f in files}))
     missing = sorted({f.path for f in files} - metadata.keys())
-    if missing:
+    if missing and only is None:
         raise UsageError(f"input {missing[0]} disappeared after it was listed: run again")
+    if only is not None:
+        moved = sorted(path for path, now in metadata.items() if now != only[path]) + missing
+        for path in moved:
+            _log.info("input %s changed since it settled: left for a later generation", path)
+        metadata = {path: now for path, now in metadata.items() if now == only[path]}
+        files = [f for f in files if f.path in metadata]
     found = [FoundFile(path, *metadata[path]) for path in sorted(metadata)]
     if not config.append or previous is None:
         return Selection(files, found)

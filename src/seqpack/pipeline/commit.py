@@ -61,7 +61,7 @@ from seqpack.schemas import (
     revision_of,
 )
 from seqpack.schemas import stats as stats_format
-from seqpack.schemas.layout import DEDUP_DIR, DEDUP_KEY_FILES, RUN_MARKER_SUFFIX
+from seqpack.schemas.layout import DEDUP_DIR, DEDUP_KEY_FILES, RUN_MARKER_SUFFIX, WATCH_STATUS_NAME
 from seqpack.schemas.manifest import ConsumedInput, GenerationInfo, merged_splits
 from seqpack.transforms.write import write_atomically
 
@@ -123,7 +123,7 @@ def prepare_output(config: RunConfig, lock: OutputLock, *, keep: Callable[[Manif
     """
     output = config.output
     check_output(config)
-    previous = _read_previous(output)
+    previous = committed_manifest(output)
     if previous is not None and not (config.overwrite or config.append or keep):
         raise UsageError(
             f"{output} already holds a seqpack dataset: pass --append to add the inputs it has not consumed as a "
@@ -156,7 +156,7 @@ def check_output(config: RunConfig) -> None:
         raise UsageError(f"{manifest} is a directory, so {output} is not a seqpack dataset: choose another --output")
 
 
-def _read_previous(output: str) -> Manifest | None:
+def committed_manifest(output: str) -> Manifest | None:  # whole even without the lock: a commit swaps it atomically
     path = FileSystems.join(output, MANIFEST_NAME)
     if not FileSystems.exists(path):
         return None
@@ -203,10 +203,10 @@ def _write_marker(destination: Destination, lock: OutputLock, *, obsolete: list[
 
 
 def _is_ours(path: str, previous: Manifest | None) -> bool:
-    """Files seqpack may find in an output: the dataset's own, its report, the lock."""
+    """Files seqpack may find in an output: the dataset's own, its report, the lock, a watcher's status."""
     if path == MANIFEST_NAME and previous is not None:
         return True
-    if path.startswith(LOCK_NAME):
+    if path.startswith((LOCK_NAME, WATCH_STATUS_NAME)):  # also a status a killed watcher left half-written
         return True
     if path == REPORT_NAME and previous is not None:
         return True
@@ -387,7 +387,7 @@ def _clean_up_after_switch(output: str, destination: Destination) -> None:
 
 def read_committed(destination: Destination) -> tuple[Manifest, dict[str, Any]]:
     """The manifest and statistics the job committed; an error if the output does not name its revision."""
-    manifest = _read_previous(destination.output)
+    manifest = committed_manifest(destination.output)
     if manifest is None or manifest.directory != destination.directory:
         found = "no manifest" if manifest is None else f"the manifest of {manifest.directory}"
         raise RunFailedError(
@@ -419,6 +419,6 @@ def is_committed(destination: Destination) -> bool:
 
 def _committed_directory(output: str) -> str | None:
     try:
-        return _read_previous(output).directory  # type: ignore[union-attr]
+        return committed_manifest(output).directory  # type: ignore[union-attr]
     except (UsageError, AttributeError):
         return None

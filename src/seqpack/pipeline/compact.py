@@ -45,6 +45,7 @@ from seqpack.pipeline.build import key_files_of
 from seqpack.pipeline.commit import (
     Destination,
     abandon,
+    committed_manifest,
     is_committed,
     prepare_output,
     read_committed,
@@ -53,6 +54,7 @@ from seqpack.pipeline.commit_step import refusal_message
 from seqpack.pipeline.compact_job import CompactPlan, build_compaction, carried_stats
 from seqpack.pipeline.failures import crash_summary
 from seqpack.pipeline.lock import OutputLock
+from seqpack.pipeline.output_files import read_bytes
 from seqpack.pipeline.runners import pipeline_options
 from seqpack.pipeline.worker_logs import WorkerLog, capture_worker_output
 from seqpack.schemas import MANIFEST_NAME, REJECTED_FILE, STATS_NAME, TOKENIZER_DIR, DatasetFormatError, Manifest
@@ -231,20 +233,17 @@ def _kept(previous: Manifest, chosen: list[int]) -> list[int]:
 
 
 def _read_manifest(output: str) -> Manifest:
-    path = FileSystems.join(output, MANIFEST_NAME)
-    if not FileSystems.exists(path):
+    manifest = committed_manifest(output)
+    if manifest is None:
         raise UsageError(f"{output} is not a seqpack dataset (no {MANIFEST_NAME}): compact needs a committed dataset")
-    try:
-        return Manifest.from_json(_read_bytes(path).decode("utf-8", errors="replace"), where=path)
-    except DatasetFormatError as error:
-        raise UsageError(str(error)) from error
+    return manifest
 
 
 def _read_stats(output: str, generation: GenerationInfo) -> dict[str, Any]:
     name = f"{generation.directory}/{STATS_NAME}" if generation.directory else STATS_NAME
     path = FileSystems.join(output, name)
     try:
-        return stats_format.parse(_read_bytes(path), where=path)
+        return stats_format.parse(read_bytes(path), where=path)
     except (OSError, DatasetFormatError) as error:
         raise UsageError(
             f"cannot read generation {generation.id}'s statistics ({error}): compaction carries them into the new "
@@ -267,12 +266,7 @@ def _carry_files(output: str, previous: Manifest, replaced: list[GenerationInfo]
     for name in (path for path in newest.files if path.startswith(prefix)):
         target = FileSystems.join(destination.root, TOKENIZER_DIR, name[len(prefix) :])
         with atomic_output(target) as out:
-            out.write(_read_bytes(FileSystems.join(output, name)))
-
-
-def _read_bytes(path: str) -> bytes:
-    with FileSystems.open(path) as handle:
-        return handle.read()
+            out.write(read_bytes(FileSystems.join(output, name)))
 
 
 # ------------------------------------------------------------------------------------------------ summary

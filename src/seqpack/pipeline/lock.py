@@ -48,6 +48,10 @@ TAKEOVER_SUFFIX = ".takeover"
 GUARD_STALE_SECONDS = 10.0
 
 
+class LockBusyError(UsageError):
+    """Another live run holds the output's lock: nothing was started (``seqpack watch`` tries again later)."""
+
+
 class LockLostError(RunFailedError):
     """Another run took this run's lock (it was paused or stalled past the stale limit): nothing is committed."""
 
@@ -249,7 +253,7 @@ class OutputLock:
             seen = self._read()
             holder = Holder.parse(seen) if seen is not None else None
             if seen is not None and not self._is_stale(holder):
-                raise UsageError(self._busy_message(holder))
+                raise LockBusyError(self._busy_message(holder))
             if seen is not None:
                 self._remove_stale(seen)
         raise UsageError(f"could not take the lock {self.path}: other runs keep taking it; retry")

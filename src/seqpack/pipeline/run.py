@@ -7,7 +7,7 @@ import logging
 import os
 import shlex
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -130,6 +130,7 @@ class Submitted:
 def run(
     config: RunConfig, beam_args: list[str] | None = None, *, wait: bool = True,
     lock_lease: float = DEFAULT_LEASE_SECONDS, progress: bool = False, verbose: bool = False,
+    only: Mapping[str, tuple[int, float]] | None = None,
 ) -> tuple[Manifest, dict[str, Any]] | Submitted | UpToDate | None:
     """Run the job described by ``config``; return the committed manifest and statistics.
 
@@ -149,6 +150,9 @@ def run(
     ``pipeline.live_progress``); other runners show their own. On the local runner the workers' log lines go to a
     file, shown only if the run fails, unless ``verbose`` (see ``pipeline.worker_logs``).
 
+    ``only`` (``seqpack watch``) reads just these of the inputs' files, ``path -> (size, modified)``, and only
+    while they are still so (``pipeline.appends.select_inputs``).
+
         >>> manifest, stats = run(RunConfig(inputs=["pairs.jsonl"], output="out", tokenizer="tok/"))
     """
     config.validate()
@@ -166,7 +170,7 @@ def run(
             OutputLock(config.output, lease_seconds=0 if wait else lock_lease, options=options) as lock:
         destination = prepare_output(config, lock)
         try:
-            selection = select_inputs(config, files, destination.previous, tokenizer_info)
+            selection = select_inputs(config, files, destination.previous, tokenizer_info, only=only)
         except BaseException:
             abandon(destination)
             raise

@@ -18,6 +18,7 @@ from seqpack.schemas.layout import (
     REPORT_NAME,
     STAGING_NAME,
     TOKENIZER_DIR,
+    WATCH_STATUS_NAME,
     revision_dir,
     revision_of,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "REPORT_NAME",
     "STAGING_NAME",
     "TOKENIZER_DIR",
+    "WATCH_STATUS_NAME",
     "revision_dir",
     "revision_of",
     "FORMAT_NAME",

@@ -11,6 +11,7 @@
       report.html            (seqpack run --report)
       .seqpack-lock          held while a run writes here
       .seqpack-staging/      a run's scratch space (spill files, metadata); removed at commit
+      .seqpack-watch.json    `seqpack watch`'s status (last poll, last generation, backlog), if one watches here
 
 A new run writes its revision beside the committed one and switches the manifest to it in one atomic step,
 so a reader holding the old manifest keeps reading old files until they are deleted; it never sees a mix.
@@ -22,6 +23,9 @@ import re
 
 STAGING_NAME = ".seqpack-staging"
 LOCK_NAME = ".seqpack-lock"
+WATCH_STATUS_NAME = ".seqpack-watch.json"
+"""``seqpack watch --status-file``'s default: beside the data it describes, on the same volume or bucket. Not part
+of the dataset (no manifest names it): a run leaves it alone and a reader never sees it."""
 TOKENIZER_DIR = "tokenizer"
 REJECTED_FILE = "rejected/rejected.jsonl"
 REPORT_NAME = "report.html"
