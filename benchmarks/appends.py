@@ -41,6 +41,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,7 @@ class Timed:
     name: str
     seconds: float
     cpu_seconds: float
-    """User + system CPU of the command's process tree (its waited-for children): less sensitive than the wall
+    """User + system CPU of the command's process tree (Beam's workers included): less sensitive than the wall
     time to other jobs on a shared machine."""
     load: float
     """The machine's 1-minute load average when the command ended."""
@@ -104,15 +105,44 @@ def prepare_tokenizer(work: Path, sample: list[Path], vocab_size: int) -> Path:
     return path
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def _tree_cpu(process: subprocess.Popen) -> float:
+    """Wait for ``process``; the CPU seconds of its whole tree, Beam's worker processes included, sampled every
+    0.1 s (each process's last sample: up to 0.1 s of a process that exits between samples is missed). Without
+    psutil, the CPU of the waited-for children only (``getrusage``), which misses workers that were not reaped."""
+    try:
+        import psutil
+    except ImportError:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        process.wait()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    root = psutil.Process(process.pid)
+    last: dict[tuple[int, float], float] = {}
+    while process.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            tree = []
+        for member in tree:
+            try:
+                with member.oneshot():
+                    times = member.cpu_times()
+                    last[member.pid, member.create_time()] = times.user + times.system
+            except psutil.Error:
+                continue
+        time.sleep(0.1)
+    return sum(last.values())
 
 
 def timed(name: str, command: list[str]) -> Timed:
-    start, cpu = time.perf_counter(), _children_cpu()
-    done = subprocess.run(command, capture_output=True, text=True)
-    seconds, cpu = time.perf_counter() - start, _children_cpu() - cpu
+    start = time.perf_counter()
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
+        reader = threading.Thread(target=lambda: setattr(process, "err_text", process.stderr.read()))
+        reader.start()
+        cpu = _tree_cpu(process)
+        reader.join()
+    seconds = time.perf_counter() - start
+    done = subprocess.CompletedProcess(command, process.returncode, "", process.err_text)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed ({done.returncode}): {' '.join(command)}\n{done.stderr}")
     load = os.getloadavg()[0]
