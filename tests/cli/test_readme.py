@@ -95,7 +95,28 @@ def inline_commands() -> list[str]:
     return [span for span in spans if re.match(command, span)]
 
 
+IN_ORDER = "## Growing datasets"
+"""A README section whose `$ ` commands build on each other: run in order, in one directory, by
+test_growing_datasets_transcript_runs_in_order (not one by one in fresh directories)."""
+
+
+def transcript(title: str) -> list[tuple[str, list[str]]]:
+    """The `$ ` commands of one section's plain ``` blocks, each with the output shown under it."""
+    section = README.split(title + "\n", 1)[1].split("\n## ", 1)[0]
+    found = []
+    for block in re.findall(r"^```\n(.*?)^```", section, flags=re.DOTALL | re.MULTILINE):
+        lines = block.splitlines()
+        for n, line in enumerate(lines):
+            if line.startswith("$ "):
+                shown = lines[n + 1 :]
+                shown = shown[: next((i for i, rest in enumerate(shown) if rest.startswith("$ ")), len(shown))]
+                found.append((line[2:], shown))
+    return found
+
+
 def skip_reason(command: str) -> str | None:
+    if command in dict(transcript(IN_ORDER)):
+        return f"run in order, in one directory, with the other commands of {IN_ORDER!r}"
     return SET_UP if command in bash_commands()[:2] else SKIPPED.get(command)
 
 
@@ -220,6 +241,22 @@ def check_shown_output(command: str, shown: list[str], output: str) -> None:
     else:
         assert [shape(line) for line in shown] == [shape(line) for line in real], (
             f"README shows:\n{chr(10).join(shown)}\nreal:\n{output}")
+
+
+def test_growing_datasets_transcript_runs_in_order(home: Path, tmp_path: Path) -> None:
+    """The Growing datasets transcript, one command after the other in one directory: each exits as shown (2 for
+    a "seqpack: error:", else 0) and prints what the README shows."""
+    steps = transcript(IN_ORDER)
+    assert len(steps) >= 6 and any("--append" in command for command, _ in steps), "the transcript is gone"
+    where = workspace(tmp_path, home, "seqpack run")
+    for command, shown in steps:
+        result = shell(runnable(command), where)
+        refused = any(line.startswith("seqpack: error:") for line in shown)
+        assert result.returncode == (2 if refused else 0), f"{runnable(command)}\n{result.stderr[-3000:]}"
+        real = [line for line in (result.stdout + result.stderr).splitlines() if not is_progress(line)]
+        if shown:
+            assert shape(real[0]) == shape(shown[0]), f"{command}: README shows {shown[0]!r}, real {real[0]!r}"
+            check_shown_output(command, shown, "\n".join(real))
 
 
 def test_the_custom_template_example_means_newlines(tmp_path: Path) -> None:

@@ -1,20 +1,26 @@
 """Every name a dataset directory holds, defined once for the writer and every reader.
 
     OUT/
-      manifest.json          the pointer: names the committed revision and every file of it; replaced last
-      v000001/               one committed revision; its files never change once the manifest names them
+      manifest.json          the pointer: lists the committed generations and every file of them; replaced last
+      v000001/               generation 1 (the first run's); its files never change once the manifest names them
         stats.json
         train/part-00000-of-00002.parquet
         rejected/rejected.jsonl
         tokenizer/           (with --add-special-tokens)
         dedup/keys-00003.bin (with --dedup exact: the content keys of its records, see schemas.dedup_keys)
+      v000002/               generation 2: the inputs a ``seqpack run --append`` found that generation 1 had not
+        stats.json           consumed (the same layout; each generation has its own stats and rejected records)
+        train/part-00000-of-00001.parquet
       report.html            (seqpack run --report)
       .seqpack-lock          held while a run writes here
       .seqpack-staging/      a run's scratch space (spill files, metadata); removed at commit
       .seqpack-watch.json    `seqpack watch`'s status (last poll, last generation, backlog), if one watches here
 
-A new run writes its revision beside the committed one and switches the manifest to it in one atomic step,
-so a reader holding the old manifest keeps reading old files until they are deleted; it never sees a mix.
+A generation's directory is ``revision_dir(id)``; ids only grow, so a directory name is never reused. Every run
+writes its generation beside the committed ones and switches the manifest to the new list in one atomic step:
+``--append`` keeps every previous generation, ``--rebuild`` (``--overwrite``) none, ``seqpack compact`` those it
+did not replace; the files of the generations dropped are deleted after the switch. A reader holding the old
+manifest keeps reading old files until they are deleted; it never sees a mix.
 """
 
 from __future__ import annotations
