@@ -91,6 +91,9 @@ class InputPlan:
     """Read by a generation, but their content changed since: never read again (``--rebuild`` starts over)."""
     missing: list[ConsumedInput] = field(default_factory=list)
     """Consumed by a generation and no longer found among the inputs (moved or deleted; not an error)."""
+    empty: list[FoundFile] = field(default_factory=list)
+    """New files with no bytes yet: not read and not consumed, so their content is read once it arrives (a file
+    consumed empty would later count as *changed* and never be read)."""
 
 
 def consumed_inputs(generations: Iterable[GenerationInfo]) -> dict[str, tuple[int, ConsumedInput]]:
@@ -130,6 +133,9 @@ def plan_inputs(
                 plan.consumed.append(found_file)
             else:
                 plan.changed.append(ChangedInput(found_file.path, generation, consumed, found_file.size, digest))
+            continue
+        if found_file.size == 0:
+            plan.empty.append(found_file)
             continue
         if found_file.size in sizes:
             digest = sha256_of(found_file.path)

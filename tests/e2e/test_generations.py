@@ -432,9 +432,6 @@ def test_an_input_written_while_the_job_reads_it_fails_the_run(
     verify_dataset(str(output))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug (pipeline/appends.py): an empty new input fails every --append "
-                   "('no records were read'), and once consumed beside other new files at size 0, its later content "
-                   "is 'changed' and never read; the fix: leave empty new files unconsumed, with a warning")
 def test_an_empty_new_file_neither_blocks_appends_nor_is_consumed_before_it_has_content(
     two_days: dict, pairs: list, capsys: pytest.CaptureFixture
 ) -> None:

@@ -51,16 +51,20 @@ def select_inputs(config: RunConfig, files: list[InputFile], previous: Manifest 
         metadata = {path: now for path, now in metadata.items() if now == only[path]}
         files = [f for f in files if f.path in metadata]
     found = [FoundFile(path, *metadata[path]) for path in sorted(metadata)]
-    if not config.append or previous is None:
+    if not config.append:
         return Selection(files, found)
-    check_can_append(previous, config, tokenizer)
-    plan = plan_inputs(found, previous.generations, sha256_of=lambda path: sha256_file(path)[0])
+    if previous is not None:
+        check_can_append(previous, config, tokenizer)
+    generations = previous.generations if previous is not None else []
+    plan = plan_inputs(found, generations, sha256_of=lambda path: sha256_file(path)[0])
     for changed in plan.changed:
         _log.warning(
             "input %s changed since generation %d consumed it (%s bytes then, %s now): it is not read again; "
             "`seqpack status %s` lists such files, --rebuild starts the dataset over from every input",
             changed.path, changed.generation, f"{changed.consumed.size:,}", f"{changed.size:,}", config.output,
         )
+    for empty in plan.empty:
+        _log.warning("input %s is empty: not read, and not recorded as consumed, until it has content", empty.path)
     new = {f.path for f in plan.new}
     return Selection([f for f in files if f.path in new], plan.new, plan)
 

@@ -111,7 +111,8 @@ class UpToDate:
     """An ``--append`` that found no input its dataset had not consumed: nothing was run or written."""
 
     output: str
-    manifest: Manifest
+    manifest: Manifest | None
+    """The dataset's manifest; None when an ``--append`` into a new output found only empty files."""
     selection: Selection
 
 
@@ -176,7 +177,7 @@ def run(
             raise
         if not selection.files:
             abandon(destination)
-            return UpToDate(config.output, destination.previous, selection)  # type: ignore[arg-type]
+            return UpToDate(config.output, destination.previous, selection)
         job = replace(job, files=selection.files, found=selection.found)
         with capture_worker_output(enabled=_is_local(runner) and not verbose) as worker_log:
             stop.cleanup = partial(_clean_up_after_stop, destination, lock, worker_log, created)
@@ -380,11 +381,16 @@ def summary(manifest: Manifest, stats: dict[str, Any], output: str, *, report: s
 def up_to_date_message(result: UpToDate) -> str:
     """What an ``--append`` with nothing new says: the dataset is current, and which inputs it left alone."""
     plan = result.selection.plan
-    generations = result.manifest.generations
-    lines = [f"seqpack: {result.output} is up to date: no new input (generation {generations[-1].id} is the newest"
-             f" of {_plural(len(generations), 'generation')})"]
+    if result.manifest is None:
+        newest = "the dataset has no generation yet"
+    else:
+        generations = result.manifest.generations
+        newest = f"generation {generations[-1].id} is the newest of {_plural(len(generations), 'generation')}"
+    lines = [f"seqpack: {result.output} is up to date: no new input ({newest})"]
     if plan is not None and plan.copies:
         lines.append(f"  {_plural(len(plan.copies), 'new file name')} for content already consumed (not read again)")
+    if plan is not None and plan.empty:
+        lines.append(f"  {_plural(len(plan.empty), 'empty file')} (read once they have content)")
     if plan is not None and plan.changed:
         lines.append(f"  {_plural(len(plan.changed), 'consumed file')} changed since (not read again): "
                      f"seqpack status {shlex.quote(result.output)} lists them")

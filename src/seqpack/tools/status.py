@@ -32,7 +32,8 @@ from seqpack.inputs.resolve import expand_inputs
 from seqpack.schemas import Manifest
 
 CHANGED, MISSING, NEW, COPY, CONSUMED, UNLISTED = "changed", "missing", "new", "copy", "consumed", "unlisted"
-STATES = (CHANGED, MISSING, NEW, COPY, CONSUMED, UNLISTED)
+EMPTY = "empty"
+STATES = (CHANGED, MISSING, NEW, EMPTY, COPY, CONSUMED, UNLISTED)
 """Most urgent first: the order ``status`` lists the inputs in."""
 EXIT_CHANGED = 1
 """``seqpack status`` exits with this when a consumed input changed since, so a scheduler can alert."""
@@ -162,6 +163,7 @@ def _states(plan: InputPlan, manifest: Manifest) -> list[InputState]:
     consumed_by = {c.path: g.id for g in manifest.generations for c in g.inputs}
     entries = [InputState(f.path, CONSUMED, f"generation {consumed_by[f.path]}") for f in plan.consumed]
     entries += [InputState(f.path, NEW) for f in plan.new]
+    entries += [InputState(f.path, EMPTY, "not read until it has content") for f in plan.empty]
     entries += [
         InputState(f.path, COPY, f"same content as {original}, generation {consumed_by[original]}: not read again")
         for f, original in plan.copies
