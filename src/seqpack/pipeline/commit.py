@@ -290,15 +290,7 @@ def _splits(shards: list[dict[str, Any]], directory: str) -> dict[str, SplitInfo
     for shard in sorted(shards, key=lambda s: s["path"]):
         fields = {k: v for k, v in shard.items() if k != "split"}
         by_split[shard["split"]].append(ShardInfo(**{**fields, "path": f"{directory}/{shard['path']}"}))
-    return {
-        name: SplitInfo(
-            rows=sum(s.rows for s in infos),
-            examples=sum(s.examples for s in infos),
-            tokens=sum(s.tokens for s in infos),
-            shards=infos,
-        )
-        for name, infos in sorted(by_split.items())
-    }
+    return {name: SplitInfo.of(infos) for name, infos in sorted(by_split.items())}
 
 
 def build_manifest(

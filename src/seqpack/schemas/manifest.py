@@ -64,6 +64,16 @@ class SplitInfo:
     tokens: int
     shards: list[ShardInfo]
 
+    @classmethod
+    def of(cls, shards: list[ShardInfo]) -> SplitInfo:
+        """A split of these shards, its totals their sums."""
+        return cls(
+            rows=sum(s.rows for s in shards),
+            examples=sum(s.examples for s in shards),
+            tokens=sum(s.tokens for s in shards),
+            shards=shards,
+        )
+
 
 @dataclass(frozen=True)
 class TokenizerInfo:
@@ -136,15 +146,7 @@ def merged_splits(generations: list[GenerationInfo]) -> dict[str, SplitInfo]:
     for generation in generations:
         for name, split in generation.splits.items():
             shards.setdefault(name, []).extend(split.shards)
-    return {
-        name: SplitInfo(
-            rows=sum(s.rows for s in infos),
-            examples=sum(s.examples for s in infos),
-            tokens=sum(s.tokens for s in infos),
-            shards=infos,
-        )
-        for name, infos in sorted(shards.items())
-    }
+    return {name: SplitInfo.of(infos) for name, infos in sorted(shards.items())}
 
 
 @dataclass(frozen=True)
