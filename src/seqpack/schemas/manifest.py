@@ -305,9 +305,7 @@ def check_generations(manifest: Manifest, where: str) -> None:
         )
     merged = merged_splits(generations)
     listed = {name: split.shards for name, split in manifest.splits.items() if split.shards}
-    if {n: [s.path for s in split.shards] for n, split in merged.items() if split.shards} != {
-        n: [s.path for s in shards] for n, shards in listed.items()
-    }:
+    if {n: split.shards for n, split in merged.items() if split.shards} != listed:
         raise DatasetFormatError(f"{where}: the generations' shards are not the shards the manifest lists ({_FIX})")
     if [path for g in generations for path in g.files] != list(manifest.files):
         raise DatasetFormatError(f"{where}: the generations' files are not the files the manifest lists ({_FIX})")
