@@ -72,8 +72,8 @@ class Audit:
 
 def audit_dataset(url: str, *, tokenizer: str | None = None, splits: Sequence[str] = ()) -> Audit:
     """Audit every example of ``splits`` (default: all) across all generations; decode the kept examples with
-    the dataset's tokenizer (or ``tokenizer``). Raises ``DatasetFormatError`` for a bad dataset, ``NoSuchSplit`` for a split it lacks and
-    ``InspectError`` when there are findings to show but the tokenizer cannot be loaded."""
+    the dataset's tokenizer (or ``tokenizer``). Raises ``DatasetFormatError`` for a bad dataset, ``NoSuchSplit``
+    for a split it lacks and ``InspectError`` when there are findings to show but the tokenizer cannot be loaded."""
     manifest = open_manifest(url)
     facts = AuditFacts.of(manifest)
     audit = Audit(url)
