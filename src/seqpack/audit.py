@@ -20,12 +20,17 @@ example's start and end (no trained token, all trained, BOS at the start, EOS at
 made on examples that are surely whole: never with ``--overlong split``, and with ``--packing wrap`` not on a
 row's edge pieces. Checks within an example (labels equal to ids, position ids that count up, a BOS after the
 start, an EOS never trained) are made on every piece; a row's first piece under ``wrap`` may count its positions
-from where the example left off.
+from where the example left off. Counts are of examples as the shards cut them (``seq_lens``), pieces included.
+
+Chat datasets (``--template chat``): a turn ends with EOS or one of ``END_OF_TURN_TOKENS`` the tokenizer has (the
+last trained token, or the one before it, since templates may train the newline after it); a BOS inside a
+conversation is not a finding (some templates write one per turn, as Llama 2's does); a doubled BOS at the start
+still is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,27 +85,32 @@ class AuditFacts:
     overlong: str = "truncate"
 
     @classmethod
-    def of(cls, manifest: Any) -> AuditFacts:
+    def of(cls, manifest: Any, end_of_turn_ids: Iterable[int] = ()) -> AuditFacts:
         """From a manifest: its tokenizer's special ids and the run's ``config`` (older or hand-written
-        manifests without a setting get ``seqpack run``'s default)."""
+        manifests without a setting get ``seqpack run``'s default). For a chat dataset, ``end_of_turn_ids`` are
+        the tokenizer's end-of-turn tokens (``end_of_turn_ids_of``): without any, whether a turn ends with its
+        token cannot be told, and that check is not made."""
         config: Mapping[str, Any] = manifest.config or {}
         chat = config.get("template", "plain") == "chat"
         tokenizer = manifest.tokenizer
         eos = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
-        if chat:
-            added = tokenizer.added_tokens or {}
-            eos |= {added[name] for name in END_OF_TURN_TOKENS if name in added}
+        turns = set(end_of_turn_ids) | end_of_turn_ids_of(tokenizer.added_tokens or {}) if chat else set()
         train_on = config.get("train_on", "target")
         return cls(
             max_length=manifest.max_length,
             bos_id=tokenizer.bos_id,
-            eos_ids=frozenset(eos),
+            eos_ids=frozenset(eos | turns),
             masks_prompts=train_on == "target",
-            expects_eos=bool(eos) and (chat or bool(config.get("add_eos", True))),
+            expects_eos=bool(turns) if chat else bool(eos) and bool(config.get("add_eos", True)),
             chat=chat,
             wrap=config.get("packing", manifest.packing) == "wrap",
             overlong=config.get("overlong", "truncate"),
         )
+
+
+def end_of_turn_ids_of(vocabulary: Mapping[str, int]) -> set[int]:
+    """The ids of the known end-of-turn tokens (``END_OF_TURN_TOKENS``) a vocabulary has."""
+    return {vocabulary[name] for name in END_OF_TURN_TOKENS if name in vocabulary}
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,7 @@ def example_findings(
         doubled = whole and ids[0] == facts.bos_id and ids[1] == facts.bos_id
         if doubled:
             codes.append(DOUBLED_BOS)
-        if len(inside) > int(doubled):
+        if len(inside) > int(doubled) and not facts.chat:
             codes.append(BOS_INSIDE)
     if facts.eos_ids and trained.any():
         is_eos = np.isin(ids, list(facts.eos_ids))

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import write_jsonl
+from helpers import chat_tokenizer, write_jsonl
 from shardgen import Example, write_dataset
 from transformers import AutoTokenizer
 
@@ -30,6 +30,7 @@ from seqpack.audit import (
     audit_block,
 )
 from seqpack.cli.main import main
+from seqpack.dataset import open_manifest
 from seqpack.tools.audit import audit_dataset
 
 MAX_LENGTH = 48
@@ -156,10 +157,10 @@ def test_pieces_of_wrapped_examples_are_only_checked_within() -> None:
 
 @pytest.fixture(scope="module")
 def run_dataset(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Callable[..., str]:
-    def run(records: list[dict[str, str]], *flags: str) -> str:
+    def run(records: list[dict[str, Any]], *flags: str, tokenizer: Path = tokenizer_dir) -> str:
         root = tmp_path_factory.mktemp("audit-run")
         source = write_jsonl(root / "pairs.jsonl", records)
-        code = main(["run", "-q", "-i", str(source), "-o", str(root / "ds"), "-t", str(tokenizer_dir),
+        code = main(["run", "-q", "-i", str(source), "-o", str(root / "ds"), "-t", str(tokenizer),
                      "--bucket-tokens", "1024", "--direct_running_mode=in_memory", *flags])
         assert code == 0
         return str(root / "ds")
@@ -180,6 +181,45 @@ def test_a_dataset_made_by_seqpack_run_is_clean(
     assert code == 0
 
 
+def test_examples_cut_into_pieces_by_wrap_and_split_are_not_findings(
+    run_dataset: Callable[..., str], pairs: list[dict[str, str]]
+) -> None:
+    url = run_dataset(pairs[:40], "--max-length", "24", "--packing", "wrap", "--overlong", "split")
+
+    audit = audit_dataset(url)
+
+    assert audit.examples > 40  # pieces
+    assert audit.counts == {}
+
+
+CHATML = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+CHATS = [
+    {"messages": [{"role": "user", "content": "The cat"}, {"role": "assistant", "content": "Le chat"},
+                  {"role": "user", "content": "The dog"}, {"role": "assistant", "content": "Le chien"}]},
+    {"source": "The apple", "target": "La pomme"},
+]
+
+
+@pytest.fixture(scope="module")
+def chatml(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return chat_tokenizer(tokenizer_dir, tmp_path_factory.mktemp("chatml"), CHATML)
+
+
+@pytest.mark.parametrize("train_on", ["target", "all"])
+def test_a_chat_dataset_ends_its_turns_with_the_tokenizers_end_of_turn_token(
+    run_dataset: Callable[..., str], chatml: Path, train_on: str
+) -> None:
+    url = run_dataset(CHATS, "--template", "chat", "--max-length", "96", "--train-on", train_on, tokenizer=chatml)
+
+    assert AuditFacts.of(open_manifest(url)).expects_eos is False  # <|im_end|> is not in the manifest...
+    assert audit_dataset(url).counts == {}  # ...but in the tokenizer, which audit loads for a chat dataset
+
+
 def test_truncation_that_cuts_the_whole_prompt_and_the_answer_is_found(run_dataset: Callable[..., str]) -> None:
     records = [{"source": "Hello world", "target": "monde " * 60}, {"source": "cat", "target": "chat"}]
     url = run_dataset(records, "--max-length", "32", "--overlong", "truncate")
@@ -195,3 +235,23 @@ def test_an_unknown_split_is_a_usage_error(tmp_path: Path, tok: Any, capsys: pyt
 
     assert main(["audit", url, "--split", "validation"]) == 2
     assert "has no split 'validation'" in capsys.readouterr().err
+
+
+def test_a_chat_answer_without_its_end_of_turn_token_is_found(tmp_path: Path, chatml: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(chatml))
+
+    def turn(answer: str) -> Example:
+        prompt = encode(tok, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        trained, after = encode(tok, answer), encode(tok, "\n")
+        ids = np.asarray(prompt + trained + after, dtype=np.int64)
+        labels = np.where(np.arange(len(ids)) < len(prompt), IGNORE_INDEX, ids)
+        labels[len(prompt) + len(trained):] = IGNORE_INDEX
+        return Example(ids, 0, label_ids=labels)
+
+    url = write(tmp_path / "ds", [turn("Salut<|im_end|>"), turn("Salut"), turn("Salut")], tok, template="chat")
+
+    audit = audit_dataset(url, tokenizer=str(chatml))
+
+    # the user turn's <|im_end|> is there, masked, and no answer trains one: both findings, on both examples
+    assert dict(audit.counts) == {EOS_MISSING: 2, EOS_UNTRAINED: 2}
+    assert [place.block for place in audit.samples[EOS_MISSING]] == [1, 2]

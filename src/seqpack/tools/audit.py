@@ -8,7 +8,8 @@ the way ``seqpack inspect`` does (masked text dim, or ``⟦…⟧`` in plain mod
     print("\\n".join(render_audit(audit, color=False)))
     sys.exit(audit.exit_code)     # 0: no findings, 1: some
 
-Only the findings' examples are decoded, so a clean dataset needs no tokenizer.
+Only the findings' examples are decoded, so a clean pair dataset needs no tokenizer; a chat dataset needs it
+to know its end-of-turn tokens.
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from seqpack.audit import FINDINGS, AuditFacts, audit_block
+from seqpack.audit import FINDINGS, AuditFacts, audit_block, end_of_turn_ids_of
 from seqpack.dataset import ShardSet, open_manifest
-from seqpack.tools.blocks import ExampleView, NoSuchBlock, example_view, load_dataset_tokenizer, render_example
+from seqpack.schemas import Manifest
+from seqpack.tools.blocks import (
+    ExampleView,
+    LoadedTokenizer,
+    NoSuchBlock,
+    example_view,
+    load_dataset_tokenizer,
+    render_example,
+)
 
 SHOWN = 3
 """Examples kept and decoded per finding code."""
@@ -75,7 +84,8 @@ def audit_dataset(url: str, *, tokenizer: str | None = None, splits: Sequence[st
     the dataset's tokenizer (or ``tokenizer``). Raises ``DatasetFormatError`` for a bad dataset, ``NoSuchSplit``
     for a split it lacks and ``InspectError`` when there are findings to show but the tokenizer cannot be loaded."""
     manifest = open_manifest(url)
-    facts = AuditFacts.of(manifest)
+    loaded, turns = _chat_tokenizer(url, manifest, tokenizer)
+    facts = AuditFacts.of(manifest, turns)
     audit = Audit(url)
     missing = [split for split in splits if split not in manifest.splits]
     if missing:
@@ -83,13 +93,22 @@ def audit_dataset(url: str, *, tokenizer: str | None = None, splits: Sequence[st
     for split in splits or list(manifest.splits):
         _audit_split(audit, facts, ShardSet.open(url, split=split))
     if audit.samples:
-        loaded = load_dataset_tokenizer(url, manifest, tokenizer)
+        loaded = loaded or load_dataset_tokenizer(url, manifest, tokenizer)
         audit.tokenizer_warning = loaded.warning
         audit.views = {
             code: [example_view(loaded.decode, place.ids, place.labels) for place in places]
             for code, places in audit.samples.items()
         }
     return audit
+
+
+def _chat_tokenizer(url: str, manifest: Manifest, tokenizer: str | None) -> tuple[LoadedTokenizer | None, set[int]]:
+    """For a chat dataset, its tokenizer and the ids of its end-of-turn tokens (the manifest does not list them);
+    for a pair dataset, nothing (the tokenizer is loaded only if there are findings to show)."""
+    if (manifest.config or {}).get("template") != "chat":
+        return None, set()
+    loaded = load_dataset_tokenizer(url, manifest, tokenizer)
+    return loaded, end_of_turn_ids_of(loaded.tokenizer.get_vocab())
 
 
 def _audit_split(audit: Audit, facts: AuditFacts, shards: ShardSet) -> None:
