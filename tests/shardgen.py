@@ -36,12 +36,18 @@ PAD_ID = 0
 class Example:
     ids: np.ndarray
     source_len: int
+    label_ids: np.ndarray | None = None
+    """Labels as given, instead of the rule's (tests of faulty datasets)."""
+    positions: np.ndarray | None = None
+    """Position ids as given, instead of 0, 1, 2, ..."""
 
     def key(self) -> bytes:
         """Identity of the example for exactly-once checks."""
         return self.ids.astype(np.int32).tobytes()
 
     def labels(self) -> np.ndarray:
+        if self.label_ids is not None:
+            return np.asarray(self.label_ids, dtype=np.int64)
         labels = self.ids.astype(np.int64).copy()
         labels[: max(self.source_len, 1)] = IGNORE_INDEX
         return labels
@@ -87,7 +93,7 @@ def blocks_table(blocks: list[list[Example]], max_length: int, padded: bool = Tr
     for block in blocks:
         ids = np.concatenate([e.ids for e in block]).astype(np.int32)
         labels = np.concatenate([e.labels() for e in block])
-        pos = np.concatenate([np.arange(len(e.ids)) for e in block])
+        pos = np.concatenate([np.arange(len(e.ids)) if e.positions is None else e.positions for e in block])
         pad = max_length - len(ids) if padded else 0
         columns["ids"].append(np.concatenate([ids, np.full(pad, PAD_ID)]))
         columns["labels"].append(np.concatenate([labels, np.full(pad, IGNORE_INDEX)]))

@@ -91,7 +91,7 @@ def prompt_commands() -> list[tuple[str, list[str]]]:
 def inline_commands() -> list[str]:
     """Commands written inline in the prose: `seqpack verify out/`, `pip install ...`, `--runner ...` flags."""
     spans = re.findall(r"`([^`\n]+)`", split_readme()[1])
-    command = r"(seqpack (run|demo|verify|inspect|report|stats|status)\b|pip |python |--runner )"
+    command = r"(seqpack (run|demo|verify|inspect|audit|report|stats|status)\b|pip |python |--runner )"
     return [span for span in spans if re.match(command, span)]
 
 

@@ -1,5 +1,5 @@
-"""The ``seqpack`` command line: ``run``, ``watch``, ``compact``, ``demo``, ``verify``, ``inspect``, ``report``,
-``stats`` and ``status``.
+"""The ``seqpack`` command line: ``run``, ``watch``, ``compact``, ``demo``, ``verify``, ``inspect``, ``audit``,
+``report``, ``stats`` and ``status``.
 
 Exit codes a scheduler can act on: 0 done, 2 usage or configuration error (nothing started), 1 the run
 failed and nothing was committed (``status``: an input changed after a generation consumed it).
@@ -120,6 +120,19 @@ def _parser() -> argparse.ArgumentParser:
     colors.add_argument("--plain", "--no-color", dest="color", action="store_false", default=None,
                         help="no colours: mark masked text ⟦like this⟧ (the default when not on a terminal)")
     colors.add_argument("--color", dest="color", action="store_true", default=None, help="colours even when piped")
+    audit = _command(commands, "audit", "check every example of a dataset for masking, BOS/EOS, position and "
+                     "truncation faults", epilog="Exit code 0 when nothing is found, 1 when something is (each "
+                     "finding's code, count and meaning, and three decoded examples), 2 for a usage error.")
+    audit.add_argument("dataset", help="dataset directory or URL")
+    audit.add_argument("--split", action="append", metavar="NAME",
+                       help="audit only this split; repeat for several; default: every split")
+    audit.add_argument("--tokenizer", "-t", help="decode the examples shown with this tokenizer instead of the "
+                       "dataset's")
+    audit_colors = audit.add_mutually_exclusive_group()
+    audit_colors.add_argument("--plain", "--no-color", dest="color", action="store_false", default=None,
+                              help="no colours: mark masked text ⟦like this⟧ (the default when not on a terminal)")
+    audit_colors.add_argument("--color", dest="color", action="store_true", default=None,
+                              help="colours even when piped")
     report = _command(commands, "report", "write a self-contained HTML report with plots")
     report.add_argument("dataset", help="dataset directory or URL")
     report.add_argument("--output", "-o", default="report.html", help="HTML file to write (default report.html)")
@@ -209,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _verify(args.dataset)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "audit":
+            return _audit(args)
         if args.command == "report":
             return _report(args)
         if args.command == "stats":
@@ -266,6 +281,30 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"seqpack: error: {inspection.missing}", file=sys.stderr)
         return EXIT_USAGE
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from seqpack.schemas import DatasetFormatError
+    from seqpack.tools.audit import audit_dataset, render_audit
+    from seqpack.tools.blocks import InspectError, NoSuchBlock, use_color
+
+    try:
+        audit = audit_dataset(args.dataset, tokenizer=args.tokenizer, splits=args.split or ())
+    except NoSuchBlock as error:
+        print(f"seqpack: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DatasetFormatError, InspectError) as error:
+        print(f"seqpack: audit failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if audit.tokenizer_warning:
+        print(f"seqpack: warning: {audit.tokenizer_warning}", file=sys.stderr)
+    try:
+        for line in render_audit(audit, color=use_color(force=args.color)):
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `seqpack audit OUT | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit-time flush quiet
+    return audit.exit_code
 
 
 def _report(args: argparse.Namespace) -> int:
