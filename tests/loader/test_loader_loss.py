@@ -3,8 +3,6 @@ per example, and ``accumulation_steps`` groups batches with their total without 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -66,8 +64,7 @@ def test_every_collate_counts_the_labels_the_shifted_loss_trains(samples: list[d
         batch = collate(samples)
         per_example = batch["trained_tokens_per_example"]
         assert per_example.dtype == torch.long and per_example.tolist() == expected_counts(samples, padding_free)
-        assert batch["num_items_in_batch"].dtype == torch.long and batch["num_items_in_batch"].ndim == 0
-        assert int(batch["num_items_in_batch"]) == int(per_example.sum())
+        assert type(batch["num_items_in_batch"]) is int and batch["num_items_in_batch"] == int(per_example.sum())
         assert batch["num_items_in_batch"] == (batch["labels"][..., 1:] != IGNORE_INDEX).sum()  # the Trainer's count
 
 
@@ -77,11 +74,12 @@ def test_transformers_loss_divides_by_the_same_count(collate, train_on_all: bool
     """ForCausalLMLoss given num_items_in_batch (sum / count) equals its own mean only if the counts agree."""
     batch = collate(samples_of(9, 3, 32, "wrap", train_on_all))
     logits = torch.randn((*batch["labels"].shape, VOCAB), generator=torch.Generator().manual_seed(0))
-    mean = loss_utils.ForCausalLMLoss(logits, batch["labels"], VOCAB)
-    given = loss_utils.ForCausalLMLoss(logits, batch["labels"], VOCAB, num_items_in_batch=batch["num_items_in_batch"])
-    off_by_one = loss_utils.ForCausalLMLoss(logits, batch["labels"], VOCAB, num_items_in_batch=batch["num_items_in_batch"] + 1)
-    assert given.item() == pytest.approx(mean.item(), rel=1e-6)
-    assert off_by_one.item() != pytest.approx(mean.item(), rel=1e-6)
+    count = batch["num_items_in_batch"]
+    mean = loss_utils.ForCausalLMLoss(logits, batch["labels"], VOCAB).item()
+    given = loss_utils.ForCausalLMLoss(logits, batch["labels"], VOCAB, num_items_in_batch=count).item()
+    off_by_one = loss_utils.ForCausalLMLoss(logits, batch["labels"], VOCAB, num_items_in_batch=count + 1).item()
+    assert given == pytest.approx(mean, rel=1e-6)
+    assert off_by_one != pytest.approx(mean, rel=1e-6)
 
 
 def test_padded_rows_without_seq_lens_still_count_the_batch() -> None:
@@ -95,7 +93,8 @@ def test_padded_rows_without_seq_lens_still_count_the_batch() -> None:
 def test_trained_tokens_falls_back_to_the_shifted_labels_and_says_what_is_missing() -> None:
     labels = torch.tensor([[IGNORE_INDEX, 5, 6, IGNORE_INDEX], [7, 8, IGNORE_INDEX, IGNORE_INDEX]])
     assert trained_tokens({"labels": labels}) == 3
-    assert trained_tokens({"labels": labels, "num_items_in_batch": torch.tensor(9)}) == 9
+    assert trained_tokens({"labels": labels, "num_items_in_batch": torch.tensor(9)}) == 9  # a tensor too
+    assert trained_tokens({"labels": labels, "num_items_in_batch": 8}) == 8
     with pytest.raises(KeyError, match="neither 'num_items_in_batch' nor 'labels'"):
         trained_tokens({"input_ids": labels})
 

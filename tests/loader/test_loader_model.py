@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from shardgen import Example, make_examples, write_dataset
 
 from seqpack import IGNORE_INDEX
-from seqpack.loader import PackedDataLoader, PackedDataset, collate_4d_mask, collate_padded, collate_padding_free
+from seqpack.loader import (
+    AccumulationStep,
+    PackedDataLoader,
+    PackedDataset,
+    collate_4d_mask,
+    collate_padded,
+    collate_padding_free,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -108,6 +117,16 @@ def gradients(model: torch.nn.Module) -> list[torch.Tensor]:
     return grads
 
 
+def examples_in(step: AccumulationStep, by_key: dict[bytes, Example]) -> list[Example]:
+    """The examples of a step's padding-free micro-batches, found by their tokens."""
+    found = []
+    for batch in step.batches:
+        bounds = batch["cu_seq_lens_q"].tolist()
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            found.append(by_key[batch["input_ids"][0, start:end].numpy().astype(np.int32).tobytes()])
+    return found
+
+
 def test_accumulated_packed_micro_batches_train_the_per_token_mean_of_their_examples(tmp_path: Path) -> None:
     """Gradient accumulation over padding-free packed micro-batches, each loss divided by the step's trained
     tokens, gives the loss and gradients of the per-token mean over the same examples run alone; the mean of
@@ -126,13 +145,7 @@ def test_accumulated_packed_micro_batches_train_the_per_token_mean_of_their_exam
             loss.backward()  # one backward per micro-batch, as gradient accumulation does
             accumulated += loss.detach()
         packed_grads = gradients(model)
-        cu = [batch["cu_seq_lens_q"].tolist() for batch in step.batches]
-        alone = [
-            by_key[batch["input_ids"][0, a:b].numpy().astype("int32").tobytes()]
-            for batch, bounds in zip(step.batches, cu, strict=True)
-            for a, b in zip(bounds, bounds[1:], strict=False)
-        ]
-        expected = per_token_mean_alone(model, alone)
+        expected = per_token_mean_alone(model, examples_in(step, by_key))
         expected.backward()
         assert accumulated.item() == pytest.approx(expected.item(), abs=1e-5)
         for got, want in zip(packed_grads, gradients(model), strict=True):
@@ -141,3 +154,32 @@ def test_accumulated_packed_micro_batches_train_the_per_token_mean_of_their_exam
             with torch.no_grad():
                 naive = sum(model(**batch).loss for batch in step.batches) / len(step.batches)
             assert abs(naive.item() - expected.item()) > 1e-3, "micro-batches of equal weight: the test cannot fail"
+
+
+def test_the_loss_normalization_example_prints_the_per_token_mean_of_each_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/loader.md's example, as written, with a small Llama; its optimizer has lr=0 so that the model stays
+    the same and every printed step loss can be checked against the step's examples run alone."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "loader.md").read_text(encoding="utf-8")
+    section = doc.split("### Loss normalization with gradient accumulation", 1)[1].split("\n### ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert code, "the Loss normalization section has no ```python block"
+    examples = make_examples(160, seed=5, min_len=2, max_len=30, vocab_size=VOCAB)
+    write_dataset(str(tmp_path / "out"), {"train": examples}, max_length=MAX_LENGTH, vocab_size=VOCAB)
+    monkeypatch.chdir(tmp_path)
+    model = tiny_llama("sdpa")
+    namespace = {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.0)}
+    exec(compile(code.group(1), "docs/loader.md (Loss normalization)", "exec"), namespace)  # noqa: S102 - our doc
+    printed = capsys.readouterr().out.splitlines()
+    dl = PackedDataLoader(PackedDataset("out/", seed=0, batch_size=8), collate_fn=collate_padding_free)
+    steps = list(dl.accumulation_steps(4))
+    assert len(printed) == len(steps) >= 2
+    by_key = {example.key(): example for example in examples}
+    for i, (line, step) in enumerate(zip(printed, steps, strict=True)):
+        words = re.fullmatch(r"step (\d+): loss (\S+) over (\d+) trained tokens", line)
+        assert words, line
+        assert (int(words[1]), int(words[3])) == (i, step.num_items_in_batch)
+        with torch.no_grad():
+            expected = per_token_mean_alone(model, examples_in(step, by_key)).item()
+        assert float(words[2]) == pytest.approx(expected, abs=1e-4)

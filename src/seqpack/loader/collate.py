@@ -9,12 +9,13 @@
   examples packed into one row attend to each other, so use it for ``--packing none`` datasets or when
   that cross-attention is wanted.
 
-Every batch also carries the count that normalizes the loss: ``num_items_in_batch`` (a 0-d int64 tensor), the
-label positions the causal LM loss counts once transformers shifts the labels by one, which is what
+Every batch also carries the count that normalizes the loss: ``num_items_in_batch`` (an int), the label
+positions the causal LM loss counts once transformers shifts the labels by one, which is what
 ``ForCausalLMLoss`` divides the summed loss by when given it (the Trainer computes the same count and passes
 it, summed over a gradient-accumulation step); and ``trained_tokens_per_example``, the same count per example
-(per ``seq_lens`` segment, in order), as int64. transformers models take both as keyword arguments (the second
-is ignored), so ``model(**batch)`` still works.
+(per ``seq_lens`` segment, in order), as an int64 tensor. transformers models take both as keyword arguments
+(the second is ignored), so ``model(**batch)`` still works. The count is an int, not a 0-d tensor, because
+accelerate (under the Trainer) concatenates a batch's tensors along dim 0, which a 0-d tensor cannot do.
 
 Samples may be dicts of tensors (from :class:`PackedDataset`), numpy arrays or lists (from ``datasets``).
 Every collate is a module-level function, so it pickles into DataLoader workers; bind options with
@@ -77,8 +78,9 @@ def collate_padding_free(samples: Sequence[Mapping[str, Any]]) -> Batch:
     """Concatenate the real tokens of every row into one 1×T sequence, with varlen attention arguments.
 
     ``labels`` is -100 at every example's first token, so no example learns to predict the next one's
-    start; the one shift the model makes then crosses no counted boundary, so ``num_items_in_batch`` is
-    simply the labels that are not -100. There is no ``attention_mask``: an all-ones mask would make attention see one long sequence.
+    start (the model shifts the labels of the whole row by one, across example boundaries). The row's first
+    label, the only one the shift drops, is such a start, so ``num_items_in_batch`` is simply the labels that
+    are not -100. There is no ``attention_mask``: an all-ones mask would make attention see one long sequence.
     ``use_cache=False`` is included because transformers skips its packed-sequence detection (what keeps
     SDPA/eager attention inside each example) whenever a KV cache exists, and models build one by default.
 
@@ -91,10 +93,10 @@ def collate_padding_free(samples: Sequence[Mapping[str, Any]]) -> Batch:
     lengths = _real_lengths(seq_lens_rows)
     seq_lens = np.concatenate(seq_lens_rows)
     tokens, segments = sum(lengths), len(seq_lens)
-    counts_at = 3 * tokens  # then trained_tokens_per_example, num_items_in_batch, cu_seq_lens (int32)
-    buffer = _batch_buffer(counts_at + segments + 1 + (segments + 2) // 2)
+    counts_at = 3 * tokens  # then trained_tokens_per_example, cu_seq_lens (int32)
+    buffer = _batch_buffer(counts_at + segments + (segments + 2) // 2)
     flat = buffer.numpy()
-    cu_seq_lens = buffer[counts_at + segments + 1 :].view(torch.int32)[: segments + 1]
+    cu_seq_lens = buffer[counts_at + segments :].view(torch.int32)[: segments + 1]
     cu_seq_lens[0] = 0
     np.cumsum(seq_lens, out=cu_seq_lens.numpy()[1:])
     batch: Batch = {}
@@ -107,9 +109,8 @@ def collate_padding_free(samples: Sequence[Mapping[str, Any]]) -> Batch:
     flat[tokens + cu[:-1]] = IGNORE_INDEX  # the labels' example starts
     per_example = flat[counts_at : counts_at + segments]
     per_example[:] = _trained_counts(flat[tokens : 2 * tokens] != IGNORE_INDEX, cu[:-1], cu[1:])
-    flat[counts_at + segments] = per_example.sum()
     batch.update(
-        num_items_in_batch=buffer[counts_at + segments],
+        num_items_in_batch=int(per_example.sum()),
         trained_tokens_per_example=buffer[counts_at : counts_at + segments],
     )
     longest = int(seq_lens.max()) if segments else 0
@@ -162,7 +163,7 @@ def collate_padded(
     fills = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0, "position_ids": 0}
     words = len(_TOKEN_COLUMNS) * len(samples) * width
     segments = sum(len(lens) for lens in seq_lens) if seq_lens is not None else 0
-    buffer = _batch_buffer(words + 1 + segments)
+    buffer = _batch_buffer(words + segments)
     tokens = buffer[:words].view(len(_TOKEN_COLUMNS), len(samples), width)
     batch: Batch = {}
     for out, (name, rows) in zip(tokens, columns.items(), strict=True):
@@ -172,12 +173,11 @@ def collate_padded(
         batch[name] = out
     trained = batch["labels"].numpy() != IGNORE_INDEX
     trained[:, :1] = False  # the model shifts each row: its first label is never predicted
-    buffer[words] = int(trained.sum())
-    batch["num_items_in_batch"] = buffer[words]
+    batch["num_items_in_batch"] = int(trained.sum())
     if seq_lens is not None:
         ends = np.concatenate([i * width + np.cumsum(lens) for i, lens in enumerate(seq_lens)]).astype(np.int64)
         starts = ends - np.concatenate(seq_lens)
-        counts = buffer[words + 1 :]
+        counts = buffer[words:]
         counts.numpy()[:] = _trained_counts(trained.reshape(-1), starts, ends)
         batch["trained_tokens_per_example"] = counts
     if mask == "4d":

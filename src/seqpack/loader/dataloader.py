@@ -33,26 +33,26 @@ from seqpack.loader.packed import PackedDataset
 class AccumulationStep(NamedTuple):
     """The micro-batches of one optimizer step and the trained tokens of all of them together.
 
-    ``num_items_in_batch`` (a 0-d int64 tensor) is what to pass to the model with each micro-batch,
+    ``num_items_in_batch`` (an int, like the collates') is what to pass to the model with each micro-batch,
     ``model(**{**batch, "num_items_in_batch": step.num_items_in_batch})``, so that the summed losses are the mean
     over every trained token of the step rather than a mean of per-batch means.
     """
 
     batches: list[Any]
-    num_items_in_batch: torch.Tensor
+    num_items_in_batch: int
 
 
-def trained_tokens(batch: Mapping[str, Any]) -> torch.Tensor:
+def trained_tokens(batch: Mapping[str, Any]) -> int:
     """The label positions a causal LM's loss counts in ``batch``: its ``num_items_in_batch``, as seqpack's
     collates give it, or else ``labels[..., 1:]`` that are not -100 (the count transformers' Trainer makes)."""
     if "num_items_in_batch" in batch:
-        return torch.as_tensor(batch["num_items_in_batch"], dtype=torch.long)
+        return int(batch["num_items_in_batch"])
     if "labels" not in batch:
         raise KeyError(
             f"cannot count the trained tokens of a batch with neither 'num_items_in_batch' nor 'labels' (it has "
             f"{sorted(batch)}): use one of seqpack.loader's collates, or a collate_fn that returns labels"
         )
-    return (torch.as_tensor(batch["labels"])[..., 1:] != IGNORE_INDEX).sum()
+    return int((torch.as_tensor(batch["labels"])[..., 1:] != IGNORE_INDEX).sum())
 
 
 class PackedDataLoader(DataLoader):
@@ -104,7 +104,7 @@ class PackedDataLoader(DataLoader):
             raise ValueError(f"accumulation_steps needs n >= 1 batches per step, not {n}")
         batches = iter(self)
         while group := list(itertools.islice(batches, n)):
-            yield AccumulationStep(group, torch.stack([trained_tokens(batch) for batch in group]).sum())
+            yield AccumulationStep(group, sum(trained_tokens(batch) for batch in group))
 
     def state_dict(self) -> dict[str, Any]:
         """The dataset's state: epoch, samples the loop has received, and the settings that fix the order."""
