@@ -52,6 +52,8 @@ def test_padding_free_keeps_every_real_token_once_with_example_boundaries(sample
         "max_length_q",
         "max_length_k",
         "use_cache",
+        "num_items_in_batch",
+        "trained_tokens_per_example",
     }
     assert batch["input_ids"].shape == (1, len(expected_ids)) and batch["input_ids"].dtype == torch.long
     assert torch.equal(batch["input_ids"][0], expected_ids.long())
@@ -81,7 +83,8 @@ def test_padded_pads_ragged_rows_and_rounds_up() -> None:
     batch = collate_padded(samples, pad_id=7, pad_to_multiple_of=8)
     longest = max(len(s["input_ids"]) for s in samples)
     width = -(-longest // 8) * 8
-    assert {k: tuple(v.shape) for k, v in batch.items()} == {k: (5, width) for k in batch}
+    tokens = ("input_ids", "labels", "attention_mask", "position_ids")
+    assert {k: tuple(batch[k].shape) for k in tokens} == {k: (5, width) for k in tokens}
     for i, sample in enumerate(samples):
         n = len(sample["input_ids"])
         assert torch.equal(batch["input_ids"][i, :n], sample["input_ids"].long())

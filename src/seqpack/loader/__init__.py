@@ -22,20 +22,23 @@ from seqpack.loader.order import EpochOrder, OrderSpec
 
 if TYPE_CHECKING:
     from seqpack.loader.collate import block_causal_mask, collate_4d_mask, collate_padded, collate_padding_free
-    from seqpack.loader.dataloader import PackedDataLoader
+    from seqpack.loader.dataloader import AccumulationStep, PackedDataLoader, trained_tokens
     from seqpack.loader.packed import PackedDataset
 
 _NEED_TORCH = {
+    "AccumulationStep": "seqpack.loader.dataloader",
     "PackedDataLoader": "seqpack.loader.dataloader",
     "PackedDataset": "seqpack.loader.packed",
     "block_causal_mask": "seqpack.loader.collate",
     "collate_4d_mask": "seqpack.loader.collate",
     "collate_padded": "seqpack.loader.collate",
     "collate_padding_free": "seqpack.loader.collate",
+    "trained_tokens": "seqpack.loader.dataloader",
 }
 """Each name that needs torch, and the module that defines it."""
 
 __all__ = [
+    "AccumulationStep",
     "DatasetChangedError",
     "EpochOrder",
     "OrderSpec",
@@ -46,6 +49,7 @@ __all__ = [
     "collate_padded",
     "collate_padding_free",
     "data_files",
+    "trained_tokens",
 ]
 
 

@@ -9,6 +9,14 @@
   examples packed into one row attend to each other, so use it for ``--packing none`` datasets or when
   that cross-attention is wanted.
 
+Every batch also carries the count that normalizes the loss: ``num_items_in_batch`` (an int), the label
+positions the causal LM loss counts once transformers shifts the labels by one, which is what
+``ForCausalLMLoss`` divides the summed loss by when given it (the Trainer computes the same count and passes
+it, summed over a gradient-accumulation step); and ``trained_tokens_per_example``, the same count per example
+(per ``seq_lens`` segment, in order), as an int64 tensor. transformers models take both as keyword arguments
+(the second is ignored), so ``model(**batch)`` still works. The count is an int, not a 0-d tensor, because
+accelerate (under the Trainer) concatenates a batch's tensors along dim 0, which a 0-d tensor cannot do.
+
 Samples may be dicts of tensors (from :class:`PackedDataset`), numpy arrays or lists (from ``datasets``).
 Every collate is a module-level function, so it pickles into DataLoader workers; bind options with
 ``functools.partial``. Use ``DataLoader(pin_memory=True)`` for pinned host memory.
@@ -59,11 +67,20 @@ def _real_lengths(seq_lens: Sequence[Any]) -> list[int]:
     return [sum(lens.tolist()) for lens in seq_lens]
 
 
+def _trained_counts(trained: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """How many positions of ``trained`` (flat, bool) lie in each ``[start, end)`` segment."""
+    before = np.zeros(len(trained) + 1, dtype=np.int64)
+    np.cumsum(trained, out=before[1:])
+    return before[ends] - before[starts]
+
+
 def collate_padding_free(samples: Sequence[Mapping[str, Any]]) -> Batch:
     """Concatenate the real tokens of every row into one 1×T sequence, with varlen attention arguments.
 
     ``labels`` is -100 at every example's first token, so no example learns to predict the next one's
-    start. There is no ``attention_mask``: an all-ones mask would make attention see one long sequence.
+    start (the model shifts the labels of the whole row by one, across example boundaries). The row's first
+    label, the only one the shift drops, is such a start, so ``num_items_in_batch`` is simply the labels that
+    are not -100. There is no ``attention_mask``: an all-ones mask would make attention see one long sequence.
     ``use_cache=False`` is included because transformers skips its packed-sequence detection (what keeps
     SDPA/eager attention inside each example) whenever a KV cache exists, and models build one by default.
 
@@ -76,9 +93,10 @@ def collate_padding_free(samples: Sequence[Mapping[str, Any]]) -> Batch:
     lengths = _real_lengths(seq_lens_rows)
     seq_lens = np.concatenate(seq_lens_rows)
     tokens, segments = sum(lengths), len(seq_lens)
-    buffer = _batch_buffer(3 * tokens + (segments + 2) // 2)
+    counts_at = 3 * tokens  # then trained_tokens_per_example, cu_seq_lens (int32)
+    buffer = _batch_buffer(counts_at + segments + (segments + 2) // 2)
     flat = buffer.numpy()
-    cu_seq_lens = buffer[3 * tokens :].view(torch.int32)[: segments + 1]
+    cu_seq_lens = buffer[counts_at + segments :].view(torch.int32)[: segments + 1]
     cu_seq_lens[0] = 0
     np.cumsum(seq_lens, out=cu_seq_lens.numpy()[1:])
     batch: Batch = {}
@@ -87,7 +105,14 @@ def collate_padding_free(samples: Sequence[Mapping[str, Any]]) -> Batch:
         out = flat[i * tokens : (i + 1) * tokens]
         np.concatenate([row[:length] for row, length in zip(rows, lengths, strict=True)], out=out)
         batch[name] = buffer[i * tokens : (i + 1) * tokens][None]
-    flat[tokens + cu_seq_lens.numpy()[:-1]] = IGNORE_INDEX  # the labels' example starts
+    cu = cu_seq_lens.numpy()
+    flat[tokens + cu[:-1]] = IGNORE_INDEX  # the labels' example starts
+    per_example = flat[counts_at : counts_at + segments]
+    per_example[:] = _trained_counts(flat[tokens : 2 * tokens] != IGNORE_INDEX, cu[:-1], cu[1:])
+    batch.update(
+        num_items_in_batch=int(per_example.sum()),
+        trained_tokens_per_example=buffer[counts_at : counts_at + segments],
+    )
     longest = int(seq_lens.max()) if segments else 0
     batch.update(
         cu_seq_lens_q=cu_seq_lens,
@@ -122,23 +147,39 @@ def collate_padded(
     ``mask="2d"`` gives the usual B×L ``attention_mask`` (1 real, 0 padding); ``mask="4d"`` gives the
     block-diagonal causal mask of :func:`block_causal_mask` instead, which keeps packed examples apart.
     Labels are kept as stored: -100 at example starts, unless the dataset was built with ``--train-on all``.
+    ``num_items_in_batch`` counts ``labels[:, 1:]`` (the model shifts each row, so its first label never
+    counts); ``trained_tokens_per_example`` needs the ``seq_lens`` column and is left out without it (the
+    Trainer removes that column unless ``TrainingArguments(remove_unused_columns=False)``).
     """
     if not samples:
         raise ValueError("cannot collate an empty batch")
     if mask not in ("2d", "4d"):
         raise ValueError(f"mask must be '2d' or '4d', not {mask!r}")
     columns = {name: _rows(samples, name) for name in _TOKEN_COLUMNS}
+    seq_lens = _numpy_rows(samples, "seq_lens") if "seq_lens" in samples[0] else None
     width = max(len(row) for row in columns["input_ids"])
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     fills = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0, "position_ids": 0}
-    buffer = _batch_buffer(len(_TOKEN_COLUMNS) * len(samples) * width).view(len(_TOKEN_COLUMNS), len(samples), width)
+    words = len(_TOKEN_COLUMNS) * len(samples) * width
+    segments = sum(len(lens) for lens in seq_lens) if seq_lens is not None else 0
+    buffer = _batch_buffer(words + segments)
+    tokens = buffer[:words].view(len(_TOKEN_COLUMNS), len(samples), width)
     batch: Batch = {}
-    for out, (name, rows) in zip(buffer, columns.items(), strict=True):
+    for out, (name, rows) in zip(tokens, columns.items(), strict=True):
         out.fill_(fills[name])
         for i, row in enumerate(rows):
             out[i, : len(row)] = row
         batch[name] = out
+    trained = batch["labels"].numpy() != IGNORE_INDEX
+    trained[:, :1] = False  # the model shifts each row: its first label is never predicted
+    batch["num_items_in_batch"] = int(trained.sum())
+    if seq_lens is not None:
+        ends = np.concatenate([i * width + np.cumsum(lens) for i, lens in enumerate(seq_lens)]).astype(np.int64)
+        starts = ends - np.concatenate(seq_lens)
+        counts = buffer[words:]
+        counts.numpy()[:] = _trained_counts(trained.reshape(-1), starts, ends)
+        batch["trained_tokens_per_example"] = counts
     if mask == "4d":
         batch["attention_mask"] = block_causal_mask(_rows(samples, "seq_lens"), width, dtype=mask_dtype)
     return batch
