@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from seqpack import IGNORE_INDEX
+from seqpack.masking import OVERLONG_ALIASES, TRUNCATING
 
 NO_TRAINED = "no-trained"
 ALL_TRAINED = "all-trained"
@@ -82,7 +83,7 @@ class AuditFacts:
     chat: bool = False
     wrap: bool = False
     """``--packing wrap``: examples may straddle rows."""
-    overlong: str = "truncate"
+    overlong: str = "truncate-left"
 
     @classmethod
     def of(cls, manifest: Any, end_of_turn_ids: Iterable[int] = ()) -> AuditFacts:
@@ -104,7 +105,8 @@ class AuditFacts:
             expects_eos=bool(turns) if chat else bool(eos) and bool(config.get("add_eos", True)),
             chat=chat,
             wrap=config.get("packing", manifest.packing) == "wrap",
-            overlong=config.get("overlong", "truncate"),
+            # A manifest without the setting predates truncate-target: it was built with the left cut.
+            overlong=OVERLONG_ALIASES.get(config.get("overlong", "truncate"), config.get("overlong", "truncate")),
         )
 
 
@@ -153,7 +155,7 @@ def _boundary_findings(facts: AuditFacts, ids: np.ndarray, trained: np.ndarray) 
     if not trained.any():
         return [NO_TRAINED]
     codes = []
-    full = len(ids) >= facts.max_length and facts.overlong == "truncate"
+    full = len(ids) >= facts.max_length and facts.overlong in TRUNCATING
     if facts.masks_prompts and len(ids) > 1 and trained[1:].all():
         # A BOS first and then only trained text is what truncation leaves when it cuts the whole prompt.
         codes.append(PROMPT_LOST if full else ALL_TRAINED)

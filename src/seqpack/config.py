@@ -8,7 +8,7 @@ from typing import Any
 from seqpack.chat import STYLES as CHAT_STYLES
 from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
 from seqpack.errors import UsageError
-from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
+from seqpack.masking import DEFAULT_OVERLONG, OVERLONG_ALIASES, OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
 
 FILE_FORMATS = ("parquet", "arrow")
@@ -36,7 +36,7 @@ class RunConfig:
     separator: str = " = "
     add_eos: bool = True
     train_on: str = "target"
-    overlong: str = "truncate"
+    overlong: str = DEFAULT_OVERLONG
     packing: str = "bfd"
     seed: int = 0
     bucket_tokens: int = DEFAULT_BUCKET_TOKENS
@@ -74,6 +74,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.is_chat and self.train_on == "target":  # the pairs default means "the answers" in a chat
             object.__setattr__(self, "train_on", "assistant")
+        # ``truncate`` (the default before ``truncate-target``) is recorded under its new name.
+        object.__setattr__(self, "overlong", OVERLONG_ALIASES.get(self.overlong, self.overlong))
 
     @property
     def is_chat(self) -> bool:

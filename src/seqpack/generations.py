@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from seqpack.masking import OVERLONG_ALIASES
 from seqpack.schemas.manifest import ConsumedInput, GenerationInfo, Manifest
 
 BUILD_SETTINGS = (
@@ -41,12 +42,24 @@ def changed_setting(previous: Manifest, config: Mapping[str, Any], tokenizer_fin
         )
     now, before = _plain(config), _plain(previous.config)
     for setting in BUILD_SETTINGS:
-        if setting in before and now.get(setting) != before[setting]:
+        if setting in before and _same_name(setting, now.get(setting)) != _same_name(setting, before[setting]):
             return (
                 f"{flag_of(setting)} is {_show(now.get(setting))} here, but the dataset was built with "
-                f"{_show(before[setting])}"
+                f"{_show(before[setting])}" + _renamed(setting, before[setting])
             )
     return None
+
+
+def _same_name(setting: str, value: Any) -> Any:
+    """A setting's value under its current name: an ``--overlong truncate`` dataset is ``truncate-left``."""
+    return OVERLONG_ALIASES.get(value, value) if setting == "overlong" and isinstance(value, str) else value
+
+
+def _renamed(setting: str, value: Any) -> str:
+    """The hint for a dataset built before a setting's value was renamed (``truncate`` was the default)."""
+    if setting == "overlong" and value in OVERLONG_ALIASES:
+        return f" (now named {OVERLONG_ALIASES[value]}): pass --overlong {OVERLONG_ALIASES[value]} to add to it"
+    return ""
 
 
 def _plain(config: Mapping[str, Any]) -> dict[str, Any]:

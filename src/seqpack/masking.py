@@ -11,7 +11,17 @@ from typing import Any
 
 import numpy as np
 
-OVERLONG_POLICIES = ("truncate", "split", "drop")
+OVERLONG_POLICIES = ("truncate-target", "truncate-left", "split", "drop")
+"""How an example longer than ``max_length`` is made to fit (README "Overlong examples" compares them).
+``truncate-target`` (the default) keeps the whole prompt and cuts the target's end, with no EOS on a cut target,
+and drops an example whose prompt alone does not leave room for one target token (``prompt_too_long``);
+``truncate-left`` cuts the prompt from the left, then the target; ``split`` cuts the example into pieces;
+``drop`` skips it."""
+DEFAULT_OVERLONG = "truncate-target"
+OVERLONG_ALIASES = {"truncate": "truncate-left"}
+"""Older names still accepted: ``truncate`` was seqpack's default before ``truncate-target``, and datasets built
+with it record ``overlong: "truncate"`` in their manifests."""
+TRUNCATING = ("truncate-target", "truncate-left")
 TRAIN_ON = ("target", "source+target", "all")
 
 
@@ -56,19 +66,29 @@ class Outcome:
     split: bool = False
     dropped_reason: str | None = None
 
+    @property
+    def trains(self) -> bool:
+        """Whether any token of the pieces takes loss: an example that does not is rejected
+        (``no_trained_tokens``), as it would only add padding-like weight to a batch."""
+        return any(piece.label_mask().any() for piece in self.pieces)
+
 
 def _concat(*parts: list[int] | np.ndarray) -> np.ndarray:
     return np.concatenate([np.asarray(p, dtype=np.int32) for p in parts]) if parts else np.empty(0, np.int32)
 
 
-def _check_policy(overlong: str) -> None:
-    if overlong not in OVERLONG_POLICIES:
-        raise ValueError(f"unknown overlong policy {overlong!r}; use one of {OVERLONG_POLICIES}")
+def canonical_policy(overlong: str) -> str:
+    """The policy an ``--overlong`` name means (``truncate`` is ``truncate-left``); ValueError for an unknown one."""
+    policy = OVERLONG_ALIASES.get(overlong, overlong)
+    if policy not in OVERLONG_POLICIES:
+        raise ValueError(f"unknown overlong policy {overlong!r}; use one of {', '.join(OVERLONG_POLICIES)}")
+    return policy
 
 
-def _dropped(outcome: Outcome) -> Outcome:
-    """``--overlong drop``: no pieces, every token counted as dropped."""
-    outcome.dropped_reason = "overlong"
+def _dropped(outcome: Outcome, reason: str = "overlong") -> Outcome:
+    """``--overlong drop`` (or a prompt too long to keep whole): no pieces, every token counted as dropped."""
+    outcome.pieces = []
+    outcome.dropped_reason = reason
     outcome.dropped_tokens = outcome.tokens_in
     return outcome
 
@@ -78,20 +98,28 @@ def build_example(
     target_ids: list[int] | np.ndarray,
     *,
     max_length: int,
-    overlong: str = "truncate",
+    overlong: str = DEFAULT_OVERLONG,
     train_on: str = "target",
     keep_prefix: int = 0,
+    end_tokens: int = 0,
 ) -> Outcome:
     """Combine source and target ids (specials already included) into pieces under ``max_length``.
 
-    ``truncate`` keeps the whole target when it fits and cuts the source from the left (the end of the prompt,
-    next to the answer, matters most); when the target alone is too long, the source is dropped and the target
-    is cut on the right. ``keep_prefix`` leading source tokens (the tokenizer's own prefix, such as BOS) are
-    never truncated. ``split`` cuts the example into max_length pieces, ``drop`` skips it.
+    ``truncate-target`` keeps the whole source (the prompt) and cuts the target's end; the target's last
+    ``end_tokens`` (its EOS, the tokenizer's suffix) go with any cut, so that a cut answer never teaches the model
+    to stop there. When the source alone leaves no room for a target token, the example is dropped
+    (``prompt_too_long``): training on an answer to a question the model cannot see teaches it to make things up.
+    ``truncate-left`` keeps the whole target when it fits and cuts the source from the left; when the target alone
+    is too long, the source is dropped and the target is cut on the right. ``keep_prefix`` leading source tokens
+    (the tokenizer's own prefix, such as BOS) are never cut by it. ``split`` cuts the example into max_length
+    pieces, ``drop`` skips it.
 
-        >>> build_example([1, 5, 6], [7, 2], max_length=4).pieces[0].ids.tolist()
+        >>> build_example([1, 5, 6], [7, 8, 2], max_length=4, end_tokens=1).pieces[0].ids.tolist()
+        [1, 5, 6, 7]
+        >>> build_example([1, 5, 6], [7, 2], max_length=4, overlong="truncate-left").pieces[0].ids.tolist()
         [5, 6, 7, 2]
     """
+    policy = canonical_policy(overlong)
     source = np.asarray(source_ids, dtype=np.int32)
     target = np.asarray(target_ids, dtype=np.int32)
     total = len(source) + len(target)
@@ -100,16 +128,18 @@ def build_example(
     if total <= max_length:
         outcome.pieces.append(Piece(_concat(source, target), n_masked))
         return outcome
-    if overlong == "drop":
+    if policy == "drop":
         return _dropped(outcome)
-    if overlong == "split":
+    if policy == "split":
         ids = _concat(source, target)
         outcome.split = True
         for start in range(0, total, max_length):
             chunk = ids[start : start + max_length]
             outcome.pieces.append(Piece(chunk, int(np.clip(n_masked - start, 0, len(chunk)))))
         return outcome
-    _check_policy(overlong)
+    if policy == "truncate-target":
+        return _truncate_target(outcome, source, target, max_length=max_length, n_masked=n_masked,
+                                end_tokens=end_tokens)
     outcome.truncated = True
     outcome.truncated_tokens = total - max_length
     prefix = source[: min(keep_prefix, len(source), max_length)]
@@ -126,19 +156,40 @@ def build_example(
     return outcome
 
 
+def _truncate_target(
+    outcome: Outcome, source: np.ndarray, target: np.ndarray, *, max_length: int, n_masked: int, end_tokens: int
+) -> Outcome:
+    """``truncate-target`` for a pair over ``max_length``: the whole source, then as much of the target's text
+    (never its ``end_tokens``) as fits."""
+    room = max_length - len(source)
+    if room <= 0:
+        return _dropped(outcome, "prompt_too_long")
+    kept = target[: min(room, len(target) - min(end_tokens, len(target)))]
+    if not len(kept):
+        return _dropped(outcome, "prompt_too_long")
+    outcome.truncated = outcome.target_cut = True
+    outcome.truncated_tokens = outcome.tokens_in - len(source) - len(kept)
+    outcome.pieces.append(Piece(_concat(source, kept), n_masked))
+    return outcome
+
+
 def build_masked_example(
     ids: np.ndarray,
     trained: np.ndarray,
     *,
     max_length: int,
-    overlong: str = "truncate",
+    overlong: str = DEFAULT_OVERLONG,
     keep_prefix: int = 0,
 ) -> Outcome:
     """Like ``build_example`` for an arbitrary loss mask (conversations: several trained turns).
 
-    ``truncate`` keeps the ``keep_prefix`` leading tokens and the *last* tokens (the final turns matter most)
-    and cuts from the left after the prefix; ``split`` and ``drop`` work as for pairs.
+    ``truncate-target`` keeps the conversation's start (the system prompt and the first turns) and cuts its end,
+    and then the untrained tokens after the last trained one kept (a prompt with no answer teaches nothing); when
+    not one trained token fits, the example is dropped (``prompt_too_long``). ``truncate-left`` keeps the
+    ``keep_prefix`` leading tokens and the *last* tokens, cutting from the left after the prefix; ``split`` and
+    ``drop`` work as for pairs.
     """
+    policy = canonical_policy(overlong)
     ids = np.asarray(ids, dtype=np.int32)
     trained = np.asarray(trained, dtype=bool)
     total = len(ids)
@@ -147,15 +198,24 @@ def build_masked_example(
     if total <= max_length:
         outcome.pieces.append(Piece(ids, 0, trained))
         return outcome
-    if overlong == "drop":
+    if policy == "drop":
         return _dropped(outcome)
-    if overlong == "split":
+    if policy == "split":
         outcome.split = True
         for start in range(0, total, max_length):
             stop = start + max_length
             outcome.pieces.append(Piece(ids[start:stop], 0, trained[start:stop]))
         return outcome
-    _check_policy(overlong)
+    if policy == "truncate-target":
+        head = np.flatnonzero(trained[:max_length])
+        if not len(head):
+            return _dropped(outcome, "prompt_too_long")
+        end = int(head[-1]) + 1
+        outcome.truncated = True
+        outcome.target_cut = bool(trained[end:].any())
+        outcome.truncated_tokens = total - end
+        outcome.pieces.append(Piece(ids[:end], 0, trained[:end]))
+        return outcome
     outcome.truncated = True
     outcome.truncated_tokens = total - max_length
     prefix = min(keep_prefix, max_length)

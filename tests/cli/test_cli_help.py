@@ -63,7 +63,7 @@ def test_run_help_shows_the_defaults() -> None:
     assert result.returncode == 0, result.stderr
     entries = help_entries(result.stdout)
     for flag, shown in (("--max-length", "tokens per packed block"), ("--max-length", "(default: 2,048)"),
-                        ("--packing", "(default: bfd)"), ("--overlong", "(default: truncate)"),
+                        ("--packing", "(default: bfd)"), ("--overlong", "(default: truncate-target)"),
                         ("--format", "(default: parquet)"), ("--template", "(default: plain)"),
                         ("--separator", "(default: ' = ')"), ("--bucket-tokens", "(default: 4,194,304)"),
                         ("--seed", "shuffle seed"), ("--seed", "(default: 0)")):
@@ -84,7 +84,8 @@ def test_demo_help_describes_the_command() -> None:
 @pytest.mark.parametrize(("args", "line"), [
     (["--packing", "zip"], "seqpack: error: --packing must be one of bfd, wrap, none (got 'zip')"),
     (["--format=xml"], "seqpack: error: --format must be one of parquet, arrow (got 'xml')"),
-    (["--overlong", "cut"], "seqpack: error: --overlong must be one of truncate, split, drop (got 'cut')"),
+    (["--overlong", "cut"], "seqpack: error: --overlong must be one of truncate-target, truncate-left, split, drop, truncate "
+     "(got 'cut')"),
 ])
 def test_a_bad_choice_is_one_line_naming_the_valid_ones(args: list[str], line: str) -> None:
     result = seqpack("run", "-i", "a", "-o", "o", "-t", "t", *args)

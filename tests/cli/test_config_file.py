@@ -137,7 +137,7 @@ SCALARS = {
     "max-length": st.integers(8, 1 << 16),
     "seed": st.integers(0, 2**31),
     "packing": st.sampled_from(["bfd", "wrap", "none"]),
-    "overlong": st.sampled_from(["truncate", "split", "drop"]),
+    "overlong": st.sampled_from(["truncate-target", "truncate-left", "truncate", "split", "drop"]),
     "validation-fraction": st.sampled_from([0.0, 0.05, 0.5]),
     "separator": st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc", "Zl", "Zp"]), max_size=8),
     "overwrite": st.booleans(),

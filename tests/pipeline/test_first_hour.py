@@ -95,21 +95,41 @@ def test_a_blank_target_is_rejected_as_blank(tmp_path: Path, tokenizer_dir: Path
 # ------------------------------------------------------------------------ (8) what truncation cost
 
 
+LONG = "the cat sees a green book in the garden " * 8
+OVERLONG_RECORDS = [{"source": LONG, "target": "le chat"}, {"source": "short", "target": LONG},
+                    {"source": LONG * 2, "target": "oui"}, {"source": "a", "target": "b"}]
+
+
 def test_the_summary_says_how_many_truncated_examples_lost_their_prompt_or_answer(
     tmp_path: Path, tokenizer_dir: Path
 ) -> None:
-    long = "the cat sees a green book in the garden " * 8
-    records = [{"source": long, "target": "le chat"}, {"source": "short", "target": long},
-               {"source": long * 2, "target": "oui"}, {"source": "a", "target": "b"}]
-    data = write_jsonl(tmp_path / "long.jsonl", records)
+    """``--overlong truncate-left`` (the default before truncate-target) cuts prompts, and says so."""
+    data = write_jsonl(tmp_path / "long.jsonl", OVERLONG_RECORDS)
     output = tmp_path / "out"
-    assert main(run_args(data, output, tokenizer_dir, "--max-length", "16", "--bucket-tokens", "64")) == 0
+    assert main(run_args(data, output, tokenizer_dir, "--max-length", "16", "--bucket-tokens", "64",
+                         "--overlong", "truncate-left")) == 0
     stats = json.loads(dataset_file(output, "stats.json").read_text())
     assert stats["examples_truncated"] == 3
     assert stats["examples_target_cut"] == 1, "the long target was cut"
     assert stats["examples_prompt_lost"] == 1, "the short source next to a long target is gone entirely"
     text = summary(Manifest.from_json((output / "manifest.json").read_text()), stats, str(output))
-    assert "(3 truncated to fit: 1 kept none of their prompt, 1 lost part of their answer)" in text
+    assert "(3 truncated to fit: 1 kept none of their prompt, 1 lost the end of their answer)" in text
+
+
+def test_the_default_keeps_every_prompt_whole_and_counts_what_it_cut_and_dropped(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    data = write_jsonl(tmp_path / "long.jsonl", OVERLONG_RECORDS)
+    output = tmp_path / "out"
+    assert main(run_args(data, output, tokenizer_dir, "--max-length", "16", "--bucket-tokens", "64")) == 0
+    stats = json.loads(dataset_file(output, "stats.json").read_text())
+    assert stats["examples_truncated"] == stats["examples_target_cut"] == 1, "the long target was cut"
+    assert stats["examples_prompt_lost"] == 0
+    assert stats["dropped_by_reason"] == {"prompt_too_long": 2}, "the two long sources leave no room for a target"
+    assert stats["records_read"] == sum(stats["examples_by_split"].values()) + 2 + stats["records_rejected"]
+    text = summary(Manifest.from_json((output / "manifest.json").read_text()), stats, str(output))
+    assert "2 dropped (1 truncated to fit: 1 lost the end of their answer; 2 dropped as too long)" in text
+    assert "dropped: prompt_too_long 2" in text
 
 
 # ------------------------------------------------------------------ (4, 6, 7) quiet, stoppable, clean

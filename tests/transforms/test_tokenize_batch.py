@@ -13,11 +13,11 @@ from apache_beam.utils.windowed_value import WindowedValue
 from seqpack.config import RunConfig
 from seqpack.inputs import Rejected
 from seqpack.keys import choose_split, example_key
-from seqpack.masking import build_example
+from seqpack.masking import build_example, masks_example_starts
 from seqpack.pipeline.build import tokenize_options
 from seqpack.tokenizer import load_for_run, pair_layout
 from seqpack.transforms.shuffle import SpillFile, read_spill_range
-from seqpack.transforms.tokenize import TokenizeDoFn, filtered_reason
+from seqpack.transforms.tokenize import TokenizeDoFn, filtered_reason, trains
 
 PAIRS = [
     ("Translate: cat = ", "chat"),
@@ -55,8 +55,11 @@ def reference(config: RunConfig, tokenizer: Any, pairs: list[Triple]) -> Found:
             continue
         outcome = build_example(
             src, tgt, max_length=config.max_length, overlong=config.overlong, train_on=config.train_on,
-            keep_prefix=len(layout.prefix),
+            keep_prefix=len(layout.prefix), end_tokens=len(layout.suffix),
         )
+        if not trains(outcome, masks_example_starts(config.train_on, chat=False)):
+            rejected.append(("no_trained_tokens", origin))
+            continue
         counts["source_tokens"] += outcome.source_tokens  # counted for examples dropped as overlong too
         counts["target_tokens"] += outcome.target_tokens
         if outcome.dropped_reason:
@@ -100,6 +103,7 @@ def batched(config: RunConfig, spill_dir: Path, pairs: list[Triple]) -> Found:
     "options",
     [
         {},
+        {"overlong": "truncate-left"},
         {"train_on": "all", "validation_fraction": 0.4, "seed": 7},
         {"overlong": "split", "min_target_tokens": 3, "max_source_tokens": 12},
         {"overlong": "drop", "validation_fraction": 0.5, "add_eos": False},

@@ -11,7 +11,7 @@ from seqpack.chat import STYLES as CHAT_STYLES
 from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
 from seqpack.config import DEDUP_MODES, FILE_FORMATS, SHUFFLE_MODES, RunConfig
 from seqpack.errors import UsageError
-from seqpack.masking import OVERLONG_POLICIES, TRAIN_ON
+from seqpack.masking import OVERLONG_ALIASES, OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
 from seqpack.pipeline.lock import DEFAULT_LEASE_SECONDS
 from seqpack.pipeline.runners import check_beam_args, long_flags, wants_dask
@@ -111,9 +111,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     tok.add_argument("--train-on", choices=TRAIN_ON + CHAT_TRAIN_ON[:2], default=DEFAULTS["train_on"],
                      help="pairs: target (default), source+target (every token of each example), all (also across "
                      "example boundaries); chat: assistant (default), last (final assistant turn), all")
-    tok.add_argument("--overlong", choices=OVERLONG_POLICIES, default=DEFAULTS["overlong"],
-                     help="an example longer than --max-length: truncate (keep the target, cut the source from the "
-                     "left), split (into --max-length pieces) or drop")
+    tok.add_argument("--overlong", choices=OVERLONG_POLICIES + tuple(OVERLONG_ALIASES), default=DEFAULTS["overlong"],
+                     help="an example longer than --max-length: truncate-target (keep the whole prompt, cut the "
+                     "target's end, with no EOS; drop the example when the prompt alone does not fit), truncate-left "
+                     "(cut the prompt from the left, then the target; 'truncate' is its old name), split (into "
+                     "--max-length pieces) or drop")
     tok.add_argument("--pad-id", type=int, default=DEFAULTS["pad_id"], help="padding id (default: pad token, else EOS)")
 
     hygiene = parser.add_argument_group("special tokens and data hygiene")

@@ -406,9 +406,12 @@ def _changed(stats: dict[str, Any]) -> str:
     parts = []
     if stats["examples_truncated"]:
         lost = [f"{stats[key]:,} {label}" for key, label in (("examples_prompt_lost", "kept none of their prompt"),
-                                                            ("examples_target_cut", "lost part of their answer"))
+                                                            ("examples_target_cut", "lost the end of their answer"))
                 if stats.get(key)]
         parts.append(f"{stats['examples_truncated']:,} truncated to fit" + (f": {', '.join(lost)}" if lost else ""))
+    too_long = stats["dropped_by_reason"].get("prompt_too_long", 0) + stats["dropped_by_reason"].get("overlong", 0)
+    if too_long:
+        parts.append(f"{too_long:,} dropped as too long")
     if stats["examples_split"]:
         parts.append(f"{stats['examples_split']:,} split into pieces")
     return f" ({'; '.join(parts)})" if parts else ""

@@ -41,6 +41,9 @@ LATER_REASONS: dict[str, str] = {
     "not_a_string": "the source or target field is not a string",
     "empty_target": "the target is empty, or tokenizes to no tokens (for a conversation: no assistant token to "
     "train on)",
+    "no_trained_tokens": "no token of the example takes loss once it is cut to fit --max-length and packed (e.g. "
+    "--overlong truncate-left kept only a long final user turn, or a one-token example whose only token is its "
+    "first, which never takes loss): there is nothing to learn from it",
     "chat_template_error": "the chat template failed, or went over a rendering limit (steps, size, time), for this "
     "record; the detail says which",
     "template_not_prefix_stable": "the chat template rewrites earlier text as the conversation grows (a message "

@@ -28,7 +28,15 @@ from seqpack.example_columns import ExampleBuffer, offsets_of
 from seqpack.faults import checkpoint
 from seqpack.inputs import Rejected
 from seqpack.keys import choose_split, example_key, example_keys
-from seqpack.masking import Outcome, build_example, build_masked_example, filtered_mask, masked_prefix
+from seqpack.masking import (
+    DEFAULT_OVERLONG,
+    Outcome,
+    build_example,
+    build_masked_example,
+    filtered_mask,
+    masked_prefix,
+    masks_example_starts,
+)
 from seqpack.masking import filtered_reason as masking_filter
 from seqpack.schemas import stats as stats_format
 from seqpack.tokenizer import BackendPlan, equivalent_backend, load_backend, load_for_run, pair_layout
@@ -49,7 +57,7 @@ class TokenizeOptions:
     trust_remote_code: bool = False
     added_tokens: tuple[str, ...] = ()
     max_length: int
-    overlong: str = "truncate"
+    overlong: str = DEFAULT_OVERLONG
     train_on: str = "target"
     add_eos: bool = True
     seed: int = 0
@@ -221,6 +229,9 @@ class TokenizeDoFn(_TokenizeBase):
         n_source = _lengths(sources) + len(self.layout.prefix)
         n_target = _lengths(targets) + len(self.layout.suffix)
         empty = n_target == len(self.layout.suffix)
+        # Tokens that take loss once packed (an example's first token never does, see masks_example_starts).
+        masked = np.maximum(masked_prefix(n_source, cfg.train_on), int(masks_example_starts(cfg.train_on, chat=False)))
+        empty |= n_source + n_target <= masked
         filtered = filtered_mask(n_source, n_target, min_target_tokens=cfg.min_target_tokens,
                                  max_source_tokens=cfg.max_source_tokens)
         whole = (n_source + n_target <= cfg.max_length) & ~empty & ~filtered
@@ -256,7 +267,12 @@ class TokenizeDoFn(_TokenizeBase):
             overlong=cfg.overlong,
             train_on=cfg.train_on,
             keep_prefix=len(prefix),
+            end_tokens=len(suffix),
         )
+        if not trains(outcome, masks_example_starts(cfg.train_on, chat=False)):
+            raw = raw_json({"source": source_text, "target": target_text})
+            yield beam.pvalue.TaggedOutput(REJECTED_TAG, _untrained(origin, raw))
+            return
         self.emit(outcome, f"{source_text}\0{target_text}")
 
     def _add_whole(
@@ -309,6 +325,19 @@ class TokenizeDoFn(_TokenizeBase):
             self.progress.tokenized(len(sources), tokens)
 
 
+def trains(outcome: Outcome, masks_start: bool) -> bool:
+    """Whether an example (not dropped) takes loss anywhere once packed: a piece's first label is -100 when
+    ``masks_start`` (``masking.masks_example_starts``). A dropped example is counted as dropped, not here."""
+    if outcome.dropped_reason:
+        return True
+    return any(piece.label_mask()[int(masks_start):].any() for piece in outcome.pieces)
+
+
+def _untrained(origin: str, raw: bytes) -> Rejected:
+    return Rejected("no_trained_tokens", origin, raw, "no token of the example takes loss once it is cut to fit "
+                    "and packed (an example's first token never does): there is nothing to learn from it")
+
+
 def _lengths(token_lists: list[Ids]) -> np.ndarray:
     return np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
 
@@ -351,5 +380,9 @@ class ChatTokenizeDoFn(_TokenizeBase):
                 overlong=cfg.overlong,
                 keep_prefix=int(len(ids) > 0 and bos is not None and ids[0] == bos),
             )
+            if not trains(outcome, masks_example_starts(cfg.train_on, chat=True)):
+                yield beam.pvalue.TaggedOutput(REJECTED_TAG,
+                                               _untrained(chat.origin, raw_json({"messages": chat.messages})))
+                continue
             self.emit(outcome, json.dumps(chat.messages, ensure_ascii=False, sort_keys=True))
         yield from self.spill_full()
