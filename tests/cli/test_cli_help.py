@@ -84,8 +84,8 @@ def test_demo_help_describes_the_command() -> None:
 @pytest.mark.parametrize(("args", "line"), [
     (["--packing", "zip"], "seqpack: error: --packing must be one of bfd, wrap, none (got 'zip')"),
     (["--format=xml"], "seqpack: error: --format must be one of parquet, arrow (got 'xml')"),
-    (["--overlong", "cut"], "seqpack: error: --overlong must be one of truncate-target, truncate-left, split, drop, truncate "
-     "(got 'cut')"),
+    (["--overlong", "cut"], "seqpack: error: --overlong must be one of truncate-target, truncate-left, split, "
+     "drop, truncate (got 'cut')"),
 ])
 def test_a_bad_choice_is_one_line_naming_the_valid_ones(args: list[str], line: str) -> None:
     result = seqpack("run", "-i", "a", "-o", "o", "-t", "t", *args)

@@ -110,7 +110,8 @@ def test_unknown_policy_is_an_error() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(ids, ids.filter(bool), st.integers(min_value=8, max_value=40), st.sampled_from(["truncate-left", "split", "drop"]))
+@given(ids, ids.filter(bool), st.integers(min_value=8, max_value=40),
+       st.sampled_from(["truncate-left", "split", "drop"]))
 def test_policies_conserve_tokens(source: list[int], target: list[int], max_length: int, policy: str) -> None:
     outcome = build_example(source, target, max_length=max_length, overlong=policy)
     kept = sum(len(p.ids) for p in outcome.pieces)
