@@ -222,6 +222,27 @@ def test_settings_that_do_not_shape_examples_may_change(change: dict) -> None:
     assert changed_setting(previous, replace(BASE, **change).to_dict(), TOKENIZER.fingerprint) is None
 
 
+def old_truncate_dataset() -> Manifest:
+    """A dataset built before truncate-target: its manifest records the old default's name, ``truncate``."""
+    manifest = manifest_of(BASE)
+    return replace(manifest, config={**manifest.config, "overlong": "truncate"})
+
+
+def test_a_dataset_built_with_the_old_truncate_is_refused_with_the_flag_that_appends_to_it() -> None:
+    reason = changed_setting(old_truncate_dataset(), BASE.to_dict(), TOKENIZER.fingerprint)
+    assert BASE.overlong == "truncate-target"
+    assert reason is not None and reason.startswith('--overlong is "truncate-target" here')
+    assert reason.endswith("(now named truncate-left): pass --overlong truncate-left to add to it")
+
+
+@pytest.mark.parametrize("name", ["truncate-left", "truncate"])
+def test_truncate_left_appends_to_a_dataset_built_with_the_old_truncate(name: str) -> None:
+    now = replace(BASE, overlong=name)
+    assert now.overlong == "truncate-left", "the old name is recorded under the new one"
+    assert changed_setting(old_truncate_dataset(), now.to_dict(), TOKENIZER.fingerprint) is None
+    assert changed_setting(manifest_of(now), BASE.to_dict(), TOKENIZER.fingerprint) is not None
+
+
 def test_the_tokenizer_is_compared_by_fingerprint() -> None:
     previous = manifest_of(BASE)
     reason = changed_setting(previous, replace(BASE, tokenizer="other-tok").to_dict(), "0" * 16)

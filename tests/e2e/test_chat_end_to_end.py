@@ -111,3 +111,43 @@ def test_every_copy_of_an_unrenderable_conversation_is_rejected_as_with_pairs(tm
     rejected = [json.loads(line) for line in dataset_file(output, "rejected/rejected.jsonl").read_text().splitlines()]
     assert [entry["line"] for entry in rejected] == [3, 4]
     assert json.loads(rejected[0]["raw"]) == assistant_first, "rejected/ shows the conversation as read"
+
+
+LONG = "the cat sees a green book in the garden " * 6
+OVERLONG_CHATS = [
+    # Over --max-length in its second turn: the default keeps the system prompt and the first answer.
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The cat"},
+                  {"role": "assistant", "content": "Le chat"}, {"role": "user", "content": LONG},
+                  {"role": "assistant", "content": LONG}]},
+    # A long final user turn: truncate-left keeps only it, so nothing is trained.
+    {"messages": [{"role": "user", "content": "The dog"}, {"role": "assistant", "content": "Le chien"},
+                  {"role": "user", "content": LONG}]},
+    # A system prompt that fills --max-length alone: no answer fits after it.
+    {"messages": [{"role": "system", "content": LONG * 2}, {"role": "user", "content": "The bread"},
+                  {"role": "assistant", "content": "Le pain"}]},
+]
+
+
+@pytest.mark.parametrize("policy", ["truncate-target", "truncate-left"])
+def test_overlong_conversations_are_cut_dropped_or_rejected_and_counted(tmp_path: Path, chatml_dir: Path,
+                                                                        policy: str) -> None:
+    data = write_jsonl(tmp_path / "chats.jsonl", OVERLONG_CHATS)
+    output = tmp_path / "out"
+    assert run("-i", str(data), "-o", str(output), "-t", str(chatml_dir), "--max-length", "48",
+               "--overlong", policy) == 0
+    stats = json.loads(dataset_file(output, "stats.json").read_text())
+    written = sum(stats["examples_by_split"].values())
+    assert stats["records_read"] == 3 == written + stats["records_rejected"] + stats["examples_dropped"]
+    tokenizer = AutoTokenizer.from_pretrained(str(chatml_dir))
+    rows = [r for p in sorted(dataset_file(output, "train").iterdir()) for r in pq.read_table(p).to_pylist()]
+    runs = sorted(text for row in rows for text in trained_runs(row, tokenizer))
+    if policy == "truncate-target":
+        assert stats["rejected_by_reason"] == {} and stats["dropped_by_reason"] == {"prompt_too_long": 1}
+        assert stats["examples_truncated"] == 2 and stats["examples_prompt_lost"] == 0
+        assert runs[:2] == ["Le chat<|im_end|>", "Le chien<|im_end|>"]
+        assert any(tokenizer.decode(r["input_ids"]).startswith("<|im_start|>system\nBe brief.") for r in rows)
+    else:
+        assert stats["rejected_by_reason"] == {"no_trained_tokens": 1} and stats["dropped_by_reason"] == {}
+        assert "Le chien<|im_end|>" not in runs
+        lines = dataset_file(output, "rejected/rejected.jsonl").read_text().splitlines()
+        assert [json.loads(x)["line"] for x in lines] == [2]

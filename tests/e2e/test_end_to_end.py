@@ -204,3 +204,57 @@ def test_demo_runs(tmp_path: Path) -> None:
     dataset = Path(result.stdout.strip().splitlines()[-1])
     assert (dataset / "manifest.json").exists()
     assert np.isclose(json.loads(dataset_file(dataset, "stats.json").read_text())["records_read"], 480)
+
+
+# ------------------------------------------------------------------------------------ overlong policies, end to end
+LONG_SOURCE = "the cat sees a green book in the garden " * 8
+OVERLONG = [{"source": LONG_SOURCE, "target": "le chat"},  # the prompt alone is over --max-length
+            {"source": "short", "target": LONG_SOURCE},  # the target is cut
+            {"source": "a", "target": "b"}]
+
+
+@pytest.fixture(scope="module")
+def overlong_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("overlong") / "long.jsonl", OVERLONG)
+
+
+def identity_holds(stats: dict) -> bool:
+    written = sum(stats["examples_by_split"].values())
+    return (stats["records_read"] == written + stats["records_rejected"] + stats["examples_dropped"]
+            and stats["tokens_in"] == stats["tokens_written"] + stats["tokens_truncated"] + stats["tokens_dropped"])
+
+
+@pytest.mark.parametrize(("policy", "written", "counts"), [
+    ([], 2, {"examples_truncated": 1, "examples_target_cut": 1, "examples_prompt_lost": 0, "examples_dropped": 1}),
+    (["--overlong", "truncate-left"], 3,
+     {"examples_truncated": 2, "examples_target_cut": 1, "examples_prompt_lost": 1, "examples_dropped": 0}),
+])
+def test_overlong_policies_keep_the_accounts(overlong_file: Path, tokenizer_dir: Path, tmp_path: Path,
+                                              policy: list[str], written: int, counts: dict) -> None:
+    out = tmp_path / "out"
+    assert run_cli("-i", str(overlong_file), "-o", str(out), "-t", str(tokenizer_dir), "--max-length", "16",
+                   *policy) == 0
+    stats = json.loads(dataset_file(out, "stats.json").read_text())
+    assert identity_holds(stats) and sum(stats["examples_by_split"].values()) == written
+    assert {key: stats[key] for key in counts} == counts
+    assert stats["dropped_by_reason"] == ({"prompt_too_long": 1} if not policy else {})
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    examples = [segment for row in read_rows(out) for segment in segments(row)]
+    if not policy:  # the default: every prompt whole, and no EOS after a cut target
+        (cut,) = [ids for ids, _, _ in examples if len(ids) == 16]
+        assert tokenizer.decode(cut).startswith("<s>short = the cat") and tokenizer.eos_token_id not in cut
+
+
+def test_an_example_that_trains_no_token_is_rejected(gpt2_like_tokenizer_dir: Path, tmp_path: Path) -> None:
+    """No BOS, an empty prompt and a one-token target without EOS: its only token is the example's first, which
+    never takes loss once packed; it goes to rejected/, counted, instead of into a block."""
+    tokenizer = AutoTokenizer.from_pretrained(str(gpt2_like_tokenizer_dir))
+    word = next(w for w in ("the", "cat", "a") if len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1)
+    data = write_jsonl(tmp_path / "in.jsonl", [{"source": "", "target": word}, {"source": "a cat", "target": "chat"}])
+    out = tmp_path / "out"
+    assert run_cli("-i", str(data), "-o", str(out), "-t", str(gpt2_like_tokenizer_dir), "--template", "{target}",
+                   "--no-eos", "--max-length", "16") == 0
+    stats = json.loads(dataset_file(out, "stats.json").read_text())
+    assert stats["rejected_by_reason"] == {"no_trained_tokens": 1} and identity_holds(stats)
+    (line,) = [json.loads(x) for x in dataset_file(out, "rejected/rejected.jsonl").read_text().splitlines()]
+    assert line["reason"] == "no_trained_tokens" and line["line"] == 1 and json.loads(line["raw"])["target"] == word
