@@ -28,8 +28,9 @@ COUNTERS = (
     "block_tokens",
 )
 """Plain additive counters. ``tokens_in`` counts every token the tokenizer produced for an example.
-``examples_prompt_lost`` and ``examples_target_cut`` count truncated examples that kept none of their prompt, or
-lost part of their answer."""
+``examples_prompt_lost`` and ``examples_target_cut`` count truncated examples that kept none of their prompt (only
+``--overlong truncate-left`` does that), or lost the end of their answer. Examples the default ``truncate-target``
+cannot fit without cutting their prompt are dropped, under ``dropped_by_reason["prompt_too_long"]``."""
 ADDED_LATER = ("examples_prompt_lost", "examples_target_cut")
 """Counters that older datasets' ``stats.json`` lacks: a reader takes them as 0."""
 

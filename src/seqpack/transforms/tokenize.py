@@ -228,15 +228,16 @@ class TokenizeDoFn(_TokenizeBase):
         targets = self.target_cache.encode([pair[1] for pair in batch])
         n_source = _lengths(sources) + len(self.layout.prefix)
         n_target = _lengths(targets) + len(self.layout.suffix)
-        empty = n_target == len(self.layout.suffix)
-        # Tokens that take loss once packed (an example's first token never does, see masks_example_starts).
-        masked = np.maximum(masked_prefix(n_source, cfg.train_on), int(masks_example_starts(cfg.train_on, chat=False)))
-        empty |= n_source + n_target <= masked
+        # Empty targets (rejected), and examples no token of which takes loss once packed (an example's first
+        # token never does, see masks_example_starts), take the slow path to be rejected.
+        starts_masked = int(masks_example_starts(cfg.train_on, chat=False))
+        untrained = np.maximum(masked_prefix(n_source, cfg.train_on), starts_masked)
+        empty = (n_target == len(self.layout.suffix)) | (n_source + n_target <= untrained)
         filtered = filtered_mask(n_source, n_target, min_target_tokens=cfg.min_target_tokens,
                                  max_source_tokens=cfg.max_source_tokens)
         whole = (n_source + n_target <= cfg.max_length) & ~empty & ~filtered
         # The examples that fit as they are (nearly all) go to the buffers in array operations, with no Python
-        # step per example; the others (empty targets, filtered, over max_length) go one at a time.
+        # step per example; the others (empty or untrained, filtered, over max_length) go one at a time.
         if whole.all():
             self._add_whole(batch, sources, targets, n_source, n_target)
         else:
