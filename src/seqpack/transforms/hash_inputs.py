@@ -31,7 +31,8 @@ class InputChangedError(RunFailedError):
 
 def file_metadata(paths: list[str]) -> dict[str, tuple[int, float]]:
     """``path -> (size, modified)`` for existing files, local or on any Beam filesystem; one listing per remote
-    directory, not one request per file."""
+    directory holding several of them, not one request per file, and one exact request for a file alone (a worker
+    checking the file it hashed must not list the whole input directory)."""
     found: dict[str, tuple[int, float]] = {}
     remote: dict[str, set[str]] = {}
     for path in paths:
@@ -41,11 +42,12 @@ def file_metadata(paths: list[str]) -> dict[str, tuple[int, float]]:
             status = os.stat(path)
             found[path] = (status.st_size, status.st_mtime)
     for directory, wanted in sorted(remote.items()):
-        [result] = FileSystems.match([directory + "/*"])
-        for metadata in result.metadata_list:
-            if metadata.path in wanted:
-                found[metadata.path] = (metadata.size_in_bytes, float(metadata.last_updated_in_seconds))
-        for path in sorted(wanted - found.keys()):  # a name with glob characters: match it alone
+        if len(wanted) > 1:
+            [result] = FileSystems.match([directory + "/*"])
+            for metadata in result.metadata_list:
+                if metadata.path in wanted:
+                    found[metadata.path] = (metadata.size_in_bytes, float(metadata.last_updated_in_seconds))
+        for path in sorted(wanted - found.keys()):  # alone, or a name with glob characters: match it exactly
             [exact] = FileSystems.match([path])
             for metadata in exact.metadata_list:
                 found[metadata.path] = (metadata.size_in_bytes, float(metadata.last_updated_in_seconds))
