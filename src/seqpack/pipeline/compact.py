@@ -240,7 +240,7 @@ def _read_manifest(output: str) -> Manifest:
 
 
 def _read_stats(output: str, generation: GenerationInfo) -> dict[str, Any]:
-    name = f"{generation.directory}/{STATS_NAME}" if generation.directory else STATS_NAME
+    name = generation.path_of(STATS_NAME)
     path = FileSystems.join(output, name)
     try:
         return stats_format.parse(read_bytes(path), where=path)
@@ -254,7 +254,7 @@ def _read_stats(output: str, generation: GenerationInfo) -> dict[str, Any]:
 def _carry_files(output: str, previous: Manifest, replaced: list[GenerationInfo], destination: Destination) -> None:
     """Into the new generation's directory: the replaced generations' rejected records, one after the other, and
     the newest generation's tokenizer (readers take the tokenizer from the newest generation)."""
-    rejected = [f"{g.directory}/{REJECTED_FILE}" for g in replaced if f"{g.directory}/{REJECTED_FILE}" in g.files]
+    rejected = [g.path_of(REJECTED_FILE) for g in replaced if g.path_of(REJECTED_FILE) in g.files]
     if rejected:
         with atomic_output(FileSystems.join(destination.root, REJECTED_FILE)) as out:
             for name in rejected:

@@ -127,6 +127,11 @@ class GenerationInfo:
     def shard_paths(self) -> list[str]:
         return [shard.path for split in self.splits.values() for shard in split.shards]
 
+    def path_of(self, name: str) -> str:
+        """Where the generation keeps ``name`` (``stats.json``, ``rejected/rejected.jsonl``), relative to the
+        dataset directory (a dataset in the older flat layout keeps it at the top)."""
+        return f"{self.directory}/{name}" if self.directory else name
+
     @property
     def rows(self) -> int:
         return sum(split.rows for split in self.splits.values())

@@ -22,12 +22,6 @@ from seqpack.schemas import stats as stats_format
 from seqpack.schemas.manifest import GenerationInfo
 
 
-def generation_file(generation: GenerationInfo, name: str) -> str:
-    """Where ``generation`` keeps ``name`` (``stats.json``, ``rejected/rejected.jsonl``), relative to the dataset
-    (a dataset in the older flat layout keeps it at the top)."""
-    return f"{generation.directory}/{name}" if generation.directory else name
-
-
 def generation_stats(url: str, manifest: Manifest) -> dict[int, dict[str, Any]]:
     """Every generation's ``stats.json``, checked field by field: ``generation id -> statistics``, oldest first.
 
@@ -40,7 +34,7 @@ def generation_stats(url: str, manifest: Manifest) -> dict[int, dict[str, Any]]:
 
 
 def _read_stats(location: Location, generation: GenerationInfo) -> dict[str, Any]:
-    relative = generation_file(generation, STATS_NAME)
+    relative = generation.path_of(STATS_NAME)
     try:
         data = location.fs.cat_file(location.path(relative))
     except OSError as error:  # FileNotFoundError included

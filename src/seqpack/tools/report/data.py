@@ -21,7 +21,7 @@ import pyarrow as pa
 from seqpack.dataset import Location, ShardSet
 from seqpack.schemas import REJECTED_FILE, Manifest, RejectedLine
 from seqpack.tools.blocks import BlockView, decoded_blocks, load_dataset_tokenizer
-from seqpack.tools.stats import generation_file, generation_stats, total_stats
+from seqpack.tools.stats import generation_stats, total_stats
 
 EXAMPLES_PER_REASON = 3
 REJECTED_SCAN_BYTES = 64 << 20
@@ -91,7 +91,7 @@ def rejected_samples(
     """Up to ``per_reason`` raw records per reason, oldest generation first, reading at most
     ``REJECTED_SCAN_BYTES`` in all."""
     location = Location.of(url)
-    candidates = [generation_file(g, REJECTED_FILE) for g in manifest.generations]
+    candidates = [g.path_of(REJECTED_FILE) for g in manifest.generations]
     samples = RejectedSamples({reason: [] for reason in reasons})
     if not samples.by_reason:
         return samples
