@@ -42,6 +42,9 @@ class _Terminated(BaseException):
     in between swallows it (Beam may still wrap it: :class:`Stop` remembers the signal either way)."""
 
 
+STOP_EXCEPTIONS = (_Terminated, KeyboardInterrupt)
+"""What a stop signal raises in the main thread inside :func:`stop_on_termination`."""
+
 GRACE_SECONDS = 15.0
 """After a stop, how long the run may take to unwind before a watchdog cleans up and ends the process: Beam's
 local runner can keep the main thread waiting on workers that the signal killed."""

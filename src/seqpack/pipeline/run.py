@@ -32,7 +32,7 @@ from seqpack.pipeline.commit import (
     save_tokenizer,
 )
 from seqpack.pipeline.commit_step import CommitPlan, refusal_message
-from seqpack.pipeline.failures import as_run_failure, crash_summary, stop_on_termination
+from seqpack.pipeline.failures import STOP_EXCEPTIONS, as_run_failure, crash_summary, stop_on_termination
 from seqpack.pipeline.live_progress import live_progress
 from seqpack.pipeline.lock import DEFAULT_LEASE_SECONDS, OutputLock
 from seqpack.pipeline.runners import check_can_leave, pipeline_options
@@ -167,34 +167,37 @@ def run(
     files, tokenizer, tokenizer_info = _check_up_front(config)
     job = _Job(config, files, tokenizer, tokenizer_info, options, runner)
     created = "://" not in config.output and not os.path.exists(config.output)
-    with _remove_if_left_empty(config.output, created), stop_on_termination() as stop, \
-            OutputLock(config.output, lease_seconds=0 if wait else lock_lease, options=options) as lock:
-        destination = prepare_output(config, lock)
-        try:
-            selection = select_inputs(config, files, destination.previous, tokenizer_info, only=only)
-        except BaseException:
-            abandon(destination)
-            raise
-        if not selection.files:
-            abandon(destination)
-            return UpToDate(config.output, destination.previous, selection)
-        job = replace(job, files=selection.files, found=selection.found)
-        with capture_worker_output(enabled=_is_local(runner) and not verbose) as worker_log:
-            stop.cleanup = partial(_clean_up_after_stop, destination, lock, worker_log, created)
+    try:
+        with _remove_if_left_empty(config.output, created), stop_on_termination() as stop, \
+                OutputLock(config.output, lease_seconds=0 if wait else lock_lease, options=options) as lock:
+            destination = prepare_output(config, lock)
             try:
-                committed = job.launch(destination, lock, wait=wait, progress=progress)
-            except BaseException as error:
-                if isinstance(error, Exception) and stop.signum is None and is_committed(destination):
-                    committed = _committed_anyway(destination, error)
-                else:
-                    abandon(destination)
-                    failure = _reported(_refused(as_run_failure(error, config.output, stop)), worker_log)
-                    if failure is error:
-                        raise
-                    raise failure from error
-        if worker_log is not None:
-            worker_log.discard()
-        return committed
+                selection = select_inputs(config, files, destination.previous, tokenizer_info, only=only)
+            except BaseException:
+                abandon(destination)
+                raise
+            if not selection.files:
+                abandon(destination)
+                return UpToDate(config.output, destination.previous, selection)
+            job = replace(job, files=selection.files, found=selection.found)
+            with capture_worker_output(enabled=_is_local(runner) and not verbose) as worker_log:
+                stop.cleanup = partial(_clean_up_after_stop, destination, lock, worker_log, created)
+                try:
+                    committed = job.launch(destination, lock, wait=wait, progress=progress)
+                except BaseException as error:
+                    if isinstance(error, Exception) and stop.signum is None and is_committed(destination):
+                        committed = _committed_anyway(destination, error)
+                    else:
+                        abandon(destination)
+                        failure = _reported(_refused(as_run_failure(error, config.output, stop)), worker_log)
+                        if failure is error:
+                            raise
+                        raise failure from error
+            if worker_log is not None:
+                worker_log.discard()
+            return committed
+    except STOP_EXCEPTIONS as error:  # a stop before the job started: nothing was written
+        raise as_run_failure(error, config.output) from error
 
 
 @contextmanager
