@@ -2,6 +2,7 @@
 
     python benchmarks/pipeline.py --pairs 100000                 # synthetic pairs (benchmarks/datagen.py)
     python benchmarks/pipeline.py --corpus gettext               # the system's gettext catalogs (corpus.py)
+    python benchmarks/pipeline.py --corpus code --limit 100000 --max-length 4096   # docstring -> body (code_corpus.py)
     python benchmarks/pipeline.py --input pairs.jsonl --tokenizer path/to/tokenizer
     python benchmarks/pipeline.py --pairs 250000 --scale 1,2,4 --paths seqpack   # the scaling check
 
@@ -543,7 +544,18 @@ def prepare_data(args: argparse.Namespace, work: Path, scale: int) -> Path:
             datagen.write_jsonl(str(path) + ".tmp", args.pairs * scale, args.seed)
             os.replace(str(path) + ".tmp", path)
         return path
-    if args.corpus:
+    if args.corpus == "code":
+        limit = f"-{args.limit}" if args.limit else ""
+        base = data_dir / f"code{limit}.jsonl"
+        if not base.exists():
+            sys.path.insert(0, str(HERE))
+            import code_corpus
+
+            print(f"  building the code corpus -> {base}", file=sys.stderr)
+            stats = code_corpus.write_jsonl(str(base) + ".tmp", limit=args.limit)
+            os.replace(str(base) + ".tmp", base)
+            print(f"  {stats.summary()}", file=sys.stderr)
+    elif args.corpus:
         suffix = "-links" if args.follow_symlinks else ""
         limit = f"-{args.limit}" if args.limit else ""
         base = data_dir / f"gettext{suffix}{limit}.jsonl"
@@ -730,7 +742,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--pairs", type=int, help="synthetic pairs (benchmarks/datagen.py, seeded)")
     data.add_argument("--input", help="a JSONL file of {source, target} pairs")
-    data.add_argument("--corpus", choices=("gettext",), help="a real corpus built by benchmarks/corpus.py")
+    data.add_argument("--corpus", choices=("gettext", "code"),
+                      help="a real corpus: gettext (benchmarks/corpus.py) or code, docstring -> function body pairs "
+                      "from the installed packages (benchmarks/code_corpus.py; use --limit 100000)")
     parser.add_argument("--limit", type=int, help="--corpus: at most this many pairs")
     parser.add_argument("--follow-symlinks", action="store_true",
                         help="--corpus gettext: read symlinked catalogs too (duplicate pairs)")
