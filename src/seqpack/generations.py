@@ -21,10 +21,15 @@ BUILD_SETTINGS = (
     "max_length", "template", "source_field", "target_field", "separator", "add_eos", "train_on", "overlong",
     "packing", "seed", "file_format", "validation_fraction", "pad_id", "dedup", "min_target_tokens",
     "max_source_tokens", "add_special_tokens", "chat_style", "messages_field", "role_map", "system",
+    "chat_boundary", "pair_boundary",
 )
 """Settings that change how examples are built, split, packed or stored: every generation of a dataset must
 share them, or a reader would get two datasets in one. (Inputs, output, shard sizes, the shuffle path and the
 rejection limits may differ.) The tokenizer is compared by its fingerprint, not its path."""
+
+ADDED_SETTINGS = {"chat_boundary": "turn", "pair_boundary": "split"}
+"""Build settings newer than some datasets, with the value that builds as those datasets were built: a config
+that does not record one is compared as if it held this value."""
 
 _FLAG_NAMES = {"file_format": "--format", "add_eos": "--eos/--no-eos", "add_special_tokens": "--add-special-tokens"}
 
@@ -40,7 +45,7 @@ def changed_setting(previous: Manifest, config: Mapping[str, Any], tokenizer_fin
             f"the tokenizer differs: {config.get('tokenizer')} has fingerprint {tokenizer_fingerprint}, the dataset "
             f"was built with {previous.tokenizer.name} ({previous.tokenizer.fingerprint})"
         )
-    now, before = _plain(config), _plain(previous.config)
+    now, before = _plain(config), {**ADDED_SETTINGS, **_plain(previous.config)}
     for setting in BUILD_SETTINGS:
         if setting in before and _same_name(setting, now.get(setting)) != _same_name(setting, before[setting]):
             return (
