@@ -149,3 +149,16 @@ def test_pairs_that_merge_are_rejected_and_the_others_split(tokenizer: Any) -> N
     assert results[1] == (tokenizer("Hi\n", add_special_tokens=False)["input_ids"],
                           tokenizer(CLEAN[0], add_special_tokens=False)["input_ids"])
 
+
+
+def test_each_boundary_option_belongs_to_its_kind_of_template() -> None:
+    from seqpack.config import RunConfig
+    from seqpack.errors import UsageError
+
+    base = {"inputs": ["in"], "output": "out", "tokenizer": "tok"}
+    RunConfig(**base, pair_boundary="joint").validate()
+    RunConfig(**base, template="chat", chat_boundary="joint").validate()
+    with pytest.raises(UsageError, match="--chat-boundary is for --template chat"):
+        RunConfig(**base, chat_boundary="joint").validate()
+    with pytest.raises(UsageError, match="--pair-boundary is for pair templates"):
+        RunConfig(**base, template="chat", pair_boundary="joint").validate()
