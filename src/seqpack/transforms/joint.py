@@ -14,7 +14,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from seqpack.boundary import joint_pairs, joint_segments, offsets_encoder
+from seqpack.boundary import BoundaryError, joint_pairs, joint_segments, offsets_encoder
 from seqpack.chat import Segment
 from seqpack.faults import checkpoint
 from seqpack.inputs import Rejected
@@ -37,7 +37,7 @@ class JointTokenizeDoFn(TokenizeDoFn):
         checkpoint("tokenize")
         encoded = joint_pairs(self.encode_joint, [(source, target) for source, target, _ in batch])
         for pair, result in zip(batch, encoded, strict=True):
-            if isinstance(result, Exception):
+            if isinstance(result, BoundaryError):
                 source_text, target_text, origin = pair
                 raw = raw_json({"source": source_text, "target": target_text})
                 yield beam.pvalue.TaggedOutput(REJECTED_TAG, Rejected(result.reason, origin, raw, result.detail))
