@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from seqpack.boundary import CHAT_BOUNDARIES, PAIR_BOUNDARIES
 from seqpack.chat import STYLES as CHAT_STYLES
 from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
 from seqpack.errors import UsageError
@@ -69,6 +70,10 @@ class RunConfig:
     messages_field: str | None = None
     role_map: dict[str, str] = field(default_factory=dict)
     system: str | None = None
+    chat_boundary: str = "turn"
+    """``--template chat``: ``turn`` tokenizes each turn on its own, ``joint`` the whole rendering (``boundary``)."""
+    pair_boundary: str = "split"
+    """Pairs: ``split`` tokenizes source and target separately, ``joint`` as one text (``seqpack.boundary``)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,10 +107,21 @@ class RunConfig:
             (self.min_target_tokens >= 0, "--min-target-tokens must be >= 0"),
             (0.0 <= self.max_reject_fraction <= 1.0, "--max-reject-fraction must be between 0 and 1"),
             (self.max_source_tokens is None or self.max_source_tokens >= 0, "--max-source-tokens must be >= 0"),
+            *self._boundary_checks(),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+
+    def _boundary_checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.chat_boundary in CHAT_BOUNDARIES, f"--chat-boundary must be one of {', '.join(CHAT_BOUNDARIES)}"),
+            (self.pair_boundary in PAIR_BOUNDARIES, f"--pair-boundary must be one of {', '.join(PAIR_BOUNDARIES)}"),
+            (self.is_chat or self.chat_boundary == "turn", "--chat-boundary is for --template chat: pairs take "
+             "--pair-boundary"),
+            (not self.is_chat or self.pair_boundary == "split", "--pair-boundary is for pair templates: "
+             "--template chat takes --chat-boundary"),
+        ]
 
     @property
     def train_on_choices(self) -> tuple[str, ...]:

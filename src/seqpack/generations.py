@@ -21,6 +21,7 @@ BUILD_SETTINGS = (
     "max_length", "template", "source_field", "target_field", "separator", "add_eos", "train_on", "overlong",
     "packing", "seed", "file_format", "validation_fraction", "pad_id", "dedup", "min_target_tokens",
     "max_source_tokens", "add_special_tokens", "chat_style", "messages_field", "role_map", "system",
+    "chat_boundary", "pair_boundary",
 )
 """Settings that change how examples are built, split, packed or stored: every generation of a dataset must
 share them, or a reader would get two datasets in one. (Inputs, output, shard sizes, the shuffle path and the

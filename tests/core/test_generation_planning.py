@@ -203,6 +203,7 @@ def test_the_same_settings_read_back_from_the_manifest_are_unchanged() -> None:
     ({"file_format": "arrow"}, "--format"),
     ({"add_eos": False}, "--eos/--no-eos"),
     ({"validation_fraction": 0.25}, "--validation-fraction"),
+    ({"pair_boundary": "joint"}, "--pair-boundary"),
 ])
 def test_a_changed_build_setting_is_named_with_both_values(change: dict, flag: str) -> None:
     previous = through_json(manifest_of(BASE))
@@ -339,3 +340,10 @@ def test_tampered_generations_are_refused(edit: Any, says: str) -> None:
     message = tamper(edit)
     assert says in message
     assert "ds/manifest.json" in message or "in the manifest" in message
+
+
+def test_the_boundary_of_a_chat_dataset_is_a_build_setting() -> None:
+    chat = replace(BASE, template="chat")
+    joint = replace(chat, chat_boundary="joint").to_dict()
+    reason = changed_setting(through_json(manifest_of(chat)), joint, TOKENIZER.fingerprint)
+    assert reason == '--chat-boundary is "joint" here, but the dataset was built with "turn"'

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import MISSING, fields
 
+from seqpack.boundary import CHAT_BOUNDARIES, PAIR_BOUNDARIES
 from seqpack.chat import STYLES as CHAT_STYLES
 from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
 from seqpack.config import DEDUP_MODES, FILE_FORMATS, SHUFFLE_MODES, RunConfig
@@ -90,6 +91,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                       help="record field of the target, {target} in templates")
     text.add_argument("--separator", default=DEFAULTS["separator"], type=unescape,
                       help="plain template: masked text between source and target" + _ESCAPES_HELP)
+    text.add_argument("--pair-boundary", choices=PAIR_BOUNDARIES, default=DEFAULTS["pair_boundary"],
+                      help="split: tokenize source and target separately; joint: tokenize them as one text and mask "
+                      "by where the target starts, rejecting pairs whose target starts inside a token")
 
     chat = parser.add_argument_group("conversations (--template chat)")
     chat.add_argument("--chat-style", choices=CHAT_STYLES, default=DEFAULTS["chat_style"],
@@ -99,6 +103,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                       help="extra role names, e.g. human=user,bot=assistant")
     chat.add_argument("--system", default=DEFAULTS["system"],
                       help="system prompt for pairs and conversations without one")
+    chat.add_argument("--chat-boundary", choices=CHAT_BOUNDARIES, default=DEFAULTS["chat_boundary"],
+                      help="turn: tokenize each turn on its own (the assistant's first token is what the model "
+                      "produces after the generation prompt); joint: tokenize the whole rendering, as "
+                      "apply_chat_template(tokenize=True), rejecting conversations whose boundary is inside a token")
 
     tok = parser.add_argument_group("tokenization and labels")
     tok.add_argument("--tokenizer", "-t",
@@ -206,6 +214,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         messages_field=args.messages_field,
         role_map=parse_role_map(args.role_map),
         system=args.system,
+        chat_boundary=args.chat_boundary,
+        pair_boundary=args.pair_boundary,
     )
     config.validate()
     return config

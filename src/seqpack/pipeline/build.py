@@ -21,6 +21,7 @@ from seqpack.tokenizer import BackendPlan
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.dedup import KEYS_TAG, DropExactDuplicates, WriteKeyFiles
 from seqpack.transforms.hash_inputs import HashInputs
+from seqpack.transforms.joint import JointChatTokenizeDoFn, JointTokenizeDoFn
 from seqpack.transforms.pack import PackOptions, ShuffleAndPack
 from seqpack.transforms.read import ReadRecords
 from seqpack.transforms.rejected import WriteRejected
@@ -104,7 +105,11 @@ def _render_fn(config: RunConfig) -> beam.DoFn:
 
 def _tokenize_fn(config: RunConfig, spill_dir: str, backend: BackendPlan | None) -> beam.DoFn:
     options = tokenize_options(config)
-    return ChatTokenizeDoFn(options, spill_dir) if config.is_chat else TokenizeDoFn(options, spill_dir, backend)
+    if config.is_chat:
+        chat = JointChatTokenizeDoFn if config.chat_boundary == "joint" else ChatTokenizeDoFn
+        return chat(options, spill_dir)
+    pairs = JointTokenizeDoFn if config.pair_boundary == "joint" else TokenizeDoFn
+    return pairs(options, spill_dir, backend)
 
 
 def earlier_key_files(destination: Destination) -> list[str]:

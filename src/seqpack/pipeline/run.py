@@ -16,6 +16,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from seqpack.boundary import offsets_encoder
 from seqpack.chat import check_segment_roundtrip, require_chat_template, unknown_special_strings
 from seqpack.config import RunConfig
 from seqpack.errors import RunFailedError, UsageError
@@ -55,9 +56,12 @@ from seqpack.transforms.write import write_atomically
 
 def _check_template(config: RunConfig, tokenizer: Any) -> None:
     """The template must work with this tokenizer; special-looking text it would split gets a warning."""
+    if "joint" in (config.chat_boundary, config.pair_boundary):
+        offsets_encoder(tokenizer)  # a slow tokenizer has no offsets: say so before any work
     if config.is_chat:
         require_chat_template(tokenizer)
-        check_segment_roundtrip(tokenizer)
+        if config.chat_boundary == "turn":  # joint tokenizes the whole text: its pieces need not join up
+            check_segment_roundtrip(tokenizer)
         return
     template = make_template(
         config.template,

@@ -57,6 +57,9 @@ LATER_REASONS: dict[str, str] = {
     "unknown_role": "a message's role is not one seqpack knows: map it with --role-map NAME=ROLE (e.g. human=user)",
     "not_a_list": "the messages field is not a list of messages",
     "empty_conversation": "the messages field is an empty list",
+    "boundary_inside_token": "with --chat-boundary joint or --pair-boundary joint, the text tokenized whole has a "
+    "token that straddles the start or end of a trained span (e.g. a newline merged with the spaces an answer "
+    "starts with), so no exact mask exists; the detail names the token",
 }
 """The codes of later steps (templates, chat rendering, tokenizing): the record parsed, but makes no example."""
 

@@ -22,7 +22,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from seqpack.chat import tokenize_segments
+from seqpack.chat import Segment, tokenize_segments
 from seqpack.encode_cache import EncodeCache, Ids
 from seqpack.example_columns import ExampleBuffer, offsets_of
 from seqpack.faults import checkpoint
@@ -38,6 +38,7 @@ from seqpack.masking import (
     masks_example_starts,
 )
 from seqpack.masking import filtered_reason as masking_filter
+from seqpack.prompt_templates import RenderError
 from seqpack.schemas import stats as stats_format
 from seqpack.tokenizer import BackendPlan, equivalent_backend, load_backend, load_for_run, pair_layout
 from seqpack.transforms.bundle_stats import StatsDoFn
@@ -361,9 +362,14 @@ class ChatTokenizeDoFn(_TokenizeBase):
     def process(self, batch: Sequence[RenderedChat]) -> Iterator[Any]:
         checkpoint("tokenize")
         cfg = self.options
-        encoded = tokenize_segments(self.tokenizer, [chat.segments for chat in batch])
+        encoded = self.tokenize([chat.segments for chat in batch])
         bos = self.tokenizer.bos_token_id
-        for chat, (ids, trained) in zip(batch, encoded, strict=True):
+        for chat, result in zip(batch, encoded, strict=True):
+            if isinstance(result, RenderError):  # --chat-boundary joint: no exact mask (transforms.joint)
+                raw = raw_json({"messages": chat.messages})
+                yield beam.pvalue.TaggedOutput(REJECTED_TAG, Rejected(result.reason, chat.origin, raw, result.detail))
+                continue
+            ids, trained = result
             n_trained = int(trained.sum())
             if n_trained == 0:
                 yield beam.pvalue.TaggedOutput(
@@ -387,3 +393,8 @@ class ChatTokenizeDoFn(_TokenizeBase):
                 continue
             self.emit(outcome, json.dumps(chat.messages, ensure_ascii=False, sort_keys=True))
         yield from self.spill_full()
+
+    def tokenize(self, conversations: Sequence[Sequence[Segment]]) -> list[Any]:
+        """Per conversation, ``(ids, trained)``, or the ``RenderError`` that rejects it: each segment tokenized
+        on its own (``--chat-boundary turn``)."""
+        return tokenize_segments(self.tokenizer, conversations)
