@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -230,25 +229,25 @@ def _fixed_cases() -> tuple[str, ...]:
     return tuple(["", *whitespace, *emoji, *cjk, *controls, *text, *_categories(), *long])
 
 
+_SUPPLEMENTARY = "\U0001F600\U0001F9D1\U00020000\U0002A6D6\U0001D400\U00010400\U000E0001\U000F0000\U0010FFFD"
+"""Characters beyond the Basic Multilingual Plane: emoji, CJK extension B, math letters, Deseret, a tag, private use."""
+
+
 def _categories(per_category: int = 6) -> list[str]:
-    """Characters of every Unicode general category (surrogates cannot be UTF-8, so not ``Cs``): a few alone,
-    and all of them in one text, with letters around."""
-    chosen: dict[str, list[str]] = {}
-    rng = random.Random(0)
-    for code in range(sys.maxunicode + 1):
-        category = unicodedata.category(chr(code))
-        if category == "Cs":
-            continue
-        found = chosen.setdefault(category, [])
-        if len(found) < per_category:
-            found.append(chr(code))
-        elif rng.random() < 0.001:
-            found[rng.randrange(per_category)] = chr(code)
+    """Characters of every Unicode general category (surrogates cannot be UTF-8, so not ``Cs``), spread over the
+    Basic Multilingual Plane, where every other category occurs: a few alone, and each category's in one text with
+    letters around; and characters beyond that plane."""
+    by_category: dict[str, list[str]] = {}
+    for code in range(0x10000):
+        character = chr(code)
+        by_category.setdefault(unicodedata.category(character), []).append(character)
+    by_category.pop("Cs", None)
     cases = []
-    for category in sorted(chosen):
-        characters = "".join(chosen[category])
+    for category in sorted(by_category):
+        found = by_category[category]
+        characters = "".join(found[i * len(found) // per_category] for i in range(min(per_category, len(found))))
         cases += [characters, f"a{characters} b", characters[0]]
-    return cases
+    return [*cases, _SUPPLEMENTARY, f"x {_SUPPLEMENTARY} y", *_SUPPLEMENTARY]
 
 
 def sample_texts(files: Sequence[InputFile], open_binary: OpenBinary, render: Callable[[dict[str, Any]], Any],
