@@ -323,7 +323,8 @@ def _backend_plan(config: RunConfig, tokenizer: Any, staging: str, files: list) 
         return hf_only(config, "chat templates are rendered and tokenized by transformers")
     rust = equivalent_backend(tokenizer)
     if rust is None:
-        return hf_only(config, "this tokenizer's class changes texts in Python before its Rust backend sees them")
+        return hf_only(config, "its Rust backend alone does not give this tokenizer's ids (its class changes "
+                       "texts in Python, or its ids are random)")
     definition = rust.to_str()
     encoder = choose_for_run(config, rust, definition, files)
     path = FileSystems.join(staging, META_DIR, BACKEND_TOKENIZER)
