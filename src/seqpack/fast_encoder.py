@@ -41,6 +41,14 @@ Encode = Callable[[list[str]], list[Sequence[int]]]
 """Texts to their ids, without special tokens."""
 
 
+def _reraise_unless_encoder_error(error: BaseException) -> None:
+    """Let an interrupt or exit through; what the fast encoder raises on a text or a definition is its own
+    exception types or a Rust panic (pyo3's ``PanicException``, a ``BaseException``, whose module is only made
+    once a panic happens)."""
+    if not isinstance(error, Exception) and type(error).__name__ != "PanicException":
+        raise error
+
+
 class FastEncoderError(ValueError):
     """``--tokenizer-backend fast`` cannot be used for this tokenizer or these texts."""
 
@@ -77,7 +85,8 @@ def load_fast(tokenizer_json: str) -> Any:
         fast = fastokens.Tokenizer.from_json_str(tokenizer_json)
         fast.no_truncation()
         fast.no_padding()
-    except Exception as error:  # noqa: BLE001 - the Rust core reports any failure as its own exception type
+    except BaseException as error:
+        _reraise_unless_encoder_error(error)
         raise FastEncoderError(f"fastokens cannot load this tokenizer: {_one_line(error)}") from error
     return fast
 
@@ -106,7 +115,8 @@ class FallbackEncoder:
     def __call__(self, texts: list[str]) -> list[Sequence[int]]:
         try:
             return self.fast(texts)
-        except Exception:  # noqa: BLE001 - fastokens raises its own types (e.g. a byte with no token)
+        except BaseException as error:  # e.g. a byte with no token
+            _reraise_unless_encoder_error(error)
             self.on_fallback(len(texts))
             return self.hf(texts)
 
@@ -143,14 +153,18 @@ def compare(hf: Encode, fast: Encode, texts: Sequence[str]) -> Comparison:
         expected = hf(chunk)
         try:
             actual = fast(chunk)
-        except Exception:  # noqa: BLE001 - find the texts it raises on, one at a time
+        except BaseException as error:  # find the texts it raises on, one at a time
+            _reraise_unless_encoder_error(error)
             actual = []
             for text in chunk:
                 try:
                     actual.extend(fast([text]))
-                except Exception:  # noqa: BLE001
+                except BaseException as error:
+                    _reraise_unless_encoder_error(error)
                     rejected.append(text)
                     actual.append(None)
+        if len(actual) != len(chunk):
+            return Comparison(f"gives {len(actual)} results for {len(chunk)} texts", rejected)
         for text, want, got in zip(chunk, expected, actual, strict=True):
             if got is not None and list(got) != list(want):
                 return Comparison(_mismatch(text, list(want), list(got)), rejected)

@@ -27,6 +27,7 @@ from seqpack.fast_encoder import (
 )
 from seqpack.inputs import InputFile
 from seqpack.prompt_templates import make_template
+from seqpack.transforms.read import beam_open
 
 pytest.importorskip("fastokens")
 
@@ -204,6 +205,27 @@ def test_a_batch_it_raises_on_is_reencoded(byte_bpe: tuple[str, Tokenizer]) -> N
     assert encoder(["a", "x\x04y", "c"]) == hf(["a", "x\x04y", "c"]) and counted == [3]
 
 
+class PanicException(BaseException):
+    """As pyo3 raises a Rust panic: not an ``Exception``."""
+
+
+def test_a_rust_panic_is_a_rejection_and_an_interrupt_is_not(byte_bpe: tuple[str, Tokenizer]) -> None:
+    hf = hf_encoder(byte_bpe[1])
+    counted: list[int] = []
+
+    def raising(error: BaseException) -> Callable[[list[str]], list]:
+        def call(texts: list[str]) -> list:
+            raise error
+        return call
+
+    assert FallbackEncoder(raising(PanicException("boom")), hf, counted.append)(["a"]) == hf(["a"])
+    assert counted == [1]
+    with pytest.raises(KeyboardInterrupt):
+        FallbackEncoder(raising(KeyboardInterrupt()), hf, counted.append)(["a"])
+    assert compare(hf, raising(PanicException("boom")), ["a", "b"]).rejected == ["a", "b"]
+    assert "2 results for 1 texts" in compare(hf, lambda texts: [[1], [2]], ["a"]).mismatch
+
+
 def test_a_worker_without_fastokens_encodes_with_hf(byte_bpe: tuple[str, Tokenizer],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "fastokens", None)
@@ -221,9 +243,9 @@ def test_the_sample_is_the_jobs_rendered_texts_chosen_by_the_seed(tmp_path: Path
         path = write_jsonl(tmp_path / f"{index}.jsonl", records)
         files.append(InputFile(str(path), "jsonl", str(path)))
     render = make_template("plain").render
-    sample = sample_texts(files, lambda path: open(path, "rb"), render, seed=1, count=40)
+    sample = sample_texts(files, beam_open, render, seed=1, count=40)
     assert len(sample) == 40 and all(text.startswith(("s", "t")) for text in sample)
     assert any(text.endswith(" = ") for text in sample), "sources are rendered with the template's separator"
     assert len({text.split("-")[0][1:] for text in sample}) <= fast_encoder.SAMPLE_FILES
-    assert sample == sample_texts(files, lambda path: open(path, "rb"), render, seed=1, count=40)
-    assert sample != sample_texts(files, lambda path: open(path, "rb"), render, seed=2, count=40)
+    assert sample == sample_texts(files, beam_open, render, seed=1, count=40)
+    assert sample != sample_texts(files, beam_open, render, seed=2, count=40)
