@@ -228,7 +228,7 @@ class TokenizeDoFn(_TokenizeBase):
             self.layout = self.backend.layout
         encode = self.encode
         if self.backend is not None and self.backend.encoder == "fast":  # checked by the driver: the same ids
-            encode = worker_encoder(definition, self.encode, lambda texts: self.count("texts_reencoded", texts))
+            encode = worker_encoder(definition, self.encode, lambda count: self.count("texts_reencoded", count))
         # Sources repeat most (one source, many translations), but each side decides for itself.
         self.source_cache = EncodeCache(encode)
         self.target_cache = EncodeCache(encode)
