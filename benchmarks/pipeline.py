@@ -147,8 +147,29 @@ def worker_ceiling(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"token counts differ between methods: {counts}")
     result["text_tokens"] = counts["hf_call"]
     result["ceiling_method"], result["work_s"] = min(result["methods_s"].items(), key=lambda kv: kv[1])
+    result["fast"] = _fast_ceiling(tokenizer_json, texts, spans, counts["backend"])
     result["done_at"] = time.time()
     return result
+
+
+def _fast_ceiling(tokenizer_json: str, texts: list[str], spans: list[tuple[int, int]], tokens: int) -> dict[str, Any]:
+    """The second ceiling: the fast encoder seqpack's ``--tokenizer-backend auto`` uses where it is exact
+    (fastokens' ``encode_batch_flat``, one process, Rust threads), the ids of every text cut out as lists, as
+    seqpack's workers do (``seqpack.fast_encoder.fast_encode``); its ids are checked against the backend's."""
+    try:
+        import fastokens
+
+        from seqpack.fast_encoder import fast_encode
+    except ImportError as error:  # not installed, or a seqpack from before the fast encoder (--seqpack-rev)
+        return {"error": f"cannot import the fast encoder ({error})"}
+
+    encode = fast_encode(fastokens.Tokenizer.from_file(tokenizer_json))
+    start = time.time()
+    counted = sum(sum(map(len, encode(texts[lo:hi]))) for lo, hi in spans)
+    seconds = time.time() - start
+    if counted != tokens:
+        return {"error": f"fastokens counted {counted:,} tokens, the Hugging Face backend {tokens:,}"}
+    return {"method": "fastokens encode_batch_flat (1 process, Rust threads)", "work_s": seconds}
 
 
 def worker_datasets(args: argparse.Namespace) -> dict[str, Any]:
@@ -427,7 +448,8 @@ def run_ceiling(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: 
         detail={"peak_pss_mb_by_process": measured.peak_pss_by_process,
                 "process_wall_s": measured.wall_s, "read_jsonl_s": info["read_s"], "methods_s": info["methods_s"],
                 "ceiling_method": info["ceiling_method"], "batch": args.ceiling_batch,
-                "tokenizer_cpu_s": info["tokenizer_cpu_s"], "distinct": info["distinct"]},
+                "tokenizer_cpu_s": info["tokenizer_cpu_s"], "distinct": info["distinct"],
+                "fast": info.get("fast", {})},
     )
 
 
@@ -498,7 +520,8 @@ def run_seqpack(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: 
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.seqpack_src, env.get("PYTHONPATH")]))
     measured = run_measured(cmd, env=env, log=run_dir / "seqpack.log")
     _check(measured, run_dir / "seqpack.log")
-    revision = json.loads((out / "manifest.json").read_text()).get("directory", "")  # "" before revisions
+    manifest = json.loads((out / "manifest.json").read_text())
+    revision = manifest.get("directory", "")  # "" before revisions
     stats = json.loads((out / revision / "stats.json").read_text())
     examples = sum(stats["example_length_hist"])
     text_tokens = stats["tokens_in"] - examples * _special_tokens_per_example(tokenizer)
@@ -511,6 +534,8 @@ def run_seqpack(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: 
         detail={"peak_pss_mb_by_process": measured.peak_pss_by_process,
                 "tokens_in": stats["tokens_in"], "tokens_truncated": stats["tokens_truncated"],
                 "records_rejected": stats["records_rejected"], "peak_processes": measured.processes,
+                "backend": manifest["tokenizer"].get("backend") or "hf (not recorded)",
+                "texts_reencoded": stats.get("texts_reencoded", 0),
                 "output_bytes": sum(p.stat().st_size for p in out.rglob("*.parquet"))},
     )
 
@@ -712,6 +737,9 @@ def ratios(results: list[Result]) -> list[str]:
         if "ceiling" in by:
             parts.append(f"seqpack/ceiling = {s.tokens_per_s / by['ceiling'].tokens_per_s:.1%} of the bare "
                          "tokenizer's throughput")
+            fast = by["ceiling"].detail.get("fast", {})
+            if "work_s" in fast:
+                parts.append(f"seqpack/fast-ceiling = {fast['work_s'] / s.wall_s:.1%} of the fast encoder's")
         if "datasets" in by:
             parts.append(f"seqpack/datasets-path = {s.tokens_per_s / by['datasets'].tokens_per_s:.2f}× its "
                          "throughput")
@@ -864,6 +892,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ceiling {r.scale}×: {methods} (batches of {d['batch']:,} texts; the fastest is the ceiling); "
                   f"tokenizing every text once costs {d['tokenizer_cpu_s']:.1f} CPU s on one thread; reading+parsing "
                   f"the JSONL first took {d['read_jsonl_s']:.1f} s (not counted)")
+            fast = d.get("fast", {})
+            if "work_s" in fast:
+                print(f"fast ceiling {r.scale}×: {fast['method']} {fast['work_s']:.1f} s, "
+                      f"{r.text_tokens / fast['work_s']:,.0f} tokens/s ({r.wall_s / fast['work_s']:.1f}× the "
+                      "ceiling above; the same ids)")
+            else:
+                print(f"fast ceiling {r.scale}×: not measured: {fast.get('error', 'an older result')}")
             print(f"ceiling {r.scale}×: distinct texts: {d['distinct']['sources']:,} sources and "
                   f"{d['distinct']['targets']:,} targets in {r.pairs:,} pairs (the ceiling tokenizes every text; "
                   "seqpack tokenizes a text once per worker while its cache keeps it)")
@@ -873,7 +908,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r.detail['tokens_truncated']:,} tokens cut by truncation")
         elif r.path == "seqpack":
             print(f"seqpack {r.scale}×: {r.detail['tokens_truncated']:,} tokens cut by truncation, "
-                  f"{r.detail['records_rejected']:,} records rejected, up to {r.detail['peak_processes']} processes")
+                  f"{r.detail['records_rejected']:,} records rejected, up to {r.detail['peak_processes']} processes; "
+                  f"ids written by the {r.detail['backend']} backend ({r.detail['texts_reencoded']:,} texts "
+                  "re-encoded by Hugging Face)")
     for r in results:
         peaks = ", ".join(f"{label} {mb:,.0f}" for label, mb in r.detail["peak_pss_mb_by_process"][:4])
         print(f"{r.path} {r.scale}× peak PSS by process (MB, each at its own peak): {peaks}")

@@ -15,6 +15,7 @@ from seqpack.packing import PACKING_STRATEGIES
 FILE_FORMATS = ("parquet", "arrow")
 DEDUP_MODES = ("none", "exact")
 SHUFFLE_MODES = ("auto", "runner", "spill")
+TOKENIZER_BACKENDS = ("auto", "hf", "fast")
 DEFAULT_BUCKET_TOKENS = 1 << 22
 DEFAULT_SHARD_BYTES = 256 << 20
 DEFAULT_MAX_REJECT_FRACTION = 0.5
@@ -48,6 +49,10 @@ class RunConfig:
     shuffle: str = "auto"
     """How buckets gather their examples: ``spill`` (each reads its slice of every spill file), ``runner`` (the
     runner's GroupByKey), or ``auto`` (spill on the local runner, runner elsewhere). Same bytes either way."""
+    tokenizer_backend: str = "auto"
+    """What encodes pairs: ``hf`` (Hugging Face ``tokenizers``), ``fast`` (fastokens, failing the run if it cannot
+    be used) or ``auto`` (fastokens when it agrees with ``hf`` on the job's texts; ``seqpack.fast_encoder``).
+    The same bytes either way."""
     file_format: str = "parquet"
     validation_fraction: float = 0.0
     row_group_size: int = 256
@@ -104,6 +109,8 @@ class RunConfig:
              "it: pass one of them"),
             (self.dedup in DEDUP_MODES, f"--dedup must be one of {', '.join(DEDUP_MODES)}"),
             (self.shuffle in SHUFFLE_MODES, f"--shuffle must be one of {', '.join(SHUFFLE_MODES)}"),
+            (self.tokenizer_backend in TOKENIZER_BACKENDS,
+             f"--tokenizer-backend must be one of {', '.join(TOKENIZER_BACKENDS)}"),
             (self.min_target_tokens >= 0, "--min-target-tokens must be >= 0"),
             (0.0 <= self.max_reject_fraction <= 1.0, "--max-reject-fraction must be between 0 and 1"),
             (self.max_source_tokens is None or self.max_source_tokens >= 0, "--max-source-tokens must be >= 0"),

@@ -343,19 +343,28 @@ def equivalent_backend(tokenizer: Any) -> Any | None:
 @dataclass(frozen=True)
 class BackendPlan:
     """How workers tokenize pairs without importing ``transformers``: the Rust tokenizer saved as JSON by the
-    driver (any Beam filesystem path) and the special ids that go around source and target."""
+    driver (any Beam filesystem path), the special ids that go around source and target, and which encoder the
+    driver chose for it (``hf``, or ``fast``: ``seqpack.fast_encoder``, checked to give the same ids)."""
 
     tokenizer_json: str
     layout: SpecialLayout
+    encoder: str = "hf"
 
 
-def load_backend(path: str) -> Any:
-    """The Rust tokenizer a ``BackendPlan`` names, with truncation and padding off, as transformers calls it."""
+def read_backend_json(path: str) -> str:
+    """The text of the tokenizer JSON a ``BackendPlan`` names."""
     from apache_beam.io.filesystems import FileSystems
-    from tokenizers import Tokenizer
 
     with FileSystems.open(path) as handle:
-        backend = Tokenizer.from_str(handle.read().decode("utf-8"))
+        return handle.read().decode("utf-8")
+
+
+def load_backend(path: str, text: str | None = None) -> Any:
+    """The Rust tokenizer a ``BackendPlan`` names (``text``: its JSON, already read), with truncation and padding
+    off, as transformers calls it."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(read_backend_json(path) if text is None else text)
     backend.no_truncation()
     backend.no_padding()
     return backend

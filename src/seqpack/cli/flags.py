@@ -10,7 +10,7 @@ from dataclasses import MISSING, fields
 from seqpack.boundary import CHAT_BOUNDARIES, PAIR_BOUNDARIES
 from seqpack.chat import STYLES as CHAT_STYLES
 from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
-from seqpack.config import DEDUP_MODES, FILE_FORMATS, SHUFFLE_MODES, RunConfig
+from seqpack.config import DEDUP_MODES, FILE_FORMATS, SHUFFLE_MODES, TOKENIZER_BACKENDS, RunConfig
 from seqpack.errors import UsageError
 from seqpack.masking import OVERLONG_ALIASES, OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
@@ -124,6 +124,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                      "target's end, with no EOS; drop the example when the prompt alone does not fit), truncate-left "
                      "(cut the prompt from the left, then the target; 'truncate' is its old name), split (into "
                      "--max-length pieces) or drop")
+    tok.add_argument("--tokenizer-backend", choices=TOKENIZER_BACKENDS, default=DEFAULTS["tokenizer_backend"],
+                     help="what encodes pairs: auto (fastokens when it gives the Hugging Face ids on a sample of the "
+                     "job's texts and hard cases, else Hugging Face), hf, or fast (fail if fastokens cannot be "
+                     "used); the same bytes either way")
     tok.add_argument("--pad-id", type=int, default=DEFAULTS["pad_id"], help="padding id (default: pad token, else EOS)")
 
     hygiene = parser.add_argument_group("special tokens and data hygiene")
@@ -197,6 +201,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         bucket_tokens=args.bucket_tokens,
         shard_bytes=args.shard_bytes,
         shuffle=args.shuffle,
+        tokenizer_backend=args.tokenizer_backend,
         file_format=args.file_format,
         validation_fraction=args.validation_fraction,
         row_group_size=args.row_group_size,

@@ -33,6 +33,7 @@ from seqpack.pipeline.commit import (
     save_tokenizer,
 )
 from seqpack.pipeline.commit_step import CommitPlan, refusal_message
+from seqpack.pipeline.encoder_choice import choose_for_run, hf_only
 from seqpack.pipeline.failures import STOP_EXCEPTIONS, as_run_failure, crash_summary, stop_on_termination
 from seqpack.pipeline.live_progress import live_progress
 from seqpack.pipeline.lock import DEFAULT_LEASE_SECONDS, OutputLock
@@ -249,11 +250,12 @@ class _Job:
         config = self.config
         if config.add_special_tokens:  # the trainer needs the extended tokenizer: it ships with the data
             save_tokenizer(self.tokenizer, destination)
+        backend = _backend_plan(config, self.tokenizer, destination.staging, self.files)
+        tokenizer_info = replace(self.tokenizer_info, backend=backend.encoder if backend else "hf")
         pipeline = beam.Pipeline(runner=self.runner, options=self.options)
-        plan = CommitPlan(config=config, tokenizer=self.tokenizer_info, destination=destination,
+        plan = CommitPlan(config=config, tokenizer=tokenizer_info, destination=destination,
                           lock_token=lock.token, release_lock=not wait)
         try:
-            backend = _backend_plan(config, self.tokenizer, destination.staging)
             build_pipeline(pipeline, config, self.files, plan=plan, pad_id=self.tokenizer_info.pad_id,
                            found=self.found, backend=backend)
             with live_progress(self.files, enabled=progress and _is_local(self.runner)):
@@ -318,16 +320,20 @@ def _reported(failure: BaseException, worker_log: WorkerLog | None) -> BaseExcep
     )
 
 
-def _backend_plan(config: RunConfig, tokenizer: Any, staging: str) -> BackendPlan | None:
-    """Save the Rust tokenizer for the workers when it alone tokenizes pairs exactly as ``tokenizer`` does."""
+def _backend_plan(config: RunConfig, tokenizer: Any, staging: str, files: list) -> BackendPlan | None:
+    """Save the Rust tokenizer for the workers when it alone tokenizes pairs exactly as ``tokenizer`` does, with
+    the encoder chosen for it (``pipeline.encoder_choice``)."""
     if config.is_chat:  # chat templates need transformers
-        return None
+        return hf_only(config, "chat templates are rendered and tokenized by transformers")
     rust = equivalent_backend(tokenizer)
     if rust is None:
-        return None
+        return hf_only(config, "its Rust backend alone does not give this tokenizer's ids (its class changes "
+                       "texts in Python, or its ids are random)")
+    definition = rust.to_str()
+    encoder = choose_for_run(config, rust, definition, files)
     path = FileSystems.join(staging, META_DIR, BACKEND_TOKENIZER)
-    write_atomically(path, rust.to_str().encode("utf-8"))
-    return BackendPlan(path, pair_layout(tokenizer, add_eos=config.add_eos))
+    write_atomically(path, definition.encode("utf-8"))
+    return BackendPlan(path, pair_layout(tokenizer, add_eos=config.add_eos), encoder)
 
 
 def _is_dry_run(options: Any) -> bool:

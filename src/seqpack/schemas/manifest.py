@@ -84,6 +84,9 @@ class TokenizerInfo:
     eos_id: int | None
     fingerprint: str
     added_tokens: dict[str, int] = field(default_factory=dict)
+    backend: str = ""
+    """What wrote the newest generation's ids: ``hf`` (Hugging Face ``tokenizers``/``transformers``) or ``fast``
+    (fastokens, used only after it gave the same ids; ``seqpack.fast_encoder``); "" before it was recorded."""
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,15 @@ COUNTERS = (
     "trained_tokens",
     "blocks",
     "block_tokens",
+    "texts_reencoded",
 )
 """Plain additive counters. ``tokens_in`` counts every token the tokenizer produced for an example.
 ``examples_prompt_lost`` and ``examples_target_cut`` count truncated examples that kept none of their prompt (only
 ``--overlong truncate-left`` does that), or lost the end of their answer. Examples the default ``truncate-target``
-cannot fit without cutting their prompt are dropped, under ``dropped_by_reason["prompt_too_long"]``."""
-ADDED_LATER = ("examples_prompt_lost", "examples_target_cut")
+cannot fit without cutting their prompt are dropped, under ``dropped_by_reason["prompt_too_long"]``.
+``texts_reencoded`` counts texts the fast encoder raised on (a batch at a time) that the Hugging Face backend
+encoded instead (``seqpack.fast_encoder``); the ids are the same either way."""
+ADDED_LATER = ("examples_prompt_lost", "examples_target_cut", "texts_reencoded")
 """Counters that older datasets' ``stats.json`` lacks: a reader takes them as 0."""
 
 KEYED = (

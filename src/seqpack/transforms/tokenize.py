@@ -25,6 +25,7 @@ from apache_beam.transforms.window import GlobalWindows
 from seqpack.chat import Segment, tokenize_segments
 from seqpack.encode_cache import EncodeCache, Ids
 from seqpack.example_columns import ExampleBuffer, offsets_of
+from seqpack.fast_encoder import worker_encoder
 from seqpack.faults import checkpoint
 from seqpack.inputs import Rejected
 from seqpack.keys import choose_split, example_key, example_keys
@@ -40,7 +41,14 @@ from seqpack.masking import (
 from seqpack.masking import filtered_reason as masking_filter
 from seqpack.prompt_templates import RenderError
 from seqpack.schemas import stats as stats_format
-from seqpack.tokenizer import BackendPlan, equivalent_backend, load_backend, load_for_run, pair_layout
+from seqpack.tokenizer import (
+    BackendPlan,
+    equivalent_backend,
+    load_backend,
+    load_for_run,
+    pair_layout,
+    read_backend_json,
+)
 from seqpack.transforms.bundle_stats import StatsDoFn
 from seqpack.transforms.progress_counts import ProgressCounter, progress_from_env
 from seqpack.transforms.render import REJECTED_TAG, RenderedChat, raw_json
@@ -216,11 +224,15 @@ class TokenizeDoFn(_TokenizeBase):
             # The driver checked that the Rust tokenizer alone gives the same ids: no transformers (and torch)
             # import and no second tokenizer load in every worker.
             self.progress = progress_from_env()
-            self._fast = _batch_encoder(load_backend(self.backend.tokenizer_json))
+            definition = read_backend_json(self.backend.tokenizer_json)
+            self._fast = _batch_encoder(load_backend(self.backend.tokenizer_json, definition))
             self.layout = self.backend.layout
+        encode = self.encode
+        if self.backend is not None and self.backend.encoder == "fast":  # checked by the driver: the same ids
+            encode = worker_encoder(definition, self.encode, lambda count: self.count("texts_reencoded", count))
         # Sources repeat most (one source, many translations), but each side decides for itself.
-        self.source_cache = EncodeCache(self.encode)
-        self.target_cache = EncodeCache(self.encode)
+        self.source_cache = EncodeCache(encode)
+        self.target_cache = EncodeCache(encode)
 
     def process(self, batch: Sequence[tuple[str, str, str]]) -> Iterator[Any]:
         checkpoint("tokenize")
