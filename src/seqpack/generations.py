@@ -27,6 +27,10 @@ BUILD_SETTINGS = (
 share them, or a reader would get two datasets in one. (Inputs, output, shard sizes, the shuffle path and the
 rejection limits may differ.) The tokenizer is compared by its fingerprint, not its path."""
 
+BEFORE_RECORDED = {"chat_boundary": "turn", "pair_boundary": "split"}
+"""Build settings added after datasets existed whose behaviour before then is known: a dataset that does not
+record them was built this way, so an append must match it. Other unrecorded settings are not compared."""
+
 _FLAG_NAMES = {"file_format": "--format", "add_eos": "--eos/--no-eos", "add_special_tokens": "--add-special-tokens"}
 
 
@@ -41,7 +45,7 @@ def changed_setting(previous: Manifest, config: Mapping[str, Any], tokenizer_fin
             f"the tokenizer differs: {config.get('tokenizer')} has fingerprint {tokenizer_fingerprint}, the dataset "
             f"was built with {previous.tokenizer.name} ({previous.tokenizer.fingerprint})"
         )
-    now, before = _plain(config), _plain(previous.config)
+    now, before = _plain(config), {**BEFORE_RECORDED, **_plain(previous.config)}
     for setting in BUILD_SETTINGS:
         if setting in before and _same_name(setting, now.get(setting)) != _same_name(setting, before[setting]):
             return (

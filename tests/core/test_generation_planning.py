@@ -259,6 +259,15 @@ def test_a_setting_the_dataset_did_not_record_is_not_compared() -> None:
     assert changed_setting(previous, replace(BASE, min_target_tokens=3).to_dict(), TOKENIZER.fingerprint) is None
 
 
+def test_a_dataset_built_before_the_boundary_modes_was_built_turn_and_split() -> None:
+    config = BASE.to_dict()
+    del config["chat_boundary"], config["pair_boundary"]
+    previous = replace(manifest_of(BASE), config=config)
+    assert changed_setting(previous, BASE.to_dict(), TOKENIZER.fingerprint) is None
+    refused = changed_setting(previous, replace(BASE, pair_boundary="joint").to_dict(), TOKENIZER.fingerprint)
+    assert refused and refused.startswith('--pair-boundary is "joint" here, but the dataset was built with "split"')
+
+
 def test_every_build_setting_is_a_run_setting_with_a_flag() -> None:
     fields = set(BASE.to_dict())
     assert set(BUILD_SETTINGS) <= fields, set(BUILD_SETTINGS) - fields
