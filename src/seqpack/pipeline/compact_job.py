@@ -46,8 +46,10 @@ from seqpack.transforms.shard_groups import WriteShards, buckets_per_shard
 from seqpack.transforms.shuffle import SPILL_DIR
 from seqpack.transforms.unpack import DIGEST_TAG, CutShardDoFn, ShardToCut, UnpackOptions, digest_of_packed
 
-REPACKED = ("blocks", "block_tokens", "tokens_written", "trained_tokens", "blocks_by_split", "pieces_written_by_split")
-"""The statistics that describe blocks: a compacted generation's own. Every other figure (records read, rejected,
+REPACKED = ("blocks", "block_tokens", "tokens_written", "trained_tokens", "blocks_by_split", "pieces_written_by_split",
+            "examples_audited", "audit_by_code", "audit_places")
+"""The statistics that describe blocks: a compacted generation's own (compaction does not audit its blocks: the
+audit's counts and places described the replaced files). Every other figure (records read, rejected,
 dropped, truncated, tokens in, histograms) is the sum of the replaced generations', so the statistics of all the
 generations of a dataset still account for every input record once."""
 
