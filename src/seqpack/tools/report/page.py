@@ -270,11 +270,11 @@ def _audit_example_html(label: str, view: ExampleView) -> str:
     return f'<div class="sample"><div class="where">{esc(label)}</div><ol><li>{spans}</li></ol></div>'
 
 
-def audit_section(stats: Mapping[str, Any], samples: AuditSamples) -> str:
+def audit_section(stats: Mapping[str, Any], samples: AuditSamples, written: int) -> str:
     """The section: a line saying what was audited, then a row per finding code (code, meaning, count, decoded
-    examples, masked text dim as in ``seqpack inspect``), or that there was nothing to find."""
+    examples, masked text dim as in ``seqpack inspect``), or that there was nothing to find. ``written``: the
+    examples the shards hold, as their blocks cut them (the manifest's count, which the audit's matches)."""
     audited, counts = stats.get("examples_audited", 0), stats.get("audit_by_code", {})
-    written = sum(stats.get("pieces_written_by_split", {}).values())
     if not audited:
         body = ("<p>Not audited: the dataset was written with --audit off or by a seqpack older than the audit; "
                 "<code>seqpack audit DATASET</code> checks it.</p>")
@@ -331,7 +331,8 @@ def build_report(
         decoded, problem = [], str(error)
     sections = [
         summary_section(url, manifest, stats, per_generation),
-        audit_section(stats, audit_samples(url, manifest, stats, tokenizer=tokenizer)),
+        audit_section(stats, audit_samples(url, manifest, stats, tokenizer=tokenizer),
+                      sum(split.examples for split in manifest.splits.values())),
         lengths_section(manifest, stats, block_figures),
         blocks_section(block_figures),
         rejected_section(stats, samples),
