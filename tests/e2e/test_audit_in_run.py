@@ -174,3 +174,6 @@ def test_the_report_has_the_audit_section(runs: dict[str, dict[str, Any]], name:
         assert len(examples) == 3  # three decoded, masked text dim
         assert all('<span class="m">&lt;s&gt;Hello &lt;s&gt; world' in example for example in examples)
         assert all('<span class="t">Bonjour' in example for example in examples)
+        places = stats_of(runs[name])["audit_places"][BOS_INSIDE]
+        assert [f'<ol start="{where["example"] + 1}">' in example for example, where in zip(examples, places,
+                                                                                        strict=True)] == [True] * 3

@@ -2,7 +2,7 @@
 the shards were written) is in ``stats.json``, with the places of each finding's first examples
 (``audit_places``); the report reads those rows alone and decodes the examples, never scanning the dataset.
 
-    found = audit_samples("out/", manifest, stats, tokenizer=None)   # code -> [(where, ExampleView)]
+    found = audit_samples("out/", manifest, stats, tokenizer=None)   # code -> [AuditExample]
 """
 
 from __future__ import annotations
@@ -19,11 +19,20 @@ from seqpack.schemas.stats import AUDIT_PLACES
 from seqpack.tools.blocks import ExampleView, InspectError, example_view, load_dataset_tokenizer, read_rows
 
 
+@dataclass(frozen=True)
+class AuditExample:
+    """One finding's example, decoded: where it lies, and its number in its row (1 = first, as ``inspect``)."""
+
+    where: str
+    number: int
+    view: ExampleView
+
+
 @dataclass
 class AuditSamples:
     """Each finding code's first examples, decoded, with where they lie; ``problem`` when they cannot be."""
 
-    by_code: dict[str, list[tuple[str, ExampleView]]] = field(default_factory=dict)
+    by_code: dict[str, list[AuditExample]] = field(default_factory=dict)
     problem: str | None = None
 
 
@@ -61,6 +70,6 @@ def _decode_split(url: str, split: str, places: Mapping[str, list[Mapping[str, A
                 view = example_view(decode, np.asarray(values["input_ids"][start:end]),
                                     np.asarray(values["labels"][start:end]))
                 label = f"{split}, {where['shard']}, row {where['row']}, example #{where['example'] + 1}"
-                samples.by_code.setdefault(code, []).append((label, view))
+                samples.by_code.setdefault(code, []).append(AuditExample(label, where["example"] + 1, view))
     finally:
         shards.close()

@@ -19,8 +19,8 @@ import seqpack
 from seqpack.audit import FINDINGS
 from seqpack.dataset import open_manifest
 from seqpack.schemas import REASONS, Manifest, RejectedLine
-from seqpack.tools.blocks import BlockView, ExampleView, InspectError, escape_text
-from seqpack.tools.report.audit_samples import AuditSamples, audit_samples
+from seqpack.tools.blocks import BlockView, InspectError, escape_text
+from seqpack.tools.report.audit_samples import AuditExample, AuditSamples, audit_samples
 from seqpack.tools.report.data import (
     MAX_UNITS,
     BlockStats,
@@ -265,9 +265,13 @@ def samples_section(blocks: Sequence[BlockView], problem: str | None, split: str
     return f'<section id="samples"><h2>Decoded blocks ({esc(split)})</h2>{body}</section>'
 
 
-def _audit_example_html(label: str, view: ExampleView) -> str:
-    spans = "".join(f'<span class="{"t" if span.trained else "m"}">{esc(span.text)}</span>' for span in view.spans)
-    return f'<div class="sample"><div class="where">{esc(label)}</div><ol><li>{spans}</li></ol></div>'
+def _audit_example_html(example: AuditExample) -> str:
+    """One example as a block's item: numbered as in its row, masked text dim, trained text highlighted."""
+    spans = "".join(
+        f'<span class="{"t" if span.trained else "m"}">{esc(span.text)}</span>' for span in example.view.spans
+    )
+    return (f'<div class="sample"><div class="where">{esc(example.where)}</div>'
+            f'<ol start="{example.number}"><li>{spans}</li></ol></div>')
 
 
 def audit_section(stats: Mapping[str, Any], samples: AuditSamples, written: int) -> str:
@@ -287,7 +291,7 @@ def audit_section(stats: Mapping[str, Any], samples: AuditSamples, written: int)
     codes = [code for code in FINDINGS if code in counts] + sorted(set(counts) - set(FINDINGS))
     rows = [
         (esc(code), f"{counts[code]:,}", esc(FINDINGS.get(code, "")),
-         "".join(_audit_example_html(label, view) for label, view in samples.by_code.get(code, [])))
+         "".join(map(_audit_example_html, samples.by_code.get(code, []))))
         for code in codes
     ]
     problem = f'<p class="problem">The examples could not be decoded: {esc(samples.problem)}</p>' \
