@@ -81,6 +81,8 @@ def audit_columns(facts: AuditFacts, blocks: Any) -> dict[str, np.ndarray]:
     n_trained = counted[end] - counted[start]
     flags: dict[str, np.ndarray] = {NO_TRAINED: whole & (n_trained == 0)}
     flags.update(_boundary(facts, ids, counted, lengths, start, end, n_trained, whole & (n_trained > 0)))
+    # Indices are clamped to the arrays: an example of 0 or 1 tokens at the very end has no second token, and the
+    # checks that would read one are masked out for it anyway.
     second = np.minimum(start + 1, total)
     if facts.bos_id is not None:
         bos = np.flatnonzero(ids == facts.bos_id)
@@ -122,10 +124,10 @@ def _boundary(facts: AuditFacts, ids: np.ndarray, counted: np.ndarray, lengths: 
         # The last trained token of an example is the one just before the first prefix count that reaches the
         # example's total; the one before it (chat), the one before the first that reaches the total less one.
         last = np.maximum(np.searchsorted(counted, counted[end]) - 1, 0)
-        ends = np.isin(ids[np.minimum(last, len(ids) - 1)], list(facts.eos_ids))
+        ends = _is_any_of(ids[np.minimum(last, len(ids) - 1)], facts.eos_ids)
         if facts.chat:
             before_last = np.maximum(np.searchsorted(counted, counted[end] - 1) - 1, 0)
-            ends |= (n_trained >= 2) & np.isin(ids[np.minimum(before_last, len(ids) - 1)], list(facts.eos_ids))
+            ends |= (n_trained >= 2) & _is_any_of(ids[np.minimum(before_last, len(ids) - 1)], facts.eos_ids)
         missing = checked & ~ends
         flags[TARGET_CUT], flags[EOS_MISSING] = missing & full, missing & ~full
     return flags
