@@ -91,28 +91,45 @@ class AuditFacts:
         manifests without a setting get ``seqpack run``'s default). For a chat dataset, ``end_of_turn_ids`` are
         the tokenizer's end-of-turn tokens (``end_of_turn_ids_of``): without any, whether a turn ends with its
         token cannot be told, and that check is not made."""
-        config: Mapping[str, Any] = manifest.config or {}
+        config = {"packing": manifest.packing, **(manifest.config or {}), "max_length": manifest.max_length}
+        return cls.of_settings(config, manifest.tokenizer, end_of_turn_ids)
+
+    @classmethod
+    def of_settings(cls, config: Mapping[str, Any], tokenizer: Any, end_of_turn_ids: Iterable[int] = ()
+                    ) -> AuditFacts:
+        """From a run's settings (``RunConfig.to_dict()``, or a manifest's ``config``) and its ``TokenizerInfo``:
+        what ``seqpack run`` hands its shard writers, which audit the blocks as they write them."""
         chat = config.get("template", "plain") == "chat"
-        tokenizer = manifest.tokenizer
         eos = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
         turns = set(end_of_turn_ids) | end_of_turn_ids_of(tokenizer.added_tokens or {}) if chat else set()
         train_on = config.get("train_on", "target")
+        overlong = config.get("overlong", "truncate")
         return cls(
-            max_length=manifest.max_length,
+            max_length=int(config["max_length"]),
             bos_id=tokenizer.bos_id,
             eos_ids=frozenset(eos | turns),
             masks_prompts=train_on == "target",
             expects_eos=bool(turns) if chat else bool(eos) and bool(config.get("add_eos", True)),
             chat=chat,
-            wrap=config.get("packing", manifest.packing) == "wrap",
+            wrap=config.get("packing") == "wrap",
             # A manifest without the setting predates truncate-target: it was built with the left cut.
-            overlong=OVERLONG_ALIASES.get(config.get("overlong", "truncate"), config.get("overlong", "truncate")),
+            overlong=OVERLONG_ALIASES.get(overlong, overlong),
         )
 
 
 def end_of_turn_ids_of(vocabulary: Mapping[str, int]) -> set[int]:
     """The ids of the known end-of-turn tokens (``END_OF_TURN_TOKENS``) a vocabulary has."""
     return {vocabulary[name] for name in END_OF_TURN_TOKENS if name in vocabulary}
+
+
+def findings_line(counts: Mapping[str, int]) -> str:
+    """``12 findings: no-trained 10, eos-missing 2`` (codes in ``FINDINGS`` order), or ``clean``."""
+    total = sum(counts.values())
+    if not total:
+        return "clean"
+    known = [code for code in FINDINGS if counts.get(code)] + sorted(set(counts) - set(FINDINGS))
+    each = ", ".join(f"{code} {counts[code]:,}" for code in known if counts[code])
+    return f"{total:,} finding{'s' * (total != 1)}: {each}"
 
 
 @dataclass(frozen=True)

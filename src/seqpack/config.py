@@ -16,6 +16,7 @@ FILE_FORMATS = ("parquet", "arrow")
 DEDUP_MODES = ("none", "exact")
 SHUFFLE_MODES = ("auto", "runner", "spill")
 TOKENIZER_BACKENDS = ("auto", "hf", "fast")
+AUDIT_MODES = ("warn", "strict", "off")
 DEFAULT_BUCKET_TOKENS = 1 << 22
 DEFAULT_SHARD_BYTES = 256 << 20
 DEFAULT_MAX_REJECT_FRACTION = 0.5
@@ -65,6 +66,10 @@ class RunConfig:
     max_record_bytes: int = 64 << 20
     max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION
     """Fail (commit nothing) when more than this fraction of the records read is rejected."""
+    audit: str = "warn"
+    """The audit of every written example (``seqpack audit``'s checks, made by the shard writers): ``warn`` counts
+    findings in ``stats.json`` and the summary, ``strict`` also commits nothing when there are any, ``off``
+    skips it. It shapes no example, so generations may differ in it."""
     dedup: str = "none"
     """``exact``: drop exact duplicate (source, target) pairs or conversations, keeping the first."""
     min_target_tokens: int = 0
@@ -108,6 +113,7 @@ class RunConfig:
             (not (self.append and self.overwrite), "--append adds to the dataset, --overwrite/--rebuild replaces "
              "it: pass one of them"),
             (self.dedup in DEDUP_MODES, f"--dedup must be one of {', '.join(DEDUP_MODES)}"),
+            (self.audit in AUDIT_MODES, f"--audit must be one of {', '.join(AUDIT_MODES)}"),
             (self.shuffle in SHUFFLE_MODES, f"--shuffle must be one of {', '.join(SHUFFLE_MODES)}"),
             (self.tokenizer_backend in TOKENIZER_BACKENDS,
              f"--tokenizer-backend must be one of {', '.join(TOKENIZER_BACKENDS)}"),

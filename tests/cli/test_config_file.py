@@ -83,6 +83,14 @@ add-special-tokens: ["[SEP]", "[CLS]"]
     assert resolve(["--config", str(by_dest)])[0].add_eos is False, "...or its dest, with the dest's value"
 
 
+def test_a_bare_off_is_the_choice_off_not_false(tmp_path: Path) -> None:
+    """YAML reads `audit: off` as false: for an option whose choices include `off`, it means `off`."""
+    job = write_job(tmp_path / "job.yaml", "input: [a]\noutput: o\ntokenizer: t\naudit: off\n")
+    assert resolve(["--config", str(job)])[0].audit == "off"
+    strict = write_job(tmp_path / "strict.yaml", "input: [a]\noutput: o\ntokenizer: t\naudit: strict\n")
+    assert resolve(["--config", str(strict)])[0].audit == "strict"
+
+
 def test_beam_options_from_the_file_come_before_the_command_line(tmp_path: Path) -> None:
     job = write_job(tmp_path / "job.yaml", {
         "input": ["a"], "output": "o", "tokenizer": "t",

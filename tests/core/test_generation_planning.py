@@ -216,7 +216,7 @@ def test_a_changed_build_setting_is_named_with_both_values(change: dict, flag: s
 
 @pytest.mark.parametrize("change", [
     {"inputs": ["elsewhere/"]}, {"output": "gs://b/out"}, {"shard_bytes": 12345}, {"row_group_size": 7},
-    {"max_reject_fraction": 0.5}, {"tokenizer": "/copy/of/tok"}, {"append": True},
+    {"max_reject_fraction": 0.5}, {"tokenizer": "/copy/of/tok"}, {"append": True}, {"audit": "strict"},
 ])
 def test_settings_that_do_not_shape_examples_may_change(change: dict) -> None:
     previous = through_json(manifest_of(BASE))

@@ -116,6 +116,9 @@ def test_statistics_still_account_for_every_input_record(grown: Path, compacted:
     for name in ("records_read", "records_rejected", "tokens_in", "tokens_written", "pieces", "trained_tokens"):
         assert after[name] == merged[name], name
     assert after["rejected_by_reason"] == merged["rejected_by_reason"] == {"missing_field": 1}
+    # the new blocks are audited as they are written: every example, and as clean as the replaced generations
+    assert after["examples_audited"] == manifest_of(compacted).generations[0].examples
+    assert after["audit_by_code"] == merged["audit_by_code"] == {}
     rejected = compacted / "v000004" / "rejected" / "rejected.jsonl"
     assert len(rejected.read_text().splitlines()) == 1
 

@@ -24,7 +24,7 @@ from seqpack.schemas import REASONS, STATS_NAME
 from seqpack.schemas import stats as stats_format
 from seqpack.tools.report import plots
 
-SECTIONS = ("summary", "lengths", "blocks", "rejected", "samples")
+SECTIONS = ("summary", "audit", "lengths", "blocks", "rejected", "samples")
 PLOTS = 6  # source, target, example lengths (stats.json); exact example lengths; block fill; examples per block
 BAD_LINES = ['{"source": "no target"}', "{not json", '{"source": "a", "target": ""}']
 

@@ -10,7 +10,7 @@ from dataclasses import MISSING, fields
 from seqpack.boundary import CHAT_BOUNDARIES, PAIR_BOUNDARIES
 from seqpack.chat import STYLES as CHAT_STYLES
 from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
-from seqpack.config import DEDUP_MODES, FILE_FORMATS, SHUFFLE_MODES, TOKENIZER_BACKENDS, RunConfig
+from seqpack.config import AUDIT_MODES, DEDUP_MODES, FILE_FORMATS, SHUFFLE_MODES, TOKENIZER_BACKENDS, RunConfig
 from seqpack.errors import UsageError
 from seqpack.masking import OVERLONG_ALIASES, OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
@@ -66,6 +66,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--max-reject-fraction", type=float, default=DEFAULTS["max_reject_fraction"],
                     help="fail, committing nothing, when more than this fraction of the records read is rejected "
                     "(a wrong field name or template); 1 commits whatever is left")
+    io.add_argument("--audit", choices=AUDIT_MODES, default=DEFAULTS["audit"],
+                    help="check every written example as `seqpack audit` does (no loss taken, a doubled BOS, a "
+                    "missing EOS, ...): warn counts findings in the summary and stats.json, strict also commits "
+                    "nothing when there are any, off skips the checks")
     io.add_argument("--report", action="store_true",
                     help="also write OUT/report.html: plots, rejected records and decoded blocks (needs matplotlib)")
 
@@ -211,6 +215,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         append=args.append,
         max_record_bytes=args.max_record_bytes,
         max_reject_fraction=args.max_reject_fraction,
+        audit=args.audit,
         dedup=args.dedup,
         min_target_tokens=args.min_target_tokens,
         max_source_tokens=args.max_source_tokens,

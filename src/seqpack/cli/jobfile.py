@@ -37,6 +37,8 @@ def _job_scalar(action: argparse.Action, key: str, value: Any) -> Any:
         return None
     if isinstance(value, dict):  # as a manifest records --role-map: {human: user} is "human=user"
         value = ",".join(f"{name}={item}" for name, item in value.items())
+    if value is False and action.choices is not None and "off" in action.choices:
+        value = "off"  # YAML reads a bare `audit: off` as false
     if isinstance(value, bool | list):
         raise ValueError(f"{key} takes a single value, got {value!r}")
     convert = None if action.type is unescape else action.type  # YAML has real newlines: no escapes to undo

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from seqpack.audit import AuditFacts
 from seqpack.config import RunConfig
 from seqpack.generations import FoundFile
 from seqpack.masking import masks_example_starts
@@ -18,6 +19,7 @@ from seqpack.prompt_templates import make_template
 from seqpack.schemas.layout import is_dedup_key_file
 from seqpack.schemas.manifest import GenerationInfo
 from seqpack.tokenizer import BackendPlan
+from seqpack.transforms.audit_shards import ShardAudit
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.dedup import KEYS_TAG, DropExactDuplicates, WriteKeyFiles
 from seqpack.transforms.hash_inputs import HashInputs
@@ -143,6 +145,7 @@ def build_pipeline(
     pad_id: int,
     found: list[FoundFile],
     backend: BackendPlan | None = None,
+    audit: AuditFacts | None = None,
 ) -> None:
     """Pairs in; shards and rejected records out in the new revision's directory, spill files in its staging
     directory; then, once all is written, the commit step publishes the revision (``pipeline.commit_step``).
@@ -152,7 +155,8 @@ def build_pipeline(
     runner here (``runners.resolve_shuffle``). ``found``: the input files as the driver listed them; the job
     hashes them to record what the generation consumed (``transforms.hash_inputs``). With ``--dedup exact``
     the generation stores the keys of the records it kept, and drops those the generations it joins stored
-    (``transforms.dedup``).
+    (``transforms.dedup``). With ``audit`` (``pipeline.run_audit``), the shard writers audit every block they
+    write.
     """
     staging, revision_root = plan.destination.staging, plan.destination.root
     read = pipeline | "ReadRecords" >> ReadRecords(files, max_record_bytes=config.max_record_bytes)
@@ -178,6 +182,7 @@ def build_pipeline(
     written = shards | "WriteShards" >> WriteShards(
         shard_format(config), root=revision_root, staging=staging,
         per_shard=buckets_per_shard(config.shard_bytes, config.bucket_tokens),
+        audit=ShardAudit(audit, plan.destination.directory) if audit else None,
     )
     rejected_stats = (
         (

@@ -35,7 +35,7 @@ import seqpack
 from seqpack.config import RunConfig
 from seqpack.errors import RunFailedError, UsageError
 from seqpack.faults import checkpoint
-from seqpack.pipeline.commit_checks import check_enough_written
+from seqpack.pipeline.commit_checks import check_audit, check_enough_written
 from seqpack.pipeline.lock import OutputLock
 from seqpack.pipeline.output_files import (
     delete_existing,
@@ -344,6 +344,7 @@ def commit(
     stats_format.check_identity(stats)
     check_enough_written(stats, config.max_reject_fraction, FileSystems.join(destination.root, REJECTED_FILE),
                          appending=bool(destination.kept))
+    check_audit(stats, config.audit)
     write_atomically(FileSystems.join(destination.root, STATS_NAME), stats_format.to_json(stats).encode())
     manifest = build_manifest(config, tokenizer, shards, destination, _revision_files(destination),
                               inputs=list(inputs or []), replaces=replaces, examples_digest=examples_digest)

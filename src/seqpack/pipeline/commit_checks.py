@@ -12,7 +12,9 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
+from seqpack.audit import findings_line
 from seqpack.errors import RunFailedError
+from seqpack.schemas.stats import AUDIT_PLACES
 from seqpack.transforms.dedup import DROPPED_REASON as DUPLICATE
 
 
@@ -49,6 +51,27 @@ def check_enough_written(stats: dict[str, Any], max_reject_fraction: float, reje
         f"{limit} ({rejected:,} of {read:,}); the top reason is {reason} ({count:,}), for example "
         f"{_first_rejection(rejected_file, reason)}. Nothing was committed: fix the input or the options "
         "(field names, --template)" + ("" if written == 0 else ", or pass --max-reject-fraction 1 to keep them")
+    )
+
+
+class AuditFindings(RunFailedError):
+    """``--audit strict``: the run's audit found examples that do not take loss as the run meant them to."""
+
+
+def check_audit(stats: dict[str, Any], mode: str) -> None:
+    """With ``--audit strict``, findings refuse the commit, as an accounting error does: one line with the
+    counts and the first example's place."""
+    counts = stats.get("audit_by_code", {})
+    if mode != "strict" or not counts:
+        return
+    code = max(counts, key=lambda name: (counts[name], name))
+    places = stats.get(AUDIT_PLACES, {}).get(code)
+    first = (f"; the first {code} is example #{places[0]['example'] + 1} of row {places[0]['row']} of "
+             f"{places[0]['shard']}" if places else "")
+    raise AuditFindings(
+        f"--audit strict: the audit found {findings_line(counts)}{first}. Nothing was committed: fix the data or "
+        "the options (--template, --train-on, --no-eos, --overlong), or pass --audit warn to commit and see "
+        "them with seqpack audit"
     )
 
 

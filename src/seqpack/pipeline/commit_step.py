@@ -5,8 +5,8 @@ output uncommitted (``seqpack run --no-wait``, the Flex Template).
 The step reads the merged statistics (one element) and, as a side input, the list of written shards; both
 exist only when every writer has finished. It commits at most once: a runner that retries it after the switch
 finds the manifest naming this run's revision and only finishes the cleanup. A refusal (the records do not add
-up, too few written) removes the run's files, releases the lock and fails the job; the previous dataset stays
-as it was.
+up, too few written, ``--audit strict`` findings) removes the run's files, releases the lock and fails the job;
+the previous dataset stays as it was.
 
     stats | "Commit" >> beam.ParDo(CommitDoFn(plan), shards=beam.pvalue.AsSingleton(shard_list),
                                    inputs=beam.pvalue.AsSingleton(consumed))
@@ -23,13 +23,13 @@ import apache_beam as beam
 
 from seqpack.config import RunConfig
 from seqpack.pipeline.commit import Destination, abandon, commit
-from seqpack.pipeline.commit_checks import TooFewWritten
+from seqpack.pipeline.commit_checks import AuditFindings, TooFewWritten
 from seqpack.pipeline.lock import LockLostError, OutputLock
 from seqpack.schemas import TokenizerInfo
 from seqpack.schemas.manifest import ConsumedInput
 from seqpack.schemas.stats import AccountingError
 
-REFUSALS = (AccountingError, TooFewWritten, LockLostError)
+REFUSALS = (AccountingError, TooFewWritten, AuditFindings, LockLostError)
 """Why a commit step fails on purpose: its message, not a traceback, is what the user needs."""
 
 
@@ -60,7 +60,7 @@ class CommitDoFn(beam.DoFn):
                                  inputs=inputs)
         except LockLostError:
             raise  # the output is another run's now: nothing here is ours to remove or release
-        except (AccountingError, TooFewWritten):
+        except (AccountingError, TooFewWritten, AuditFindings):
             abandon(plan.destination)
             self._release(lock)
             raise

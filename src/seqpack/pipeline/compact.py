@@ -207,6 +207,8 @@ def config_of(manifest: Manifest, output: str, shard_bytes: int | None) -> RunCo
     recorded["add_special_tokens"] = tuple(recorded.get("add_special_tokens") or ())
     # Each replaced generation passed --max-reject-fraction when it was committed; their records are not read again.
     recorded.update(output=output, overwrite=False, append=False, max_reject_fraction=1.0)
+    if recorded.get("audit") == "strict":  # the examples were committed already: findings are counted, not refused
+        recorded["audit"] = "warn"
     if shard_bytes is not None:
         recorded["shard_bytes"] = shard_bytes
     try:

@@ -28,6 +28,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from seqpack.audit import AuditFacts
 from seqpack.config import RunConfig
 from seqpack.examples_digest import ExamplesDigest, combined
 from seqpack.pipeline.build import pack_options, shard_format
@@ -39,6 +40,7 @@ from seqpack.schemas import TokenizerInfo
 from seqpack.schemas import stats as stats_format
 from seqpack.schemas.manifest import ConsumedInput
 from seqpack.schemas.stats import AccountingError
+from seqpack.transforms.audit_shards import ShardAudit
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.dedup import ReadKeyFiles, WriteKeyFiles
 from seqpack.transforms.pack import ShuffleAndPack
@@ -46,10 +48,12 @@ from seqpack.transforms.shard_groups import WriteShards, buckets_per_shard
 from seqpack.transforms.shuffle import SPILL_DIR
 from seqpack.transforms.unpack import DIGEST_TAG, CutShardDoFn, ShardToCut, UnpackOptions, digest_of_packed
 
-REPACKED = ("blocks", "block_tokens", "tokens_written", "trained_tokens", "blocks_by_split", "pieces_written_by_split")
-"""The statistics that describe blocks: a compacted generation's own. Every other figure (records read, rejected,
-dropped, truncated, tokens in, histograms) is the sum of the replaced generations', so the statistics of all the
-generations of a dataset still account for every input record once."""
+REPACKED = ("blocks", "block_tokens", "tokens_written", "trained_tokens", "blocks_by_split", "pieces_written_by_split",
+            "examples_audited", "audit_by_code", "audit_places")
+"""The statistics that describe blocks: a compacted generation's own (the audit's too: its places named the replaced
+files, and the new blocks are audited as they are written, ``compaction_audit``). Every other figure (records read,
+rejected, dropped, truncated, tokens in, histograms) is the sum of the replaced generations', so the statistics of
+all the generations of a dataset still account for every input record once."""
 
 
 def carried_stats(replaced: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -99,6 +103,14 @@ class CompactCommitDoFn(beam.DoFn):
         yield manifest.directory
 
 
+def compaction_audit(config: RunConfig, tokenizer: TokenizerInfo, directory: str) -> ShardAudit | None:
+    """The audit of the new blocks, with the dataset's settings: none with ``--audit off``, nor for a chat dataset,
+    whose turns end with end-of-turn tokens only its tokenizer knows (``seqpack audit`` loads it)."""
+    if config.audit == "off" or config.is_chat:
+        return None
+    return ShardAudit(AuditFacts.of_settings(config.to_dict(), tokenizer), directory)
+
+
 def build_compaction(pipeline: beam.Pipeline, plan: CompactPlan, shards: list[ShardToCut],
                      carried: dict[str, Any], key_files: Iterable[str] = ()) -> None:
     """The compaction's data flow: ``shards`` (the replaced generations') cut back, repacked, written, committed.
@@ -120,6 +132,7 @@ def build_compaction(pipeline: beam.Pipeline, plan: CompactPlan, shards: list[Sh
     written = packed | "WriteShards" >> WriteShards(
         shard_format(config), root=destination.root, staging=destination.staging,
         per_shard=buckets_per_shard(config.shard_bytes, config.bucket_tokens),
+        audit=compaction_audit(config, plan.tokenizer, destination.directory),
     )
     read_digest = cut[DIGEST_TAG] | "DigestRead" >> beam.CombineGlobally(combined)
     packed_digest = (

@@ -37,6 +37,7 @@ from seqpack.pipeline.encoder_choice import choose_for_run, hf_only
 from seqpack.pipeline.failures import STOP_EXCEPTIONS, as_run_failure, crash_summary, stop_on_termination
 from seqpack.pipeline.live_progress import live_progress
 from seqpack.pipeline.lock import DEFAULT_LEASE_SECONDS, OutputLock
+from seqpack.pipeline.run_audit import audit_facts, audit_line
 from seqpack.pipeline.runners import check_can_leave, pipeline_options
 from seqpack.pipeline.worker_logs import WorkerLog, capture_worker_output
 from seqpack.prompt_templates import make_template, template_texts
@@ -257,7 +258,8 @@ class _Job:
                           lock_token=lock.token, release_lock=not wait)
         try:
             build_pipeline(pipeline, config, self.files, plan=plan, pad_id=self.tokenizer_info.pad_id,
-                           found=self.found, backend=backend)
+                           found=self.found, backend=backend,
+                           audit=audit_facts(config, self.tokenizer_info, self.tokenizer))
             with live_progress(self.files, enabled=progress and _is_local(self.runner)):
                 result = pipeline.run()
                 if _is_dry_run(self.options):
@@ -385,6 +387,7 @@ def summary(manifest: Manifest, stats: dict[str, Any], output: str, *, report: s
         lines.append(f"  rejected: {_counts(stats['rejected_by_reason'])} → {output}/{manifest.path_of(REJECTED_FILE)}")
     if stats["dropped_by_reason"]:
         lines.append(f"  dropped: {_counts(stats['dropped_by_reason'])}")
+    lines += filter(None, [audit_line(manifest.config, stats, output)])
     if report:
         lines.append(f"  report: {report}")
     lines.append(f"  look at it: seqpack inspect {shlex.quote(output)}")

@@ -27,6 +27,7 @@ COUNTERS = (
     "blocks",
     "block_tokens",
     "texts_reencoded",
+    "examples_audited",
 )
 """Plain additive counters. ``tokens_in`` counts every token the tokenizer produced for an example.
 ``examples_prompt_lost`` and ``examples_target_cut`` count truncated examples that kept none of their prompt (only
@@ -34,8 +35,9 @@ COUNTERS = (
 cannot fit without cutting their prompt are dropped, under ``dropped_by_reason["prompt_too_long"]``.
 ``texts_reencoded`` counts texts the fast encoder raised on (a batch at a time) that the Hugging Face backend
 encoded instead (``seqpack.fast_encoder``); the ids are the same either way."""
-ADDED_LATER = ("examples_prompt_lost", "examples_target_cut", "texts_reencoded")
-"""Counters that older datasets' ``stats.json`` lacks: a reader takes them as 0."""
+ADDED_LATER = ("examples_prompt_lost", "examples_target_cut", "texts_reencoded", "examples_audited")
+"""Counters that older datasets' ``stats.json`` lacks: a reader takes them as 0. ``examples_audited`` counts the
+examples (pieces, as the blocks cut them) the run's audit checked: 0 with ``--audit off`` or an older seqpack."""
 
 KEYED = (
     "rejected_by_reason",
@@ -43,7 +45,18 @@ KEYED = (
     "examples_by_split",
     "blocks_by_split",
     "pieces_written_by_split",
+    "audit_by_code",
 )
+KEYED_ADDED_LATER = ("audit_by_code",)
+"""Keyed counters that older datasets' ``stats.json`` lacks: a reader takes them as empty. ``audit_by_code``
+counts the audit's findings by code (``seqpack.audit.FINDINGS``)."""
+AUDIT_PLACES = "audit_places"
+"""Finding code -> where its first examples lie (``place``): at most ``PLACES_KEPT``, the smallest, so the
+statistics are the same bytes however many workers wrote the shards. Older datasets lack it: empty."""
+PLACES_KEPT = 3
+PLACE_FIELDS = ("split", "shard", "row", "example")
+"""A place: the split, the shard file as the manifest lists it (with its generation's directory), the row in that
+file (0 = first) and the example in the row (0 = first)."""
 HISTOGRAMS = ("example_length_hist", "source_length_hist", "target_length_hist")
 HIST_BINS = 32
 """Length histograms use power-of-two bins: bin ``b`` counts lengths in ``[2**(b-1), 2**b)``; bin 0 is length 0."""
@@ -57,13 +70,34 @@ def empty_stats() -> dict[str, Any]:
     stats: dict[str, Any] = {name: 0 for name in COUNTERS}
     stats.update({name: {} for name in KEYED})
     stats.update({name: [0] * HIST_BINS for name in HISTOGRAMS})
+    stats[AUDIT_PLACES] = {}
     return stats
+
+
+def place(split: str, shard: str, row: int, example: int) -> dict[str, Any]:
+    """Where a finding's example lies (``PLACE_FIELDS``)."""
+    return {"split": split, "shard": shard, "row": int(row), "example": int(example)}
+
+
+def _place_order(where: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(where[name] for name in PLACE_FIELDS)
+
+
+def merge_places(parts: Iterable[Mapping[str, list[Mapping[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
+    """Places per code from several parts: the ``PLACES_KEPT`` smallest of each code, whatever the parts' order
+    (a Beam combiner relies on that)."""
+    merged: dict[str, list[dict[str, Any]]] = {}
+    for part in parts:
+        for code, places in part.items():
+            merged.setdefault(code, []).extend(dict(where) for where in places)
+    return {code: sorted(places, key=_place_order)[:PLACES_KEPT] for code, places in sorted(merged.items())}
 
 
 def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Add partial statistics together; order does not matter (a Beam combiner relies on that)."""
     total = empty_stats()
-    for part in parts:
+    parts_list = list(parts)
+    for part in parts_list:
         for name in COUNTERS:
             total[name] += part.get(name, 0)
         for name in KEYED:
@@ -73,6 +107,7 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             hist = part.get(name)
             if hist:
                 total[name] = [a + b for a, b in zip(total[name], hist, strict=True)]
+    total[AUDIT_PLACES] = merge_places(part.get(AUDIT_PLACES, {}) for part in parts_list)
     return total
 
 
@@ -124,7 +159,7 @@ def parse(text: str | bytes, where: str) -> dict[str, Any]:
         raise DatasetFormatError(f"{where} is not valid JSON ({error})") from error
     if not isinstance(stats, dict):
         raise DatasetFormatError(f"{where} is not a seqpack statistics file (not a JSON object)")
-    stats = {**dict.fromkeys(ADDED_LATER, 0), **stats}
+    stats = {**dict.fromkeys(ADDED_LATER, 0), **{name: {} for name in (*KEYED_ADDED_LATER, AUDIT_PLACES)}, **stats}
     problem = _first_problem(stats)
     if problem:
         raise DatasetFormatError(f"{where} is damaged: {problem}; rebuild the dataset or restore the file")
@@ -147,10 +182,23 @@ def _first_problem(stats: Mapping[str, Any]) -> str | None:
         hist = stats.get(name)
         if not isinstance(hist, list) or len(hist) != HIST_BINS or not all(_is_count(v) for v in hist):
             return f"{name} is not a list of {HIST_BINS} counts"
+    if not _are_places(stats.get(AUDIT_PLACES)):
+        return f"{AUDIT_PLACES} is not a mapping of codes to lists of places ({', '.join(PLACE_FIELDS)})"
     fill = stats.get("fill")
     if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not 0.0 <= fill <= 1.0:
         return f"fill is {fill!r}, not a fraction"
     return None
+
+
+def _are_places(value: Any) -> bool:
+    def is_place(where: Any) -> bool:
+        return (isinstance(where, dict) and set(where) == set(PLACE_FIELDS) and isinstance(where["split"], str)
+                and isinstance(where["shard"], str) and _is_count(where["row"]) and _is_count(where["example"]))
+
+    return isinstance(value, dict) and all(
+        isinstance(code, str) and isinstance(places, list) and all(map(is_place, places))
+        for code, places in value.items()
+    )
 
 
 def to_json(stats: Mapping[str, Any]) -> str:

@@ -27,6 +27,10 @@ class StatsDoFn(beam.DoFn):
     def count_keyed(self, name: str, key: str, value: int = 1) -> None:
         self.stats[name][key] = self.stats[name].get(key, 0) + value
 
+    def add_stats(self, partial: dict[str, Any]) -> None:
+        """Add a partial statistics dict (the audit's, ``transforms.audit_shards``) to this bundle's."""
+        self.stats = stats_format.merge_stats([self.stats, partial])
+
     def finish_bundle(self):  # noqa: ANN201 - Beam's signature
         yield beam.pvalue.TaggedOutput(STATS_TAG, GlobalWindows.windowed_value(self.stats))
 

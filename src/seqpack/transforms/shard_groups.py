@@ -29,7 +29,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.schemas.columns import BLOCK_SCHEMA, ShardWriter
-from seqpack.transforms.bundle_stats import STATS_TAG
+from seqpack.transforms.audit_shards import ShardAudit, audit_stats, blocks_of_batch
+from seqpack.transforms.bundle_stats import STATS_TAG, StatsDoFn
 from seqpack.transforms.pack import ShardBlocks
 from seqpack.transforms.write import (
     EXTENSIONS,
@@ -150,14 +151,17 @@ def _read_part(path: str) -> Iterator[pa.RecordBatch]:
         yield from reader
 
 
-class AssembleShardDoFn(beam.DoFn):
+class AssembleShardDoFn(StatsDoFn):
     """``((split, shard), parts)`` in, the parts streamed in bucket order into one shard file under ``root``,
-    the shard's description dict out."""
+    the shard's description dict out. With ``audit``, each record batch is audited as it is written (the rows as
+    the file holds them, so the places' rows are the file's)."""
 
-    def __init__(self, shard_format: ShardFormat, root: str, per_shard: int) -> None:
+    def __init__(self, shard_format: ShardFormat, root: str, per_shard: int, audit: ShardAudit | None = None
+                 ) -> None:
         self.shard_format = shard_format
         self.root = root
         self.per_shard = per_shard
+        self.audit = audit
 
     def process(self, grouped: tuple[tuple[str, int], Iterable[ShardPart]]) -> Iterator[dict[str, Any]]:
         (split, shard), unordered = grouped
@@ -170,12 +174,19 @@ class AssembleShardDoFn(beam.DoFn):
             )
         cfg = self.shard_format
         name = shard_name(split, shard, parts[0].shards, cfg.file_format)
+        audited, row = [], 0
         with atomic_output(FileSystems.join(self.root, name), fault_point="write_shard") as out:
             hashed = _Hashed(out)
             with ShardWriter(pa.PythonFile(hashed, mode="w"), cfg.file_format, cfg.row_group_size) as writer:
                 for part in parts:
                     for batch in _read_part(part.path):
                         writer.write(batch)
+                        if self.audit is not None:
+                            audited.append(audit_stats(self.audit, blocks_of_batch(batch), split=split, shard=name,
+                                                       first_row=row))
+                        row += batch.num_rows
+        for partial in audited:  # counted once the shard is whole: a retried writer starts afresh
+            self.add_stats(partial)
         yield shard_description(
             split, name, rows=sum(p.rows for p in parts), examples=sum(p.examples for p in parts),
             tokens=sum(p.tokens for p in parts), size=hashed.size, sha256=hashed.sha256.hexdigest(),
@@ -184,9 +195,11 @@ class AssembleShardDoFn(beam.DoFn):
 
 class WriteShards(beam.PTransform):
     """``ShardBlocks`` (one per bucket) in; shard files written under ``root``; ``{"shards": descriptions,
-    STATS_TAG: statistics}`` out. ``per_shard`` buckets go to a shard (``buckets_per_shard``)."""
+    STATS_TAG: statistics}`` out. ``per_shard`` buckets go to a shard (``buckets_per_shard``). With ``audit``, the
+    writers audit the blocks they write (``transforms.audit_shards``); the shards' bytes are the same either way."""
 
-    def __init__(self, shard_format: ShardFormat, *, root: str, staging: str, per_shard: int) -> None:
+    def __init__(self, shard_format: ShardFormat, *, root: str, staging: str, per_shard: int,
+                 audit: ShardAudit | None = None) -> None:
         super().__init__()
         if shard_format.file_format not in EXTENSIONS:
             raise ValueError(f"file format must be one of {', '.join(EXTENSIONS)}, got {shard_format.file_format!r}")
@@ -194,12 +207,13 @@ class WriteShards(beam.PTransform):
         self.root = root
         self.staging = staging
         self.per_shard = per_shard
+        self.audit = audit
 
     def expand(self, packed: beam.PCollection) -> dict[str, beam.PCollection]:
         if self.per_shard == 1:
-            direct = packed | "WriteWhole" >> beam.ParDo(WriteShardDoFn(self.shard_format, self.root)).with_outputs(
-                STATS_TAG, main="shards"
-            )
+            direct = packed | "WriteWhole" >> beam.ParDo(
+                WriteShardDoFn(self.shard_format, self.root, self.audit)
+            ).with_outputs(STATS_TAG, main="shards")
             return {"shards": direct.shards, STATS_TAG: direct[STATS_TAG]}
         parts = packed | "WriteParts" >> beam.ParDo(
             WritePartDoFn(self.shard_format, self.staging, self.per_shard)
@@ -207,6 +221,9 @@ class WriteShards(beam.PTransform):
         shards = (
             parts.parts
             | "GroupParts" >> beam.GroupByKey()
-            | "AssembleShards" >> beam.ParDo(AssembleShardDoFn(self.shard_format, self.root, self.per_shard))
+            | "AssembleShards" >> beam.ParDo(
+                AssembleShardDoFn(self.shard_format, self.root, self.per_shard, self.audit)
+            ).with_outputs(STATS_TAG, main="shards")
         )
-        return {"shards": shards, STATS_TAG: parts[STATS_TAG]}
+        stats = (parts[STATS_TAG], shards[STATS_TAG]) | "WriteStats" >> beam.Flatten()
+        return {"shards": shards.shards, STATS_TAG: stats}

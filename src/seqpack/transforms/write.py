@@ -17,6 +17,7 @@ from seqpack import IGNORE_INDEX
 from seqpack.faults import checkpoint
 from seqpack.packing import PackedBlocks
 from seqpack.schemas import blocks_to_table, serialize_shard
+from seqpack.transforms.audit_shards import ShardAudit, audit_stats
 from seqpack.transforms.bundle_stats import StatsDoFn
 from seqpack.transforms.pack import ShardBlocks
 
@@ -102,11 +103,13 @@ class BlockStatsDoFn(StatsDoFn):
 
 class WriteShardDoFn(BlockStatsDoFn):
     """``ShardBlocks`` in, written as one whole shard file under ``root``, one shard description dict out
-    (one bucket per shard; ``transforms.shard_groups`` writes shards of several)."""
+    (one bucket per shard; ``transforms.shard_groups`` writes shards of several). With ``audit``, the blocks are
+    audited as they are written (``transforms.audit_shards``)."""
 
-    def __init__(self, shard_format: ShardFormat, root: str) -> None:
+    def __init__(self, shard_format: ShardFormat, root: str, audit: ShardAudit | None = None) -> None:
         self.shard_format = shard_format
         self.root = root
+        self.audit = audit
 
     def process(self, shard: ShardBlocks) -> Iterator[dict[str, Any]]:
         cfg = self.shard_format
@@ -115,5 +118,7 @@ class WriteShardDoFn(BlockStatsDoFn):
         write_atomically(FileSystems.join(self.root, name), data, fault_point="write_shard")
         self.count_blocks(shard)
         blocks = shard.blocks
+        if self.audit is not None:
+            self.add_stats(audit_stats(self.audit, blocks, split=shard.split, shard=name))
         yield shard_description(shard.split, name, rows=blocks.rows, examples=blocks.examples,
                                 tokens=blocks.real_tokens, size=len(data), sha256=hashlib.sha256(data).hexdigest())

@@ -16,9 +16,11 @@ from typing import Any
 import fsspec
 
 import seqpack
+from seqpack.audit import FINDINGS
 from seqpack.dataset import open_manifest
 from seqpack.schemas import REASONS, Manifest, RejectedLine
 from seqpack.tools.blocks import BlockView, InspectError, escape_text
+from seqpack.tools.report.audit_samples import AuditExample, AuditSamples, audit_samples
 from seqpack.tools.report.data import (
     MAX_UNITS,
     BlockStats,
@@ -263,6 +265,43 @@ def samples_section(blocks: Sequence[BlockView], problem: str | None, split: str
     return f'<section id="samples"><h2>Decoded blocks ({esc(split)})</h2>{body}</section>'
 
 
+def _audit_example_html(example: AuditExample) -> str:
+    """One example as a block's item: numbered as in its row, masked text dim, trained text highlighted."""
+    spans = "".join(
+        f'<span class="{"t" if span.trained else "m"}">{esc(span.text)}</span>' for span in example.view.spans
+    )
+    return (f'<div class="sample"><div class="where">{esc(example.where)}</div>'
+            f'<ol start="{example.number}"><li>{spans}</li></ol></div>')
+
+
+def audit_section(stats: Mapping[str, Any], samples: AuditSamples, written: int) -> str:
+    """The section: a line saying what was audited, then a row per finding code (code, meaning, count, decoded
+    examples, masked text dim as in ``seqpack inspect``), or that there was nothing to find. ``written``: the
+    examples the shards hold, as their blocks cut them (the manifest's count, which the audit's matches)."""
+    audited, counts = stats.get("examples_audited", 0), stats.get("audit_by_code", {})
+    if not audited:
+        body = ("<p>Not audited: the dataset was written with --audit off or by a seqpack older than the audit; "
+                "<code>seqpack audit DATASET</code> checks it.</p>")
+        return f'<section id="audit"><h2>Audit</h2>{body}</section>'
+    scope = f"{audited:,} examples (as the blocks cut them) audited as they were written"
+    if written > audited:
+        scope += f"; {written - audited:,} more, in generations written without the audit, were not"
+    if not counts:
+        return f'<section id="audit"><h2>Audit</h2><p>{esc(scope)}: no findings.</p></section>'
+    codes = [code for code in FINDINGS if code in counts] + sorted(set(counts) - set(FINDINGS))
+    rows = [
+        (esc(code), f"{counts[code]:,}", esc(FINDINGS.get(code, "")),
+         "".join(map(_audit_example_html, samples.by_code.get(code, []))))
+        for code in codes
+    ]
+    problem = f'<p class="problem">The examples could not be decoded: {esc(samples.problem)}</p>' \
+        if samples.problem else ""
+    legend = ('<p class="legend"><span class="m">dim</span>: no loss · <span class="t">highlighted</span>: '
+              "trained; <code>seqpack audit DATASET</code> lists them all</p>")
+    return (f'<section id="audit"><h2>Audit</h2><p>{esc(scope)}.</p>{problem}{legend}'
+            f'{_table(["finding", "examples", "meaning", "first examples (decoded)"], rows, raw_html=True)}</section>')
+
+
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1100px;color:#202124;
 padding:0 1em}h1{font-size:1.5em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
@@ -296,6 +335,8 @@ def build_report(
         decoded, problem = [], str(error)
     sections = [
         summary_section(url, manifest, stats, per_generation),
+        audit_section(stats, audit_samples(url, manifest, stats, tokenizer=tokenizer),
+                      sum(split.examples for split in manifest.splits.values())),
         lengths_section(manifest, stats, block_figures),
         blocks_section(block_figures),
         rejected_section(stats, samples),
