@@ -178,17 +178,17 @@ def _verify_shard(location: Location, manifest: Manifest, shard: ShardInfo) -> s
 def _source_problem(location: Location, manifest: Manifest, shard: ShardInfo) -> str | None:
     """A mixture's shard (format 3) has a ``source_id`` per example, each an id of the manifest's sources."""
     name = location.name(shard.path)
-    with shard_errors(location, manifest.file_format, shard):
-        with location.fs.open(location.path(shard.path), "rb") as handle:
-            if manifest.file_format == "parquet":
-                file = pq.ParquetFile(handle, page_checksum_verification=True)
-                if SOURCE_ID not in file.schema_arrow.names:
-                    return f"{name}: no {SOURCE_ID} column, though the manifest lists sources"
-                table = file.read(columns=["seq_lens", SOURCE_ID])
-            else:
-                table = pa.ipc.open_file(handle).read_all()
-                if SOURCE_ID not in table.column_names:
-                    return f"{name}: no {SOURCE_ID} column, though the manifest lists sources"
+    path = location.path(shard.path)
+    with shard_errors(location, manifest.file_format, shard), location.fs.open(path, "rb") as handle:
+        if manifest.file_format == "parquet":
+            file = pq.ParquetFile(handle, page_checksum_verification=True)
+            if SOURCE_ID not in file.schema_arrow.names:
+                return f"{name}: no {SOURCE_ID} column, though the manifest lists sources"
+            table = file.read(columns=["seq_lens", SOURCE_ID])
+        else:
+            table = pa.ipc.open_file(handle).read_all()
+            if SOURCE_ID not in table.column_names:
+                return f"{name}: no {SOURCE_ID} column, though the manifest lists sources"
     if not pc.list_value_length(table.column(SOURCE_ID)).equals(pc.list_value_length(table.column("seq_lens"))):
         return f"{name}: rows of {SOURCE_ID} and seq_lens differ in length"
     ids = pc.list_flatten(table.column(SOURCE_ID))
