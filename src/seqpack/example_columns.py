@@ -118,6 +118,7 @@ class ExampleColumns:
         """All examples of ``parts``, in order. Parts must agree on whether they carry ``trained`` and ``source``."""
         if not parts:
             return empty_columns()
+        parts = [part for part in parts if len(part)] or parts[:1]  # an empty part has no kind to disagree on
         kinds = {part.trained is None for part in parts}
         if len(kinds) > 1:
             raise ValueError("cannot mix examples with and without a per-token loss mask")

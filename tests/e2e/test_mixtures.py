@@ -65,6 +65,7 @@ def job(tmp_path_factory: pytest.TempPathFactory, chatml_dir: Path) -> dict:
         write_jsonl(root / name / "part-0.jsonl", records)
     return {
         "tokenizer": str(chatml_dir), "output": str(root / "out"), "max_length": 256, "seed": 3,
+        "bucket_tokens": 256, "shard_bytes": 2000,  # several buckets to a shard: the parts path
         "sources": [
             {"name": "pairs", "input": f"{root}/pairs/*.jsonl", "weight": 0.5, "min-target-tokens": 3},
             {"name": "alpaca", "input": f"{root}/alpaca/*.jsonl", "template": "alpaca", "weight": 0.3},
@@ -146,8 +147,10 @@ def test_the_loader_yields_source_ids_aligned_with_examples(dataset: Path) -> No
     from seqpack.loader.collate import collate_padded, collate_padding_free
 
     samples = list(PackedDataset(str(dataset), shuffle=False))
-    table = pq.read_table(sorted(dataset_file(dataset, "train").iterdir())[0])
-    assert [s[SOURCE_ID].tolist() for s in samples] == table.column(SOURCE_ID).to_pylist()
+    shards = ShardSet.open(str(dataset), split="train")
+    stored = [ids for unit in range(shards.num_units) for ids in shards.read_unit(unit).column(SOURCE_ID).to_pylist()]
+    assert [s[SOURCE_ID].tolist() for s in samples] == stored and len(shards.shards) > 1
+    assert all(len(s[SOURCE_ID]) == len(s["seq_lens"]) for s in samples)
     for collate in (collate_padding_free, collate_padded):
         batch = collate(samples[:3])
         assert batch[SOURCE_ID].tolist() == [i for s in samples[:3] for i in s[SOURCE_ID].tolist()]
@@ -168,6 +171,7 @@ def test_the_shorthand_is_the_job_file(job: dict, tmp_path: Path) -> None:
     first, second, third = job["sources"]
     shorthand = resolve([
         "--tokenizer", job["tokenizer"], "--output", job["output"], "--max-length", "256", "--seed", "3",
+        "--bucket-tokens", "256", "--shard-bytes", "2000",
         "--source", f"name=pairs,input={first['input']},weight=0.5,min_target_tokens=3",
         "--source", f"name=alpaca,input={second['input']},template=alpaca,weight=0.3",
         "--source", f"name=chat,input={third['inputs'][0]},template=chat,weight=0.2",
@@ -182,7 +186,8 @@ def test_the_shorthand_is_the_job_file(job: dict, tmp_path: Path) -> None:
     ({"sources": [{"name": "a", "input": "x"}, {"name": "a", "input": "y"}]}, "two sources are named 'a'"),
     ({"input": ["z.jsonl"]}, "drop the top-level --input"),
     ({"template": "alpaca"}, "drop the top-level --template"),
-    ({"sources": [{"name": "a", "input": "x", "weigth": 1}]}, "unknown source option 'weigth' (did you mean 'weight'?)"),
+    ({"sources": [{"name": "a", "input": "x", "weigth": 1}]},
+     "unknown source option 'weigth' (did you mean 'weight'?)"),
     ({"sources": [{"name": "a", "input": "x", "weight": 0}]}, "weight must be a number above 0"),
     ({"sources": [{"name": "a b", "input": "x"}]}, "a source name is"),
     ({"sources": [{"name": "a", "input": "x", "train_on": "assistant"}]}, "source 'a': --train-on must be"),
