@@ -221,3 +221,16 @@ def test_a_plain_run_writes_what_a_one_source_mixture_writes_without_source_ids(
     assert SOURCE_ID not in plain.column_names and open_manifest(str(tmp_path / "plain")).sources == []
     assert mix.column(SOURCE_ID).to_pylist() == [[0] * len(lens) for lens in mix.column("seq_lens").to_pylist()]
     assert mix.drop_columns([SOURCE_ID]).equals(plain)
+
+
+def test_the_readme_job_file_is_a_valid_mixture(tmp_path: Path) -> None:
+    section = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = section.split("\n## Mixtures\n", 1)[1].split("\n## ", 1)[0]
+    [job] = [block for block in section.split("```yaml\n")[1:]]
+    config = resolve(["--config", str(write_job(yaml.safe_load(job.split("```")[0]), tmp_path / "job.yaml"))])
+    assert [source.name for source in config.sources] == ["chat", "code", "translation", "math"]
+    chat, code, translation, math = config.per_source()
+    assert chat.role_map == {"human": "user", "gpt": "assistant"} and chat.train_on == "assistant"
+    assert (translation.source_field, translation.separator) == ("en", " => ") and code.min_target_tokens == 1
+    assert math.template == "Problem: {source}\nSolution: {target}"
+    assert sum(source.weight for source in config.sources) == pytest.approx(1.0)
