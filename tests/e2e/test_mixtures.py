@@ -208,7 +208,7 @@ def test_an_append_must_keep_the_sources(dataset: Path) -> None:
     assert "source 'pairs' has weight 0.9 here" in changed_setting(manifest, heavier, fingerprint)
     reordered = {**config, "sources": config["sources"][::-1]}
     assert "the sources are" in changed_setting(manifest, reordered, fingerprint)
-    assert "built with" in changed_setting(manifest, {**config, "sources": []}, fingerprint)
+    assert "no sources were given" in changed_setting(manifest, {**config, "sources": []}, fingerprint)
 
 
 def test_a_plain_run_writes_what_a_one_source_mixture_writes_without_source_ids(
