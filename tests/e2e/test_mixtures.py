@@ -157,6 +157,12 @@ def test_the_loader_yields_source_ids_aligned_with_examples(dataset: Path) -> No
         assert len(batch[SOURCE_ID]) == len(batch["trained_tokens_per_example"])
 
 
+def test_audit_checks_each_example_as_its_source_was_built(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Pairs end with a trained EOS, chats with a trained end-of-turn: judged by one config, one kind fails."""
+    assert main(["audit", str(dataset), "--plain"]) == 0, capsys.readouterr().out
+    assert "no findings" in capsys.readouterr().out
+
+
 def test_inspect_shows_one_source(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", str(dataset), "--source", "chat", "--random", "50", "--plain"]) == 0
     shown = capsys.readouterr().out
