@@ -101,3 +101,16 @@ def test_equal_keys_of_two_sources_sort_by_source() -> None:
     tagged = replace(columns, source=np.array([1, 0], np.int16))
     assert tagged.sorted_by_key().source.tolist() == [0, 1]
     assert tagged.take(np.array([1, 0])).sorted_by_key().example_ids(0).tolist() == [5, 6, 9]
+
+
+def test_a_unit_whose_source_ids_do_not_match_its_examples_is_corrupt() -> None:
+    from seqpack.dataset.shards import _unit_problem
+
+    arrays = {"row_offsets": np.array([0, 4]), "input_ids": np.arange(4), "labels": np.arange(4),
+              "attention_mask": np.ones(4), "position_ids": np.array([0, 1, 0, 1]),
+              "seq_len_offsets": np.array([0, 2]), "seq_lens": np.array([2, 2])}
+    unit = blocks_to_table(**arrays, source_ids=np.array([1, 0]))
+    assert _unit_problem(unit) is None
+    one_example = {**arrays, "seq_len_offsets": np.array([0, 1]), "seq_lens": np.array([4])}
+    one_id = blocks_to_table(**one_example, source_ids=np.array([1])).column(SOURCE_ID)
+    assert _unit_problem(unit.set_column(5, SOURCE_ID, one_id)) == f"rows of {SOURCE_ID} and seq_lens differ in length"
