@@ -30,6 +30,14 @@ def audit_facts(config: RunConfig, tokenizer_info: TokenizerInfo, tokenizer: Any
     return AuditFacts.of_settings(config.to_dict(), tokenizer_info, turns)
 
 
+def source_facts(config: RunConfig, tokenizer_info: TokenizerInfo, tokenizer: Any) -> tuple[AuditFacts, ...]:
+    """A mixture's facts by source id (each source's own template, labels and EOS), empty without sources or with
+    ``--audit off``."""
+    if config.audit == "off" or not config.sources:
+        return ()
+    return tuple(audit_facts(source, tokenizer_info, tokenizer) for source in config.per_source())
+
+
 def audit_line(config: Mapping[str, Any], stats: Mapping[str, Any], output: str) -> str | None:
     """The run summary's line: ``audit: clean``, or the findings by code and the command that shows them; None
     when the run was not audited (``--audit off``)."""

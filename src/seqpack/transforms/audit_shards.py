@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from seqpack.audit import AuditFacts
+from seqpack.audit import FINDINGS, AuditFacts
 from seqpack.audit_columns import audit_columns, example_rows
 from seqpack.packing import PackedBlocks
 from seqpack.schemas.stats import AUDIT_PLACES, PLACES_KEPT, place
@@ -30,13 +30,16 @@ class ShardAudit:
 
     facts: AuditFacts
     directory: str
+    by_source: tuple[AuditFacts, ...] = ()
+    """A mixture's facts by source id: each example is checked as its own source was built (a chat source's
+    turns end with end-of-turn tokens, a pairs source's with EOS)."""
 
 
 def audit_stats(audit: ShardAudit, blocks: PackedBlocks, *, split: str, shard: str, first_row: int = 0
                 ) -> dict[str, Any]:
     """Partial statistics for ``blocks``, rows ``first_row`` onwards of shard file ``shard`` (relative to the
     revision directory): the examples checked, findings per code, and the first ``PLACES_KEPT`` places of each."""
-    flagged = audit_columns(audit.facts, blocks)
+    flagged = _flagged(audit, blocks)
     rows, index = example_rows(blocks) if flagged else (np.zeros(0, np.int64),) * 2
     path = f"{audit.directory}/{shard}"
     return {
@@ -47,6 +50,23 @@ def audit_stats(audit: ShardAudit, blocks: PackedBlocks, *, split: str, shard: s
             for code, found in flagged.items()
         },
     }
+
+
+def _flagged(audit: ShardAudit, blocks: PackedBlocks) -> dict[str, np.ndarray]:
+    """``audit_columns`` with the run's facts, or in a mixture with each source's facts for its own examples."""
+    sources = getattr(blocks, "source_ids", None)
+    if not audit.by_source or sources is None:
+        return audit_columns(audit.facts, blocks)
+    sources = np.asarray(sources)
+    found: dict[str, np.ndarray] = {}
+    for source_id, facts in enumerate(audit.by_source):
+        if not (sources == source_id).any():
+            continue
+        for code, examples in audit_columns(facts, blocks).items():
+            own = examples[sources[examples] == source_id]
+            if len(own):
+                found[code] = np.union1d(found.get(code, np.zeros(0, np.int64)), own).astype(np.int64)
+    return {code: found[code] for code in FINDINGS if code in found}
 
 
 def _flat(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -67,4 +87,5 @@ def blocks_of_batch(batch: pa.RecordBatch) -> PackedBlocks:
         position_ids=_flat(batch.column("position_ids"))[1],
         seq_len_offsets=seq_len_offsets,
         seq_lens=seq_lens,
+        source_ids=(_flat(batch.column("source_id"))[1] if "source_id" in batch.schema.names else None),
     )
