@@ -256,3 +256,27 @@ def test_every_reason_code_the_code_can_emit_has_a_description() -> None:
     assert sorted(emitted - REASONS.keys()) == []
     assert sorted(REASONS.keys() - emitted) == []  # and the catalogue holds no code that nothing emits
     assert all(text.strip() for text in REASONS.values())
+
+
+def test_the_mixture_section_shows_each_source_and_its_shares_asked_and_achieved() -> None:
+    from seqpack.tools.report.mixture import mixture_section
+
+    assert mixture_section({"sources": {}}) == "" and mixture_section({}) == ""
+    counts = {"records_read": 1200, "records_rejected": 3, "examples_dropped": 400, "examples_repeated": 0,
+              "examples_written": 797, "tokens_written": 51234, "trained_tokens": 40000}
+    stats = {
+        "sources": {"code": counts, "chat": {**counts, "examples_dropped": 0, "examples_repeated": 250}},
+        "mixture": {"weight_by": "tokens", "shares": [
+            {"split": "train", "name": "code", "asked": 0.3, "achieved": 0.3004, "target": 3.0, "written": 3},
+            {"split": "train", "name": "chat", "asked": 0.7, "achieved": 0.6996, "target": 7.0, "written": 7},
+            {"split": "validation", "name": "code", "asked": 0.3, "achieved": 0.25, "target": 1.0, "written": 1},
+        ]},
+    }
+    html = mixture_section(stats)
+    assert html.startswith('<section id="mixture">') and "shares of tokens" in html
+    rows = re.findall(r"<tr><td>(.*?)</tr>", html)
+    assert [row.split("</td>")[0] for row in rows] == ["code", "chat"]
+    assert "<td>1,200</td><td>3</td><td>400</td><td>0</td><td>797</td><td>51,234</td><td>40,000</td>" in rows[0]
+    assert "<td>30.00%</td><td>30.04%</td>" in rows[0] and "<td>250</td>" in rows[1]
+    assert html.count("<img ") == 2, "one chart per split with shares: train and validation"
+    assert "asked" not in mixture_section({"sources": {"code": counts}}).split("<table>")[1].split("</thead>")[0]

@@ -7,10 +7,7 @@ There is no script, stylesheet or font to fetch, so the file can be mailed, atta
 
 from __future__ import annotations
 
-import base64
-import html
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fsspec
@@ -19,7 +16,7 @@ import seqpack
 from seqpack.audit import FINDINGS
 from seqpack.dataset import open_manifest
 from seqpack.schemas import REASONS, Manifest, RejectedLine
-from seqpack.tools.blocks import BlockView, InspectError, escape_text
+from seqpack.tools.blocks import BlockView, InspectError
 from seqpack.tools.report.audit_samples import AuditExample, AuditSamples, audit_samples
 from seqpack.tools.report.data import (
     MAX_UNITS,
@@ -29,6 +26,10 @@ from seqpack.tools.report.data import (
     rejected_samples,
     sample_blocks,
 )
+from seqpack.tools.report.html import esc
+from seqpack.tools.report.html import image as _img
+from seqpack.tools.report.html import table as _table
+from seqpack.tools.report.mixture import mixture_section
 from seqpack.tools.report.plots import (
     counts_figure,
     histogram_figure,
@@ -40,29 +41,6 @@ from seqpack.tools.stats import generation_stats, total_stats
 
 RAW_CHARS = 400
 """How much of a rejected record's raw text the report shows."""
-_NONCHARACTERS = re.compile("[\ufdd0-\ufdef\ufffe\uffff]")
-
-
-def esc(text: object) -> str:
-    """Escape for HTML text and attributes. Control characters become visible escapes (as in ``inspect``) and
-    ``://`` is written as ``:&#47;/``: it renders the same, and a search of the file for external URLs then
-    finds only real references, never text from the data."""
-    escaped = html.escape(escape_text(str(text)), quote=True).replace("://", ":&#47;/")
-    return _NONCHARACTERS.sub(lambda m: f"\\u{ord(m.group()):04x}", escaped)
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, raw_html: bool = False) -> str:
-    """A table; ``headers`` may be empty (a two-column list of names and values needs none)."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    cell = (lambda v: str(v)) if raw_html else esc
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    thead = f"<thead><tr>{head}</tr></thead>" if headers else ""
-    return f"<table>{thead}<tbody>{body}</tbody></table>"
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}"></figure>'
 
 
 def _by_reason(counts: Mapping[str, int]) -> str:
@@ -337,6 +315,7 @@ def build_report(
         summary_section(url, manifest, stats, per_generation),
         audit_section(stats, audit_samples(url, manifest, stats, tokenizer=tokenizer),
                       sum(split.examples for split in manifest.splits.values())),
+        mixture_section(stats),
         lengths_section(manifest, stats, block_figures),
         blocks_section(block_figures),
         rejected_section(stats, samples),

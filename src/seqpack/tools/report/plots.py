@@ -163,3 +163,23 @@ def counts_figure(values: np.ndarray, *, title: str, xlabel: str) -> Any:
     else:
         axes.xaxis.get_major_locator().set_params(integer=True)
     return figure
+
+
+def shares_figure(names: Sequence[str], asked: Sequence[float], achieved: Sequence[float], *, title: str) -> Any:
+    """A mixture's share per source: the share asked (its weight) next to the share its examples have in what was
+    written, as paired bars, each labelled with its percentage."""
+    figure, axes = _figure(title, "source", "share")
+    if not names:
+        _no_data(axes)
+        return figure
+    x = np.arange(len(names), dtype=float)
+    width = 0.38
+    for offset, values, color, label in ((-width / 2, asked, "#b0b8c4", "asked"),
+                                         (width / 2, achieved, PLOT_COLOR, "achieved")):
+        bars = axes.bar(x + offset, values, width, color=color, label=label)
+        axes.bar_label(bars, labels=[f"{value:.1%}" for value in values], fontsize=8, padding=2)
+    axes.set_xticks(x, list(names))
+    axes.yaxis.get_major_locator().set_params(integer=False)
+    axes.set_ylim(0, max([*asked, *achieved, 0.01]) * 1.2)
+    axes.legend(frameon=False, fontsize=9)
+    return figure
