@@ -6,7 +6,7 @@
     python benchmarks/pipeline.py --input pairs.jsonl --tokenizer path/to/tokenizer
     python benchmarks/pipeline.py --pairs 250000 --scale 1,2,4 --paths seqpack   # the scaling check
 
-Three paths, each in a fresh process tree, one after the other:
+Four paths, each in a fresh process tree, one after the other:
 
 ``ceiling``
     The bare tokenizer over exactly the texts seqpack tokenizes (source + separator, and target), timed three
@@ -23,6 +23,10 @@ Three paths, each in a fresh process tree, one after the other:
 ``seqpack``
     ``seqpack run -i DATA -o OUT -t TOKENIZER --max-length L`` as a subprocess, default local runner (Beam's
     FnApiRunner, one worker process per core).
+``readwrite``
+    The read + write floor: the same ``seqpack run`` with every text's ids looked up in a table built beforehand,
+    untimed (``token_table.py``; a ``sitecustomize`` hook patches the tokenize step in every process, no hook in
+    seqpack itself): what everything but tokenizing costs. Its shards are the seqpack path's.
 
 For each: wall seconds from process start until the work is done (interpreter start and imports included; the
 ceiling's wall is its tokenization time), tokens/s (the same numerator for every path: the tokens of the source
@@ -54,7 +58,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_WORK_DIR = HERE / ".work"
-PATHS = ("ceiling", "datasets", "seqpack")
+PATHS = ("ceiling", "datasets", "seqpack", "readwrite")
 SEPARATOR = " = "  # seqpack's plain template: source + " = " is the (masked) source text
 TOKENIZER_SAMPLE_PAIRS = 100_000
 
@@ -509,7 +513,10 @@ def _special_tokens_per_example(tokenizer: Path) -> int:
     return len(prefix) + len(suffix)
 
 
-def run_seqpack(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: Path) -> Result:
+def run_seqpack(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: Path, *,
+                floor: bool = False) -> Result:
+    """``seqpack run``; with ``floor``, the read + write floor: every text's ids looked up in a table built here
+    beforehand (untimed) instead of tokenized (``token_table.py``)."""
     out = run_dir / "seqpack-out"
     # what the `seqpack` console script does; PYTHONPATH (set for --seqpack-rev) takes precedence over the install
     cmd = [sys.executable, "-c", SEQPACK_MAIN,
@@ -518,6 +525,12 @@ def run_seqpack(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: 
     env = _base_env()
     if args.seqpack_src:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.seqpack_src, env.get("PYTHONPATH")]))
+    if floor:
+        sys.path.insert(0, str(HERE))
+        import token_table
+
+        table = token_table.build(data, tokenizer, Path(args.work_dir).resolve(), SEPARATOR)
+        env = token_table.hook_env(env, table, run_dir / "table-report")
     measured = run_measured(cmd, env=env, log=run_dir / "seqpack.log")
     _check(measured, run_dir / "seqpack.log")
     manifest = json.loads((out / "manifest.json").read_text())
@@ -525,8 +538,12 @@ def run_seqpack(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: 
     stats = json.loads((out / revision / "stats.json").read_text())
     examples = sum(stats["example_length_hist"])
     text_tokens = stats["tokens_in"] - examples * _special_tokens_per_example(tokenizer)
+    detail = {}
+    if floor:
+        detail["table"] = token_table.read_reports(run_dir / "table-report")
     return Result(
-        path="seqpack", scale=0, pairs=stats["records_read"], wall_s=measured.wall_s, text_tokens=text_tokens,
+        path="readwrite" if floor else "seqpack", scale=0, pairs=stats["records_read"], wall_s=measured.wall_s,
+        text_tokens=text_tokens,
         peak_rss_mb=measured.peak_rss_mb, peak_pss_mb=measured.peak_pss_mb, cpu_s=measured.cpu_s,
         cores=measured.cpu_s / measured.wall_s, background_cores=measured.background_cores,
         run_queue_wait_s=measured.run_queue_wait_s,
@@ -536,8 +553,12 @@ def run_seqpack(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: 
                 "records_rejected": stats["records_rejected"], "peak_processes": measured.processes,
                 "backend": manifest["tokenizer"].get("backend") or "hf (not recorded)",
                 "texts_reencoded": stats.get("texts_reencoded", 0),
-                "output_bytes": sum(p.stat().st_size for p in out.rglob("*.parquet"))},
+                "output_bytes": sum(p.stat().st_size for p in out.rglob("*.parquet")), **detail},
     )
+
+
+def run_readwrite(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: Path) -> Result:
+    return run_seqpack(data, tokenizer, args, run_dir, floor=True)
 
 
 def _check(measured: Measured, log: Path) -> None:
@@ -546,7 +567,7 @@ def _check(measured: Measured, log: Path) -> None:
         raise SystemExit(f"{log.name}: exit code {measured.exit_code}\n{tail}")
 
 
-RUNNERS = {"ceiling": run_ceiling, "datasets": run_datasets, "seqpack": run_seqpack}
+RUNNERS = {"ceiling": run_ceiling, "datasets": run_datasets, "seqpack": run_seqpack, "readwrite": run_readwrite}
 
 # ------------------------------------------------------------------------------------------- data, tokenizer
 
@@ -744,6 +765,11 @@ def ratios(results: list[Result]) -> list[str]:
             parts.append(f"seqpack/datasets-path = {s.tokens_per_s / by['datasets'].tokens_per_s:.2f}× its "
                          "throughput")
             parts.append(f"peak PSS seqpack/datasets = {s.peak_pss_mb / by['datasets'].peak_pss_mb:.2f}")
+        if "readwrite" in by:
+            floor = by["readwrite"]
+            parts.append(f"read + write floor = {floor.wall_s:.1f} s, {floor.cpu_s:.1f} CPU s: tokenizing and what "
+                         f"goes with it costs seqpack {s.wall_s - floor.wall_s:.1f} s, "
+                         f"{s.cpu_s - floor.cpu_s:.1f} CPU s")
         if parts:
             lines.append(f"{scale}×: " + "; ".join(parts))
     return lines
@@ -906,6 +932,12 @@ def main(argv: list[str] | None = None) -> int:
             stages = ", ".join(f"{k} {v:.1f} s" for k, v in r.detail["stages_s"].items())
             print(f"datasets {r.scale}×: {stages}; startup+imports {r.detail['startup_s']:.1f} s; "
                   f"{r.detail['tokens_truncated']:,} tokens cut by truncation")
+        elif r.path == "readwrite":
+            table_info = r.detail["table"]
+            print(f"readwrite {r.scale}×: seqpack with every text's ids looked up in a table built beforehand (the "
+                  f"floor of everything but tokenizing); {table_info['processes']} processes loaded the table in "
+                  f"{table_info['load_cpu_s']:.1f} CPU s (counted), {table_info['misses']:,} texts not in it were "
+                  "tokenized")
         elif r.path == "seqpack":
             print(f"seqpack {r.scale}×: {r.detail['tokens_truncated']:,} tokens cut by truncation, "
                   f"{r.detail['records_rejected']:,} records rejected, up to {r.detail['peak_processes']} processes; "

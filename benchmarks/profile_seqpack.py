@@ -53,6 +53,7 @@ STAGES = [  # (stage, predicate on the innermost seqpack frame's file and functi
     ("tokenize: Python thread in the tokenizer call (encode_batch, ids to lists)",
      lambda f, s: f == "transforms/tokenize.py" and (
          "tokenization_utils" in s or "encode" in s.split(";")[0].split(" (")[0].lower())),
+    ("tokenize: fast encoder call (fastokens encode_batch_flat, ids to lists)", lambda f, s: f == "fast_encoder.py"),
     ("tokenize DoFn: encode cache lookups (seqpack.encode_cache)", lambda f, s: f == "encode_cache.py"),
     ("tokenize DoFn: build_example (masking)", lambda f, s: f == "masking.py"),
     ("tokenize DoFn: example key hash", lambda f, s: f == "keys.py" and "example_key" in s),
@@ -156,9 +157,16 @@ def classify(frames: list[str], process: str) -> str:
 def parse_raw(path: Path) -> list[tuple[str, list[str], int]]:
     """py-spy raw output: 'frame;frame;... count' lines; with --subprocesses the root frames name processes."""
     samples = []
-    for line in path.read_text(errors="replace").splitlines():
+    pending = ""
+    for part in path.read_text(errors="replace").splitlines():
+        # a process's command line may hold newlines (``python -c PROGRAM``): a record ends with its count
+        line = pending + part
         if not line.strip():
             continue
+        if not line.rpartition(" ")[2].isdigit():
+            pending = line + "\n"
+            continue
+        pending = ""
         stack, _, count = line.rpartition(" ")
         process = "driver"
         while True:  # the root frames name the processes (their command lines may hold ';')
@@ -296,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             if not py_spy:
                 raise SystemExit("py-spy is not installed: pip install py-spy (or pip install -e '.[bench]')")
             raw_path = Path(args.save or os.path.join(tmp, "profile.txt"))
-            cmd = [py_spy, "record", "--subprocesses", "--format", "raw", "--rate", str(args.rate),
+            cmd = [py_spy, "record", "--subprocesses", "--format", "raw", "--rate", f"{args.rate:g}",
                    "--output", str(raw_path), "--", *run]
         print("$ " + " ".join(cmd), file=sys.stderr)
         start = time.time()
