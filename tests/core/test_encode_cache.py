@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqpack.encode_cache import EncodeCache
+from seqpack.encode_cache import FAST_PROBE_TEXTS, MIN_HIT_RATE, EncodeCache, cache_for
 
 
 class CountingTokenizer:
@@ -77,3 +77,13 @@ def test_the_cache_stays_on_when_texts_repeat() -> None:
     for start in range(50):
         cache.encode([f"source {start % 7}", f"new {start}"])
     assert cache.enabled and cache.hits >= 40
+
+
+def test_over_the_fast_encoder_the_cache_needs_half_the_texts_to_repeat() -> None:
+    """A miss costs about as much as the fast encoder's own call: a third of texts repeating is not enough."""
+    third, half = cache_for(CountingTokenizer(), fast=True), cache_for(CountingTokenizer(), fast=True)
+    for n in range(FAST_PROBE_TEXTS):
+        third.encode([f"text {n - n % 3 if n % 3 == 1 else n}"])  # every third text seen before
+        half.encode([f"text {n - n % 2}"])  # every second
+    assert not third.enabled and half.enabled
+    assert cache_for(CountingTokenizer(), fast=False).min_hit_rate == MIN_HIT_RATE

@@ -23,7 +23,7 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from seqpack.chat import Segment, tokenize_segments
-from seqpack.encode_cache import EncodeCache, Ids
+from seqpack.encode_cache import Ids, cache_for
 from seqpack.example_columns import ExampleBuffer, offsets_of
 from seqpack.fast_encoder import worker_encoder
 from seqpack.faults import checkpoint
@@ -232,11 +232,12 @@ class TokenizeDoFn(_TokenizeBase):
             self._fast = _batch_encoder(load_backend(self.backend.tokenizer_json, definition))
             self.layout = self.backend.layout
         encode = self.encode
-        if self.backend is not None and self.backend.encoder == "fast":  # checked by the driver: the same ids
+        fast = self.backend is not None and self.backend.encoder == "fast"
+        if fast:  # checked by the driver: the same ids
             encode = worker_encoder(definition, self.encode, lambda count: self.count("texts_reencoded", count))
         # Sources repeat most (one source, many translations), but each side decides for itself.
-        self.source_cache = EncodeCache(encode)
-        self.target_cache = EncodeCache(encode)
+        self.source_cache = cache_for(encode, fast=fast)
+        self.target_cache = cache_for(encode, fast=fast)
 
     def process(self, batch: Sequence[tuple[str, str, str]]) -> Iterator[Any]:
         checkpoint("tokenize")
