@@ -541,6 +541,9 @@ def run_seqpack(data: Path, tokenizer: Path, args: argparse.Namespace, run_dir: 
     detail = {}
     if floor:
         detail["table"] = token_table.read_reports(run_dir / "table-report")
+        if not detail["table"]["processes"]:
+            raise SystemExit("readwrite: no process loaded the token table: benchmarks/table_hook/sitecustomize.py "
+                             "no longer finds how seqpack.transforms.tokenize makes its encode caches; update it")
     return Result(
         path="readwrite" if floor else "seqpack", scale=0, pairs=stats["records_read"], wall_s=measured.wall_s,
         text_tokens=text_tokens,

@@ -44,6 +44,7 @@ IDLE_LEAVES = (
     "_wait_for_tstate_lock", "Thread.join", "select (selectors", "poll (selectors", "Queue.get", "SimpleQueue.get",
     "sleep", "_worker (concurrent/futures", "_next (grpc", "result (concurrent", "_blocking", "wait (threading",
     "_run_channel_spin_thread", "accept (socket", "_recv", "consume_request_iterator", "_wait_once",
+    "_SignalWatcher._watch",  # blocked in socket.recv (a C call: no frame of its own)
 )
 
 STAGES = [  # (stage, predicate on the innermost seqpack frame's file and function, the stack text)

@@ -65,7 +65,11 @@ if os.environ.get("SEQPACK_TOKEN_TABLE"):
 
             def exec_and_patch(module):
                 exec_module(module)
-                module.EncodeCache = TableLookup
+                # the names the tokenize step makes its caches with (older revisions: EncodeCache only)
+                if hasattr(module, "cache_for"):
+                    module.cache_for = lambda tokenize, **_options: TableLookup(tokenize)
+                if hasattr(module, "EncodeCache"):
+                    module.EncodeCache = TableLookup
 
             spec.loader.exec_module = exec_and_patch
             return spec
