@@ -19,6 +19,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 Ids = Sequence[int]
 
 MAX_TOKENS = 4 << 20
@@ -64,7 +66,7 @@ class EncodeCache:
         self.lookups += len(texts)
         if missing:
             new = list(dict.fromkeys(texts[index] for index in missing))  # each distinct text once
-            encoded = {text: array("i", ids) for text, ids in zip(new, self.tokenize(new), strict=True)}
+            encoded = {text: _compact(ids) for text, ids in zip(new, self.tokenize(new), strict=True)}
             for index in missing:
                 found[index] = encoded[texts[index]]
             self.hits += len(texts) - len(new)
@@ -91,3 +93,11 @@ def cache_for(tokenize: Callable[[list[str]], list[Ids]], *, fast: bool) -> Enco
     if fast:
         return EncodeCache(tokenize, probe_texts=FAST_PROBE_TEXTS, min_hit_rate=FAST_MIN_HIT_RATE)
     return EncodeCache(tokenize)
+
+
+def _compact(ids: Ids) -> array:
+    """``ids`` as ``array('i')``: an int32 numpy array (the fast encoder's views) by its bytes, anything else
+    one id at a time."""
+    if isinstance(ids, np.ndarray) and ids.dtype == np.int32:
+        return array("i", ids.tobytes())
+    return array("i", ids)

@@ -103,6 +103,20 @@ def fast_encode(fast: Any) -> Encode:
     return encode
 
 
+def fast_encode_views(fast: Any) -> Encode:
+    """The fast encoder's batch call as int32 numpy views into its one flat buffer: no list per text, no copy (a
+    worker lays them out with one ``np.concatenate``). Ids are vocabulary indices, far below 2**31, so reading
+    the uint32 buffer as int32 keeps every value."""
+
+    def encode(texts: list[str]) -> list[Sequence[int]]:
+        ids, offsets = fast.encode_batch_flat(texts, add_special_tokens=False)
+        flat = np.frombuffer(ids, dtype=np.int32)
+        bounds = np.frombuffer(offsets, dtype=np.uint64).tolist()
+        return [flat[start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    return encode
+
+
 class FallbackEncoder:
     """The fast encoder, with a batch it raises on re-encoded by the Hugging Face backend (same ids: the run chose
     the fast one only after the two agreed); ``on_fallback(n)`` counts the texts so re-encoded."""
@@ -125,7 +139,7 @@ def worker_encoder(tokenizer_json: str, hf: Encode, on_fallback: Callable[[int],
     """What a worker encodes with once the driver chose the fast encoder: it, falling back per batch; or, where
     it does not load here (not installed on this worker), the Hugging Face backend, every text counted."""
     try:
-        return FallbackEncoder(fast_encode(load_fast(tokenizer_json)), hf, on_fallback)
+        return FallbackEncoder(fast_encode_views(load_fast(tokenizer_json)), hf, on_fallback)
     except FastEncoderError as error:
         logging.getLogger("seqpack").warning("this worker encodes with Hugging Face: %s", error)
 

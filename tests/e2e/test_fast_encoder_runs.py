@@ -61,7 +61,7 @@ def test_auto_writes_the_hf_bytes_with_the_fast_encoder(hf_run: Path, corpus: Pa
 
 def test_a_batch_the_fast_encoder_rejects_is_reencoded(hf_run: Path, corpus: Path, tokenizer_dir: Path,
                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = fast_encoder.fast_encode
+    real = fast_encoder.fast_encode_views  # what a worker encodes with
 
     def fussy(fast: object) -> Callable[[list[str]], list]:
         encode = real(fast)
@@ -72,7 +72,7 @@ def test_a_batch_the_fast_encoder_rejects_is_reencoded(hf_run: Path, corpus: Pat
             return encode(texts)
         return call
 
-    monkeypatch.setattr(fast_encoder, "fast_encode", fussy)
+    monkeypatch.setattr(fast_encoder, "fast_encode_views", fussy)
     manifest, stats = _run(corpus, tmp_path / "out", tokenizer_dir, "fast")
     assert manifest["tokenizer"]["backend"] == "fast"
     assert stats["texts_reencoded"] > 0

@@ -269,7 +269,7 @@ class TokenizeDoFn(_TokenizeBase):
     def _add_one(self, pair: tuple[str, str, str], source: Ids, target: Ids) -> Iterator[Any]:
         """An example that does not fit as it is: rejected, filtered, or truncated or split to fit."""
         source_text, target_text, origin = pair
-        if not target:
+        if not len(target):
             yield beam.pvalue.TaggedOutput(
                 REJECTED_TAG,
                 Rejected("empty_target", origin, target_text.encode(), "the target tokenizes to no tokens"),
@@ -280,8 +280,8 @@ class TokenizeDoFn(_TokenizeBase):
             return
         cfg = self.options
         outcome = build_example(
-            prefix + list(source),
-            list(target) + suffix,
+            prefix + _as_list(source),
+            _as_list(target) + suffix,
             max_length=cfg.max_length,
             overlong=cfg.overlong,
             train_on=cfg.train_on,
@@ -327,9 +327,7 @@ class TokenizeDoFn(_TokenizeBase):
         """Lay examples out flat (prefix, source, target, suffix each), key them and add them to a buffer."""
         lengths = n_source + n_target
         offsets = offsets_of(lengths)
-        parts = zip(itertools.repeat(self.layout.prefix), sources, targets, itertools.repeat(self.layout.suffix))
-        flat = itertools.chain.from_iterable(itertools.chain.from_iterable(parts))
-        ids = np.fromiter(flat, dtype=np.int32, count=int(offsets[-1]))
+        ids = _lay_out(self.layout.prefix, sources, targets, self.layout.suffix, int(offsets[-1]))
         masked = masked_prefix(n_source, self.options.train_on).astype(np.int32)
         keys = example_keys(ids, offsets, masked, self.options.seed)
         self.buffer(split).extend(keys, lengths, ids, masked)
@@ -355,6 +353,28 @@ def trains(outcome: Outcome, masks_start: bool) -> bool:
 def _untrained(origin: str, raw: bytes) -> Rejected:
     return Rejected("no_trained_tokens", origin, raw, "no token of the example takes loss once it is cut to fit "
                     "and packed (an example's first token never does): there is nothing to learn from it")
+
+
+def _lay_out(prefix: Sequence[int], sources: list[Ids], targets: list[Ids], suffix: Sequence[int],
+             total: int) -> np.ndarray:
+    """prefix, source, target, suffix of every example, one after the other, as int32. Lists (the Hugging Face
+    backend) go through one ``np.fromiter``; numpy views and arrays (the fast encoder, the encode cache) through
+    one ``np.concatenate`` over their buffers, with no Python int per id."""
+    if isinstance(sources[0], list):
+        parts = zip(itertools.repeat(prefix), sources, targets, itertools.repeat(suffix))
+        return np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(parts)), dtype=np.int32,
+                           count=total)
+    ends = np.asarray(prefix, dtype=np.int32), np.asarray(suffix, dtype=np.int32)
+    pieces = [piece for pair in zip(sources, targets, strict=True) for piece in (ends[0], *pair, ends[1])]
+    ids = np.concatenate(pieces, dtype=np.int32)
+    if len(ids) != total:
+        raise AssertionError(f"laid out {len(ids)} ids where the lengths add up to {total}")
+    return ids
+
+
+def _as_list(ids: Ids) -> list[int]:
+    """Ids as a list of Python ints (a numpy view of the fast encoder's gives numpy scalars to ``list``)."""
+    return ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
 
 
 def _lengths(token_lists: list[Ids]) -> np.ndarray:
