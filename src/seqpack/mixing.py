@@ -3,8 +3,7 @@
 A mixture asks for shares (of tokens or of examples) that the sources' measured sizes rarely match: a source above
 its share is down-sampled, one below it repeated. Per (split, source), the target amount ``T = w * total`` is
 ``r = floor(T / A)`` whole repeats of the source's amount ``A`` plus a remainder ``R = T - r * A`` filled by a
-seeded sample, so each example gets ``r`` or ``r + 1`` copies and the source lands within half an example of
-``T``.
+seeded sample: each example gets ``r`` or ``r + 1`` copies, and the source lands within half an example of ``T``.
 
 The sample is a prefix of the source's examples ranked by a *selection hash* of their key, mixed so that it is
 independent of ``key_hi``: ranking by the key itself would pick only the examples of the low buckets. The prefix
@@ -82,6 +81,11 @@ def selection_hash(key_hi: Any, key_lo: Any, seed: int) -> np.ndarray:
     return _fmix(_fmix(hi ^ base) ^ lo)
 
 
+def _columns(source_ids: Any, key_hi: Any, key_lo: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids = np.asarray(source_ids, dtype=np.int64).reshape(-1)
+    return ids, np.asarray(key_hi, dtype=np.uint64).reshape(-1), np.asarray(key_lo, dtype=np.uint64).reshape(-1)
+
+
 def _bins(hashes: np.ndarray, bins_log2: int) -> np.ndarray:
     return (hashes >> np.uint64(64 - bins_log2)).astype(np.int64)
 
@@ -105,11 +109,10 @@ class BinCounts:
 
     def __setstate__(self, state: tuple) -> None:
         size, filled, examples, tokens, max_tokens = state
-        for name, values in (("examples", examples), ("tokens", tokens)):
-            dense = np.zeros(size, np.int64)
-            dense[filled] = values
-            object.__setattr__(self, name, dense)
-        object.__setattr__(self, "max_tokens", max_tokens)
+        dense = np.zeros((2, size), np.int64)
+        dense[:, filled] = examples, tokens
+        for name, value in (("examples", dense[0]), ("tokens", dense[1]), ("max_tokens", max_tokens)):
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,9 +141,9 @@ def histogram(split: str, source_ids: Any, key_hi: Any, key_lo: Any, lengths: An
     """Pass 1 over some examples of ``split`` (a spill file): their examples and tokens per bin and source."""
     if not 1 <= bins_log2 <= 32:
         raise ValueError(f"bins_log2 must be in 1..32, not {bins_log2}")
-    ids = np.asarray(source_ids, dtype=np.int64).reshape(-1)
+    ids, hi, lo = _columns(source_ids, key_hi, key_lo)
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-    bins = _bins(selection_hash(key_hi, key_lo, seed), bins_log2)
+    bins = _bins(selection_hash(hi, lo, seed), bins_log2)
     size, counts = 1 << bins_log2, {}
     for source in np.unique(ids).tolist():
         rows = ids == source
@@ -187,6 +190,16 @@ class SourcePlan:
     @property
     def written_tokens(self) -> int:
         return self.repeats * self.tokens + self.selected_tokens
+
+    @property
+    def dropped_examples(self) -> int:
+        """Examples written 0 times (down-sampling); ``written = examples - dropped + repeated``."""
+        return self.examples - self.selected_examples if self.repeats == 0 else 0
+
+    @property
+    def repeated_examples(self) -> int:
+        """Copies beyond an example's first (up-sampling)."""
+        return self.written_examples - self.examples + self.dropped_examples
 
 
 @dataclass(frozen=True)
@@ -267,13 +280,13 @@ def boundary(hist: Histogram, names: Sequence[str], weights: Sequence[float], *,
 def _split_total(counts: Mapping[int, BinCounts], share: Mapping[int, Fraction], weight_by: str,
                  total_tokens: int | None, all_tokens: int) -> Fraction:
     tokens = {s: int(c.tokens.sum()) for s, c in counts.items()}
+    examples = {s: int(c.examples.sum()) for s, c in counts.items()}
     if total_tokens is None:
-        return Fraction(sum(tokens.values()) if weight_by == "tokens" else sum(int(c.examples.sum())
-                                                                              for c in counts.values()))
-    wanted = Fraction(total_tokens) * sum(tokens.values()) / all_tokens
+        return Fraction(sum((tokens if weight_by == "tokens" else examples).values()))
+    wanted = Fraction(total_tokens * sum(tokens.values()), max(all_tokens, 1))
     if weight_by == "tokens":
         return wanted
-    tokens_per_example = sum(share[s] * Fraction(tokens[s], int(c.examples.sum())) for s, c in counts.items())
+    tokens_per_example = sum(share[s] * Fraction(tokens[s], examples[s]) for s in counts)
     return wanted / tokens_per_example if tokens_per_example else Fraction(0)
 
 
@@ -312,9 +325,7 @@ class BoundarySample:
 def boundary_sample(bounds: Boundaries, split: str, source_ids: Any, key_hi: Any, key_lo: Any,
                     lengths: Any) -> BoundarySample:
     """Pass 2 over some examples of ``split`` (a spill file): those that fall in their source's boundary bin."""
-    ids = np.asarray(source_ids, dtype=np.int64).reshape(-1)
-    hi = np.asarray(key_hi, dtype=np.uint64).reshape(-1)
-    lo = np.asarray(key_lo, dtype=np.uint64).reshape(-1)
+    ids, hi, lo = _columns(source_ids, key_hi, key_lo)
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     hashes = selection_hash(hi, lo, bounds.seed)
     bins, groups = _bins(hashes, bounds.bins_log2), {}
@@ -396,9 +407,7 @@ def copies(plan: MixturePlan, split: str, source_ids: Any, key_hi: Any, key_lo: 
 
     Call it with all the examples of a key range (a bucket) at once: identical examples share a key, so they
     fall in one bucket, and the plan may give the extra copy to only some of them (which, does not matter)."""
-    ids = np.asarray(source_ids, dtype=np.int64).reshape(-1)
-    hi = np.asarray(key_hi, dtype=np.uint64).reshape(-1)
-    lo = np.asarray(key_lo, dtype=np.uint64).reshape(-1)
+    ids, hi, lo = _columns(source_ids, key_hi, key_lo)
     out = np.zeros(len(ids), np.int64)
     hashes = selection_hash(hi, lo, plan.seed)
     for source in np.unique(ids).tolist():
@@ -434,11 +443,8 @@ class Share:
 
 def shares(plan: MixturePlan) -> list[Share]:
     """Asked vs achieved share of every (split, source), as the plan will write them."""
-    def written(p: SourcePlan) -> int:
-        return p.written_tokens if plan.weight_by == "tokens" else p.written_examples
-
-    totals: dict[str, int] = {}
-    for (split, _), p in plan.sources.items():
-        totals[split] = totals.get(split, 0) + written(p)
-    return [Share(split, p.name, p.asked, written(p) / totals[split] if totals[split] else 0.0, p.target,
-                  written(p)) for (split, _), p in sorted(plan.sources.items())]
+    unit = "written_tokens" if plan.weight_by == "tokens" else "written_examples"
+    written = {key: (p, getattr(p, unit)) for key, p in sorted(plan.sources.items())}
+    totals = {split: sum(w for (s, _), (_, w) in written.items() if s == split) for split, _ in written}
+    return [Share(split, p.name, p.asked, w / totals[split] if totals[split] else 0.0, p.target, w)
+            for (split, _), (p, w) in written.items()]

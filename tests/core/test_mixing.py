@@ -103,6 +103,8 @@ def test_each_source_lands_within_half_an_example_of_its_target(m: dict, bins_lo
         assert achieved == (entry.written_tokens if m["weight_by"] == "tokens" else entry.written_examples)
         assert int(written[rows].sum()) == entry.written_examples
         assert int((written[rows] * data.lengths[rows]).sum()) == entry.written_tokens
+        assert (entry.dropped_examples, entry.repeated_examples) == (
+            int((written[rows] == 0).sum()), int(np.maximum(written[rows] - 1, 0).sum()))
         assert abs(achieved - entry.target) <= amounts[rows].max() / 2 + 1e-9 * entry.target
     asked = np.array(weights) / sum(weights)
     total = amounts.sum()
