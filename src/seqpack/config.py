@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from seqpack.chat import STYLES as CHAT_STYLES
@@ -10,6 +10,7 @@ from seqpack.chat import TRAIN_ON as CHAT_TRAIN_ON
 from seqpack.errors import UsageError
 from seqpack.masking import DEFAULT_OVERLONG, OVERLONG_ALIASES, OVERLONG_POLICIES, TRAIN_ON
 from seqpack.packing import PACKING_STRATEGIES
+from seqpack.sources import WEIGHT_BY, SourceConfig, check_sources, source_of_dict
 
 FILE_FORMATS = ("parquet", "arrow")
 DEDUP_MODES = ("none", "exact")
@@ -70,8 +71,19 @@ class RunConfig:
     role_map: dict[str, str] = field(default_factory=dict)
     system: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    sources: tuple[SourceConfig, ...] = ()
+    """A mixture (``seqpack.sources``): each source reads its own inputs with its own options; ``inputs`` is then
+    the union of theirs. Empty: one source, the top-level options (a run as before mixtures)."""
+    weight_by: str = "tokens"
+    """What the sources' weights are shares of: ``tokens`` or ``examples``."""
+    mix_total_tokens: int | None = None
+    """The mixture's size in tokens; None: as large as the sources and weights allow."""
 
     def __post_init__(self) -> None:
+        sources = tuple(s if isinstance(s, SourceConfig) else source_of_dict(s) for s in self.sources)
+        object.__setattr__(self, "sources", sources)
+        if sources and not self.inputs:  # every input a mixture reads, for the driver to list, lock and hash
+            object.__setattr__(self, "inputs", [pattern for source in sources for pattern in source.inputs])
         if self.is_chat and self.train_on == "target":  # the pairs default means "the answers" in a chat
             object.__setattr__(self, "train_on", "assistant")
         # ``truncate`` (the default before ``truncate-target``) is recorded under its new name.
@@ -106,6 +118,40 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        self._validate_sources()
+
+    def _validate_sources(self) -> None:
+        """A mixture's sources: names and weights (``sources.check_sources``), and each source's options as a
+        run of its own would check them."""
+        if not self.sources:
+            return
+        check_sources(self.sources)
+        if self.inputs != [pattern for source in self.sources for pattern in source.inputs]:
+            raise UsageError("with sources, give each source its own inputs (input=... in the source), not --input")
+        if self.template != "plain":
+            raise UsageError("with sources, give each source its own template (template=... in the source), not "
+                             "--template")
+        if self.weight_by not in WEIGHT_BY:
+            raise UsageError(f"--weight-by must be one of {', '.join(WEIGHT_BY)}, got {self.weight_by!r}")
+        if self.mix_total_tokens is not None and self.mix_total_tokens < 1:
+            raise UsageError(f"--mix-total-tokens must be positive, got {self.mix_total_tokens}")
+        for source, config in zip(self.sources, self.per_source(), strict=True):
+            try:
+                config.validate()
+            except UsageError as error:
+                raise UsageError(f"source {source.name!r}: {error}") from None
+
+    def per_source(self) -> list[RunConfig]:
+        """One configuration per source, as if each source were a run of its own (its template, fields, labels
+        and filters; the mixture's tokenizer, max_length and the rest); ``[self]`` without sources."""
+        if not self.sources:
+            return [self]
+        return [replace(self, sources=(), **{**source.run_options(), "inputs": list(source.inputs)})
+                for source in self.sources]
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        return tuple(source.name for source in self.sources)
 
     @property
     def train_on_choices(self) -> tuple[str, ...]:

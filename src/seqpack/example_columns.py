@@ -14,7 +14,7 @@ Python object per example or per token survives past the tokenizer call.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,7 +29,8 @@ class ExampleColumns:
     """``n`` examples: example ``i`` is ``ids[offsets[i]:offsets[i+1]]``.
 
     ``n_masked[i]`` leading tokens of example ``i`` take no loss; for conversations ``trained`` (aligned with
-    ``ids``) says which tokens take loss instead, in any pattern.
+    ``ids``) says which tokens take loss instead, in any pattern. In a mixture ``source[i]`` (int16) is the id of
+    example ``i``'s source (``RunConfig.sources``); None outside mixtures.
     """
 
     key_hi: np.ndarray
@@ -38,6 +39,7 @@ class ExampleColumns:
     ids: np.ndarray
     n_masked: np.ndarray
     trained: np.ndarray | None = None
+    source: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.key_hi)
@@ -66,6 +68,7 @@ class ExampleColumns:
             ids=self.ids[token_index],
             n_masked=self.n_masked[order],
             trained=None if self.trained is None else self.trained[token_index],
+            source=None if self.source is None else self.source[order],
         )
 
     def slice(self, start: int, stop: int) -> ExampleColumns:
@@ -78,11 +81,30 @@ class ExampleColumns:
             ids=self.ids[lo:hi],
             n_masked=self.n_masked[start:stop],
             trained=None if self.trained is None else self.trained[lo:hi],
+            source=None if self.source is None else self.source[start:stop],
         )
 
     def sorted_by_key(self) -> ExampleColumns:
-        """Ordered by the 16-byte key; equal keys mean equal content, so ties cannot change the output."""
+        """Ordered by the 16-byte key; equal keys mean equal content, so ties cannot change the output. In a
+        mixture two sources may hold the same content: the source id breaks that tie."""
+        if self.source is not None:
+            return self.take(np.lexsort((self.source, self.key_lo, self.key_hi)))
         return self.take(np.lexsort((self.key_lo, self.key_hi)))
+
+    def with_trained_mask(self) -> ExampleColumns:
+        """The same examples with a per-token ``trained`` mask (from ``n_masked`` where they have none): a mixture
+        of pairs and conversations packs both kinds together."""
+        if self.trained is not None:
+            return self
+        starts = np.repeat(self.offsets[:-1], self.lengths)
+        position = np.arange(self.offsets[0], self.offsets[-1]) - starts
+        trained = np.zeros(len(self.ids), bool)
+        trained[self.offsets[0] : self.offsets[-1]] = position >= np.repeat(self.n_masked, self.lengths)
+        return replace(self, trained=trained)
+
+    def with_source(self, source_id: int) -> ExampleColumns:
+        """The same examples, every one tagged as coming from source ``source_id``."""
+        return replace(self, source=np.full(len(self), source_id, np.int16))
 
     def key_range(self, low: int, high: int | None) -> tuple[int, int]:
         """Indices ``start, stop`` of the examples with ``low <= key_hi < high`` (``high=None``: no upper
@@ -93,12 +115,14 @@ class ExampleColumns:
 
     @classmethod
     def concat(cls, parts: Sequence[ExampleColumns]) -> ExampleColumns:
-        """All examples of ``parts``, in order. Parts must agree on whether they carry ``trained``."""
+        """All examples of ``parts``, in order. Parts must agree on whether they carry ``trained`` and ``source``."""
         if not parts:
             return empty_columns()
         kinds = {part.trained is None for part in parts}
         if len(kinds) > 1:
             raise ValueError("cannot mix examples with and without a per-token loss mask")
+        if len({part.source is None for part in parts}) > 1:
+            raise ValueError("cannot mix examples with and without a source id")
         return ExampleColumns(
             key_hi=np.concatenate([p.key_hi for p in parts]),
             key_lo=np.concatenate([p.key_lo for p in parts]),
@@ -106,6 +130,7 @@ class ExampleColumns:
             ids=np.concatenate([p.ids[p.offsets[0] : p.offsets[-1]] for p in parts]),
             n_masked=np.concatenate([p.n_masked for p in parts]),
             trained=None if parts[0].trained is None else np.concatenate([p.trained for p in parts]),
+            source=None if parts[0].source is None else np.concatenate([p.source for p in parts]),
         )
 
 

@@ -21,6 +21,7 @@ BUILD_SETTINGS = (
     "max_length", "template", "source_field", "target_field", "separator", "add_eos", "train_on", "overlong",
     "packing", "seed", "file_format", "validation_fraction", "pad_id", "dedup", "min_target_tokens",
     "max_source_tokens", "add_special_tokens", "chat_style", "messages_field", "role_map", "system",
+    "weight_by", "mix_total_tokens",
 )
 """Settings that change how examples are built, split, packed or stored: every generation of a dataset must
 share them, or a reader would get two datasets in one. (Inputs, output, shard sizes, the shuffle path and the
@@ -41,12 +42,33 @@ def changed_setting(previous: Manifest, config: Mapping[str, Any], tokenizer_fin
             f"was built with {previous.tokenizer.name} ({previous.tokenizer.fingerprint})"
         )
     now, before = _plain(config), _plain(previous.config)
+    sources = _changed_sources(now.get("sources") or [], before.get("sources") or [])
+    if sources:
+        return sources
     for setting in BUILD_SETTINGS:
         if setting in before and _same_name(setting, now.get(setting)) != _same_name(setting, before[setting]):
             return (
                 f"{flag_of(setting)} is {_show(now.get(setting))} here, but the dataset was built with "
                 f"{_show(before[setting])}" + _renamed(setting, before[setting])
             )
+    return None
+
+
+def _changed_sources(now: list[dict[str, Any]], before: list[dict[str, Any]]) -> str | None:
+    """A mixture's sources must stay the same across generations: names, ids (their order) and options; only
+    their inputs may differ."""
+    def names(sources: list[dict[str, Any]]) -> list[str]:
+        return [source.get("name") for source in sources]
+
+    if names(now) != names(before):
+        return (f"the sources are {_show(names(now))} here (by id), but the dataset was built with "
+                f"{_show(names(before))}" if before else "the sources (a mixture) were given here, but the dataset "
+                "was built without sources")
+    for mine, theirs in zip(now, before, strict=True):
+        for option in sorted(set(mine) | set(theirs) - {"inputs"}):
+            if option != "inputs" and mine.get(option) != theirs.get(option):
+                return (f"source {mine['name']!r} has {option} {_show(mine.get(option))} here, but the dataset was "
+                        f"built with {_show(theirs.get(option))}")
     return None
 
 

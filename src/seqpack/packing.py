@@ -175,6 +175,8 @@ class PackedBlocks:
     position_ids: np.ndarray
     seq_len_offsets: np.ndarray
     seq_lens: np.ndarray
+    source_ids: np.ndarray | None = None
+    """In a mixture: each example's (segment's) source id, aligned with ``seq_lens``."""
 
     @property
     def rows(self) -> int:
@@ -203,6 +205,7 @@ class PackedBlocks:
             position_ids=self.position_ids[token_index],
             seq_len_offsets=np.concatenate([[0], np.cumsum(seq_counts)]).astype(np.int64),
             seq_lens=self.seq_lens[seq_index],
+            source_ids=None if self.source_ids is None else self.source_ids[seq_index],
         )
 
 
@@ -259,6 +262,7 @@ def assemble(
         position_ids=position_ids,
         seq_len_offsets=np.concatenate([[0], np.cumsum(seq_counts)]).astype(np.int64),
         seq_lens=seg_lens.astype(np.int32),
+        source_ids=None if examples.source is None else examples.source[segments.item],
     )
 
 

@@ -44,10 +44,21 @@ def choice_error(name: str, value: object, choices: Iterable[object]) -> str:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from seqpack.cli.sources import parse_source_flag
+    from seqpack.sources import WEIGHT_BY
+
     io = parser.add_argument_group("input and output")
     io.add_argument("--input", "-i", action="append", metavar="GLOB",
                     help="input files, globs or directories (JSONL, JSON, Parquet, Arrow, CSV/TSV, datasets "
                     "save_to_disk dirs; local or gs://, s3://); repeat for several")
+    io.add_argument("--source", dest="sources", action="append", type=parse_source_flag, metavar="KEY=VALUE,...",
+                    help="a source of a mixture, e.g. 'name=code,input=code/*.jsonl,template=alpaca,weight=0.3'; "
+                    "repeat for each source. Keys are the per-source flags' names; the top-level flags are every "
+                    "source's defaults (see README, Mixtures)")
+    io.add_argument("--weight-by", choices=WEIGHT_BY, default=DEFAULTS["weight_by"],
+                    help="a mixture's weights are shares of its tokens or of its examples")
+    io.add_argument("--mix-total-tokens", type=int, default=DEFAULTS["mix_total_tokens"], metavar="N",
+                    help="a mixture's size in tokens (default: as large as its sources and weights allow)")
     io.add_argument("--output", "-o", help="dataset directory to write (local or gs://, s3://)")
     io.add_argument("--overwrite", "--rebuild", dest="overwrite", action="store_true",
                     help="replace a dataset already in --output with one generation built from every input")
@@ -169,11 +180,14 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    for flag, value in (("--input", args.input), ("--output", args.output), ("--tokenizer", args.tokenizer)):
+    from seqpack.cli.sources import sources_from_args
+
+    sources = sources_from_args(args)
+    for flag, value in (("--input", args.input or sources), ("--output", args.output), ("--tokenizer", args.tokenizer)):
         if not value:  # not required by argparse: a --config job file may give it
             raise UsageError(f"{flag} is required: pass it on the command line or in the --config job file")
     config = RunConfig(
-        inputs=list(args.input),
+        inputs=[] if sources else list(args.input),
         output=args.output.rstrip("/") or "/",
         tokenizer=args.tokenizer,
         max_length=args.max_length,
@@ -206,6 +220,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         messages_field=args.messages_field,
         role_map=parse_role_map(args.role_map),
         system=args.system,
+        sources=sources,
+        weight_by=args.weight_by,
+        mix_total_tokens=args.mix_total_tokens,
     )
     config.validate()
     return config

@@ -79,6 +79,25 @@ def _job_beam_args(value: Any, where: str) -> list[str]:
     return args
 
 
+def _job_sources(value: Any, path: str) -> list[dict[str, Any]]:
+    """``sources:``: a list of mappings with the flags' names (or ``--source`` strings), keys checked."""
+    from seqpack.cli.sources import parse_source_flag, source_keys
+
+    if not isinstance(value, list):
+        raise UsageError(f"job file {path}: sources must be a list of mappings (- name: code\n  input: code/*.jsonl)")
+    sources = []
+    for index, item in enumerate(value):
+        where = f"job file {path}: source {index + 1}"
+        if isinstance(item, str):
+            try:
+                item = parse_source_flag(item)
+            except argparse.ArgumentTypeError as error:
+                raise UsageError(f"{where}: {error}") from None
+        source_keys(item, where)
+        sources.append(dict(item))
+    return sources
+
+
 def read_job_file(path: str, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], list[str]]:
     """A job file's options as ``{dest: value}`` for ``parser``, and its Beam flags.
 
@@ -121,6 +140,9 @@ def read_job_file(path: str, parser: argparse.ArgumentParser) -> tuple[dict[str,
         action, via_dest = found
         if action.dest in values:
             raise UsageError(f"job file {path}: {key!r} sets {action.option_strings[-1]} a second time")
+        if action.dest == "sources":  # a list of mappings, checked here so that errors name the job file
+            values[action.dest] = _job_sources(value, path)
+            continue
         try:
             values[action.dest] = _job_value(action, str(key), value, via_dest)
         except (ValueError, TypeError, argparse.ArgumentTypeError) as error:

@@ -116,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--tokenizer", "-t", help="decode with this tokenizer instead of the dataset's")
     inspect.add_argument("--generation", type=int, metavar="N",
                          help="show only generation N's blocks, numbered from its first (0)")
+    inspect.add_argument("--source", metavar="NAME",
+                         help="a mixture: only blocks holding examples of source NAME, and only those examples")
     colors = inspect.add_mutually_exclusive_group()
     colors.add_argument("--plain", "--no-color", dest="color", action="store_false", default=None,
                         help="no colours: mark masked text ⟦like this⟧ (the default when not on a terminal)")
@@ -258,11 +260,19 @@ def _verify(dataset: str) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from seqpack.schemas import DatasetFormatError
     from seqpack.tools.blocks import InspectError, NoSuchBlock, inspect_blocks, render_inspection, use_color
+    from seqpack.tools.source_blocks import inspect_source
 
+    if args.source is not None and args.generation is not None:
+        print("seqpack: error: --source and --generation cannot be combined yet: pass one", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        inspection = inspect_blocks(args.dataset, split=args.split, rows=args.block or (),
-                                    random_count=args.random or 0, seed=args.seed, tokenizer=args.tokenizer,
-                                    generation=args.generation)
+        if args.source is not None:
+            inspection = inspect_source(args.dataset, source=args.source, split=args.split, rows=args.block or (),
+                                        random_count=args.random or 0, seed=args.seed, tokenizer=args.tokenizer)
+        else:
+            inspection = inspect_blocks(args.dataset, split=args.split, rows=args.block or (),
+                                        random_count=args.random or 0, seed=args.seed, tokenizer=args.tokenizer,
+                                        generation=args.generation)
     except NoSuchBlock as error:
         print(f"seqpack: error: {error}", file=sys.stderr)
         return EXIT_USAGE

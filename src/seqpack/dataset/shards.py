@@ -30,7 +30,7 @@ from seqpack.dataset.manifest_io import (
 )
 from seqpack.dataset.verify import verify_dataset
 from seqpack.schemas import DatasetFormatError, Manifest
-from seqpack.schemas.columns import TOKEN_COLUMNS
+from seqpack.schemas.columns import SOURCE_ID, TOKEN_COLUMNS
 
 _OPEN_READERS = 8
 """Shards a ``ShardSet`` keeps open at once."""
@@ -58,6 +58,8 @@ class ShardSet:
         self.pin = pin
         """The generations opened: a shard is read only while the manifest still lists them unchanged."""
         self.split = split
+        self.columns = COLUMNS + ((SOURCE_ID,) if manifest.sources else ())
+        """The columns a unit has: the block columns, and ``source_id`` in a mixture (format 3)."""
         self.shards = split_shards(manifest, split)
         sizes = [layout.unit_rows for layout in layouts]
         self.unit_shard = np.repeat(np.arange(len(sizes), dtype=np.int64), [len(s) for s in sizes])
@@ -121,9 +123,10 @@ class ShardSet:
         """
         check_manifest(self.location, self.pin, "read")
 
-    def read_unit(self, unit: int, *, columns: Sequence[str] = COLUMNS) -> pa.Table:
-        """Decode one row group (or record batch): every block column, or only ``columns`` (Parquet decodes only
-        those). The checks that tie the columns together need every column, so a subset skips them."""
+    def read_unit(self, unit: int, *, columns: Sequence[str] | None = None) -> pa.Table:
+        """Decode one row group (or record batch): every column (``self.columns``), or only ``columns`` (Parquet
+        decodes only those). The checks that tie the columns together need every column, so a subset skips them."""
+        columns = self.columns if columns is None else columns
         shard = int(self.unit_shard[unit])
         index = int(self.unit_index[unit])
         name = self.location.name(self.shards[shard].path)
@@ -133,7 +136,7 @@ class ShardSet:
                 table = reader.read_row_group(index, columns=list(columns))
             else:
                 table = pa.Table.from_batches([reader.get_batch(index)])
-                if tuple(columns) != COLUMNS:
+                if list(columns) != table.column_names:
                     table = table.select(list(columns))
             # Microseconds (list offsets only); a corrupt Arrow IPC batch can otherwise abort the process later.
             table.validate(full=True)

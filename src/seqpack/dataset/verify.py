@@ -23,6 +23,7 @@ from seqpack.dataset.footers import COLUMNS, IO_THREADS, open_shard, shard_error
 from seqpack.dataset.location import Location
 from seqpack.dataset.manifest_io import choose_splits, read_manifest
 from seqpack.schemas import MANIFEST_NAME, DatasetFormatError, Manifest, ShardInfo
+from seqpack.schemas.columns import SOURCE_ID
 from seqpack.schemas.manifest import GenerationInfo
 
 _HASH_CHUNK = 8 << 20
@@ -169,6 +170,30 @@ def _verify_shard(location: Location, manifest: Manifest, shard: ShardInfo) -> s
             f"{name}: {examples:,} examples and {tokens:,} tokens, the manifest says {shard.examples:,} and "
             f"{shard.tokens:,}"
         )
+    if manifest.sources:
+        return _source_problem(location, manifest, shard)
+    return None
+
+
+def _source_problem(location: Location, manifest: Manifest, shard: ShardInfo) -> str | None:
+    """A mixture's shard (format 3) has a ``source_id`` per example, each an id of the manifest's sources."""
+    name = location.name(shard.path)
+    path = location.path(shard.path)
+    with shard_errors(location, manifest.file_format, shard), location.fs.open(path, "rb") as handle:
+        if manifest.file_format == "parquet":
+            file = pq.ParquetFile(handle, page_checksum_verification=True)
+            if SOURCE_ID not in file.schema_arrow.names:
+                return f"{name}: no {SOURCE_ID} column, though the manifest lists sources"
+            table = file.read(columns=["seq_lens", SOURCE_ID])
+        else:
+            table = pa.ipc.open_file(handle).read_all()
+            if SOURCE_ID not in table.column_names:
+                return f"{name}: no {SOURCE_ID} column, though the manifest lists sources"
+    if not pc.list_value_length(table.column(SOURCE_ID)).equals(pc.list_value_length(table.column("seq_lens"))):
+        return f"{name}: rows of {SOURCE_ID} and seq_lens differ in length"
+    ids = pc.list_flatten(table.column(SOURCE_ID))
+    if len(ids) and not 0 <= pc.min(ids).as_py() <= pc.max(ids).as_py() < len(manifest.sources):
+        return f"{name}: a {SOURCE_ID} is not one of the manifest's {len(manifest.sources)} sources"
     return None
 
 

@@ -17,6 +17,10 @@ it, summed over a gradient-accumulation step); and ``trained_tokens_per_example`
 (the second is ignored), so ``model(**batch)`` still works. The count is an int, not a 0-d tensor, because
 accelerate (under the Trainer) concatenates a batch's tensors along dim 0, which a 0-d tensor cannot do.
 
+In a mixture (a dataset whose manifest lists ``sources``) samples carry ``source_id``, and every collate passes it
+on as ``source_id``: an int64 tensor with one entry per example, aligned with ``trained_tokens_per_example``, for
+a per-source loss or weight. Without the column there is no ``source_id`` in the batch.
+
 Samples may be dicts of tensors (from :class:`PackedDataset`), numpy arrays or lists (from ``datasets``).
 Every collate is a module-level function, so it pickles into DataLoader workers; bind options with
 ``functools.partial``. Use ``DataLoader(pin_memory=True)`` for pinned host memory.
@@ -32,6 +36,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from seqpack import IGNORE_INDEX
+from seqpack.schemas.columns import SOURCE_ID
 
 Batch = dict[str, Any]
 _TOKEN_COLUMNS = ("input_ids", "labels", "attention_mask", "position_ids")
@@ -113,6 +118,7 @@ def collate_padding_free(samples: Sequence[Mapping[str, Any]]) -> Batch:
         num_items_in_batch=int(per_example.sum()),
         trained_tokens_per_example=buffer[counts_at : counts_at + segments],
     )
+    _add_source_ids(batch, samples)
     longest = int(seq_lens.max()) if segments else 0
     batch.update(
         cu_seq_lens_q=cu_seq_lens,
@@ -122,6 +128,13 @@ def collate_padding_free(samples: Sequence[Mapping[str, Any]]) -> Batch:
         use_cache=False,
     )
     return batch
+
+
+def _add_source_ids(batch: Batch, samples: Sequence[Mapping[str, Any]]) -> None:
+    """A mixture's ``source_id`` per example, in ``seq_lens`` order (nothing when the samples have none)."""
+    if SOURCE_ID in samples[0]:
+        ids = np.concatenate([np.asarray(_numpy(sample[SOURCE_ID]), dtype=np.int64) for sample in samples])
+        batch[SOURCE_ID] = torch.from_numpy(ids)
 
 
 def _batch_buffer(words: int) -> torch.Tensor:
@@ -180,6 +193,7 @@ def collate_padded(
         counts = buffer[words:]
         counts.numpy()[:] = _trained_counts(trained.reshape(-1), starts, ends)
         batch["trained_tokens_per_example"] = counts
+    _add_source_ids(batch, samples)
     if mask == "4d":
         batch["attention_mask"] = block_causal_mask(_rows(samples, "seq_lens"), width, dtype=mask_dtype)
     return batch

@@ -45,7 +45,9 @@ class PackedDataset(IterableDataset):
     """One split of a seqpack dataset as a stream of block samples (dicts of 1-D tensors).
 
     Each sample holds ``input_ids``, ``labels``, ``position_ids`` (int32), ``attention_mask`` (int8) and
-    ``seq_lens`` (int32), as stored. Pass them to one of the collates in :mod:`seqpack.loader.collate`.
+    ``seq_lens`` (int32), as stored, and in a mixture ``source_id`` (int16, one per example, aligned with
+    ``seq_lens``: an index into ``manifest.sources``). Pass them to one of the collates in
+    :mod:`seqpack.loader.collate`.
 
     Args:
         url: the dataset directory: a local path or any fsspec URL (``gs://``, ``s3://``, ``memory://``).

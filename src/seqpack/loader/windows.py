@@ -16,7 +16,7 @@ from seqpack.dataset import COLUMNS, ShardSet
 from seqpack.loader.order import EpochOrder
 
 Sample = dict[str, torch.Tensor]
-_NUMPY_TYPES = {pa.int32(): np.dtype(np.int32), pa.int8(): np.dtype(np.int8)}
+_NUMPY_TYPES = {pa.int32(): np.dtype(np.int32), pa.int8(): np.dtype(np.int8), pa.int16(): np.dtype(np.int16)}
 
 
 class Unit:
@@ -31,7 +31,8 @@ class Unit:
         self.columns: dict[str, tuple[list[int], torch.Tensor]] = {}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*not writable.*")
-            for name in COLUMNS:
+            # A mixture's units also have ``source_id`` (aligned with ``seq_lens``): samples carry it too.
+            for name in COLUMNS + tuple(n for n in table.column_names if n not in COLUMNS):
                 offsets, values = list_arrays(table.column(name).combine_chunks())
                 self.columns[name] = (offsets.tolist(), torch.from_numpy(values))
 

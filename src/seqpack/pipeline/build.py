@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -13,8 +14,10 @@ from seqpack.generations import FoundFile
 from seqpack.masking import masks_example_starts
 from seqpack.pipeline.commit import Destination
 from seqpack.pipeline.commit_step import CommitDoFn, CommitPlan
+from seqpack.pipeline.mixture import files_by_source
 from seqpack.pipeline.runners import resolve_shuffle
 from seqpack.prompt_templates import make_template
+from seqpack.schemas import stats as stats_format
 from seqpack.schemas.layout import is_dedup_key_file
 from seqpack.schemas.manifest import GenerationInfo
 from seqpack.tokenizer import BackendPlan
@@ -34,11 +37,13 @@ META_DIR = "_meta"
 BACKEND_TOKENIZER = "tokenizer-backend.json"
 
 
-def _tag(stage: str):  # noqa: ANN202 - a small labelled lambda factory
-    return lambda rejected: (stage, rejected)
+def _tag(stage: str, source: str | None = None):  # noqa: ANN202 - a small labelled lambda factory
+    if source is None:
+        return lambda rejected: (stage, rejected)
+    return lambda rejected: (stage, rejected, source)
 
 
-def tokenize_options(config: RunConfig) -> TokenizeOptions:
+def tokenize_options(config: RunConfig, source_id: int | None = None) -> TokenizeOptions:
     return TokenizeOptions(
         tokenizer=config.tokenizer,
         trust_remote_code=config.trust_remote_code,
@@ -51,23 +56,28 @@ def tokenize_options(config: RunConfig) -> TokenizeOptions:
         validation_fraction=config.validation_fraction,
         min_target_tokens=config.min_target_tokens,
         max_source_tokens=config.max_source_tokens,
+        source_id=source_id,
     )
 
 
 def pack_options(config: RunConfig, pad_id: int) -> PackOptions:
+    """A mixture packs with per-token masks if any source is a chat, and masks example starts if any source
+    does (a pairs source with ``--train-on all`` among others that mask them has its starts masked too)."""
+    each = config.per_source()
     return PackOptions(
         max_length=config.max_length,
         packing=config.packing,
         bucket_tokens=config.bucket_tokens,
         seed=config.seed,
         pad_id=pad_id,
-        with_trained=config.is_chat,
-        mask_boundaries=masks_example_starts(config.train_on, chat=config.is_chat),
+        with_trained=any(one.is_chat for one in each),
+        mask_boundaries=any(masks_example_starts(one.train_on, chat=one.is_chat) for one in each),
     )
 
 
 def shard_format(config: RunConfig) -> ShardFormat:
-    return ShardFormat(file_format=config.file_format, row_group_size=config.row_group_size)
+    return ShardFormat(file_format=config.file_format, row_group_size=config.row_group_size,
+                       sources=config.source_names)
 
 
 def chat_fields(config: RunConfig) -> ChatFields:
@@ -102,8 +112,9 @@ def _render_fn(config: RunConfig) -> beam.DoFn:
     return RenderDoFn(template)
 
 
-def _tokenize_fn(config: RunConfig, spill_dir: str, backend: BackendPlan | None) -> beam.DoFn:
-    options = tokenize_options(config)
+def _tokenize_fn(config: RunConfig, spill_dir: str, backend: BackendPlan | None,
+                 source_id: int | None = None) -> beam.DoFn:
+    options = tokenize_options(config, source_id)
     return ChatTokenizeDoFn(options, spill_dir) if config.is_chat else TokenizeDoFn(options, spill_dir, backend)
 
 
@@ -129,6 +140,59 @@ def key_files_of(output: str, generations: Iterable[GenerationInfo]) -> list[str
     return paths
 
 
+@dataclass
+class SourceOutputs:
+    """What one source's branch (read, render, dedup, tokenize) gives the rest of the pipeline."""
+
+    spills: beam.PCollection
+    rejected: list[beam.PCollection]
+    """``(stage, Rejected)`` pairs, or in a mixture ``(stage, Rejected, source name)``."""
+    stats: list[beam.PCollection]
+    keys: beam.PCollection | None
+    """The dedup keys of the records it kept (``--dedup exact``)."""
+
+
+def _source_branch(pipeline: beam.Pipeline, config: RunConfig, files: list, *, name: str | None, source_id: int | None,
+                   plan: CommitPlan, backend: BackendPlan | None) -> SourceOutputs:
+    """One source's records to spill files, with ``config`` (the run's, or a source's ``RunConfig.per_source``).
+    A mixture's steps are labelled with the source's name (``Tokenize[code]``); a plain run's as always."""
+    def label(step: str) -> str:
+        return step if name is None else f"{step}[{name}]"
+
+    read = pipeline | label("ReadRecords") >> ReadRecords(files, max_record_bytes=config.max_record_bytes)
+    rendered = read.records | label("Render") >> beam.ParDo(_render_fn(config)).with_outputs(
+        REJECTED_TAG, STATS_TAG, main="pairs"
+    )
+    batches, stats, keys = rendered.pairs, [rendered[STATS_TAG]], None
+    if config.dedup == "exact":
+        deduped = (
+            batches
+            | label("OnePerElement") >> beam.FlatMap(list)
+            | label("DropExactDuplicates") >> DropExactDuplicates(earlier_key_files(plan.destination))
+        )
+        batches = deduped.kept | label("Rebatch") >> beam.BatchElements(min_batch_size=64, max_batch_size=512)
+        keys, stats = deduped[KEYS_TAG], [*stats, deduped[STATS_TAG]]
+    spill_dir = FileSystems.join(plan.destination.staging, SPILL_DIR)
+    tokenized = batches | label("Tokenize") >> beam.ParDo(
+        _tokenize_fn(config, spill_dir, backend, source_id)
+    ).with_outputs(REJECTED_TAG, STATS_TAG, main="spills")
+    stats.append(tokenized[STATS_TAG])
+    if name is not None:  # the source's counts also go under stats["sources"][name]
+        stats = [part | label(f"CountSource{i}") >> beam.Map(stats_format.for_source, name)
+                 for i, part in enumerate(stats)]
+    rejected = [
+        read.rejected | label("FromRead") >> beam.Map(_tag("read", name)),
+        rendered[REJECTED_TAG] | label("FromRender") >> beam.Map(_tag("render", name)),
+        tokenized[REJECTED_TAG] | label("FromTokenize") >> beam.Map(_tag("tokenize", name)),
+    ]
+    return SourceOutputs(tokenized.spills, rejected, stats, keys)
+
+
+def _together(parts: list[beam.PCollection], label: str) -> beam.PCollection:
+    """One PCollection of ``parts``: the only one as it is (a plain run's graph unchanged), else flattened."""
+    return parts[0] if len(parts) == 1 else parts | label >> beam.Flatten()
+
+
 def build_pipeline(
     pipeline: beam.Pipeline,
     config: RunConfig,
@@ -147,46 +211,38 @@ def build_pipeline(
     runner here (``runners.resolve_shuffle``). ``found``: the input files as the driver listed them; the job
     hashes them to record what the generation consumed (``transforms.hash_inputs``). With ``--dedup exact``
     the generation stores the keys of the records it kept, and drops those the generations it joins stored
-    (``transforms.dedup``).
+    (``transforms.dedup``). A mixture (``config.sources``) has a branch per source, each with its own files and
+    options, and its examples tagged with their source; they are shuffled and packed together.
     """
-    staging, revision_root = plan.destination.staging, plan.destination.root
-    read = pipeline | "ReadRecords" >> ReadRecords(files, max_record_bytes=config.max_record_bytes)
-    rendered = read.records | "Render" >> beam.ParDo(_render_fn(config)).with_outputs(
-        REJECTED_TAG, STATS_TAG, main="pairs"
-    )
-    batches, dedup_stats = rendered.pairs, []
+    revision_root = plan.destination.root
+    names: list[str | None] = list(config.source_names) or [None]
+    branches = [
+        _source_branch(pipeline, source_config, part, name=name, source_id=None if name is None else source_id,
+                       plan=plan, backend=backend)
+        for source_id, (name, source_config, part) in enumerate(
+            zip(names, config.per_source(), files_by_source(config, files), strict=True))
+    ]
+    dedup_stats = []
     if config.dedup == "exact":
-        deduped = (
-            batches
-            | "OnePerElement" >> beam.FlatMap(list)
-            | "DropExactDuplicates" >> DropExactDuplicates(earlier_key_files(plan.destination))
-        )
-        batches = deduped.kept | "Rebatch" >> beam.BatchElements(min_batch_size=64, max_batch_size=512)
-        key_files = deduped[KEYS_TAG] | "WriteKeyFiles" >> WriteKeyFiles(revision_root)
-        dedup_stats = [deduped[STATS_TAG], key_files[STATS_TAG]]  # the commit lists the key files: it waits
-    spill_dir = FileSystems.join(staging, SPILL_DIR)
-    tokenized = batches | "Tokenize" >> beam.ParDo(_tokenize_fn(config, spill_dir, backend)).with_outputs(
-        REJECTED_TAG, STATS_TAG, main="spills"
-    )
+        keys = _together([branch.keys for branch in branches], "AllKeys")
+        key_files = keys | "WriteKeyFiles" >> WriteKeyFiles(revision_root)
+        dedup_stats = [key_files[STATS_TAG]]  # the commit lists the key files: it waits
+    spills = _together([branch.spills for branch in branches], "AllSpills")
     shuffle = resolve_shuffle(config.shuffle, pipeline.runner)
-    shards = tokenized.spills | "ShuffleAndPack" >> ShuffleAndPack(pack_options(config, pad_id), shuffle=shuffle)
+    shards = spills | "ShuffleAndPack" >> ShuffleAndPack(pack_options(config, pad_id), shuffle=shuffle)
     written = shards | "WriteShards" >> WriteShards(
-        shard_format(config), root=revision_root, staging=staging,
+        shard_format(config), root=revision_root, staging=plan.destination.staging,
         per_shard=buckets_per_shard(config.shard_bytes, config.bucket_tokens),
     )
     rejected_stats = (
-        (
-            read.rejected | "FromRead" >> beam.Map(_tag("read")),
-            rendered[REJECTED_TAG] | "FromRender" >> beam.Map(_tag("render")),
-            tokenized[REJECTED_TAG] | "FromTokenize" >> beam.Map(_tag("tokenize")),
-        )
+        [rejected for branch in branches for rejected in branch.rejected]
         | "AllRejected" >> beam.Flatten()
         | "WriteRejected" >> WriteRejected(revision_root)
     )
     shard_list = written["shards"] | "ListShards" >> beam.combiners.ToList()
     consumed = pipeline | "HashInputs" >> HashInputs(found) | "ListConsumed" >> beam.combiners.ToList()
     (
-        (rendered[STATS_TAG], tokenized[STATS_TAG], written[STATS_TAG], rejected_stats, *dedup_stats)
+        (*[stats for branch in branches for stats in branch.stats], written[STATS_TAG], rejected_stats, *dedup_stats)
         | "AllStats" >> beam.Flatten()
         | "MergeStats" >> beam.CombineGlobally(MergeStats())
         # Both inputs exist only once every shard and the rejected records are written: the commit comes last.

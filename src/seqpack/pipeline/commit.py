@@ -62,7 +62,7 @@ from seqpack.schemas import (
 )
 from seqpack.schemas import stats as stats_format
 from seqpack.schemas.layout import DEDUP_DIR, DEDUP_KEY_FILES, RUN_MARKER_SUFFIX, WATCH_STATUS_NAME
-from seqpack.schemas.manifest import ConsumedInput, GenerationInfo, merged_splits
+from seqpack.schemas.manifest import ConsumedInput, GenerationInfo, merged_splits, schema_description
 from seqpack.transforms.write import write_atomically
 
 
@@ -323,6 +323,8 @@ def build_manifest(
         directory=destination.directory,
         files=[path for g in generations for path in g.files],
         generations=generations,
+        sources=[{"id": index, **source.to_dict()} for index, source in enumerate(config.sources)],
+        schema=schema_description(bool(config.sources)),
     )
 
 

@@ -193,6 +193,11 @@ def choose_generations(manifest: Manifest, wanted: list[int] | None, output: str
 
 def check_can_compact(manifest: Manifest, output: str) -> None:
     """Refuse what compaction cannot repack exactly (a ``--dedup exact`` dataset can be: its keys are carried)."""
+    if manifest.sources:
+        raise UsageError(
+            f"{output} is a mixture (its manifest lists sources): compaction does not yet carry the examples' "
+            "source ids. `seqpack run --rebuild` repacks the mixture from its inputs"
+        )
     if manifest.packing == "wrap":
         raise UsageError(
             f"{output} was packed with --packing wrap: its examples run across blocks and cannot be cut back into "

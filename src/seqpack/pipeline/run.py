@@ -35,6 +35,7 @@ from seqpack.pipeline.commit_step import CommitPlan, refusal_message
 from seqpack.pipeline.failures import STOP_EXCEPTIONS, as_run_failure, crash_summary, stop_on_termination
 from seqpack.pipeline.live_progress import live_progress
 from seqpack.pipeline.lock import DEFAULT_LEASE_SECONDS, OutputLock
+from seqpack.pipeline.mixture import files_by_source
 from seqpack.pipeline.runners import check_can_leave, pipeline_options
 from seqpack.pipeline.worker_logs import WorkerLog, capture_worker_output
 from seqpack.prompt_templates import make_template, template_texts
@@ -80,17 +81,20 @@ def _check_up_front(config: RunConfig) -> tuple[list, Any, TokenizerInfo]:
     try:
         tokenizer = load_tokenizer(config.tokenizer, trust_remote_code=config.trust_remote_code)
         added = add_special_tokens(tokenizer, config.add_special_tokens)
-        _check_template(config, tokenizer)
+        for each in config.per_source():  # a mixture: every source's template
+            _check_template(each, tokenizer)
         pad_id = pad_id_of(tokenizer, config.pad_id)
     except (ValueError, TokenizerError) as error:
         raise UsageError(str(error)) from error
-    if config.add_eos and not config.is_chat and tokenizer.eos_token_id is None:
+    pairs = any(not each.is_chat for each in config.per_source())
+    if config.add_eos and pairs and tokenizer.eos_token_id is None:
         raise UsageError("the tokenizer has no EOS token to end targets with: pass --no-eos")
     try:
         files = resolve_inputs(config.inputs)
     except ValueError as error:
         raise UsageError(str(error)) from error
     _refuse_inputs_inside_output(files, config.output)
+    files_by_source(config, files)  # a file two sources name is refused before any work
     return files, tokenizer, describe(tokenizer, config.tokenizer, pad_id, added)
 
 

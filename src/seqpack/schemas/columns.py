@@ -10,10 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 FORMAT_NAME = "seqpack"
-FORMAT_VERSION = 2
-"""2: the manifest lists generations (``schemas.manifest.GenerationInfo``); shards are unchanged."""
-READABLE_FORMAT_VERSIONS = (1, 2)
-"""Manifests this seqpack reads: a version-1 manifest is read as a dataset of one generation."""
+FORMAT_VERSION = 3
+"""2: the manifest lists generations (``schemas.manifest.GenerationInfo``); shards are unchanged.
+3: mixtures: the manifest lists the run's ``sources`` and a mixture's shards have a ``source_id`` column."""
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
+"""Manifests this seqpack reads: a version-1 manifest is read as a dataset of one generation; version-1 and -2
+datasets have no sources (their examples have no ``source_id``)."""
 
 BLOCK_SCHEMA = pa.schema(
     [
@@ -35,6 +37,17 @@ BLOCK_SCHEMA = pa.schema(
 
 TOKEN_COLUMNS = ("input_ids", "labels", "attention_mask", "position_ids")
 
+SOURCE_ID = "source_id"
+SOURCE_ID_FIELD = pa.field(SOURCE_ID, pa.list_(pa.int16()), nullable=False)
+"""Only in the shards of a mixture (``RunConfig.sources``): the source id of each example of the block, aligned
+with ``seq_lens`` (the index of its source in the manifest's ``sources``)."""
+MIXTURE_SCHEMA = BLOCK_SCHEMA.append(SOURCE_ID_FIELD)
+
+
+def shard_schema(with_sources: bool) -> pa.Schema:
+    """The columns of a shard: ``BLOCK_SCHEMA``, plus ``source_id`` in a mixture's."""
+    return MIXTURE_SCHEMA if with_sources else BLOCK_SCHEMA
+
 
 def list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
     return pa.ListArray.from_arrays(
@@ -52,11 +65,12 @@ def blocks_to_table(
     position_ids: np.ndarray,
     seq_len_offsets: np.ndarray,
     seq_lens: np.ndarray,
+    source_ids: np.ndarray | None = None,
 ) -> pa.Table:
     """Build a shard table from flat numpy arrays without any per-token Python loop.
 
     ``row_offsets`` (length rows + 1) cuts the four flat token arrays into rows; ``seq_len_offsets`` does
-    the same for ``seq_lens``.
+    the same for ``seq_lens`` and, in a mixture, ``source_ids`` (aligned with ``seq_lens``).
     """
     columns = [
         list_array(row_offsets, input_ids.astype(np.int32, copy=False), pa.int32()),
@@ -65,7 +79,9 @@ def blocks_to_table(
         list_array(row_offsets, position_ids.astype(np.int32, copy=False), pa.int32()),
         list_array(seq_len_offsets, seq_lens.astype(np.int32, copy=False), pa.int32()),
     ]
-    return pa.Table.from_arrays(columns, schema=BLOCK_SCHEMA)
+    if source_ids is not None:
+        columns.append(list_array(seq_len_offsets, source_ids.astype(np.int16, copy=False), pa.int16()))
+    return pa.Table.from_arrays(columns, schema=shard_schema(source_ids is not None))
 
 
 def check_schema(schema: pa.Schema, where: str) -> None:
@@ -80,6 +96,10 @@ def check_schema(schema: pa.Schema, where: str) -> None:
             raise DatasetFormatError(
                 f"{where}: column {field.name!r} has type {actual}, expected {field.type}"
             )
+    if SOURCE_ID in schema.names and schema.field(SOURCE_ID).type != SOURCE_ID_FIELD.type:
+        raise DatasetFormatError(
+            f"{where}: column {SOURCE_ID!r} has type {schema.field(SOURCE_ID).type}, expected {SOURCE_ID_FIELD.type}"
+        )
 
 
 _PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": False, "write_statistics": False,
@@ -99,7 +119,7 @@ def serialize_shard(table: pa.Table, file_format: str, row_group_size: int) -> b
         pq.write_table(table, buffer, row_group_size=row_group_size, **_PARQUET_OPTIONS)
     else:
         options = pa.ipc.IpcWriteOptions(**_ARROW_OPTIONS)
-        with pa.ipc.new_file(buffer, BLOCK_SCHEMA, options=options) as writer:
+        with pa.ipc.new_file(buffer, table.schema, options=options) as writer:
             for batch in table.to_batches(max_chunksize=row_group_size):
                 writer.write_batch(batch)
     return buffer.getvalue()
@@ -117,16 +137,17 @@ class ShardWriter:
                 writer.write(table)
     """
 
-    def __init__(self, sink: Any, file_format: str, row_group_size: int) -> None:
+    def __init__(self, sink: Any, file_format: str, row_group_size: int, *, schema: pa.Schema = BLOCK_SCHEMA) -> None:
+        self.schema = schema
         self.file_format = file_format
         self.row_group_size = row_group_size
         self.rows = 0
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         if file_format == "parquet":
-            self._writer: Any = pq.ParquetWriter(sink, BLOCK_SCHEMA, **_PARQUET_OPTIONS)
+            self._writer: Any = pq.ParquetWriter(sink, schema, **_PARQUET_OPTIONS)
         else:
-            self._writer = pa.ipc.new_file(sink, BLOCK_SCHEMA, options=pa.ipc.IpcWriteOptions(**_ARROW_OPTIONS))
+            self._writer = pa.ipc.new_file(sink, schema, options=pa.ipc.IpcWriteOptions(**_ARROW_OPTIONS))
 
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
         """Append ``table``'s rows; every full row group among the rows held so far is written out."""
@@ -135,7 +156,7 @@ class ShardWriter:
             self._pending.append(batch)
             self._pending_rows += batch.num_rows
         while self._pending_rows >= self.row_group_size:
-            held = pa.Table.from_batches(self._pending, schema=BLOCK_SCHEMA)
+            held = pa.Table.from_batches(self._pending, schema=self.schema)
             self._write_group(held.slice(0, self.row_group_size))
             rest = held.slice(self.row_group_size)
             self._pending, self._pending_rows = rest.to_batches(), rest.num_rows
@@ -144,7 +165,7 @@ class ShardWriter:
         """Write the last, smaller row group, and the footer. A shard without rows gets what ``serialize_shard``
         writes for an empty table (for Parquet one empty row group), so an empty shard is the same either way."""
         if self._pending_rows or (self.rows == 0 and self.file_format == "parquet"):
-            self._write_group(pa.Table.from_batches(self._pending, schema=BLOCK_SCHEMA))
+            self._write_group(pa.Table.from_batches(self._pending, schema=self.schema))
         self._pending, self._pending_rows = [], 0
         self._writer.close()
 

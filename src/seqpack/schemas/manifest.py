@@ -17,7 +17,7 @@ import posixpath
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from seqpack.schemas.columns import BLOCK_SCHEMA, FORMAT_NAME, FORMAT_VERSION, READABLE_FORMAT_VERSIONS
+from seqpack.schemas.columns import FORMAT_NAME, FORMAT_VERSION, READABLE_FORMAT_VERSIONS, shard_schema
 
 MANIFEST_NAME = "manifest.json"
 STATS_NAME = "stats.json"
@@ -40,9 +40,10 @@ def safe_relative_path(path: str) -> str:
     return path
 
 
-def schema_description() -> list[dict[str, str]]:
-    """The block schema as plain JSON, recorded in the manifest so readers can check it without a shard."""
-    return [{"name": f.name, "type": str(f.type)} for f in BLOCK_SCHEMA]
+def schema_description(with_sources: bool = False) -> list[dict[str, str]]:
+    """The block schema as plain JSON, recorded in the manifest so readers can check it without a shard (a
+    mixture's has the ``source_id`` column)."""
+    return [{"name": f.name, "type": str(f.type)} for f in shard_schema(with_sources)]
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,13 @@ class Manifest:
     dataset directory: with the shards, exactly the files a later commit may delete."""
     generations: list[GenerationInfo] = field(default_factory=list)
     """Oldest first. ``splits`` and ``files`` are their union; ``revision`` and ``directory`` are the newest's."""
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    """Format 3, a mixture only: its sources in id order, each ``{"id", "name", "weight", ...its options}`` (as
+    ``RunConfig.sources``); the shards' ``source_id`` is an index into this list. Empty otherwise."""
+
+    @property
+    def source_names(self) -> list[str]:
+        return [source["name"] for source in self.sources]
 
     def __post_init__(self) -> None:
         if not self.generations:  # a manifest built without generations is one generation (as a version-1 one)
@@ -232,7 +240,8 @@ class Manifest:
                 f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))} (it writes {FORMAT_VERSION}). "
                 "Upgrade seqpack or rebuild the dataset."
             )
-        if raw.get("schema") != schema_description():
+        sources = _parse_sources(raw.get("sources", []), where)
+        if raw.get("schema") != schema_description(bool(sources)):
             raise DatasetFormatError(f"{where} describes a schema that does not match this seqpack's block schema")
         try:
             splits = _parse_splits(raw["splits"])
@@ -250,6 +259,7 @@ class Manifest:
                 revision=raw.get("revision", 0),
                 directory=raw.get("directory", ""),
                 files=list(raw.get("files", [])),
+                sources=sources,
             )
             if version >= 2:
                 if not raw["generations"]:
@@ -266,6 +276,17 @@ class Manifest:
             safe_relative_path(path)
         check_generations(manifest, where)
         return manifest
+
+
+def _parse_sources(raw: Any, where: str) -> list[dict[str, Any]]:
+    """A manifest's ``sources``: a list of mappings whose ids are their positions and names distinct strings."""
+    if not isinstance(raw, list) or not all(isinstance(source, dict) for source in raw):
+        raise DatasetFormatError(f"{where}: sources is not a list of mappings ({_FIX})")
+    names = [source.get("name") for source in raw]
+    if [source.get("id") for source in raw] != list(range(len(raw))) or not all(isinstance(n, str) for n in names) \
+            or len(set(names)) != len(names):
+        raise DatasetFormatError(f"{where}: sources must have ids 0, 1, ... and distinct names ({_FIX})")
+    return [dict(source) for source in raw]
 
 
 def _parse_splits(raw: dict[str, Any]) -> dict[str, SplitInfo]:

@@ -82,3 +82,5 @@ class RejectedLine(_RequiredFields, total=False):
 
     raw_base64: str
     """The exact raw bytes, present only when they are not valid UTF-8."""
+    source: str
+    """In a mixture (``RunConfig.sources``): the name of the source the record came from."""

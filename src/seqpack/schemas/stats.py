@@ -41,6 +41,18 @@ KEYED = (
     "blocks_by_split",
     "pieces_written_by_split",
 )
+SOURCES = "sources"
+SOURCE_COUNTERS = (
+    "records_read",
+    "records_rejected",
+    "examples_dropped",
+    "examples_written",
+    "examples_repeated",
+    "tokens_written",
+    "trained_tokens",
+)
+"""A mixture's counts per source, ``stats["sources"][name]`` (absent outside mixtures and in older stats.json).
+``examples_repeated`` counts the extra copies the weighting wrote (``seqpack.mixing``)."""
 HISTOGRAMS = ("example_length_hist", "source_length_hist", "target_length_hist")
 HIST_BINS = 32
 """Length histograms use power-of-two bins: bin ``b`` counts lengths in ``[2**(b-1), 2**b)``; bin 0 is length 0."""
@@ -57,10 +69,35 @@ def empty_stats() -> dict[str, Any]:
     return stats
 
 
+def source_stats(stats: dict[str, Any], name: str) -> dict[str, int]:
+    """Source ``name``'s counts in ``stats`` (created, zero, when it has none yet)."""
+    sources = stats.setdefault(SOURCES, {})
+    if name not in sources:
+        sources[name] = dict.fromkeys(SOURCE_COUNTERS, 0)
+    return sources[name]
+
+
+def for_source(stats: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A source's stage statistics (its render, dedup or tokenize step) with what they say about the source
+    (records read, examples dropped and written) also under ``sources[name]``."""
+    result = dict(stats)
+    result[SOURCES] = {name: {
+        **dict.fromkeys(SOURCE_COUNTERS, 0),
+        "records_read": stats.get("records_read", 0),
+        "examples_dropped": stats.get("examples_dropped", 0),
+        "examples_written": sum(stats.get("examples_by_split", {}).values()),
+    }}
+    return result
+
+
 def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Add partial statistics together; order does not matter (a Beam combiner relies on that)."""
     total = empty_stats()
     for part in parts:
+        for source, counts in part.get(SOURCES, {}).items():
+            merged = source_stats(total, source)
+            for name, value in counts.items():
+                merged[name] = merged.get(name, 0) + value
         for name in COUNTERS:
             total[name] += part.get(name, 0)
         for name in KEYED:
@@ -99,8 +136,30 @@ def check_identity(stats: Mapping[str, Any]) -> None:
         problems.append(
             f"pieces made {stats['pieces']} != pieces written {sum(stats['pieces_written_by_split'].values())}"
         )
+    problems += _source_problems(stats)
     if problems:
         raise AccountingError("the run's statistics do not add up, nothing was committed: " + "; ".join(problems))
+
+
+def _source_problems(stats: Mapping[str, Any]) -> list[str]:
+    """The identity per source of a mixture: each source's records are written, rejected or dropped, and the
+    sources' tokens add up to the run's."""
+    sources = stats.get(SOURCES) or {}
+    problems = []
+    for name, counts in sorted(sources.items()):
+        accounted = counts["examples_written"] + counts["records_rejected"] + counts["examples_dropped"]
+        if counts["records_read"] != accounted:
+            problems.append(
+                f"source {name!r}: records read {counts['records_read']} != examples written "
+                f"{counts['examples_written']} + rejected {counts['records_rejected']} + dropped "
+                f"{counts['examples_dropped']}"
+            )
+    if sources:
+        for total in ("records_read", "tokens_written", "trained_tokens"):
+            added = sum(counts[total] for counts in sources.values())
+            if added != stats[total]:
+                problems.append(f"the sources' {total} add up to {added}, the run's are {stats[total]}")
+    return problems
 
 
 def finalize(stats: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,6 +203,12 @@ def _first_problem(stats: Mapping[str, Any]) -> str | None:
         hist = stats.get(name)
         if not isinstance(hist, list) or len(hist) != HIST_BINS or not all(_is_count(v) for v in hist):
             return f"{name} is not a list of {HIST_BINS} counts"
+    sources = stats.get(SOURCES, {})
+    if not isinstance(sources, dict) or not all(
+        isinstance(name, str) and isinstance(counts, dict) and all(_is_count(counts.get(c, 0)) for c in SOURCE_COUNTERS)
+        for name, counts in sources.items()
+    ):
+        return f"{SOURCES} is not a mapping of source names to their counts"
     fill = stats.get("fill")
     if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not 0.0 <= fill <= 1.0:
         return f"fill is {fill!r}, not a fraction"

@@ -20,7 +20,7 @@ import apache_beam as beam
 from seqpack.example_columns import ExampleColumns
 from seqpack.faults import lose_one_example
 from seqpack.packing import PackedBlocks, pack_columns
-from seqpack.transforms.shuffle import Bucket, SpillFile, bucket_count, permute_blocks, read_bucket
+from seqpack.transforms.shuffle import Bucket, Multiplicity, SpillFile, bucket_count, permute_blocks, read_bucket
 from seqpack.transforms.shuffle_runner import Chunk, CutSpillDoFn, bucket_markers, decode_chunks
 
 SHUFFLES = ("spill", "runner")
@@ -53,6 +53,9 @@ class PackOptions:
     """Examples carry a per-token loss mask (conversations), not a masked-prefix length."""
     mask_boundaries: bool
     """Label -100 on each example's first token (``masking.masks_example_starts``)."""
+    repeat: Multiplicity | None = None
+    """A mixture's weighting (``transforms.shuffle.Multiplicity``): how many copies of each example the buckets
+    read from the spill files; None: each once."""
 
 
 def pack_bucket(bucket: Bucket, examples: ExampleColumns, options: PackOptions) -> ShardBlocks:
@@ -78,7 +81,9 @@ class PackBucketDoFn(beam.DoFn):
         self.options = options
 
     def process(self, bucket: Bucket, spills: Sequence[SpillFile]) -> Iterator[ShardBlocks]:
-        yield pack_bucket(bucket, read_bucket(bucket, spills, with_trained=self.options.with_trained), self.options)
+        options = self.options
+        examples = read_bucket(bucket, spills, with_trained=options.with_trained, repeat=options.repeat)
+        yield pack_bucket(bucket, examples, options)
 
 
 class PackGroupedBucketDoFn(beam.DoFn):
@@ -135,7 +140,8 @@ class ShuffleAndPack(beam.PTransform):
     def _through_the_runner(self, spills: beam.PCollection, buckets_per_split: beam.PCollection) -> beam.PCollection:
         """Each spill file read once and cut into per-bucket chunks; the runner's shuffle gathers each bucket."""
         chunks = spills | "CutSpills" >> beam.ParDo(
-            CutSpillDoFn(with_trained=self.options.with_trained), beam.pvalue.AsDict(buckets_per_split)
+            CutSpillDoFn(with_trained=self.options.with_trained, repeat=self.options.repeat),
+            beam.pvalue.AsDict(buckets_per_split),
         ).with_output_types(Chunk)
         markers = buckets_per_split | "EveryBucket" >> beam.FlatMap(bucket_markers).with_output_types(Chunk)
         return (

@@ -22,8 +22,9 @@ def split_origin(origin: str) -> tuple[str, int | None]:
     return (path, int(line)) if path and line.isdigit() else (origin, None)
 
 
-def rejected_line(rejected: Rejected) -> str:
-    """One JSON line: reason, detail, file, line and the raw record (base64 too when it is not UTF-8)."""
+def rejected_line(rejected: Rejected, source: str | None = None) -> str:
+    """One JSON line: reason, detail, file, line and the raw record (base64 too when it is not UTF-8); in a
+    mixture, the name of the record's source."""
     path, line = split_origin(rejected.origin)
     entry = RejectedLine(
         reason=rejected.reason,
@@ -32,6 +33,8 @@ def rejected_line(rejected: Rejected) -> str:
         line=line,
         raw=rejected.raw.decode("utf-8", "replace"),
     )
+    if source is not None:
+        entry["source"] = source
     try:
         rejected.raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -52,15 +55,20 @@ class WriteRejectedDoFn(beam.DoFn):
 
     def process(self, element: tuple[None, Iterable[tuple[str, Rejected]]]) -> Iterator[dict[str, Any]]:
         _, items = element
-        ordered = sorted(items, key=lambda item: _sort_key(item[1]))
-        text = "".join(rejected_line(rejected) + "\n" for _, rejected in ordered)
+        # In a mixture an item is (stage, rejected, source name): the line and the source's counts name it.
+        ordered = sorted(items, key=lambda item: (_sort_key(item[1]), item[2:]))
+        text = "".join(rejected_line(item[1], *item[2:]) + "\n" for item in ordered)
         write_atomically(FileSystems.join(self.staging, REJECTED_FILE), text.encode("utf-8"))
         stats = stats_format.empty_stats()
-        for stage, rejected in ordered:
+        for stage, rejected, *source in ordered:
+            read = stage == "read"  # the reader could not make a record of it, so no later step counted it
             stats["records_rejected"] += 1
             stats["rejected_by_reason"][rejected.reason] = stats["rejected_by_reason"].get(rejected.reason, 0) + 1
-            if stage == "read":  # the reader could not make a record of it, so no later step counted it
-                stats["records_read"] += 1
+            stats["records_read"] += int(read)
+            if source:
+                counts = stats_format.source_stats(stats, source[0])
+                counts["records_rejected"] += 1
+                counts["records_read"] += int(read)
         yield stats
 
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from seqpack.schemas.columns import BLOCK_SCHEMA, ShardWriter
+from seqpack.schemas.columns import ShardWriter, shard_schema
 from seqpack.transforms.bundle_stats import STATS_TAG
 from seqpack.transforms.pack import ShardBlocks
 from seqpack.transforms.write import (
@@ -100,10 +100,11 @@ class WritePartDoFn(BlockStatsDoFn):
 
     def process(self, packed: ShardBlocks) -> Iterator[tuple[tuple[str, int], ShardPart]]:
         path = part_path(self.staging, packed.split, packed.index, packed.count)
-        with atomic_output(path) as out, pa.ipc.new_stream(pa.PythonFile(out, mode="w"), BLOCK_SCHEMA) as writer:
+        schema = shard_schema(self.shard_format.with_sources)
+        with atomic_output(path) as out, pa.ipc.new_stream(pa.PythonFile(out, mode="w"), schema) as writer:
             for batch in table_of(packed.blocks).to_batches(max_chunksize=self.shard_format.row_group_size):
                 writer.write_batch(batch)
-        self.count_blocks(packed)
+        self.count_blocks(packed, self.shard_format.sources)
         shard, shards = shard_of(packed.index, packed.count, self.per_shard)
         blocks = packed.blocks
         yield (packed.split, shard), ShardPart(
@@ -172,7 +173,8 @@ class AssembleShardDoFn(beam.DoFn):
         name = shard_name(split, shard, parts[0].shards, cfg.file_format)
         with atomic_output(FileSystems.join(self.root, name), fault_point="write_shard") as out:
             hashed = _Hashed(out)
-            with ShardWriter(pa.PythonFile(hashed, mode="w"), cfg.file_format, cfg.row_group_size) as writer:
+            with ShardWriter(pa.PythonFile(hashed, mode="w"), cfg.file_format, cfg.row_group_size,
+                             schema=shard_schema(cfg.with_sources)) as writer:
                 for part in parts:
                     for batch in _read_part(part.path):
                         writer.write(batch)

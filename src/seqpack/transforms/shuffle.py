@@ -16,15 +16,16 @@ Retries are safe: a retried bundle writes new files under new names, and only th
 successful attempt emitted are read; the staging directory, leftovers included, is removed at commit.
 
 Layout of a spill file: columns ``key_hi``/``key_lo`` (uint64), ``ids`` (list<int32>), ``n_masked`` (int32),
-``trained`` (list<bool>, null for pairs); record batches of at most ``SPILL_BATCH_ROWS`` rows; the schema
-metadata lists each batch's first and last ``key_hi``, so a reader fetches only the batches of its range.
+``trained`` (list<bool>, null for pairs), ``source_id`` (int16, null outside mixtures); record batches of at most
+``SPILL_BATCH_ROWS`` rows; the schema metadata lists each batch's first and last ``key_hi``, so a reader fetches
+only the batches of its range.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,7 @@ SPILL_SCHEMA = pa.schema(
         pa.field("ids", pa.list_(pa.int32()), nullable=False),
         pa.field("n_masked", pa.int32(), nullable=False),
         pa.field("trained", pa.list_(pa.bool_())),
+        pa.field("source_id", pa.int16()),
     ]
 )
 
@@ -61,7 +63,26 @@ class SpillFile:
     path: str
     examples: int
     tokens: int
+    by_source: tuple[tuple[int, int, int], ...] = ()
+    """In a mixture: ``(source_id, examples, tokens)`` for each source with examples in the file, so the totals
+    per (split, source) that the weighting needs (``seqpack.mixing``) follow from the descriptions alone."""
 
+
+def source_counts(columns: ExampleColumns) -> tuple[tuple[int, int, int], ...]:
+    """``SpillFile.by_source`` of ``columns``: examples and tokens per source id (empty outside mixtures)."""
+    if columns.source is None or not len(columns):
+        return ()
+    ids = columns.source.astype(np.int64)
+    examples = np.bincount(ids)
+    tokens = np.bincount(ids, weights=columns.lengths).astype(np.int64)
+    return tuple((int(i), int(examples[i]), int(tokens[i])) for i in np.flatnonzero(examples))
+
+
+Multiplicity = Callable[[str, ExampleColumns], ExampleColumns]
+"""The mixture weighting's seam (``seqpack.mixing``): examples of a split read from one spill file in, the same
+examples each repeated 0, 1 or more times out. Applied where buckets read spill files (``read_bucket`` and
+``shuffle_runner.CutSpillDoFn``), so it must decide for each example from its split, source and key alone: then
+both shuffles, any bucket count and any spill layout write the same bytes."""
 
 def spill_path(spill_dir: str, split: str) -> str:
     return FileSystems.join(spill_dir, split, f"{uuid.uuid4().hex}.arrow")
@@ -76,6 +97,7 @@ def spill_batch(columns: ExampleColumns) -> pa.RecordBatch:
         if columns.trained is None
         else list_array(base, columns.trained[columns.offsets[0] : columns.offsets[-1]], pa.bool_())
     )
+    source = pa.nulls(len(columns), pa.int16()) if columns.source is None else pa.array(columns.source, pa.int16())
     return pa.RecordBatch.from_arrays(
         [
             pa.array(columns.key_hi, pa.uint64()),
@@ -83,6 +105,7 @@ def spill_batch(columns: ExampleColumns) -> pa.RecordBatch:
             list_array(base, ids, pa.int32()),
             pa.array(columns.n_masked, pa.int32()),
             trained,
+            source,
         ],
         schema=SPILL_SCHEMA,
     )
@@ -115,6 +138,7 @@ def batch_columns(batch: pa.RecordBatch) -> ExampleColumns:
     ids = batch.column("ids")
     offsets = np.asarray(ids.offsets, dtype=np.int64)
     trained = batch.column("trained")
+    source = batch.column("source_id")
     return ExampleColumns(
         key_hi=np.asarray(batch.column("key_hi")),
         key_lo=np.asarray(batch.column("key_lo")),
@@ -124,6 +148,7 @@ def batch_columns(batch: pa.RecordBatch) -> ExampleColumns:
         trained=None
         if trained.null_count == len(trained) or not len(trained)
         else np.asarray(trained.values.to_numpy(zero_copy_only=False))[offsets[0] : offsets[-1]],
+        source=None if source.null_count == len(source) or not len(source) else np.asarray(source),
     )
 
 
@@ -139,6 +164,8 @@ def read_spill_range(path: str, low: int, high: int | None, *, with_trained: boo
             if key_range is None or key_range[1] < low or (high is not None and key_range[0] >= high):
                 continue
             columns = batch_columns(reader.get_batch(index))
+            if with_trained:  # a mixture of pairs and conversations: pairs get the mask conversations have
+                columns = columns.with_trained_mask()
             start, stop = columns.key_range(low, high)
             parts.append(columns.slice(start, stop))
         # concat copies every column: the result does not point into the file, which closes on return
@@ -183,8 +210,10 @@ def bucket_of(key_hi: np.ndarray, count: int) -> np.ndarray:
     return ((high * c + ((low * c) >> np.uint64(32))) >> np.uint64(32)).astype(np.int64)
 
 
-def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bool) -> ExampleColumns:
-    """Every example of the bucket, from every spill file of its split, in key order."""
+def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bool,
+                repeat: Multiplicity | None = None) -> ExampleColumns:
+    """Every example of the bucket, from every spill file of its split, in key order; with ``repeat`` (a
+    mixture's weighting) each as many times as it says."""
     split, index, count = bucket
     low, high = bucket_bounds(index, count)
     parts = [
@@ -192,6 +221,8 @@ def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bo
         for spill in sorted(spills, key=lambda s: s.path)
         if spill.split == split
     ]
+    if repeat is not None:
+        parts = [repeat(split, part) for part in parts]
     return ExampleColumns.concat(parts).sorted_by_key() if parts else empty_columns(with_trained)
 
 

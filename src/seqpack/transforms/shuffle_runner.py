@@ -24,6 +24,7 @@ from seqpack.example_columns import ExampleColumns, empty_columns
 from seqpack.transforms.shuffle import (
     SPILL_SCHEMA,
     Bucket,
+    Multiplicity,
     SpillFile,
     batch_columns,
     bucket_of,
@@ -45,6 +46,8 @@ def decode_chunks(chunks: Iterable[bytes], *, with_trained: bool) -> ExampleColu
     """Every example of the non-empty ``chunks``, in key order (the order ``read_bucket`` gives)."""
     batches = (pa.ipc.read_record_batch(pa.py_buffer(chunk), SPILL_SCHEMA) for chunk in chunks if chunk)
     parts = [batch_columns(batch) for batch in batches if batch.num_rows]
+    if with_trained:  # a mixture of pairs and conversations: pairs get the mask conversations have
+        parts = [part.with_trained_mask() for part in parts]
     return ExampleColumns.concat(parts).sorted_by_key() if parts else empty_columns(with_trained)
 
 
@@ -63,11 +66,15 @@ class CutSpillDoFn(beam.DoFn):
     The whole file is read at once: a spill file holds at most ``SPILL_TOKENS`` tokens, so memory stays bounded.
     """
 
-    def __init__(self, *, with_trained: bool) -> None:
+    def __init__(self, *, with_trained: bool, repeat: Multiplicity | None = None) -> None:
         self.with_trained = with_trained
+        self.repeat = repeat
+        """A mixture's weighting (``transforms.shuffle.Multiplicity``): applied before the file is cut."""
 
     def process(self, spill: SpillFile, buckets_per_split: dict[str, int]) -> Iterator[Chunk]:
         columns = read_spill_range(spill.path, 0, None, with_trained=self.with_trained)
+        if self.repeat is not None:
+            columns = self.repeat(spill.split, columns).sorted_by_key()
         for bucket, part in cut_into_buckets(columns, spill.split, buckets_per_split[spill.split]):
             yield bucket, encode_chunk(part)
 

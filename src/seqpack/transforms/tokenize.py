@@ -43,7 +43,7 @@ from seqpack.tokenizer import BackendPlan, equivalent_backend, load_backend, loa
 from seqpack.transforms.bundle_stats import StatsDoFn
 from seqpack.transforms.progress_counts import ProgressCounter, progress_from_env
 from seqpack.transforms.render import REJECTED_TAG, RenderedChat, raw_json
-from seqpack.transforms.shuffle import SPILL_TOKENS, SpillFile, spill_path, write_spill
+from seqpack.transforms.shuffle import SPILL_TOKENS, SpillFile, source_counts, spill_path, write_spill
 
 _IDS = operator.attrgetter("ids")
 
@@ -64,6 +64,8 @@ class TokenizeOptions:
     validation_fraction: float = 0.0
     min_target_tokens: int = 0
     max_source_tokens: int | None = None
+    source_id: int | None = None
+    """In a mixture: the id of the source being tokenized, carried by every example it spills."""
 
 
 def filtered_reason(source_tokens: int, target_tokens: int, options: TokenizeOptions) -> str | None:
@@ -100,9 +102,11 @@ class _TokenizeBase(StatsDoFn):
     def spill(self, split: str) -> SpillFile:
         """Write the split's buffered examples as one key-sorted spill file and describe it."""
         columns = self.buffers[split].build()
+        if self.options.source_id is not None:
+            columns = columns.with_source(self.options.source_id)
         path = spill_path(self.spill_dir, split)
         write_spill(path, columns)
-        return SpillFile(split, path, len(columns), columns.tokens)
+        return SpillFile(split, path, len(columns), columns.tokens, source_counts(columns))
 
     def spill_full(self) -> Iterator[SpillFile]:
         """Spill the buffers that hold ``SPILL_TOKENS`` or more, so a worker's memory stays bounded."""

@@ -17,6 +17,7 @@ from seqpack import IGNORE_INDEX
 from seqpack.faults import checkpoint
 from seqpack.packing import PackedBlocks
 from seqpack.schemas import blocks_to_table, serialize_shard
+from seqpack.schemas import stats as stats_format
 from seqpack.transforms.bundle_stats import StatsDoFn
 from seqpack.transforms.pack import ShardBlocks
 
@@ -36,6 +37,7 @@ def table_of(blocks: PackedBlocks) -> pa.Table:
         position_ids=blocks.position_ids,
         seq_len_offsets=blocks.seq_len_offsets,
         seq_lens=blocks.seq_lens,
+        source_ids=blocks.source_ids,
     )
 
 
@@ -85,19 +87,41 @@ class ShardFormat:
 
     file_format: str = "parquet"
     row_group_size: int = 256
+    sources: tuple[str, ...] = ()
+    """A mixture's source names, by id: its shards get the ``source_id`` column (``schemas.columns.shard_schema``)
+    and the write step counts tokens per source."""
+
+    @property
+    def with_sources(self) -> bool:
+        return bool(self.sources)
 
 
 class BlockStatsDoFn(StatsDoFn):
     """Counts what a bucket's packed blocks add to the run's statistics, wherever they are written."""
 
-    def count_blocks(self, shard: ShardBlocks) -> None:
+    def count_blocks(self, shard: ShardBlocks, sources: tuple[str, ...] = ()) -> None:
+        """Count the blocks; in a mixture (``sources``: the names by id) the tokens of each source too."""
         blocks = shard.blocks
+        if sources and blocks.source_ids is not None:
+            count_sources(self.stats, blocks, sources)
         self.count("blocks", blocks.rows)
         self.count("block_tokens", len(blocks.input_ids))
         self.count("tokens_written", blocks.real_tokens)
         self.count("trained_tokens", int(np.count_nonzero(blocks.labels != IGNORE_INDEX)))
         self.count_keyed("blocks_by_split", shard.split, blocks.rows)
         self.count_keyed("pieces_written_by_split", shard.split, shard.pieces_whole)
+
+
+def count_sources(stats: dict[str, Any], blocks: PackedBlocks, sources: tuple[str, ...]) -> None:
+    """Add each source's written and trained tokens to ``stats["sources"]`` (``stats.source_stats``)."""
+    real = blocks.attention_mask == 1  # each row's examples, in order, then its padding
+    token_source = np.repeat(blocks.source_ids.astype(np.int64), blocks.seq_lens)
+    written = np.bincount(token_source, minlength=len(sources))
+    trained = np.bincount(token_source[blocks.labels[real] != IGNORE_INDEX], minlength=len(sources))
+    for source_id in np.flatnonzero(written).tolist():
+        counts = stats_format.source_stats(stats, sources[source_id])
+        counts["tokens_written"] += int(written[source_id])
+        counts["trained_tokens"] += int(trained[source_id])
 
 
 class WriteShardDoFn(BlockStatsDoFn):
@@ -113,7 +137,7 @@ class WriteShardDoFn(BlockStatsDoFn):
         name = shard_name(shard.split, shard.index, shard.count, cfg.file_format)
         data = serialize_shard(table_of(shard.blocks), cfg.file_format, cfg.row_group_size)
         write_atomically(FileSystems.join(self.root, name), data, fault_point="write_shard")
-        self.count_blocks(shard)
+        self.count_blocks(shard, cfg.sources)
         blocks = shard.blocks
         yield shard_description(shard.split, name, rows=blocks.rows, examples=blocks.examples,
                                 tokens=blocks.real_tokens, size=len(data), sha256=hashlib.sha256(data).hexdigest())
