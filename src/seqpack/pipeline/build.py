@@ -236,11 +236,12 @@ def build_pipeline(
         dedup_stats = [key_files[STATS_TAG]]  # the commit lists the key files: it waits
     spills = _together([branch.spills for branch in branches], "AllSpills")
     shuffle = resolve_shuffle(config.shuffle, pipeline.runner)
-    plan, mix_stats = None, []
+    mixture, mix_stats = None, []
     if config.sources:  # the weighting: how many copies of each example, planned from all the spill files
-        plan = spills | "PlanMixture" >> PlanMixture(mix_options(config))
-        mix_stats = [plan | "WriteMixturePlan" >> beam.ParDo(WritePlanDoFn(revision_root))]
-    shards = spills | "ShuffleAndPack" >> ShuffleAndPack(pack_options(config, pad_id), shuffle=shuffle, plan=plan)
+        mixture = spills | "PlanMixture" >> PlanMixture(mix_options(config))
+        mix_stats = [mixture | "WriteMixturePlan" >> beam.ParDo(WritePlanDoFn(revision_root))]
+    shards = spills | "ShuffleAndPack" >> ShuffleAndPack(pack_options(config, pad_id), shuffle=shuffle,
+                                                         plan=mixture)
     written = shards | "WriteShards" >> WriteShards(
         shard_format(config), root=revision_root, staging=plan.destination.staging,
         per_shard=buckets_per_shard(config.shard_bytes, config.bucket_tokens),
