@@ -21,6 +21,10 @@ from seqpack.schemas import stats as stats_format
 
 MIXTURE_REASON = "mixture"
 """``dropped_by_reason`` of the examples a down-sampled source does not write."""
+APART_MIN_BLOCKS = 32
+"""A copy round is packed apart from the others (so no block holds two copies of one example) when it fills at
+least this many blocks: each part leaves about one block partly filled, under 1/32 of the part's blocks. Smaller
+rounds (a few examples repeated many times) join the last part, where their copies may share a block."""
 
 
 def written_tokens(plan: MixturePlan) -> dict[str, int]:
@@ -31,19 +35,29 @@ def written_tokens(plan: MixturePlan) -> dict[str, int]:
     return tokens
 
 
-def weighted(plan: MixturePlan, split: str, examples: ExampleColumns) -> ExampleColumns:
-    """A whole bucket's key-sorted examples, each as many times as the plan says (0: left out).
+def weighted(plan: MixturePlan, split: str, examples: ExampleColumns, *, block_tokens: int
+             ) -> tuple[ExampleColumns, list[int]]:
+    """A whole bucket's key-sorted examples, each as many times as the plan says (0: left out), and the offsets
+    of the parts to pack apart (``packing.pack_columns``'s ``parts``).
 
-    Copy-major order: every example's first copy in key order, then the second copies, and so on, so that
-    best-fit packing, which fills a block with consecutive examples of one length, rarely puts two copies of
-    one example in one block (it can when a length has fewer distinct examples than fit in a block)."""
+    Copy-major order: every example's first copy in key order, then the second copies (round 1), and so on. Each
+    round holds an example at most once, so a round packed apart never puts two copies of one example in one
+    block; a round smaller than ``APART_MIN_BLOCKS`` blocks of ``block_tokens`` joins the part before it."""
     if examples.source is None:
         raise ValueError("a mixture's examples carry their source id; these have none")
     counts = mixing.copies(plan, split, examples.source, examples.key_hi, examples.key_lo)
-    if len(counts) and counts.max() <= 1:
-        return examples if counts.all() else examples.take(np.flatnonzero(counts))
-    rounds = [np.flatnonzero(counts > r) for r in range(int(counts.max(initial=0)))]
-    return examples.take(np.concatenate(rounds) if rounds else np.zeros(0, np.int64))
+    if not len(counts) or counts.max() <= 1:
+        kept = examples if counts.all() else examples.take(np.flatnonzero(counts))
+        return kept, [0, len(kept)]
+    rounds = [np.flatnonzero(counts > r) for r in range(int(counts.max()))]
+    lengths = examples.lengths
+    parts = [0]
+    for previous, chosen in zip(rounds, rounds[1:], strict=False):
+        parts.append(parts[-1] + len(previous))
+        if int(lengths[chosen].sum()) < APART_MIN_BLOCKS * block_tokens:
+            parts.pop()  # this round and the (smaller) ones after it join the part before
+            break
+    return examples.take(np.concatenate(rounds)), [*parts, int(counts.sum())]
 
 
 def mixture_stats(plan: MixturePlan) -> dict[str, Any]:

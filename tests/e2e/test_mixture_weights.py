@@ -51,8 +51,8 @@ def job_file(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> P
         (root / name).mkdir()
         write_jsonl(root / name / "part-0.jsonl", RECORDS[name])
         sources.append({"name": name, "input": f"{root}/{name}/*.jsonl", "template": template, "weight": weight})
-    job = {"tokenizer": str(chatml), "max_length": 256, "bucket_tokens": 512, "shard_bytes": 1, "seed": 5, "sources": sources,
-           "beam": {"direct_running_mode": "in_memory"}}
+    job = {"tokenizer": str(chatml), "max_length": 256, "bucket_tokens": 512, "shard_bytes": 1, "seed": 5,
+           "sources": sources, "beam": {"direct_running_mode": "in_memory"}}
     path = root / "job.yaml"
     path.write_text(yaml.safe_dump(job), encoding="utf-8")
     return path

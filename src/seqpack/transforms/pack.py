@@ -63,8 +63,9 @@ def pack_bucket(bucket: Bucket, examples: ExampleColumns, options: PackOptions,
     """A bucket's key-sorted examples packed into its shard's blocks, in the seeded order (both shuffles); in a
     mixture (``plan``) each example as many times as the plan says."""
     split, index, count = bucket
+    parts = None
     if plan is not None:
-        examples = weighted(plan, split, examples)
+        examples, parts = weighted(plan, split, examples, block_tokens=options.max_length)
     if lose_one_example() and len(examples):  # a test hook: the accounting must catch this
         examples = examples.slice(0, len(examples) - 1)
     blocks = pack_columns(
@@ -73,6 +74,7 @@ def pack_bucket(bucket: Bucket, examples: ExampleColumns, options: PackOptions,
         max_length=options.max_length,
         pad_id=options.pad_id,
         mask_boundaries=options.mask_boundaries,
+        parts=parts,
     )
     blocks = permute_blocks(blocks, options.seed, split, index)
     return ShardBlocks(split, index, count, blocks, len(examples))
