@@ -10,6 +10,7 @@ a whole bucket at once (identical examples share a key, and the plan may give on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -90,3 +91,16 @@ def mixture_stats(plan: MixturePlan) -> dict[str, Any]:
         "shares": [share.__dict__ for share in mixing.shares(plan)],
     }
     return stats
+
+
+def share_line(stats: Mapping[str, Any], where: str) -> str:
+    """The run summary's line about a mixture: each train source's share achieved (and asked), and the repeats.
+
+        mixture by tokens: pairs 50.2% (asked 50.0%), alpaca 29.9% (30.0%) · 120 repeats → out/v000001/mixture.json
+    """
+    mixture = stats[stats_format.MIXTURE]
+    shares = [s for s in mixture["shares"] if s["split"] == "train"] or mixture["shares"]
+    parts = [f"{s['name']} {s['achieved']:.1%} ({'asked ' if not n else ''}{s['asked']:.1%})"
+             for n, s in enumerate(shares)]
+    return (f"  mixture by {mixture['weight_by']}: {', '.join(parts)} · {mixture['examples_repeated']:,} repeats "
+            f"→ {where}")

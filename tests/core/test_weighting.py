@@ -10,7 +10,7 @@ from seqpack import mixing
 from seqpack.example_columns import ExampleColumns, offsets_of
 from seqpack.packing import PackedBlocks, pack_columns
 from seqpack.schemas import stats as stats_format
-from seqpack.weighting import APART_MIN_BLOCKS, MIXTURE_REASON, mixture_stats, weighted, written_tokens
+from seqpack.weighting import APART_MIN_BLOCKS, MIXTURE_REASON, mixture_stats, share_line, weighted, written_tokens
 
 NAMES = ["small", "large"]
 MAX_LENGTH = 64
@@ -101,3 +101,18 @@ def test_statistics_keep_every_sources_identity(columns: ExampleColumns, plan: m
         assert counts["examples_written"] - counts["examples_repeated"] + counts["examples_dropped"] == read[name]
     assert merged["dropped_by_reason"][MIXTURE_REASON] == merged["sources"]["large"]["examples_dropped"] > 0
     assert merged["mixture"]["examples_repeated"] == merged["sources"]["small"]["examples_repeated"] > 0
+
+
+def test_two_generations_shares_add_up(columns: ExampleColumns, plan: mixing.MixturePlan) -> None:
+    other = plan_for(bucket([400, 3000], seed=2), [0.7, 0.3])
+    first, second = mixture_stats(plan), mixture_stats(other)
+    merged = stats_format.merge_stats([first, second])["mixture"]
+    for (split, source), mine in plan.sources.items():
+        (share,) = [s for s in merged["shares"] if (s["split"], s["name"]) == (split, mine.name)]
+        assert share["written"] == mine.written_tokens + other.sources[(split, source)].written_tokens
+        assert share["asked"] == pytest.approx(0.7 if source == 0 else 0.3)
+    assert sum(s["achieved"] for s in merged["shares"]) == pytest.approx(1.0)
+    assert merged["examples_repeated"] == first["mixture"]["examples_repeated"] + second["mixture"][
+        "examples_repeated"]
+    line = share_line({"mixture": merged}, "out/v000002/mixture.json")
+    assert line.startswith("  mixture by tokens: small 70.0% (asked 70.0%), large 30.0% (30.0%) · ")

@@ -100,8 +100,8 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Add partial statistics together; order does not matter (a Beam combiner relies on that)."""
     total = empty_stats()
     for part in parts:
-        if MIXTURE in part:  # one element carries it (``transforms.mix.mixture_stats``)
-            total[MIXTURE] = part[MIXTURE]
+        if MIXTURE in part:  # one element of a run carries it (``weighting.mixture_stats``); one per generation
+            total[MIXTURE] = _merge_mixture(total.get(MIXTURE), part[MIXTURE])
         for source, counts in part.get(SOURCES, {}).items():
             merged = source_stats(total, source)
             for name, value in counts.items():
@@ -116,6 +116,26 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             if hist:
                 total[name] = [a + b for a, b in zip(total[name], hist, strict=True)]
     return total
+
+
+def _merge_mixture(total: Mapping[str, Any] | None, part: Mapping[str, Any]) -> dict[str, Any]:
+    """Two runs' ``mixture`` sections (generations of one dataset) as one: counts and amounts added, each split's
+    achieved shares worked out again from the amounts written."""
+    if total is None:
+        return dict(part)
+    merged = {**total, **{name: total.get(name, 0) + value for name, value in part.items()
+                          if name not in ("weight_by", "shares")}}
+    shares: dict[tuple[str, str], dict[str, Any]] = {}
+    for share in [*total.get("shares", []), *part.get("shares", [])]:
+        key = (share["split"], share["name"])
+        known = shares.setdefault(key, {**share, "target": 0.0, "written": 0})
+        known["target"] += share["target"]
+        known["written"] += share["written"]
+    for (split, _), share in shares.items():
+        written = sum(other["written"] for (s, _), other in shares.items() if s == split)
+        share["achieved"] = share["written"] / written if written else 0.0
+    merged["shares"] = list(shares.values())
+    return merged
 
 
 class AccountingError(RuntimeError):
