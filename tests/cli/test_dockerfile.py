@@ -31,10 +31,10 @@ except ImportError:  # Python 3.10
 
 REPO = Path(__file__).resolve().parents[2]
 METADATA = REPO / "templates" / "flex" / "metadata.json"
-NOT_TEMPLATE_PARAMETERS = {"report", "quiet", "no_wait", "rebuild"}
+NOT_TEMPLATE_PARAMETERS = {"report", "quiet", "no_wait", "rebuild", "source"}
 """`seqpack run` options a Flex Template does not offer: --report needs matplotlib, which the image lacks; the
 template says `wait=true` or `wait=false` (its default) rather than `no_wait`, and `overwrite` rather than its
-alias `rebuild`."""
+alias `rebuild`; a mixture's sources (whose `--source` values hold commas) go in the `config` job file."""
 
 
 @dataclass(frozen=True)
