@@ -115,9 +115,11 @@ class ExampleColumns:
 
     @classmethod
     def concat(cls, parts: Sequence[ExampleColumns]) -> ExampleColumns:
-        """All examples of ``parts``, in order. Parts must agree on whether they carry ``trained`` and ``source``."""
+        """All examples of ``parts``, in order. Parts must agree on whether they carry ``trained`` and ``source``;
+        an empty part agrees with any (a spill file's empty range has no source id to carry)."""
         if not parts:
             return empty_columns()
+        parts = [part for part in parts if len(part)] or list(parts[:1])
         kinds = {part.trained is None for part in parts}
         if len(kinds) > 1:
             raise ValueError("cannot mix examples with and without a per-token loss mask")

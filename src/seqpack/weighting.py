@@ -44,6 +44,8 @@ def weighted(plan: MixturePlan, split: str, examples: ExampleColumns, *, block_t
     Copy-major order: every example's first copy in key order, then the second copies (round 1), and so on. Each
     round holds an example at most once, so a round packed apart never puts two copies of one example in one
     block; a round smaller than ``APART_MIN_BLOCKS`` blocks of ``block_tokens`` joins the part before it."""
+    if not len(examples):
+        return examples, [0, 0]
     if examples.source is None:
         raise ValueError("a mixture's examples carry their source id; these have none")
     counts = mixing.copies(plan, split, examples.source, examples.key_hi, examples.key_lo)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from seqpack import mixing
-from seqpack.example_columns import ExampleColumns, offsets_of
+from seqpack.example_columns import ExampleColumns, empty_columns, offsets_of
 from seqpack.packing import PackedBlocks, pack_columns
 from seqpack.schemas import stats as stats_format
 from seqpack.weighting import APART_MIN_BLOCKS, MIXTURE_REASON, mixture_stats, share_line, weighted, written_tokens
@@ -116,3 +116,13 @@ def test_two_generations_shares_add_up(columns: ExampleColumns, plan: mixing.Mix
         "examples_repeated"]
     line = share_line({"mixture": merged}, "out/v000002/mixture.json")
     assert line.startswith("  mixture by tokens: small 70.0% (asked 70.0%), large 30.0% (30.0%) · ")
+
+
+def test_a_bucket_with_empty_spill_ranges_is_weighted(columns: ExampleColumns, plan: mixing.MixturePlan) -> None:
+    """A spill file with nothing in a bucket's key range gives empty columns without source ids: they join the
+    others' (or make an empty bucket) instead of failing the run."""
+    nothing = empty_columns()
+    joined = ExampleColumns.concat([nothing, columns.slice(0, 10), nothing])
+    assert len(joined) == 10 and joined.source is not None
+    out, parts = weighted(plan, "train", ExampleColumns.concat([nothing, nothing]), block_tokens=MAX_LENGTH)
+    assert len(out) == 0 and parts == [0, 0]

@@ -76,20 +76,24 @@ def by_tokens_runner(job_file: Path) -> Path:
 @pytest.fixture(scope="module")
 def by_examples(job_file: Path) -> Path:
     return _run(job_file, job_file.parent / "by-examples", "--weight-by", "examples",
-                "--mix-total-tokens", str(TOTAL_TOKENS))
+                "--mix-total-tokens", str(TOTAL_TOKENS), "--validation-fraction", "0.25")
 
 
-def written(dataset: Path) -> dict[str, list[tuple[int, ...]]]:
+def written(dataset: Path, splits: tuple[str, ...] = ("train",)) -> dict[str, list[tuple[int, ...]]]:
     """Every example in the shards, as its token ids, under its source's name (read through ``ShardSet``)."""
     found: dict[str, list[tuple[int, ...]]] = {name: [] for name in NAMES}
-    shards = ShardSet.open(str(dataset), split="train")
+    for split in splits:
+        _read_split(ShardSet.open(str(dataset), split=split), found)
+    return found
+
+
+def _read_split(shards: ShardSet, found: dict[str, list[tuple[int, ...]]]) -> None:
     for unit in range(shards.num_units):
         for row in shards.read_unit(unit).to_pylist():
             start = 0
             for length, source_id in zip(row["seq_lens"], row["source_id"], strict=True):
                 found[NAMES[source_id]].append(tuple(row["input_ids"][start : start + length]))
                 start += length
-    return found
 
 
 def plan_of(dataset: Path) -> MixturePlan:
@@ -133,8 +137,11 @@ def test_each_source_is_within_one_example_of_its_example_share(by_examples: Pat
     for name, weight in zip(NAMES, WEIGHTS, strict=True):
         assert abs(len(found[name]) - weight * total) <= 0.5, (name, len(found[name]), weight * total)
         assert plan[name].target == pytest.approx(weight * total)
-    tokens = sum(len(example) for examples in found.values() for example in examples)
+    everywhere = written(by_examples, ("train", "validation"))
+    tokens = sum(len(example) for examples in everywhere.values() for example in examples)
     assert abs(tokens - TOTAL_TOKENS) < 0.1 * TOTAL_TOKENS  # as near as the sources' mean lengths allow
+    held_out = [s for s in stats_of(by_examples)[MIXTURE]["shares"] if s["split"] == "validation"]
+    assert held_out and sum(s["achieved"] for s in held_out) == pytest.approx(1.0)
 
 
 def test_the_same_bytes_whatever_the_workers_and_the_shuffle(by_tokens: Path, by_tokens_runner: Path) -> None:
@@ -148,7 +155,7 @@ def test_the_same_bytes_whatever_the_workers_and_the_shuffle(by_tokens: Path, by
 
 def test_every_source_adds_up(by_tokens: Path, by_examples: Path) -> None:
     for dataset in (by_tokens, by_examples):
-        stats, found = stats_of(dataset), written(dataset)
+        stats, found = stats_of(dataset), written(dataset, tuple(open_manifest(str(dataset)).splits))
         for name in NAMES:
             counts = stats[SOURCES][name]
             assert counts["examples_written"] == len(found[name])
