@@ -30,7 +30,7 @@ still is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,12 +86,14 @@ class AuditFacts:
     overlong: str = "truncate-left"
 
     @classmethod
-    def of(cls, manifest: Any, end_of_turn_ids: Iterable[int] = ()) -> AuditFacts:
+    def of(cls, manifest: Any, end_of_turn_ids: Iterable[int] = (), config: Mapping[str, Any] | None = None
+           ) -> AuditFacts:
         """From a manifest: its tokenizer's special ids and the run's ``config`` (older or hand-written
         manifests without a setting get ``seqpack run``'s default). For a chat dataset, ``end_of_turn_ids`` are
         the tokenizer's end-of-turn tokens (``end_of_turn_ids_of``): without any, whether a turn ends with its
-        token cannot be told, and that check is not made."""
-        config: Mapping[str, Any] = manifest.config or {}
+        token cannot be told, and that check is not made. ``config``: another configuration than the manifest's
+        (one source's, ``for_sources``)."""
+        config = (manifest.config or {}) if config is None else config
         chat = config.get("template", "plain") == "chat"
         tokenizer = manifest.tokenizer
         eos = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
@@ -108,6 +110,13 @@ class AuditFacts:
             # A manifest without the setting predates truncate-target: it was built with the left cut.
             overlong=OVERLONG_ALIASES.get(config.get("overlong", "truncate"), config.get("overlong", "truncate")),
         )
+
+
+def for_sources(manifest: Any, end_of_turn_ids: Iterable[int] = ()) -> list[AuditFacts]:
+    """A mixture's facts by source id: each source's options over the run's configuration (empty without
+    sources)."""
+    turns = list(end_of_turn_ids)
+    return [AuditFacts.of(manifest, turns, {**(manifest.config or {}), **source}) for source in manifest.sources]
 
 
 def end_of_turn_ids_of(vocabulary: Mapping[str, int]) -> set[int]:
@@ -179,9 +188,12 @@ def audit_block(
     attention_mask: np.ndarray,
     position_ids: np.ndarray,
     seq_lens: np.ndarray,
+    source_ids: np.ndarray | None = None,
+    by_source: Sequence[AuditFacts] = (),
 ) -> Iterator[Finding]:
     """The findings of one block row, example by example (cut by ``seq_lens``; what follows is padding, which
-    ``attention_mask`` says and which is not checked)."""
+    ``attention_mask`` says and which is not checked). In a mixture each example is checked with its source's
+    facts (``source_ids``, aligned with ``seq_lens``; ``by_source`` from ``for_sources``)."""
     ids, labs, pos = (np.asarray(a, dtype=np.int64) for a in (input_ids, labels, position_ids))
     lengths = [int(n) for n in np.asarray(seq_lens)]
     real = int(np.asarray(attention_mask).sum())
@@ -189,8 +201,9 @@ def audit_block(
     for index, length in enumerate(lengths):
         end = start + length
         edge = index == 0 or (index == len(lengths) - 1 and real >= facts.max_length)
-        whole = facts.overlong != "split" and not (facts.wrap and edge)
-        for code in example_findings(facts, ids[start:end], labs[start:end], pos[start:end], whole=whole,
+        mine = facts if source_ids is None else by_source[int(source_ids[index])]
+        whole = mine.overlong != "split" and not (facts.wrap and edge)
+        for code in example_findings(mine, ids[start:end], labs[start:end], pos[start:end], whole=whole,
                                      first_in_row=index == 0):
             yield Finding(code, index)
         start = end

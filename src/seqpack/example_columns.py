@@ -119,7 +119,7 @@ class ExampleColumns:
         an empty part agrees with any (a spill file's empty range has no source id to carry)."""
         if not parts:
             return empty_columns()
-        parts = [part for part in parts if len(part)] or list(parts[:1])
+        parts = [part for part in parts if len(part)] or parts[:1]  # an empty part has no kind to disagree on
         kinds = {part.trained is None for part in parts}
         if len(kinds) > 1:
             raise ValueError("cannot mix examples with and without a per-token loss mask")

@@ -60,13 +60,16 @@ def _changed_sources(now: list[dict[str, Any]], before: list[dict[str, Any]]) ->
     def names(sources: list[dict[str, Any]]) -> list[str]:
         return [source.get("name") for source in sources]
 
+    if not now and before:
+        return f"the dataset is a mixture of the sources {_show(names(before))}, but no sources were given here"
+    if now and not before:
+        return "sources (a mixture) were given here, but the dataset was built without sources"
     if names(now) != names(before):
         return (f"the sources are {_show(names(now))} here (by id), but the dataset was built with "
-                f"{_show(names(before))}" if before else "the sources (a mixture) were given here, but the dataset "
-                "was built without sources")
+                f"{_show(names(before))}")
     for mine, theirs in zip(now, before, strict=True):
-        for option in sorted(set(mine) | set(theirs) - {"inputs"}):
-            if option != "inputs" and mine.get(option) != theirs.get(option):
+        for option in sorted((set(mine) | set(theirs)) - {"inputs"}):
+            if mine.get(option) != theirs.get(option):
                 return (f"source {mine['name']!r} has {option} {_show(mine.get(option))} here, but the dataset was "
                         f"built with {_show(theirs.get(option))}")
     return None

@@ -24,7 +24,7 @@ from seqpack import IGNORE_INDEX
 from seqpack.cli.main import main
 from seqpack.dataset import open_manifest, verify_dataset
 from seqpack.faults import FAULT_ENV
-from seqpack.schemas import LOCK_NAME, MANIFEST_NAME, STAGING_NAME, STATS_NAME
+from seqpack.schemas import FORMAT_VERSION, LOCK_NAME, MANIFEST_NAME, STAGING_NAME, STATS_NAME
 
 DAYS = 4
 PER_DAY = 60
@@ -115,7 +115,7 @@ def test_each_append_commits_a_generation_of_only_its_new_files(grown: dict) -> 
     codes = [code for code, _ in grown["steps"]]
     assert codes == [0, 0, 0, 0], grown["steps"]
     manifest = json.loads((grown["output"] / MANIFEST_NAME).read_text())
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == FORMAT_VERSION
     generations = manifest["generations"]
     assert [g["id"] for g in generations] == [1, 2, 3], "the up-to-date append added no generation"
     consumed = [sorted(Path(i["path"]).name for i in g["inputs"]) for g in generations]
@@ -369,10 +369,10 @@ def test_append_onto_a_version_1_dataset_is_refused_but_readers_open_it(
 
     examples = sum(len(sample["seq_lens"]) for sample in PackedDataset(str(output), split="train", seed=0))
     assert examples == PER_DAY and torch is not None
-    # --rebuild converts it: a version-2 dataset that can grow again
+    # --rebuild converts it: a dataset of the current version, that can grow again
     code, err = cli(capsys, seqpack_run(inputs, output, tokenizer_dir, "--rebuild"))
     assert code == 0, err
-    assert open_manifest(str(output)).format_version == 2
+    assert open_manifest(str(output)).format_version == FORMAT_VERSION
 
 
 # ------------------------------------------------------------------------------------- failures leave it whole

@@ -65,6 +65,7 @@ def job(tmp_path_factory: pytest.TempPathFactory, chatml_dir: Path) -> dict:
         write_jsonl(root / name / "part-0.jsonl", records)
     return {
         "tokenizer": str(chatml_dir), "output": str(root / "out"), "max_length": 256, "seed": 3,
+        "bucket_tokens": 256, "shard_bytes": 2000,  # several buckets to a shard: the parts path
         # weights in proportion to the examples each source keeps (12, 8, 6): each is written once
         # (tests/e2e/test_mixture_weights.py has weights that repeat and leave out examples)
         "weight_by": "examples",
@@ -149,12 +150,20 @@ def test_the_loader_yields_source_ids_aligned_with_examples(dataset: Path) -> No
     from seqpack.loader.collate import collate_padded, collate_padding_free
 
     samples = list(PackedDataset(str(dataset), shuffle=False))
-    table = pq.read_table(sorted(dataset_file(dataset, "train").iterdir())[0])
-    assert [s[SOURCE_ID].tolist() for s in samples] == table.column(SOURCE_ID).to_pylist()
+    shards = ShardSet.open(str(dataset), split="train")
+    stored = [ids for unit in range(shards.num_units) for ids in shards.read_unit(unit).column(SOURCE_ID).to_pylist()]
+    assert [s[SOURCE_ID].tolist() for s in samples] == stored and len(shards.shards) > 1
+    assert all(len(s[SOURCE_ID]) == len(s["seq_lens"]) for s in samples)
     for collate in (collate_padding_free, collate_padded):
         batch = collate(samples[:3])
         assert batch[SOURCE_ID].tolist() == [i for s in samples[:3] for i in s[SOURCE_ID].tolist()]
         assert len(batch[SOURCE_ID]) == len(batch["trained_tokens_per_example"])
+
+
+def test_audit_checks_each_example_as_its_source_was_built(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Pairs end with a trained EOS, chats with a trained end-of-turn: judged by one config, one kind fails."""
+    assert main(["audit", str(dataset), "--plain"]) == 0, capsys.readouterr().out
+    assert "no findings" in capsys.readouterr().out
 
 
 def test_inspect_shows_one_source(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -171,7 +180,7 @@ def test_the_shorthand_is_the_job_file(job: dict, tmp_path: Path) -> None:
     first, second, third = job["sources"]
     shorthand = resolve([
         "--tokenizer", job["tokenizer"], "--output", job["output"], "--max-length", "256", "--seed", "3",
-        "--weight-by", "examples",
+        "--bucket-tokens", "256", "--shard-bytes", "2000", "--weight-by", "examples",
         "--source", f"name=pairs,input={first['input']},weight=12,min_target_tokens=3",
         "--source", f"name=alpaca,input={second['input']},template=alpaca,weight=8",
         "--source", f"name=chat,input={third['inputs'][0]},template=chat,weight=6",
@@ -186,7 +195,8 @@ def test_the_shorthand_is_the_job_file(job: dict, tmp_path: Path) -> None:
     ({"sources": [{"name": "a", "input": "x"}, {"name": "a", "input": "y"}]}, "two sources are named 'a'"),
     ({"input": ["z.jsonl"]}, "drop the top-level --input"),
     ({"template": "alpaca"}, "drop the top-level --template"),
-    ({"sources": [{"name": "a", "input": "x", "weigth": 1}]}, "unknown source option 'weigth' (did you mean 'weight'?)"),
+    ({"sources": [{"name": "a", "input": "x", "weigth": 1}]},
+     "unknown source option 'weigth' (did you mean 'weight'?)"),
     ({"sources": [{"name": "a", "input": "x", "weight": 0}]}, "weight must be a number above 0"),
     ({"sources": [{"name": "a b", "input": "x"}]}, "a source name is"),
     ({"sources": [{"name": "a", "input": "x", "train_on": "assistant"}]}, "source 'a': --train-on must be"),
@@ -207,7 +217,7 @@ def test_an_append_must_keep_the_sources(dataset: Path) -> None:
     assert "source 'pairs' has weight 0.9 here" in changed_setting(manifest, heavier, fingerprint)
     reordered = {**config, "sources": config["sources"][::-1]}
     assert "the sources are" in changed_setting(manifest, reordered, fingerprint)
-    assert "built with" in changed_setting(manifest, {**config, "sources": []}, fingerprint)
+    assert "no sources were given" in changed_setting(manifest, {**config, "sources": []}, fingerprint)
 
 
 def test_a_plain_run_writes_what_a_one_source_mixture_writes_without_source_ids(
@@ -220,3 +230,16 @@ def test_a_plain_run_writes_what_a_one_source_mixture_writes_without_source_ids(
     assert SOURCE_ID not in plain.column_names and open_manifest(str(tmp_path / "plain")).sources == []
     assert mix.column(SOURCE_ID).to_pylist() == [[0] * len(lens) for lens in mix.column("seq_lens").to_pylist()]
     assert mix.drop_columns([SOURCE_ID]).equals(plain)
+
+
+def test_the_readme_job_file_is_a_valid_mixture(tmp_path: Path) -> None:
+    section = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = section.split("\n## Mixtures\n", 1)[1].split("\n## ", 1)[0]
+    job = section.split("```yaml\n")[1]  # the first; the Weights one (mixture.yaml) is run by test_readme
+    config = resolve(["--config", str(write_job(yaml.safe_load(job.split("```")[0]), tmp_path / "job.yaml"))])
+    assert [source.name for source in config.sources] == ["chat", "code", "translation", "math"]
+    chat, code, translation, math = config.per_source()
+    assert chat.role_map == {"human": "user", "gpt": "assistant"} and chat.train_on == "assistant"
+    assert (translation.source_field, translation.separator) == ("en", " => ") and code.min_target_tokens == 1
+    assert math.template == "Problem: {source}\nSolution: {target}"
+    assert sum(source.weight for source in config.sources) == pytest.approx(1.0)

@@ -210,4 +210,7 @@ def _unit_problem(table: pa.Table) -> str | None:
     listed = pc.sum(pc.list_flatten(table.column("seq_lens")), min_count=0).as_py()
     if real != listed:
         return f"{real} tokens are marked real but seq_lens adds up to {listed}"
+    if SOURCE_ID in table.column_names and not pc.list_value_length(table.column(SOURCE_ID)).equals(
+            pc.list_value_length(table.column("seq_lens"))):
+        return f"rows of {SOURCE_ID} and seq_lens differ in length"
     return None

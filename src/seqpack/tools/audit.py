@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from seqpack.audit import FINDINGS, AuditFacts, audit_block, end_of_turn_ids_of
+from seqpack.audit import FINDINGS, AuditFacts, audit_block, end_of_turn_ids_of, for_sources
 from seqpack.dataset import ShardSet, open_manifest
 from seqpack.schemas import Manifest
+from seqpack.schemas.columns import SOURCE_ID
 from seqpack.tools.blocks import (
     ExampleView,
     LoadedTokenizer,
@@ -86,12 +87,13 @@ def audit_dataset(url: str, *, tokenizer: str | None = None, splits: Sequence[st
     manifest = open_manifest(url)
     loaded, turns = _chat_tokenizer(url, manifest, tokenizer)
     facts = AuditFacts.of(manifest, turns)
+    by_source = for_sources(manifest, turns)  # a mixture: each example checked as its source was built
     audit = Audit(url)
     missing = [split for split in splits if split not in manifest.splits]
     if missing:
         raise NoSuchSplit(f"{url} has no split {', '.join(map(repr, missing))}; it has {', '.join(manifest.splits)}")
     for split in splits or list(manifest.splits):
-        _audit_split(audit, facts, ShardSet.open(url, split=split))
+        _audit_split(audit, facts, ShardSet.open(url, split=split), by_source)
     if audit.samples:
         loaded = loaded or load_dataset_tokenizer(url, manifest, tokenizer)
         audit.tokenizer_warning = loaded.warning
@@ -105,13 +107,14 @@ def audit_dataset(url: str, *, tokenizer: str | None = None, splits: Sequence[st
 def _chat_tokenizer(url: str, manifest: Manifest, tokenizer: str | None) -> tuple[LoadedTokenizer | None, set[int]]:
     """For a chat dataset, its tokenizer and the ids of its end-of-turn tokens (the manifest does not list them);
     for a pair dataset, nothing (the tokenizer is loaded only if there are findings to show)."""
-    if (manifest.config or {}).get("template") != "chat":
+    templates = {(manifest.config or {}).get("template")} | {source.get("template") for source in manifest.sources}
+    if "chat" not in templates:
         return None, set()
     loaded = load_dataset_tokenizer(url, manifest, tokenizer)
     return loaded, end_of_turn_ids_of(loaded.tokenizer.get_vocab())
 
 
-def _audit_split(audit: Audit, facts: AuditFacts, shards: ShardSet) -> None:
+def _audit_split(audit: Audit, facts: AuditFacts, shards: ShardSet, by_source: list[AuditFacts]) -> None:
     row = 0
     try:
         for unit in range(shards.num_units):
@@ -121,17 +124,19 @@ def _audit_split(audit: Audit, facts: AuditFacts, shards: ShardSet) -> None:
                 block = dict(zip(columns, values, strict=True))
                 audit.blocks += 1
                 audit.examples += len(block["seq_lens"])
-                _audit_row(audit, facts, shards.split, row, block)
+                _audit_row(audit, facts, shards.split, row, block, by_source)
                 row += 1
     finally:
         shards.close()
 
 
-def _audit_row(audit: Audit, facts: AuditFacts, split: str, row: int, block: dict[str, list[int]]) -> None:
+def _audit_row(audit: Audit, facts: AuditFacts, split: str, row: int, block: dict[str, list[int]],
+               by_source: list[AuditFacts]) -> None:
     arrays = {name: np.asarray(block[name], dtype=np.int64) for name in
               ("input_ids", "labels", "attention_mask", "position_ids", "seq_lens")}
     starts = np.concatenate([[0], np.cumsum(arrays["seq_lens"])])
-    for finding in audit_block(facts, **arrays):
+    sources = np.asarray(block[SOURCE_ID]) if by_source and SOURCE_ID in block else None
+    for finding in audit_block(facts, **arrays, source_ids=sources, by_source=by_source):
         start, end = int(starts[finding.example]), int(starts[finding.example + 1])
         place = Place(split, row, finding.example, arrays["input_ids"][start:end], arrays["labels"][start:end])
         audit.add(finding.code, place)

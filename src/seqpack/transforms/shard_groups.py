@@ -102,7 +102,8 @@ class WritePartDoFn(BlockStatsDoFn):
         path = part_path(self.staging, packed.split, packed.index, packed.count)
         schema = shard_schema(self.shard_format.with_sources)
         with atomic_output(path) as out, pa.ipc.new_stream(pa.PythonFile(out, mode="w"), schema) as writer:
-            for batch in table_of(packed.blocks).to_batches(max_chunksize=self.shard_format.row_group_size):
+            table = table_of(packed.blocks, with_sources=self.shard_format.with_sources)
+            for batch in table.to_batches(max_chunksize=self.shard_format.row_group_size):
                 writer.write_batch(batch)
         self.count_blocks(packed, self.shard_format.sources)
         shard, shards = shard_of(packed.index, packed.count, self.per_shard)

@@ -6,7 +6,7 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Any
 
 import numpy as np
@@ -28,7 +28,13 @@ def shard_name(split: str, index: int, count: int, file_format: str) -> str:
     return f"{split}/part-{index:05d}-of-{count:05d}.{EXTENSIONS[file_format]}"
 
 
-def table_of(blocks: PackedBlocks) -> pa.Table:
+def table_of(blocks: PackedBlocks, *, with_sources: bool = False) -> pa.Table:
+    """The shard table of ``blocks``; ``with_sources`` (a mixture): with the ``source_id`` column, empty for a
+    bucket that holds no example (every shard of a mixture has the column)."""
+    if with_sources and blocks.source_ids is None:
+        if blocks.examples:
+            raise ValueError("a mixture's blocks lack their examples' source ids")
+        blocks = replace(blocks, source_ids=np.empty(0, np.int16))
     return blocks_to_table(
         row_offsets=blocks.row_offsets,
         input_ids=blocks.input_ids,
@@ -135,7 +141,8 @@ class WriteShardDoFn(BlockStatsDoFn):
     def process(self, shard: ShardBlocks) -> Iterator[dict[str, Any]]:
         cfg = self.shard_format
         name = shard_name(shard.split, shard.index, shard.count, cfg.file_format)
-        data = serialize_shard(table_of(shard.blocks), cfg.file_format, cfg.row_group_size)
+        data = serialize_shard(table_of(shard.blocks, with_sources=cfg.with_sources), cfg.file_format,
+                               cfg.row_group_size)
         write_atomically(FileSystems.join(self.root, name), data, fault_point="write_shard")
         self.count_blocks(shard, cfg.sources)
         blocks = shard.blocks
