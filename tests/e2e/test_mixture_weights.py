@@ -186,3 +186,10 @@ def test_stats_and_manifest_report_the_shares(by_tokens: Path) -> None:
     assert f"v000001/{MIXTURE_FILE}" in manifest["files"]
     recorded = json.loads((by_tokens / "v000001" / MIXTURE_FILE).read_text())
     assert recorded["shares"] == stats_of(by_tokens)[MIXTURE]["shares"]
+
+
+def test_a_mixture_refuses_overlong_split(job_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The weighting keeps or repeats rows; split examples would be sampled piece by piece."""
+    assert main(["run", "--config", str(job_file), "-o", str(tmp_path / "out"), "--overlong", "split"]) == 2
+    assert "a mixture cannot take --overlong split" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
