@@ -29,11 +29,21 @@ rounds (a few examples repeated many times) join the last part, where their copi
 
 
 def written_tokens(plan: MixturePlan) -> dict[str, int]:
-    """The tokens the plan writes per split: what the split's buckets are sized by."""
+    """The tokens the plan writes per split."""
     tokens: dict[str, int] = {}
     for (split, _), source in plan.sources.items():
         tokens[split] = tokens.get(split, 0) + source.written_tokens
     return tokens
+
+
+def bucket_sizing_tokens(plan: MixturePlan) -> dict[str, int]:
+    """What a split's buckets are sized by (``--bucket-tokens`` each): the larger of the tokens it writes and those
+    it reads, so that a bucket holds about that many whether the mixture repeats its examples (writes more) or
+    leaves most of them out (a small ``mix_total_tokens``: reads more)."""
+    read: dict[str, int] = {}
+    for (split, _), source in plan.sources.items():
+        read[split] = read.get(split, 0) + source.tokens
+    return {split: max(tokens, read[split]) for split, tokens in written_tokens(plan).items()}
 
 
 def weighted(plan: MixturePlan, split: str, examples: ExampleColumns, *, block_tokens: int

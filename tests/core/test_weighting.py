@@ -10,7 +10,15 @@ from seqpack import mixing
 from seqpack.example_columns import ExampleColumns, empty_columns, offsets_of
 from seqpack.packing import PackedBlocks, pack_columns
 from seqpack.schemas import stats as stats_format
-from seqpack.weighting import APART_MIN_BLOCKS, MIXTURE_REASON, mixture_stats, share_line, weighted, written_tokens
+from seqpack.weighting import (
+    APART_MIN_BLOCKS,
+    MIXTURE_REASON,
+    bucket_sizing_tokens,
+    mixture_stats,
+    share_line,
+    weighted,
+    written_tokens,
+)
 
 NAMES = ["small", "large"]
 MAX_LENGTH = 64
@@ -126,3 +134,14 @@ def test_a_bucket_with_empty_spill_ranges_is_weighted(columns: ExampleColumns, p
     assert len(joined) == 10 and joined.source is not None
     out, parts = weighted(plan, "train", ExampleColumns.concat([nothing, nothing]), block_tokens=MAX_LENGTH)
     assert len(out) == 0 and parts == [0, 0]
+
+
+def test_buckets_are_sized_by_what_a_split_writes_or_reads_if_more(columns: ExampleColumns,
+                                                                  plan: mixing.MixturePlan) -> None:
+    read = columns.tokens
+    assert bucket_sizing_tokens(plan) == {"train": max(read, written_tokens(plan)["train"])}
+    keys = (columns.source, columns.key_hi, columns.key_lo)
+    hist = mixing.histogram("train", *keys, columns.lengths, seed=3)
+    small = mixing.boundary(hist, NAMES, [0.7, 0.3], total_tokens=read // 10)  # a tenth: most left out
+    plan = mixing.resolve(small, mixing.boundary_sample(small, "train", *keys, columns.lengths))
+    assert written_tokens(plan)["train"] < read // 5 and bucket_sizing_tokens(plan) == {"train": read}

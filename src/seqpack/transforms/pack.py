@@ -24,7 +24,7 @@ from seqpack.mixing import MixturePlan
 from seqpack.packing import PackedBlocks, pack_columns
 from seqpack.transforms.shuffle import Bucket, SpillFile, bucket_count, permute_blocks, read_bucket
 from seqpack.transforms.shuffle_runner import Chunk, CutSpillDoFn, bucket_markers, decode_chunks
-from seqpack.weighting import weighted, written_tokens
+from seqpack.weighting import bucket_sizing_tokens, weighted
 
 SHUFFLES = ("spill", "runner")
 """How buckets are gathered (``--shuffle``, resolved from ``auto`` by ``pipeline.runners.resolve_shuffle``)."""
@@ -118,7 +118,7 @@ class ShuffleAndPack(beam.PTransform):
     ``--bucket-tokens`` whatever the dataset size; every shard named ``part-i-of-n`` exists, even one whose
     key range happens to hold no example. ``shuffle`` (``SHUFFLES``) picks how a bucket gathers its examples;
     the output is the same. ``plan``: a mixture's ``MixturePlan`` (a one-element PCollection, from
-    ``transforms.mix.PlanMixture``); the splits' buckets are then sized by the tokens it writes.
+    ``transforms.mix.PlanMixture``); the splits' buckets are then sized by the tokens it writes (or reads, if more).
     """
 
     def __init__(self, options: PackOptions, *, shuffle: str = "spill", plan: beam.PCollection | None = None) -> None:
@@ -137,8 +137,10 @@ class ShuffleAndPack(beam.PTransform):
                 | "TokensPerSplit" >> beam.Map(lambda spill: (spill.split, spill.tokens))
                 | "SumTokens" >> beam.CombinePerKey(sum)
             )
-        else:  # what the mixture writes, repeats included, not what it read
-            tokens = self.plan | "TokensPerSplit" >> beam.FlatMap(lambda plan: sorted(written_tokens(plan).items()))
+        else:  # what the mixture writes, repeats included, or what it reads if that is more
+            tokens = self.plan | "TokensPerSplit" >> beam.FlatMap(
+                lambda plan: sorted(bucket_sizing_tokens(plan).items())
+            )
         buckets_per_split = tokens | "BucketsPerSplit" >> beam.MapTuple(
             lambda split, tokens: (split, bucket_count(tokens, bucket_tokens))
         )
