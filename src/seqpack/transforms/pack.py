@@ -5,7 +5,7 @@ gathers each bucket in key order, packs it, and shuffles its block order with th
 on the set of examples, never on how they were spread over workers or files, nor on how buckets are gathered:
 ``spill`` (each bucket reads its slice of every spill file, ``transforms.shuffle``) and ``runner`` (each spill
 file is cut into per-bucket chunks that go through a ``GroupByKey``, ``transforms.shuffle_runner``) write the
-same bytes. In a mixture each bucket's examples are weighted once gathered (``transforms.mix.weighted``), so
+same bytes. In a mixture each bucket's examples are weighted once gathered (``weighting.weighted``), so
 they travel through either shuffle once, however many copies are written.
 
 Removing the shuffle changes the data: examples would be packed and written in input order.
