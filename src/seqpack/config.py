@@ -154,6 +154,9 @@ class RunConfig:
             raise UsageError(f"--weight-by must be one of {', '.join(WEIGHT_BY)}, got {self.weight_by!r}")
         if self.mix_total_tokens is not None and self.mix_total_tokens < 1:
             raise UsageError(f"--mix-total-tokens must be positive, got {self.mix_total_tokens}")
+        if self.overlong == "split":  # the weighting keeps or repeats pieces, the accounting counts examples
+            raise UsageError("a mixture cannot take --overlong split: its weights would keep or repeat an example's "
+                             "pieces apart; use --overlong truncate-target (the default) or --overlong drop")
         for source, config in zip(self.sources, self.per_source(), strict=True):
             try:
                 config.validate()

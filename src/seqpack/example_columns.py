@@ -115,7 +115,8 @@ class ExampleColumns:
 
     @classmethod
     def concat(cls, parts: Sequence[ExampleColumns]) -> ExampleColumns:
-        """All examples of ``parts``, in order. Parts must agree on whether they carry ``trained`` and ``source``."""
+        """All examples of ``parts``, in order. Parts must agree on whether they carry ``trained`` and ``source``;
+        an empty part agrees with any (a spill file's empty range has no source id to carry)."""
         if not parts:
             return empty_columns()
         parts = [part for part in parts if len(part)] or parts[:1]  # an empty part has no kind to disagree on

@@ -273,9 +273,19 @@ def pack_columns(
     max_length: int,
     pad_id: int,
     mask_boundaries: bool = True,
+    parts: Sequence[int] | None = None,
 ) -> PackedBlocks:
-    """Pack examples (in the order given) into blocks with ``strategy``; see the module docstring."""
-    segments = assign_segments(strategy, examples.lengths.tolist(), max_length)
+    """Pack examples (in the order given) into blocks with ``strategy``; see the module docstring.
+
+    ``parts``: offsets ``[0, ..., n]`` cutting the examples into runs that ``bfd`` packs apart, each into blocks
+    of its own (a mixture's rounds of copies: ``weighting.weighted``); the other strategies ignore them."""
+    lengths = examples.lengths.tolist()
+    if strategy == "bfd" and parts is not None and len(parts) > 2:
+        blocks = [[start + item for item in block] for start, stop in zip(parts, parts[1:], strict=False)
+                  for block in bfd_assign(lengths[start:stop], max_length)]
+        segments = _whole_item_segments(blocks, lengths)
+    else:
+        segments = assign_segments(strategy, lengths, max_length)
     return assemble(
         examples,
         segments,

@@ -138,6 +138,36 @@ def alpaca_records() -> list[dict[str, str]]:
     return [{"instruction": "Translate to French.", "input": p["source"], "output": p["target"]} for p in pairs]
 
 
+def chat_records() -> list[dict]:
+    """The demo pairs as conversations, for the README's mixture's `chats/*.jsonl`."""
+    pairs = [json.loads(line) for line in demo_pairs_path().read_text(encoding="utf-8").splitlines()]
+    return [{"messages": [{"role": "user", "content": p["source"]}, {"role": "assistant", "content": p["target"]}]}
+            for p in pairs[:100]]
+
+
+MIXTURE_TOKENIZER = "Qwen/Qwen2.5-0.5B-Instruct"
+"""The README's mixture names a hub tokenizer; here it is the demo's, with a ChatML template for its chat source."""
+CHATML = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n' }}{%- endfor %}")
+
+
+def chat_tokenizer_in(home: Path) -> Path:
+    """The demo tokenizer with a chat template, made once in ``home``."""
+    made = home / "chat-tokenizer"
+    if not made.exists():
+        from helpers import chat_tokenizer
+
+        chat_tokenizer(home / "seqpack-demo" / "tokenizer", made, CHATML)
+    return made
+
+
+def mixture_job(where: Path, home: Path) -> None:
+    """The README's mixture job file (its ```yaml block), with a tokenizer that is here."""
+    (job,) = [text for text in fenced("yaml") if text.startswith("# mixture.yaml")]
+    assert MIXTURE_TOKENIZER in job, "the README's mixture names another tokenizer: update MIXTURE_TOKENIZER"
+    where.write_text(job.replace(MIXTURE_TOKENIZER, str(chat_tokenizer_in(home))), encoding="utf-8")
+
+
 def demo_command() -> str:
     """The README's first command ends by running the demo; it is run here as written, in the fixture."""
     return bash_commands()[0].split("&&")[-1].strip().replace(VENV_BIN, "")
@@ -160,6 +190,9 @@ FIXTURES: dict[str, Callable[[Path, Path], None]] = {  # a name the README uses 
     "data": lambda where, home: (where.mkdir(), (where / "alpaca.jsonl").write_text(
         "".join(json.dumps(record) + "\n" for record in alpaca_records()), encoding="utf-8")),
     "out": lambda where, home: where.symlink_to(home / "seqpack-demo" / "dataset"),  # a dataset to read
+    "chats": lambda where, home: (where.mkdir(), (where / "chats.jsonl").write_text(
+        "".join(json.dumps(record) + "\n" for record in chat_records()), encoding="utf-8")),
+    "mixture.yaml": mixture_job,
 }
 
 

@@ -66,10 +66,13 @@ def job(tmp_path_factory: pytest.TempPathFactory, chatml_dir: Path) -> dict:
     return {
         "tokenizer": str(chatml_dir), "output": str(root / "out"), "max_length": 256, "seed": 3,
         "bucket_tokens": 256, "shard_bytes": 2000,  # several buckets to a shard: the parts path
+        # weights in proportion to the examples each source keeps (12, 8, 6): each is written once
+        # (tests/e2e/test_mixture_weights.py has weights that repeat and leave out examples)
+        "weight_by": "examples",
         "sources": [
-            {"name": "pairs", "input": f"{root}/pairs/*.jsonl", "weight": 0.5, "min-target-tokens": 3},
-            {"name": "alpaca", "input": f"{root}/alpaca/*.jsonl", "template": "alpaca", "weight": 0.3},
-            {"name": "chat", "inputs": [f"{root}/chat/*.jsonl"], "template": "chat", "weight": 0.2},
+            {"name": "pairs", "input": f"{root}/pairs/*.jsonl", "weight": 12, "min-target-tokens": 3},
+            {"name": "alpaca", "input": f"{root}/alpaca/*.jsonl", "template": "alpaca", "weight": 8},
+            {"name": "chat", "inputs": [f"{root}/chat/*.jsonl"], "template": "chat", "weight": 6},
         ],
     }
 
@@ -111,7 +114,7 @@ def test_every_record_of_every_source_appears_once_with_its_source(dataset: Path
     manifest = open_manifest(str(dataset))
     assert manifest.format_version == 3
     assert [(s["id"], s["name"], s["weight"], s["template"]) for s in manifest.sources] == [
-        (0, "pairs", 0.5, "plain"), (1, "alpaca", 0.3, "alpaca"), (2, "chat", 0.2, "chat")]
+        (0, "pairs", 12, "plain"), (1, "alpaca", 8, "alpaca"), (2, "chat", 6, "chat")]
     assert manifest.sources[0]["min_target_tokens"] == 3 and manifest.sources[1]["min_target_tokens"] == 0
     assert verify_dataset(str(dataset)).examples == sum(map(len, EXPECTED.values()))
 
@@ -179,10 +182,10 @@ def test_the_shorthand_is_the_job_file(job: dict, tmp_path: Path) -> None:
     first, second, third = job["sources"]
     shorthand = resolve([
         "--tokenizer", job["tokenizer"], "--output", job["output"], "--max-length", "256", "--seed", "3",
-        "--bucket-tokens", "256", "--shard-bytes", "2000",
-        "--source", f"name=pairs,input={first['input']},weight=0.5,min_target_tokens=3",
-        "--source", f"name=alpaca,input={second['input']},template=alpaca,weight=0.3",
-        "--source", f"name=chat,input={third['inputs'][0]},template=chat,weight=0.2",
+        "--bucket-tokens", "256", "--shard-bytes", "2000", "--weight-by", "examples",
+        "--source", f"name=pairs,input={first['input']},weight=12,min_target_tokens=3",
+        "--source", f"name=alpaca,input={second['input']},template=alpaca,weight=8",
+        "--source", f"name=chat,input={third['inputs'][0]},template=chat,weight=6",
     ])
     assert shorthand == from_file
     assert from_file.per_source()[2].train_on == "assistant" and from_file.per_source()[0].min_target_tokens == 3
@@ -234,7 +237,7 @@ def test_a_plain_run_writes_what_a_one_source_mixture_writes_without_source_ids(
 def test_the_readme_job_file_is_a_valid_mixture(tmp_path: Path) -> None:
     section = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = section.split("\n## Mixtures\n", 1)[1].split("\n## ", 1)[0]
-    [job] = [block for block in section.split("```yaml\n")[1:]]
+    job = section.split("```yaml\n")[1]  # the first; the Weights one (mixture.yaml) is run by test_readme
     config = resolve(["--config", str(write_job(yaml.safe_load(job.split("```")[0]), tmp_path / "job.yaml"))])
     assert [source.name for source in config.sources] == ["chat", "code", "translation", "math"]
     chat, code, translation, math = config.per_source()

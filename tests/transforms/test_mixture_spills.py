@@ -1,5 +1,5 @@
 """A mixture's examples through the shuffle: source ids kept in spill files, counted per source in their
-descriptions, pairs and conversations packed together, and the weighting's seam applied by both shuffles alike."""
+descriptions, pairs and conversations packed together, and the weighting's plan applied by both shuffles alike."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from seqpack import IGNORE_INDEX
 from seqpack.example_columns import ExampleBuffer, ExampleColumns
+from seqpack.mixing import MixturePlan, SourcePlan
 from seqpack.packing import pack_columns
 from seqpack.transforms.pack import PackOptions, ShardBlocks, ShuffleAndPack
 from seqpack.transforms.shuffle import (
@@ -72,13 +73,17 @@ def test_pairs_read_with_conversations_get_the_mask_their_prefix_means(tmp_path:
     assert len(packed.source_ids) == len(packed.seq_lens)
 
 
-def twice_the_second_source(split: str, columns: ExampleColumns) -> ExampleColumns:
-    """A stand-in for the weighting: each example of source 1 twice, the others once."""
-    copies = np.where(columns.source == 1, 2, 1)
-    return columns.take(np.repeat(np.arange(len(columns)), copies))
+def twice_the_second_source(first: ExampleColumns, second: ExampleColumns) -> MixturePlan:
+    """A weighting's plan: each example of source 1 twice, those of source 0 once."""
+    def once(source: int, columns: ExampleColumns, repeats: int) -> SourcePlan:
+        return SourcePlan(source, f"s{source}", 0.5, float(repeats * len(columns)), len(columns), columns.tokens,
+                          int(columns.lengths.max()), repeats)
+
+    return MixturePlan(0, "examples", {("train", 0): once(0, first, 1), ("train", 1): once(1, second, 2)})
 
 
-def _packed(spills: list[SpillFile], options: PackOptions, shuffle: str, out: Path) -> list[tuple]:
+def _packed(spills: list[SpillFile], options: PackOptions, shuffle: str, out: Path,
+            plan: MixturePlan | None = None) -> list[tuple]:
     """Every shard's arrays, as the workers saw them (saved to ``out``: DoFns run on copies)."""
     out.mkdir()
 
@@ -89,7 +94,8 @@ def _packed(spills: list[SpillFile], options: PackOptions, shuffle: str, out: Pa
         (out / f"{shard.index}.pickle").write_bytes(pickle.dumps((shard.index, *(a.tobytes() for a in arrays))))
 
     with BeamTestPipeline(runner=FnApiRunner()) as p:
-        p | beam.Create(spills) | ShuffleAndPack(options, shuffle=shuffle) | beam.Map(save)
+        mixture = None if plan is None else p | "Plan" >> beam.Create([plan])
+        p | beam.Create(spills) | ShuffleAndPack(options, shuffle=shuffle, plan=mixture) | beam.Map(save)
     return sorted(pickle.loads(path.read_bytes()) for path in out.iterdir())
 
 
@@ -97,8 +103,9 @@ def test_both_shuffles_pack_a_mixture_and_apply_its_repeats_alike(tmp_path: Path
     pairs, chats = source_columns(0, 40, chat=False, seed=5), source_columns(1, 30, chat=True, seed=6)
     spills = [spill(part, tmp_path / "spill") for part in (pairs.slice(0, 20), pairs.slice(20, 40), chats)]
     options = PackOptions(max_length=32, packing="bfd", bucket_tokens=128, seed=0, pad_id=0, with_trained=True,
-                          mask_boundaries=True, repeat=twice_the_second_source)
-    by_spill = _packed(spills, options, "spill", tmp_path / "by-spill")
-    assert by_spill == _packed(spills, options, "runner", tmp_path / "by-runner")
+                          mask_boundaries=True)
+    plan = twice_the_second_source(pairs, chats)
+    by_spill = _packed(spills, options, "spill", tmp_path / "by-spill", plan)
+    assert by_spill == _packed(spills, options, "runner", tmp_path / "by-runner", plan)
     written = np.concatenate([np.frombuffer(shard[4], np.int16) for shard in by_spill])
     assert np.bincount(written).tolist() == [40, 60]

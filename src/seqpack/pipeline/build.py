@@ -27,6 +27,7 @@ from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.dedup import KEYS_TAG, DropExactDuplicates, WriteKeyFiles
 from seqpack.transforms.hash_inputs import HashInputs
 from seqpack.transforms.joint import JointChatTokenizeDoFn, JointTokenizeDoFn
+from seqpack.transforms.mix import MixOptions, PlanMixture, WritePlanDoFn
 from seqpack.transforms.pack import PackOptions, ShuffleAndPack
 from seqpack.transforms.read import ReadRecords
 from seqpack.transforms.rejected import WriteRejected
@@ -76,6 +77,12 @@ def pack_options(config: RunConfig, pad_id: int) -> PackOptions:
         with_trained=any(one.is_chat for one in each),
         mask_boundaries=any(masks_example_starts(one.train_on, chat=one.is_chat) for one in each),
     )
+
+
+def mix_options(config: RunConfig) -> MixOptions:
+    """A mixture's weighting: its sources' names and weights, ``--weight-by``, ``--mix-total-tokens``."""
+    return MixOptions(names=config.source_names, weights=tuple(source.weight for source in config.sources),
+                      weight_by=config.weight_by, total_tokens=config.mix_total_tokens, seed=config.seed)
 
 
 def shard_format(config: RunConfig) -> ShardFormat:
@@ -239,7 +246,12 @@ def build_pipeline(
         dedup_stats = [key_files[STATS_TAG]]  # the commit lists the key files: it waits
     spills = _together([branch.spills for branch in branches], "AllSpills")
     shuffle = resolve_shuffle(config.shuffle, pipeline.runner)
-    shards = spills | "ShuffleAndPack" >> ShuffleAndPack(pack_options(config, pad_id), shuffle=shuffle)
+    mixture, mix_stats = None, []
+    if config.sources:  # the weighting: how many copies of each example, planned from all the spill files
+        mixture = spills | "PlanMixture" >> PlanMixture(mix_options(config))
+        mix_stats = [mixture | "WriteMixturePlan" >> beam.ParDo(WritePlanDoFn(revision_root))]
+    shards = spills | "ShuffleAndPack" >> ShuffleAndPack(pack_options(config, pad_id), shuffle=shuffle,
+                                                         plan=mixture)
     written = shards | "WriteShards" >> WriteShards(
         shard_format(config), root=revision_root, staging=plan.destination.staging,
         per_shard=buckets_per_shard(config.shard_bytes, config.bucket_tokens),
@@ -253,7 +265,8 @@ def build_pipeline(
     shard_list = written["shards"] | "ListShards" >> beam.combiners.ToList()
     consumed = pipeline | "HashInputs" >> HashInputs(found) | "ListConsumed" >> beam.combiners.ToList()
     (
-        (*[stats for branch in branches for stats in branch.stats], written[STATS_TAG], rejected_stats, *dedup_stats)
+        (*[stats for branch in branches for stats in branch.stats], written[STATS_TAG], rejected_stats, *dedup_stats,
+         *mix_stats)
         | "AllStats" >> beam.Flatten()
         | "MergeStats" >> beam.CombineGlobally(MergeStats())
         # Both inputs exist only once every shard and the rejected records are written: the commit comes last.

@@ -61,7 +61,7 @@ from seqpack.schemas import (
     revision_of,
 )
 from seqpack.schemas import stats as stats_format
-from seqpack.schemas.layout import DEDUP_DIR, DEDUP_KEY_FILES, RUN_MARKER_SUFFIX, WATCH_STATUS_NAME
+from seqpack.schemas.layout import DEDUP_DIR, DEDUP_KEY_FILES, MIXTURE_FILE, RUN_MARKER_SUFFIX, WATCH_STATUS_NAME
 from seqpack.schemas.manifest import ConsumedInput, GenerationInfo, merged_splits, schema_description
 from seqpack.transforms.write import write_atomically
 
@@ -277,8 +277,9 @@ def save_tokenizer(tokenizer: Any, destination: Destination) -> None:
 def _revision_files(destination: Destination) -> list[str]:
     """The revision's files besides the shards, relative to the dataset directory."""
     names = [STATS_NAME]
-    if FileSystems.exists(FileSystems.join(destination.root, REJECTED_FILE)):
-        names.append(REJECTED_FILE)
+    for name in (REJECTED_FILE, MIXTURE_FILE):  # rejected records, a mixture's plan: when there are any
+        if FileSystems.exists(FileSystems.join(destination.root, name)):
+            names.append(name)
     for directory, pattern in ((TOKENIZER_DIR, "*"), (DEDUP_DIR, DEDUP_KEY_FILES)):  # --add-special-tokens, --dedup
         prefix = FileSystems.join(destination.root, directory) + "/"
         names += sorted(directory + "/" + path[len(prefix) :] for path in match_paths(prefix + pattern))

@@ -43,7 +43,8 @@ from seqpack.pipeline.runners import check_can_leave, pipeline_options
 from seqpack.pipeline.worker_logs import WorkerLog, capture_worker_output
 from seqpack.prompt_templates import make_template, template_texts
 from seqpack.schemas import REJECTED_FILE, Manifest, TokenizerInfo
-from seqpack.schemas.stats import AccountingError
+from seqpack.schemas.layout import MIXTURE_FILE
+from seqpack.schemas.stats import MIXTURE, AccountingError
 from seqpack.tokenizer import (
     BackendPlan,
     TokenizerError,
@@ -55,6 +56,7 @@ from seqpack.tokenizer import (
     pair_layout,
 )
 from seqpack.transforms.write import write_atomically
+from seqpack.weighting import share_line
 
 
 def _check_template(config: RunConfig, tokenizer: Any) -> None:
@@ -375,7 +377,8 @@ def summary(manifest: Manifest, stats: dict[str, Any], output: str, *, report: s
         f"{_plural(s.examples, 'example' if whole else 'segment')} · {s.tokens:,} tokens"
         for name, s in written_splits.items()
     ] or ["  no examples were written"]
-    written = sum(stats["examples_by_split"].values())
+    repeated = stats.get(MIXTURE, {}).get("examples_repeated", 0)
+    written = sum(stats["examples_by_split"].values()) - repeated  # a mixture's repeats: on its own line
     first = f"seqpack: wrote {output}"
     if len(manifest.generations) > 1:
         total = sum(s.tokens for s in manifest.splits.values())
@@ -393,6 +396,8 @@ def summary(manifest: Manifest, stats: dict[str, Any], output: str, *, report: s
     if stats["dropped_by_reason"]:
         lines.append(f"  dropped: {_counts(stats['dropped_by_reason'])}")
     lines += filter(None, [audit_line(manifest.config, stats, output)])
+    if MIXTURE in stats:
+        lines.append(share_line(stats, f"{output}/{manifest.path_of(MIXTURE_FILE)}"))
     if report:
         lines.append(f"  report: {report}")
     lines.append(f"  look at it: seqpack inspect {shlex.quote(output)}")

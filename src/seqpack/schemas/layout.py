@@ -6,6 +6,7 @@
         stats.json
         train/part-00000-of-00002.parquet
         rejected/rejected.jsonl
+        mixture.json         (a mixture: the weighting's plan and the shares asked and met)
         tokenizer/           (with --add-special-tokens)
         dedup/keys-00003.bin (with --dedup exact: the content keys of its records, see schemas.dedup_keys)
       v000002/               generation 2: the inputs a ``seqpack run --append`` found that generation 1 had not
@@ -34,6 +35,8 @@ WATCH_STATUS_NAME = ".seqpack-watch.json"
 of the dataset (no manifest names it): a run leaves it alone and a reader never sees it."""
 TOKENIZER_DIR = "tokenizer"
 REJECTED_FILE = "rejected/rejected.jsonl"
+MIXTURE_FILE = "mixture.json"
+"""A mixture's generation: the weighting's plan (``seqpack.mixing.MixturePlan.to_dict``) and the shares it met."""
 REPORT_NAME = "report.html"
 """``seqpack run --report`` writes the dataset's report here; a commit removes the previous dataset's."""
 RUN_MARKER_SUFFIX = ".run"

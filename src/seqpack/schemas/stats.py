@@ -68,7 +68,13 @@ SOURCE_COUNTERS = (
     "trained_tokens",
 )
 """A mixture's counts per source, ``stats["sources"][name]`` (absent outside mixtures and in older stats.json).
-``examples_repeated`` counts the extra copies the weighting wrote (``seqpack.mixing``)."""
+``examples_written`` counts every copy written, ``examples_repeated`` the extra copies the weighting wrote
+(``seqpack.mixing``), and ``examples_dropped`` includes the examples a down-sampled source left out."""
+MIXTURE = "mixture"
+"""A mixture's weighting, ``stats["mixture"]`` (absent outside mixtures): ``weight_by``, ``examples_repeated`` and
+``tokens_repeated`` (copies beyond each example's first, in ``examples_by_split`` and ``tokens_written``),
+``examples_dropped`` (down-sampled, also under ``dropped_by_reason["mixture"]``), and ``shares``: per split and
+source the share asked and achieved, the target and the amount written (``mixing.shares``)."""
 HISTOGRAMS = ("example_length_hist", "source_length_hist", "target_length_hist")
 HIST_BINS = 32
 """Length histograms use power-of-two bins: bin ``b`` counts lengths in ``[2**(b-1), 2**b)``; bin 0 is length 0."""
@@ -131,6 +137,8 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     total = empty_stats()
     parts_list = list(parts)
     for part in parts_list:
+        if MIXTURE in part:  # one element of a run carries it (``weighting.mixture_stats``); one per generation
+            total[MIXTURE] = _merge_mixture(total.get(MIXTURE), part[MIXTURE])
         for source, counts in part.get(SOURCES, {}).items():
             merged = source_stats(total, source)
             for name, value in counts.items():
@@ -148,13 +156,34 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return total
 
 
+def _merge_mixture(total: Mapping[str, Any] | None, part: Mapping[str, Any]) -> dict[str, Any]:
+    """Two runs' ``mixture`` sections (generations of one dataset) as one: counts and amounts added, each split's
+    achieved shares worked out again from the amounts written."""
+    if total is None:
+        return dict(part)
+    merged = {**total, **{name: total.get(name, 0) + value for name, value in part.items()
+                          if name not in ("weight_by", "shares")}}
+    shares: dict[tuple[str, str], dict[str, Any]] = {}
+    for share in [*total.get("shares", []), *part.get("shares", [])]:
+        key = (share["split"], share["name"])
+        known = shares.setdefault(key, {**share, "target": 0.0, "written": 0})
+        known["target"] += share["target"]
+        known["written"] += share["written"]
+    for (split, _), share in shares.items():
+        written = sum(other["written"] for (s, _), other in shares.items() if s == split)
+        share["achieved"] = share["written"] / written if written else 0.0
+    merged["shares"] = list(shares.values())
+    return merged
+
+
 class AccountingError(RuntimeError):
     """The run's numbers do not add up: something was lost or duplicated, so nothing is committed."""
 
 
 def check_identity(stats: Mapping[str, Any]) -> None:
     """Every record and every token must be accounted for before a dataset is committed."""
-    written = sum(stats["examples_by_split"].values())
+    repeated = _repeated(stats)
+    written = sum(stats["examples_by_split"].values()) - repeated["examples_repeated"]
     rejected = sum(stats["rejected_by_reason"].values())
     dropped = sum(stats["dropped_by_reason"].values())
     problems = []
@@ -162,35 +191,45 @@ def check_identity(stats: Mapping[str, Any]) -> None:
         problems.append(
             f"records read {stats['records_read']} != examples written {written} + rejected {rejected} "
             f"+ dropped {dropped}"
+            + (" (written counts each example once, not its repeats)" if repeated["examples_repeated"] else "")
         )
     if rejected != stats["records_rejected"] or dropped != stats["examples_dropped"]:
         problems.append("rejected/dropped totals disagree with their per-reason counts")
-    if stats["tokens_in"] != stats["tokens_written"] + stats["tokens_truncated"] + stats["tokens_dropped"]:
+    tokens_in = stats["tokens_in"] + repeated["tokens_repeated"]
+    if tokens_in != stats["tokens_written"] + stats["tokens_truncated"] + stats["tokens_dropped"]:
         problems.append(
-            f"tokens produced {stats['tokens_in']} != written {stats['tokens_written']} + truncated "
+            f"tokens produced {stats['tokens_in']} + repeated {repeated['tokens_repeated']} != written "
+            f"{stats['tokens_written']} + truncated "
             f"{stats['tokens_truncated']} + dropped {stats['tokens_dropped']}"
         )
-    if stats["pieces"] != sum(stats["pieces_written_by_split"].values()):
+    pieces = stats["pieces"] + repeated["examples_repeated"] - repeated["examples_dropped"]
+    if pieces != sum(stats["pieces_written_by_split"].values()):
         problems.append(
-            f"pieces made {stats['pieces']} != pieces written {sum(stats['pieces_written_by_split'].values())}"
+            f"pieces made {stats['pieces']} (+ repeated - left out by the mixture: {pieces}) != pieces written "
+            f"{sum(stats['pieces_written_by_split'].values())}"
         )
     problems += _source_problems(stats)
     if problems:
         raise AccountingError("the run's statistics do not add up, nothing was committed: " + "; ".join(problems))
 
 
+def _repeated(stats: Mapping[str, Any]) -> dict[str, int]:
+    """A mixture's copies beyond each example's first, and the examples it left out (0 outside mixtures)."""
+    mixture = stats.get(MIXTURE) or {}
+    return {name: mixture.get(name, 0) for name in ("examples_repeated", "tokens_repeated", "examples_dropped")}
+
+
 def _source_problems(stats: Mapping[str, Any]) -> list[str]:
-    """The identity per source of a mixture: each source's records are written, rejected or dropped, and the
-    sources' tokens add up to the run's."""
+    """The identity per source of a mixture: each source's records are written once, rejected or dropped (its
+    repeats aside), and the sources' tokens add up to the run's."""
     sources = stats.get(SOURCES) or {}
     problems = []
     for name, counts in sorted(sources.items()):
-        accounted = counts["examples_written"] + counts["records_rejected"] + counts["examples_dropped"]
-        if counts["records_read"] != accounted:
+        unique = counts["examples_written"] - counts.get("examples_repeated", 0)
+        if counts["records_read"] != unique + counts["records_rejected"] + counts["examples_dropped"]:
             problems.append(
-                f"source {name!r}: records read {counts['records_read']} != examples written "
-                f"{counts['examples_written']} + rejected {counts['records_rejected']} + dropped "
-                f"{counts['examples_dropped']}"
+                f"source {name!r}: records read {counts['records_read']} != examples written once {unique} + "
+                f"rejected {counts['records_rejected']} + dropped {counts['examples_dropped']}"
             )
     if sources:
         for total in ("records_read", "tokens_written", "trained_tokens"):
@@ -249,6 +288,9 @@ def _first_problem(stats: Mapping[str, Any]) -> str | None:
         for name, counts in sources.items()
     ):
         return f"{SOURCES} is not a mapping of source names to their counts"
+    mixture = stats.get(MIXTURE, {})
+    if not isinstance(mixture, dict) or not all(_is_count(v) for k, v in mixture.items() if k.endswith("ed")):
+        return f"{MIXTURE} is not a mapping with counts of repeated and dropped examples"
     fill = stats.get("fill")
     if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not 0.0 <= fill <= 1.0:
         return f"fill is {fill!r}, not a fraction"

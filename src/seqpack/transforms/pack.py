@@ -5,7 +5,8 @@ gathers each bucket in key order, packs it, and shuffles its block order with th
 on the set of examples, never on how they were spread over workers or files, nor on how buckets are gathered:
 ``spill`` (each bucket reads its slice of every spill file, ``transforms.shuffle``) and ``runner`` (each spill
 file is cut into per-bucket chunks that go through a ``GroupByKey``, ``transforms.shuffle_runner``) write the
-same bytes.
+same bytes. In a mixture each bucket's examples are weighted once gathered (``weighting.weighted``), so
+they travel through either shuffle once, however many copies are written.
 
 Removing the shuffle changes the data: examples would be packed and written in input order.
 """
@@ -19,9 +20,11 @@ import apache_beam as beam
 
 from seqpack.example_columns import ExampleColumns
 from seqpack.faults import lose_one_example
+from seqpack.mixing import MixturePlan
 from seqpack.packing import PackedBlocks, pack_columns
-from seqpack.transforms.shuffle import Bucket, Multiplicity, SpillFile, bucket_count, permute_blocks, read_bucket
+from seqpack.transforms.shuffle import Bucket, SpillFile, bucket_count, permute_blocks, read_bucket
 from seqpack.transforms.shuffle_runner import Chunk, CutSpillDoFn, bucket_markers, decode_chunks
+from seqpack.weighting import bucket_sizing_tokens, weighted
 
 SHUFFLES = ("spill", "runner")
 """How buckets are gathered (``--shuffle``, resolved from ``auto`` by ``pipeline.runners.resolve_shuffle``)."""
@@ -53,14 +56,16 @@ class PackOptions:
     """Examples carry a per-token loss mask (conversations), not a masked-prefix length."""
     mask_boundaries: bool
     """Label -100 on each example's first token (``masking.masks_example_starts``)."""
-    repeat: Multiplicity | None = None
-    """A mixture's weighting (``transforms.shuffle.Multiplicity``): how many copies of each example the buckets
-    read from the spill files; None: each once."""
 
 
-def pack_bucket(bucket: Bucket, examples: ExampleColumns, options: PackOptions) -> ShardBlocks:
-    """A bucket's key-sorted examples packed into its shard's blocks, in the seeded order (both shuffles)."""
+def pack_bucket(bucket: Bucket, examples: ExampleColumns, options: PackOptions,
+                plan: MixturePlan | None = None) -> ShardBlocks:
+    """A bucket's key-sorted examples packed into its shard's blocks, in the seeded order (both shuffles); in a
+    mixture (``plan``) each example as many times as the plan says."""
     split, index, count = bucket
+    parts = None
+    if plan is not None:
+        examples, parts = weighted(plan, split, examples, block_tokens=options.max_length)
     if lose_one_example() and len(examples):  # a test hook: the accounting must catch this
         examples = examples.slice(0, len(examples) - 1)
     blocks = pack_columns(
@@ -69,6 +74,7 @@ def pack_bucket(bucket: Bucket, examples: ExampleColumns, options: PackOptions) 
         max_length=options.max_length,
         pad_id=options.pad_id,
         mask_boundaries=options.mask_boundaries,
+        parts=parts,
     )
     blocks = permute_blocks(blocks, options.seed, split, index)
     return ShardBlocks(split, index, count, blocks, len(examples))
@@ -80,10 +86,10 @@ class PackBucketDoFn(beam.DoFn):
     def __init__(self, options: PackOptions) -> None:
         self.options = options
 
-    def process(self, bucket: Bucket, spills: Sequence[SpillFile]) -> Iterator[ShardBlocks]:
-        options = self.options
-        examples = read_bucket(bucket, spills, with_trained=options.with_trained, repeat=options.repeat)
-        yield pack_bucket(bucket, examples, options)
+    def process(self, bucket: Bucket, spills: Sequence[SpillFile], plan: MixturePlan | None = None
+                ) -> Iterator[ShardBlocks]:
+        examples = read_bucket(bucket, spills, with_trained=self.options.with_trained)
+        yield pack_bucket(bucket, examples, self.options, plan)
 
 
 class PackGroupedBucketDoFn(beam.DoFn):
@@ -92,9 +98,11 @@ class PackGroupedBucketDoFn(beam.DoFn):
     def __init__(self, options: PackOptions) -> None:
         self.options = options
 
-    def process(self, grouped: tuple[Bucket, Iterable[bytes]]) -> Iterator[ShardBlocks]:
+    def process(self, grouped: tuple[Bucket, Iterable[bytes]], plan: MixturePlan | None = None
+                ) -> Iterator[ShardBlocks]:
         bucket, chunks = grouped
-        yield pack_bucket(bucket, decode_chunks(chunks, with_trained=self.options.with_trained), self.options)
+        examples = decode_chunks(chunks, with_trained=self.options.with_trained)
+        yield pack_bucket(bucket, examples, self.options, plan)
 
 
 def _buckets(split_count: tuple[str, int]) -> Iterator[Bucket]:
@@ -109,39 +117,49 @@ class ShuffleAndPack(beam.PTransform):
     The number of buckets of a split follows from its total tokens, so memory per bucket stays bounded by
     ``--bucket-tokens`` whatever the dataset size; every shard named ``part-i-of-n`` exists, even one whose
     key range happens to hold no example. ``shuffle`` (``SHUFFLES``) picks how a bucket gathers its examples;
-    the output is the same.
+    the output is the same. ``plan``: a mixture's ``MixturePlan`` (a one-element PCollection, from
+    ``transforms.mix.PlanMixture``); the splits' buckets are then sized by the tokens it writes (or reads, if more).
     """
 
-    def __init__(self, options: PackOptions, *, shuffle: str = "spill") -> None:
+    def __init__(self, options: PackOptions, *, shuffle: str = "spill", plan: beam.PCollection | None = None) -> None:
         super().__init__()
         if shuffle not in SHUFFLES:
             raise ValueError(f"shuffle must be one of {', '.join(SHUFFLES)}, got {shuffle!r}")
         self.options = options
         self.shuffle = shuffle
+        self.plan = plan
 
     def expand(self, spills: beam.PCollection) -> beam.PCollection:
         bucket_tokens = self.options.bucket_tokens
-        buckets_per_split = (
-            spills
-            | "TokensPerSplit" >> beam.Map(lambda spill: (spill.split, spill.tokens))
-            | "SumTokens" >> beam.CombinePerKey(sum)
-            | "BucketsPerSplit" >> beam.MapTuple(lambda split, tokens: (split, bucket_count(tokens, bucket_tokens)))
+        if self.plan is None:
+            tokens = (
+                spills
+                | "TokensPerSplit" >> beam.Map(lambda spill: (spill.split, spill.tokens))
+                | "SumTokens" >> beam.CombinePerKey(sum)
+            )
+        else:  # what the mixture writes, repeats included, or what it reads if that is more
+            tokens = self.plan | "TokensPerSplit" >> beam.FlatMap(
+                lambda plan: sorted(bucket_sizing_tokens(plan).items())
+            )
+        buckets_per_split = tokens | "BucketsPerSplit" >> beam.MapTuple(
+            lambda split, tokens: (split, bucket_count(tokens, bucket_tokens))
         )
+        side = {} if self.plan is None else {"plan": beam.pvalue.AsSingleton(self.plan)}
         if self.shuffle == "runner":
-            return self._through_the_runner(spills, buckets_per_split)
+            return self._through_the_runner(spills, buckets_per_split, side)
         return (
             buckets_per_split
             | "Buckets" >> beam.FlatMap(_buckets)
             # Buckets are few and small: spread them so that every worker packs some.
             | "SpreadBuckets" >> beam.Reshuffle()
-            | "PackBuckets" >> beam.ParDo(PackBucketDoFn(self.options), beam.pvalue.AsList(spills))
+            | "PackBuckets" >> beam.ParDo(PackBucketDoFn(self.options), beam.pvalue.AsList(spills), **side)
         )
 
-    def _through_the_runner(self, spills: beam.PCollection, buckets_per_split: beam.PCollection) -> beam.PCollection:
+    def _through_the_runner(self, spills: beam.PCollection, buckets_per_split: beam.PCollection,
+                            side: dict[str, beam.pvalue.AsSingleton]) -> beam.PCollection:
         """Each spill file read once and cut into per-bucket chunks; the runner's shuffle gathers each bucket."""
         chunks = spills | "CutSpills" >> beam.ParDo(
-            CutSpillDoFn(with_trained=self.options.with_trained, repeat=self.options.repeat),
-            beam.pvalue.AsDict(buckets_per_split),
+            CutSpillDoFn(with_trained=self.options.with_trained), beam.pvalue.AsDict(buckets_per_split)
         ).with_output_types(Chunk)
         markers = buckets_per_split | "EveryBucket" >> beam.FlatMap(bucket_markers).with_output_types(Chunk)
         return (
@@ -149,5 +167,5 @@ class ShuffleAndPack(beam.PTransform):
             | "AllChunks" >> beam.Flatten().with_output_types(Chunk)
             # The global shuffle: without it each worker would pack only its own examples, in input order.
             | "GroupBuckets" >> beam.GroupByKey()
-            | "PackBuckets" >> beam.ParDo(PackGroupedBucketDoFn(self.options))
+            | "PackBuckets" >> beam.ParDo(PackGroupedBucketDoFn(self.options), **side)
         )

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,12 +77,6 @@ def source_counts(columns: ExampleColumns) -> tuple[tuple[int, int, int], ...]:
     tokens = np.bincount(ids, weights=columns.lengths).astype(np.int64)
     return tuple((int(i), int(examples[i]), int(tokens[i])) for i in np.flatnonzero(examples))
 
-
-Multiplicity = Callable[[str, ExampleColumns], ExampleColumns]
-"""The mixture weighting's seam (``seqpack.mixing``): examples of a split read from one spill file in, the same
-examples each repeated 0, 1 or more times out. Applied where buckets read spill files (``read_bucket`` and
-``shuffle_runner.CutSpillDoFn``), so it must decide for each example from its split, source and key alone: then
-both shuffles, any bucket count and any spill layout write the same bytes."""
 
 def spill_path(spill_dir: str, split: str) -> str:
     return FileSystems.join(spill_dir, split, f"{uuid.uuid4().hex}.arrow")
@@ -210,10 +204,8 @@ def bucket_of(key_hi: np.ndarray, count: int) -> np.ndarray:
     return ((high * c + ((low * c) >> np.uint64(32))) >> np.uint64(32)).astype(np.int64)
 
 
-def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bool,
-                repeat: Multiplicity | None = None) -> ExampleColumns:
-    """Every example of the bucket, from every spill file of its split, in key order; with ``repeat`` (a
-    mixture's weighting) each as many times as it says."""
+def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bool) -> ExampleColumns:
+    """Every example of the bucket, from every spill file of its split, in key order."""
     split, index, count = bucket
     low, high = bucket_bounds(index, count)
     parts = [
@@ -221,8 +213,6 @@ def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bo
         for spill in sorted(spills, key=lambda s: s.path)
         if spill.split == split
     ]
-    if repeat is not None:
-        parts = [repeat(split, part) for part in parts]
     return ExampleColumns.concat(parts).sorted_by_key() if parts else empty_columns(with_trained)
 
 

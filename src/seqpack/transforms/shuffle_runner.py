@@ -24,7 +24,6 @@ from seqpack.example_columns import ExampleColumns, empty_columns
 from seqpack.transforms.shuffle import (
     SPILL_SCHEMA,
     Bucket,
-    Multiplicity,
     SpillFile,
     batch_columns,
     bucket_of,
@@ -66,15 +65,11 @@ class CutSpillDoFn(beam.DoFn):
     The whole file is read at once: a spill file holds at most ``SPILL_TOKENS`` tokens, so memory stays bounded.
     """
 
-    def __init__(self, *, with_trained: bool, repeat: Multiplicity | None = None) -> None:
+    def __init__(self, *, with_trained: bool) -> None:
         self.with_trained = with_trained
-        self.repeat = repeat
-        """A mixture's weighting (``transforms.shuffle.Multiplicity``): applied before the file is cut."""
 
     def process(self, spill: SpillFile, buckets_per_split: dict[str, int]) -> Iterator[Chunk]:
         columns = read_spill_range(spill.path, 0, None, with_trained=self.with_trained)
-        if self.repeat is not None:
-            columns = self.repeat(spill.split, columns).sorted_by_key()
         for bucket, part in cut_into_buckets(columns, spill.split, buckets_per_split[spill.split]):
             yield bucket, encode_chunk(part)
 
