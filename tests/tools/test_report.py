@@ -265,7 +265,8 @@ def test_the_mixture_section_shows_each_source_and_its_shares_asked_and_achieved
     counts = {"records_read": 1200, "records_rejected": 3, "examples_dropped": 400, "examples_repeated": 0,
               "examples_written": 797, "tokens_written": 51234, "trained_tokens": 40000}
     stats = {
-        "sources": {"code": counts, "chat": {**counts, "examples_dropped": 0, "examples_repeated": 250}},
+        # stats.json sorts source names; the table follows the sources' ids, as the shares list them
+        "sources": {"chat": {**counts, "examples_dropped": 0, "examples_repeated": 250}, "code": counts},
         "mixture": {"weight_by": "tokens", "shares": [
             {"split": "train", "name": "code", "asked": 0.3, "achieved": 0.3004, "target": 3.0, "written": 3},
             {"split": "train", "name": "chat", "asked": 0.7, "achieved": 0.6996, "target": 7.0, "written": 7},

@@ -31,8 +31,10 @@ def mixture_section(stats: Mapping[str, Any]) -> str:
     mixture = stats.get("mixture") or {}
     shares = [share for share in mixture.get("shares", []) if isinstance(share, Mapping)]
     unit = mixture.get("weight_by", "tokens")
-    rows = [[name, *(f"{counts.get(key, 0):,}" for key, _ in COLUMNS), *_share_cells(shares, name)]
-            for name, counts in sources.items()]
+    order = list(dict.fromkeys([str(share.get("name")) for share in shares if share.get("name") in sources]
+                               + list(sources)))  # source id order (stats.json sorts names)
+    rows = [[name, *(f"{sources[name].get(key, 0):,}" for key, _ in COLUMNS), *_share_cells(shares, name)]
+            for name in order]
     headers = ["source", *(label for _, label in COLUMNS)] + (["asked", "achieved (train)"] if shares else [])
     note = (f"<p>Weights are shares of {esc(unit)}; a source below its share is repeated, one above it is "
             "down-sampled (counted as dropped).</p>" if shares else "")
