@@ -39,7 +39,8 @@ from seqpack.pipeline.live_progress import live_progress
 from seqpack.pipeline.lock import DEFAULT_LEASE_SECONDS, OutputLock
 from seqpack.pipeline.mixture import files_by_source
 from seqpack.pipeline.run_audit import audit_facts, audit_line, source_facts
-from seqpack.pipeline.runners import check_can_leave, pipeline_options
+from seqpack.pipeline.runners import check_can_leave, local_provision_info, pipeline_options
+from seqpack.pipeline.warm_workers import warm_local_runner
 from seqpack.pipeline.worker_logs import WorkerLog, capture_worker_output
 from seqpack.prompt_templates import make_template, template_texts
 from seqpack.schemas import REJECTED_FILE, Manifest, TokenizerInfo
@@ -176,6 +177,16 @@ def run(
     # pipeline exists (which sets them too): the object store's options (--s3_endpoint_url) must reach them now.
     FileSystems.set_options(options)
     check_output(config)
+    with warm_local_runner(options, runner, local_provision_info(options)) as runner:  # workers start importing
+        return _run(config, options, runner, wait=wait, lock_lease=lock_lease, progress=progress, verbose=verbose,
+                    only=only)
+
+
+def _run(
+    config: RunConfig, options: Any, runner: Any, *, wait: bool, lock_lease: float, progress: bool, verbose: bool,
+    only: Mapping[str, tuple[int, float]] | None,
+) -> tuple[Manifest, dict[str, Any]] | Submitted | UpToDate | None:
+    """``run`` once the runner is chosen: the checks up front, then the job under the output lock."""
     files, tokenizer, tokenizer_info = _check_up_front(config)
     job = _Job(config, files, tokenizer, tokenizer_info, options, runner)
     created = "://" not in config.output and not os.path.exists(config.output)

@@ -136,10 +136,10 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | No
         direct.direct_running_mode = "multi_processing"
     if "--direct_num_workers" not in given and direct.direct_running_mode != "in_memory":
         direct.direct_num_workers = 0  # one worker per core
-    return options, FnApiRunner(provision_info=_provision_info(options))
+    return options, FnApiRunner(provision_info=local_provision_info(options))
 
 
-def _provision_info(options: PipelineOptions) -> object:
+def local_provision_info(options: PipelineOptions) -> object:
     """What the FnApiRunner tells its worker processes, with the pipeline options in it: Beam leaves them out, so
     a worker's filesystems would not know ``--s3_endpoint_url`` or the credentials and would ask the real cloud.
 

@@ -1,0 +1,280 @@
+"""Beam's local worker processes, started while the driver is still getting ready.
+
+On the local runner a run's fixed cost is mostly Python start-up and teardown. Beam starts its worker processes
+only once the pipeline runs; each then imports all of ``apache_beam`` and seqpack's transforms (about 2 CPU s)
+before it asks for work, and at the end each spends most of a second tearing its modules down while the driver
+waits for it. Meanwhile the driver has spent its first seconds (imports, loading the tokenizer, checking the fast
+encoder) on one core, with the others idle.
+
+So a local multi-process run starts one *warm* process per worker first thing (``warm_local_runner``): each
+imports what a worker needs and waits. When Beam starts a worker, the command it runs is
+``pipeline.worker_launcher``, which hands the worker's part (environment, directory, standard streams) to a warm
+process; that process checks that its environment is the one it was started in, becomes the worker
+(``sdk_worker_main``), and ends with ``os._exit`` as soon as the worker returns. Anything unusual falls back to
+Beam's own cold start, so the output is the same either way; ``SEQPACK_WARM_WORKERS=0`` turns this off.
+
+Lifetimes: an idle warm process ends when the driver closes its stdin (or dies); an adopted one ends when its
+launcher's connection closes. The pool kills what is left when the run ends, for whatever reason.
+
+    with warm_local_runner(options, runner) as runner:
+        beam.Pipeline(runner=runner, options=options) ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import select
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from seqpack.pipeline import worker_launcher
+from seqpack.pipeline.worker_launcher import ADOPTED, REFUSED, SLOTS_FILE
+
+DISABLE_VARIABLE = "SEQPACK_WARM_WORKERS"
+"""``SEQPACK_WARM_WORKERS=0`` starts Beam's workers cold, as Beam does."""
+WORKER_MODULES = (
+    "apache_beam.runners.worker.sdk_worker_main",
+    "seqpack.pipeline.build",
+    "seqpack.pipeline.commit_step",
+    "pyarrow.parquet",
+    "tokenizers",
+    "fastokens",
+)
+"""What a worker imports anyway, once it unpickles seqpack's steps: imported while the driver gets ready."""
+IDLE_SECONDS = 3600.0
+"""An idle warm process that hears nothing from the driver for this long ends: a safety net, as the driver
+closes the pool at the end of every run."""
+COLD_COMMAND = (sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main")
+PER_WORKER_VARIABLES = frozenset({
+    "CONTROL_API_SERVICE_DESCRIPTOR", "LOGGING_API_SERVICE_DESCRIPTOR", "PIPELINE_OPTIONS", "WORKER_ID",
+    "PWD", "OLDPWD", "SHLVL", "_", "SEQPACK_PROGRESS_DIR",
+})
+"""The variables in which a worker's environment may differ from the one its warm process imported its modules
+under: what Beam and the shell it runs the command with set for each worker, and what seqpack sets for the run
+(read when the steps run, not when they are imported: ``transforms.progress_counts.PROGRESS_DIR_ENV``, spelled
+out here because this module imports nothing heavy before it listens; a test holds the two equal)."""
+_MAX_SOCKET_PATH = 100
+"""Unix socket paths are limited to 108 bytes on Linux (104 on macOS)."""
+
+
+@dataclass
+class WarmPool:
+    """Warm processes waiting to become workers, and the directory through which launchers claim them."""
+
+    directory: str
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def command(self) -> str:
+        """The worker command for Beam: the launcher, with Beam's own command as its fallback."""
+        launcher = [sys.executable, "-I", worker_launcher.__file__, self.directory, *COLD_COMMAND]
+        return shlex.join(launcher)
+
+    def adopted(self) -> int:
+        """How many warm processes became workers so far."""
+        slots = range(len(self.processes))
+        return sum(os.path.exists(worker_launcher.adopted_path(self.directory, slot)) for slot in slots)
+
+    def close(self) -> None:
+        """End every warm process (idle or adopted: the run is over) and remove the directory."""
+        for process in self.processes:
+            with contextlib.suppress(OSError):
+                if process.stdin is not None:
+                    process.stdin.close()
+            with contextlib.suppress(OSError):
+                process.kill()
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_pool(workers: int) -> WarmPool | None:
+    """``workers`` warm processes, or None where they cannot work (no Unix sockets, a too-long temp path)."""
+    if not hasattr(socket, "AF_UNIX") or not hasattr(socket, "send_fds"):
+        return None
+    directory = tempfile.mkdtemp(prefix="seqpack-warm-")
+    if len(worker_launcher.socket_path(directory, workers)) > _MAX_SOCKET_PATH:
+        os.rmdir(directory)
+        return None
+    pool = WarmPool(directory)
+    try:
+        for slot in range(workers):
+            pool.processes.append(process := subprocess.Popen(
+                [sys.executable, "-m", __name__, directory, str(slot)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=dict(os.environ),  # what Beam gives its workers; the C environment may differ (readline)
+            ))
+            with open(worker_launcher.pid_path(directory, slot), "w", encoding="ascii") as handle:
+                handle.write(str(process.pid))
+        with open(os.path.join(directory, SLOTS_FILE), "w", encoding="ascii") as handle:
+            handle.write(str(workers))
+    except OSError:
+        pool.close()
+        return None
+    return pool
+
+
+def worker_count(options: Any) -> int:
+    """How many worker processes the FnApiRunner starts: ``--direct_num_workers``, 0 meaning one per core."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    workers = options.view_as(DirectOptions).direct_num_workers
+    return multiprocessing.cpu_count() if workers == 0 else (workers or 1)
+
+
+def _wants_warm(options: Any, runner: object) -> bool:
+    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return (
+        type(runner) is FnApiRunner
+        and options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+        and os.environ.get(DISABLE_VARIABLE, "1").strip() not in ("0", "false", "no", "off")
+    )
+
+
+@contextlib.contextmanager
+def warm_local_runner(options: Any, runner: object, provision_info: Any = None) -> Iterator[object]:
+    """The runner to use: for the local multi-process FnApiRunner, one whose workers a warm pool starts (the
+    pool lives for the block); any other runner as it is."""
+    pool = start_pool(worker_count(options)) if _wants_warm(options, runner) else None
+    if pool is None:
+        yield runner
+        return
+    try:
+        yield _warm_runner(pool, provision_info)
+    finally:
+        pool.close()
+
+
+def _warm_runner(pool: WarmPool, provision_info: Any) -> object:
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    class WarmRunner(FnApiRunner):
+        """The FnApiRunner, starting its workers through ``pool``. FnApiRunner sets its default environment from
+        ``--direct_running_mode`` when it runs; this one keeps the launcher's."""
+
+        warm_pool = pool
+
+        @property
+        def _default_environment(self) -> Any:
+            return SubprocessSDKEnvironment.from_command_string(pool.command())
+
+        @_default_environment.setter
+        def _default_environment(self, _value: Any) -> None:
+            pass
+
+    return WarmRunner(provision_info=provision_info)
+
+
+# ------------------------------------------------------------------------------------- the warm process itself
+
+
+def _receive_request(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    data, fds, _flags, _address = socket.recv_fds(connection, 1 << 16, 3)
+    if len(data) < 8:
+        raise OSError("short request")
+    size = int.from_bytes(data[:8], "big")
+    body = bytearray(data[8:])
+    while len(body) < size:
+        chunk = connection.recv(size - len(body))
+        if not chunk:
+            raise OSError("request cut short")
+        body += chunk
+    return json.loads(body), list(fds)
+
+
+def _same_environment(request: dict[str, Any], started: dict[str, str], cwd: str) -> bool:
+    """The worker's environment is the one this process imported its modules under (Beam's variables aside)."""
+    def comparable(environ: dict[str, str]) -> dict[str, str]:
+        return {key: value for key, value in environ.items() if key not in PER_WORKER_VARIABLES}
+
+    return request.get("cwd") == cwd and comparable(request.get("env", {})) == comparable(started)
+
+
+def _exit_when_closed(connection: socket.socket) -> None:
+    """The launcher is gone (Beam killed it): so is this worker."""
+    with contextlib.suppress(OSError):
+        connection.recv(1)
+    os._exit(1)
+
+
+def _run_worker() -> int:
+    from apache_beam.runners.worker import sdk_worker_main
+
+    try:
+        sdk_worker_main.main(sys.argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the worker failed: say why, as a cold worker's traceback would
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def _wait_for_launcher(listener: socket.socket) -> socket.socket | None:
+    """The launcher's connection, or None once the driver closed stdin (or died) or went quiet too long."""
+    while True:
+        ready, _, _ = select.select([sys.stdin.fileno(), listener], [], [], IDLE_SECONDS)
+        if not ready or sys.stdin.fileno() in ready:
+            return None
+        connection, _ = listener.accept()
+        return connection
+
+
+def serve(pool: str, slot: int, target: Any = _run_worker) -> None:
+    """The warm process of ``slot``: import, wait to be claimed, become the worker (``target``), end."""
+    started, cwd = dict(os.environ), os.getcwd()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = worker_launcher.socket_path(pool, slot)
+    listener.bind(path + ".new")
+    listener.listen(1)
+    os.rename(path + ".new", path)  # a launcher finds the socket only once it is listening
+    for module in WORKER_MODULES:
+        with contextlib.suppress(Exception):
+            __import__(module)
+    connection = _wait_for_launcher(listener)
+    listener.close()
+    if connection is None:
+        os._exit(0)
+    try:
+        request, fds = _receive_request(connection)
+    except (OSError, ValueError):
+        os._exit(1)
+    if len(fds) != 3 or not _same_environment(request, started, cwd):
+        with contextlib.suppress(OSError):
+            connection.sendall(REFUSED)
+        os._exit(0)
+    for target_fd, fd in zip((0, 1, 2), fds, strict=True):
+        os.dup2(fd, target_fd)
+        os.close(fd)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    with open(worker_launcher.adopted_path(pool, slot), "w", encoding="ascii"):
+        pass
+    connection.sendall(ADOPTED)
+    threading.Thread(target=_exit_when_closed, args=(connection,), daemon=True).start()
+    code = target()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(OSError):
+        connection.sendall(bytes([code & 0xFF]))
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], int(sys.argv[2]))

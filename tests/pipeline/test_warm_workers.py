@@ -1,0 +1,155 @@
+"""Warm worker processes: a launcher hands its worker's part to one, or starts the worker cold; nothing is left
+running; a real local pipeline runs in the warm processes; the output is the same as with cold workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from seqpack.pipeline import worker_launcher
+from seqpack.pipeline.runners import local_provision_info, pipeline_options
+from seqpack.pipeline.warm_workers import DISABLE_VARIABLE, WarmPool, start_pool, warm_local_runner
+
+COLD = [sys.executable, "-c", "print('cold start')"]
+
+
+def _serve(pool: Path, slot: int, body: str) -> subprocess.Popen:
+    """A warm process whose 'worker' is ``body`` (a function body returning an exit status), not Beam's."""
+    code = "\n".join([
+        "import os, sys, time",
+        "from seqpack.pipeline.warm_workers import serve",
+        "def target():",
+        textwrap.indent(textwrap.dedent(body).strip(), "    "),
+        f"serve({str(pool)!r}, {slot}, target)",
+    ])
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=dict(os.environ))
+
+
+def _pool_dir(tmp_path: Path, slots: int) -> Path:
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / worker_launcher.SLOTS_FILE).write_text(str(slots))
+    return pool
+
+
+def _wait_for_socket(pool: Path, slot: int) -> None:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(worker_launcher.socket_path(str(pool), slot)):
+        assert time.monotonic() < deadline, "the warm process never listened"
+        time.sleep(0.02)
+
+
+def _launch(pool: Path, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    command = [sys.executable, "-I", worker_launcher.__file__, str(pool), *COLD]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env if env is not None else dict(os.environ), **kwargs)
+
+
+def test_an_adopted_worker_writes_to_the_launchers_streams_and_its_status_is_the_launchers(tmp_path: Path) -> None:
+    pool = _pool_dir(tmp_path, 1)
+    warm = _serve(pool, 0, """
+        print("worker", os.environ["WORKER_ID"], os.getcwd(), flush=True)
+        print("on stderr", file=sys.stderr, flush=True)
+        return 7
+    """)
+    _wait_for_socket(pool, 0)
+    launcher = _launch(pool, env={**os.environ, "WORKER_ID": "worker_3"})  # Beam's per-worker variables pass
+    out, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 7, (out, err)
+    assert out == f"worker worker_3 {os.getcwd()}\n" and "on stderr" in err
+    assert warm.wait(timeout=10) == 7
+    assert (pool / "adopted-0").exists()
+
+
+def test_a_changed_environment_is_refused_and_the_worker_starts_cold(tmp_path: Path) -> None:
+    pool = _pool_dir(tmp_path, 1)
+    warm = _serve(pool, 0, "return 0")
+    _wait_for_socket(pool, 0)
+    launcher = _launch(pool, env={**os.environ, "SOMETHING_NEW": "1"})
+    out, _ = launcher.communicate(timeout=60)
+    assert (launcher.returncode, out) == (0, "cold start\n")
+    assert warm.wait(timeout=10) == 0 and not (pool / "adopted-0").exists()
+
+
+def test_without_a_warm_process_to_claim_the_worker_starts_cold(tmp_path: Path) -> None:
+    assert _launch(tmp_path / "no-pool").communicate(timeout=60)[0] == "cold start\n"
+    pool = _pool_dir(tmp_path, 2)  # slots whose processes never started: nothing listens
+    assert _launch(pool).communicate(timeout=60)[0] == "cold start\n"
+    assert sorted(p.name for p in pool.iterdir() if p.name.startswith("claim")) == ["claim-0", "claim-1"]
+
+
+def test_two_launchers_never_claim_the_same_warm_process(tmp_path: Path) -> None:
+    pool = _pool_dir(tmp_path, 1)
+    warm = _serve(pool, 0, "print('warm', flush=True); return 0")
+    _wait_for_socket(pool, 0)
+    launchers = [_launch(pool) for _ in range(2)]
+    outs = sorted(launcher.communicate(timeout=60)[0] for launcher in launchers)
+    assert outs == ["cold start\n", "warm\n"]
+    warm.wait(timeout=10)
+
+
+def test_a_killed_launcher_takes_its_worker_with_it(tmp_path: Path) -> None:
+    pool = _pool_dir(tmp_path, 1)
+    warm = _serve(pool, 0, "print('running', flush=True); time.sleep(60); return 0")
+    _wait_for_socket(pool, 0)
+    launcher = _launch(pool)
+    assert launcher.stdout.readline() == "running\n"
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait(timeout=10)
+    assert warm.wait(timeout=10) == 1
+
+
+def test_an_idle_warm_process_ends_when_the_driver_closes_the_pool(tmp_path: Path) -> None:
+    pool = start_pool(2)
+    assert pool is not None
+    for slot in range(2):
+        _wait_for_socket(Path(pool.directory), slot)
+    pool.processes[0].stdin.close()  # as when the driver dies
+    assert pool.processes[0].wait(timeout=30) == 0
+    pool.close()
+    assert all(process.poll() is not None for process in pool.processes)
+    assert not os.path.exists(pool.directory)
+
+
+def test_a_local_pipeline_runs_in_the_warm_processes(tmp_path: Path) -> None:
+    options, runner = pipeline_options(["--direct_num_workers=2"])
+    with warm_local_runner(options, runner, local_provision_info(options)) as warm:
+        pool: WarmPool = warm.warm_pool
+        with beam.Pipeline(runner=warm, options=options) as pipeline:
+            record = str(tmp_path)  # a lambda travels by value: the workers cannot import this test module
+            _ = pipeline | beam.Create(range(20)) | beam.Map(lambda _: Path(record, str(os.getpid())).touch())
+        assert pool.adopted() == 2
+        pids = {int(name) for name in os.listdir(tmp_path)}
+        assert pids and pids <= {process.pid for process in pool.processes}
+    assert all(process.poll() is not None for process in pool.processes)
+
+
+@pytest.mark.parametrize("beam_args", [["--direct_running_mode=in_memory"], ["--runner=DataflowRunner"]])
+def test_other_runners_are_left_as_they_are(beam_args: list[str]) -> None:
+    options, runner = pipeline_options(beam_args)
+    with warm_local_runner(options, runner) as chosen:
+        assert chosen is runner
+
+
+def test_warm_workers_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DISABLE_VARIABLE, "0")
+    options, runner = pipeline_options([])
+    with warm_local_runner(options, runner) as chosen:
+        assert chosen is runner
+    assert isinstance(PipelineOptions([]), PipelineOptions)
+
+
+def test_the_progress_variable_is_the_one_progress_counts_reads() -> None:
+    from seqpack.pipeline.warm_workers import PER_WORKER_VARIABLES
+    from seqpack.transforms.progress_counts import PROGRESS_DIR_ENV
+
+    assert PROGRESS_DIR_ENV in PER_WORKER_VARIABLES
