@@ -5,7 +5,8 @@ process kills itself with SIGKILL there, as a machine failure or an OOM killer w
 raises an error there instead, as a bug would. Unset, a checkpoint costs one dictionary lookup. The points:
 ``read`` (reading input records), ``tokenize`` (once per batch), ``write_shard`` (a shard's temporary file is
 written, not yet renamed), ``commit_manifest`` (the new revision is complete beside the old one; the manifest
-not yet switched), ``commit_cleanup`` (the manifest names the new revision; the old one's files not yet removed).
+not yet switched), ``commit_cleanup`` (the manifest names the new revision; the old one's files not yet removed),
+``submitted`` (``seqpack run --no-wait`` said the job was submitted; the launcher has not returned).
 
 ``SEQPACK_TEST_SLOW_TOKENIZE=seconds`` makes every ``tokenize`` checkpoint (once per batch) sleep that long, so a
 test can watch live progress on a small input. Unset, it costs one more lookup per batch.

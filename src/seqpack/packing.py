@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqpack import IGNORE_INDEX
-from seqpack.example_columns import ExampleColumns, gather_index
+from seqpack.example_columns import ExampleColumns, gather_index, gather_slices, slices_by_copy
 
 PACKING_STRATEGIES = ("bfd", "wrap", "none")
 
@@ -81,20 +81,22 @@ def bfd_assign(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     best fit for the next item of that length until less than ``n`` is left, so each block takes
     ``r // n`` items at once. The work is per (length, block touched), not per item.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    sizes = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    ranked = np.argsort(-sizes, kind="stable")  # longest first, ties in index order
+    ranked_sizes = sizes[ranked]
+    run_starts = [0, *(np.flatnonzero(np.diff(ranked_sizes)) + 1).tolist()]  # one run per distinct length
+    order = ranked.tolist()
     index = _CapacityIndex(capacity)
     blocks: list[list[int]] = []
-    position = 0
-    while position < len(order):
-        need = lengths[order[position]]
+    for start, end in zip(run_starts, [*run_starts[1:], len(order)], strict=True):
+        if start == end:
+            continue
+        need = int(ranked_sizes[start])
         if need > capacity:
             raise ValueError(
-                f"item {order[position]} has {need} tokens, more than the block capacity {capacity}"
+                f"item {order[start]} has {need} tokens, more than the block capacity {capacity}"
             )
-        end = position
-        while end < len(order) and lengths[order[end]] == need:
-            end += 1
-        position = _place_equal_items(order, position, end, need, capacity, index, blocks)
+        _place_equal_items(order, start, end, need, capacity, index, blocks)
     return blocks
 
 
@@ -195,14 +197,14 @@ class PackedBlocks:
         order = np.asarray(order, dtype=np.int64)
         lengths = np.diff(self.row_offsets)[order]
         seq_counts = np.diff(self.seq_len_offsets)[order]
-        token_index = gather_index(self.row_offsets[:-1][order], lengths)
+        starts = self.row_offsets[:-1][order]
         seq_index = gather_index(self.seq_len_offsets[:-1][order], seq_counts)
         return PackedBlocks(
             row_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-            input_ids=self.input_ids[token_index],
-            labels=self.labels[token_index],
-            attention_mask=self.attention_mask[token_index],
-            position_ids=self.position_ids[token_index],
+            input_ids=gather_slices(self.input_ids, starts, lengths),
+            labels=gather_slices(self.labels, starts, lengths),
+            attention_mask=gather_slices(self.attention_mask, starts, lengths),
+            position_ids=gather_slices(self.position_ids, starts, lengths),
             seq_len_offsets=np.concatenate([[0], np.cumsum(seq_counts)]).astype(np.int64),
             seq_lens=self.seq_lens[seq_index],
             source_ids=None if self.source_ids is None else self.source_ids[seq_index],
@@ -221,8 +223,9 @@ def assemble(
     """Lay the segments out as blocks, build labels and position ids, and pad rows to ``max_length``.
 
     Labels are -100 on each example's masked tokens and, when ``mask_boundaries``, on the first token of every
-    segment: that label would make the last token of the previous example predict the next example. Every
-    step is a whole-array operation (segments must be in block order, as every strategy gives them).
+    segment: that label would make the last token of the previous example predict the next example. Segments
+    must be in block order, as every strategy gives them. Short segments are laid out with whole-array steps,
+    long ones slice by slice (``slices_by_copy``): the same arrays, whichever is faster.
     """
     seg_lens = (segments.stop - segments.start).astype(np.int64)
     real_per_block = np.bincount(segments.block, weights=seg_lens, minlength=segments.n_blocks).astype(np.int64)
@@ -239,18 +242,10 @@ def assemble(
     before = np.cumsum(seg_lens) - seg_lens
     first_of_block = np.searchsorted(segments.block, segments.block, side="left")
     seg_out = row_offsets[segments.block] + before - before[first_of_block]
-    source = gather_index(examples.offsets[segments.item] + segments.start, seg_lens)
-    target = gather_index(seg_out, seg_lens)
-    tokens = examples.ids[source]
-    input_ids[target] = tokens
-    if examples.trained is not None:
-        trained = examples.trained[source]
+    if slices_by_copy(seg_lens):
+        _lay_out_by_copy(examples, segments, seg_out, input_ids, labels, attention_mask, position_ids)
     else:
-        position_in_example = np.repeat(segments.start - before, seg_lens) + np.arange(len(source))
-        trained = position_in_example >= np.repeat(examples.n_masked[segments.item], seg_lens)
-    labels[target] = np.where(trained, tokens, IGNORE_INDEX)
-    attention_mask[target] = 1
-    position_ids[target] = np.arange(len(target)) - np.repeat(before, seg_lens)
+        _lay_out_by_index(examples, segments, seg_out, before, input_ids, labels, attention_mask, position_ids)
     if mask_boundaries and len(seg_lens):
         labels[seg_out[seg_lens > 0]] = IGNORE_INDEX
     seq_counts = np.bincount(segments.block, minlength=segments.n_blocks)
@@ -264,6 +259,51 @@ def assemble(
         seq_lens=seg_lens.astype(np.int32),
         source_ids=None if examples.source is None else examples.source[segments.item],
     )
+
+
+def _lay_out_by_index(
+    examples: ExampleColumns, segments: Segments, seg_out: np.ndarray, before: np.ndarray,
+    input_ids: np.ndarray, labels: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+) -> None:
+    """Fill the token columns with whole-array steps over flat indices: fastest for short segments."""
+    seg_lens = (segments.stop - segments.start).astype(np.int64)
+    source = gather_index(examples.offsets[segments.item] + segments.start, seg_lens)
+    target = gather_index(seg_out, seg_lens)
+    tokens = examples.ids[source]
+    input_ids[target] = tokens
+    if examples.trained is not None:
+        trained = examples.trained[source]
+    else:
+        position_in_example = np.repeat(segments.start - before, seg_lens) + np.arange(len(source))
+        trained = position_in_example >= np.repeat(examples.n_masked[segments.item], seg_lens)
+    labels[target] = np.where(trained, tokens, IGNORE_INDEX)
+    attention_mask[target] = 1
+    position_ids[target] = np.arange(len(target)) - np.repeat(before, seg_lens)
+
+
+def _lay_out_by_copy(
+    examples: ExampleColumns, segments: Segments, seg_out: np.ndarray,
+    input_ids: np.ndarray, labels: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+) -> None:
+    """Fill the token columns one segment at a time, each a few slice copies: fastest for long segments, where
+    the flat indices of ``_lay_out_by_index`` would cost an int64 per token and several passes over them."""
+    ids, trained = examples.ids, examples.trained
+    trained_out = np.zeros(len(input_ids), bool)
+    positions = np.arange(int(np.max(segments.stop - segments.start, initial=0)), dtype=np.int32)
+    starts = (examples.offsets[segments.item] + segments.start).tolist()
+    masked_before = (examples.n_masked[segments.item] - segments.start).tolist()
+    for src, out, begin, stop, masked in zip(starts, seg_out.tolist(), segments.start.tolist(),
+                                             segments.stop.tolist(), masked_before, strict=True):
+        length = stop - begin
+        input_ids[out : out + length] = ids[src : src + length]
+        attention_mask[out : out + length] = 1
+        position_ids[out : out + length] = positions[:length]
+        if trained is not None:
+            trained_out[out : out + length] = trained[src : src + length]
+        else:  # pairs: the example's first n_masked tokens are the prompt
+            skip = min(max(masked, 0), length)
+            trained_out[out + skip : out + length] = True
+    np.copyto(labels, input_ids, where=trained_out)
 
 
 def pack_columns(

@@ -191,7 +191,7 @@ def _publish(staging: str, entry: str, files: list[RemoteFile]) -> str:
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
     """Load a ``transformers`` tokenizer; raise ``TokenizerError`` with a fix when it cannot be loaded."""
     try:
-        from transformers import AutoTokenizer, PreTrainedTokenizerFast
+        from transformers import PreTrainedTokenizerFast  # AutoTokenizer, only where needed: it imports torch
     except ImportError as exc:  # pragma: no cover - transformers is a core dependency
         raise TokenizerError("transformers is not installed: pip install seqpack") from exc
     if spec.endswith((".json", ".gguf")) and not _is_remote(spec) and not os.path.exists(spec):
@@ -200,15 +200,40 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
         return _load_from_hub(spec, trust_remote_code=trust_remote_code)
     path = _copy_remote_dir(spec) if _is_remote(spec) else spec
     try:
+        if path.endswith(".json") and os.path.isfile(path):
+            return PreTrainedTokenizerFast(tokenizer_file=path)
+        if is_plain_tokenizer_dir(path):
+            return PreTrainedTokenizerFast.from_pretrained(path)
+        from transformers import AutoTokenizer
+
         if path.endswith(".gguf"):
             directory, name = os.path.split(os.path.abspath(path))
             return AutoTokenizer.from_pretrained(directory, gguf_file=name, trust_remote_code=trust_remote_code)
-        if path.endswith(".json") and os.path.isfile(path):
-            return PreTrainedTokenizerFast(tokenizer_file=path)
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many types (OSError, ValueError, HF hub errors)
         hint = "" if os.path.exists(path) else " (no such local path, nor a name the Hugging Face hub could hold)"
         raise TokenizerError(f"cannot load tokenizer {spec!r}{hint}: {_one_line(exc)}") from exc
+
+
+PLAIN_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def is_plain_tokenizer_dir(path: str) -> bool:
+    """A directory with only a tokenizer in it (no model ``config.json``), of the plain Rust-backed class and no
+    custom code: ``AutoTokenizer`` would load exactly that class from it, with nothing from a model configuration,
+    so seqpack loads it directly. ``AutoTokenizer`` imports the model configuration code, and with it torch: about
+    1.5 s of every run's start (``tests/core/test_tokenizer_load.py`` holds the two loads equal)."""
+    if not os.path.isdir(path) or os.path.exists(os.path.join(path, "config.json")):
+        return False
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        return False
+    try:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("tokenizer_class") in PLAIN_TOKENIZER_CLASSES \
+        and "auto_map" not in config
 
 
 HUB_PROBE_SECONDS = 5.0

@@ -167,3 +167,60 @@ def test_arbitrary_masks_survive_packing(masks: list[list[bool]], strategy: str)
     for k, (token, label) in enumerate(zip(blocks.input_ids, blocks.labels, strict=True)):
         if blocks.attention_mask[k] and k not in starts:
             assert (label != IGNORE_INDEX) == (int(token) in trained)
+
+
+@given(
+    st.lists(st.tuples(st.integers(min_value=0, max_value=300), st.integers(min_value=0, max_value=300),
+                       st.booleans()), max_size=40),
+    st.sampled_from(["bfd", "wrap", "none"]), st.sampled_from([64, 100, 256]), st.booleans(), st.booleans(),
+)
+@settings(max_examples=150, deadline=None)
+def test_laying_out_by_copy_and_by_index_give_the_same_blocks(
+    shapes: list[tuple[int, int, bool]], strategy: str, max_length: int, conversations: bool, pad: bool,
+) -> None:
+    """The two ways ``assemble`` fills blocks (chosen by the mean segment length) write the same arrays, for
+    pairs (a masked prefix, longer than the example too) and conversations (a mask per token), split pieces too."""
+    from seqpack.example_columns import ExampleColumns, offsets_of
+    from seqpack.packing import _lay_out_by_copy, _lay_out_by_index, assign_segments
+
+    rng = np.random.default_rng(len(shapes))
+    lengths = np.array([min(length, max_length) if strategy == "bfd" else length for length, _, _ in shapes],
+                       np.int64)
+    offsets = offsets_of(lengths)
+    examples = ExampleColumns(
+        key_hi=np.zeros(len(shapes), np.uint64), key_lo=np.zeros(len(shapes), np.uint64), offsets=offsets,
+        ids=rng.integers(0, 1000, int(offsets[-1])).astype(np.int32),
+        n_masked=np.array([masked for _, masked, _ in shapes], np.int32),
+        trained=rng.random(int(offsets[-1])) < 0.5 if conversations else None,
+    )
+    segments = assign_segments(strategy, lengths.tolist(), max_length)
+    pad = pad and strategy != "none"  # unpadded rows of any length; bfd and wrap rows fit max_length
+    seg_lens = segments.stop - segments.start
+    before = np.cumsum(seg_lens) - seg_lens
+    first_of_block = np.searchsorted(segments.block, segments.block, side="left")
+    rows = np.full(segments.n_blocks, max_length) if pad else np.bincount(segments.block, seg_lens,
+                                                                          segments.n_blocks).astype(np.int64)
+    row_offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+    seg_out = row_offsets[segments.block] + before - before[first_of_block]
+    total = int(row_offsets[-1])
+
+    def columns() -> list[np.ndarray]:
+        return [np.full(total, 7, np.int32), np.full(total, IGNORE_INDEX, np.int32), np.zeros(total, np.int8),
+                np.zeros(total, np.int32)]
+
+    by_copy, by_index = columns(), columns()
+    _lay_out_by_copy(examples, segments, seg_out, *by_copy)
+    _lay_out_by_index(examples, segments, seg_out, before, *by_index)
+    for copied, indexed in zip(by_copy, by_index, strict=True):
+        np.testing.assert_array_equal(copied, indexed)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=200), max_size=30), st.randoms())
+def test_gathering_slices_by_copy_equals_the_flat_index(lengths: list[int], random) -> None:
+    from seqpack.example_columns import gather_index, gather_slices
+
+    values = np.arange(sum(lengths) + 50, dtype=np.int32)
+    starts = np.array([random.randint(0, 50) for _ in lengths], np.int64) + np.concatenate(
+        [[0], np.cumsum(lengths)[:-1]]).astype(np.int64)[: len(lengths)]
+    expected = values[gather_index(starts, np.array(lengths, np.int64))]
+    np.testing.assert_array_equal(gather_slices(values, starts, np.array(lengths, np.int64)), expected)

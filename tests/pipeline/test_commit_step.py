@@ -178,16 +178,13 @@ def test_a_launcher_killed_after_submitting_leaves_the_job_to_commit_exactly_onc
     out = tmp_path / "out"
     args = ["run", "-i", job["inputs"][0], "-o", str(out), "-t", job["tokenizer"], "--max-length", "128",
             "--bucket-tokens", "2048", "--validation-fraction", "0.1", "--no-wait", *_runner_args(runner, request)]
+    # the launcher kills itself the moment it says the job was submitted (it would return just as fast)
     launcher = subprocess.Popen([sys.executable, "-m", "seqpack.cli", *args], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-    said = []
-    for line in launcher.stderr:
-        said.append(line)
-        if line.startswith("seqpack: submitted"):
-            launcher.send_signal(signal.SIGKILL)
-            uncommitted_at_kill = not (out / "manifest.json").exists()  # an SDK worker takes seconds to start
-            break
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, FAULT_ENV: "submitted"})
+    said = launcher.stderr.readlines()
     launcher.wait(timeout=60)
+    assert any(line.startswith("seqpack: submitted") for line in said), "".join(said)
+    uncommitted_at_kill = not (out / "manifest.json").exists()  # an SDK worker takes seconds to start
     assert launcher.returncode == -signal.SIGKILL, "".join(said)
     assert uncommitted_at_kill, "the launcher returned before the job committed: the job must commit by itself"
     holder = json.loads((out / LOCK_NAME).read_text())

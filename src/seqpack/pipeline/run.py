@@ -177,18 +177,19 @@ def run(
     # pipeline exists (which sets them too): the object store's options (--s3_endpoint_url) must reach them now.
     FileSystems.set_options(options)
     check_output(config)
-    with warm_local_runner(options, runner, local_provision_info(options)) as runner:  # workers start importing
-        return _run(config, options, runner, wait=wait, lock_lease=lock_lease, progress=progress, verbose=verbose,
-                    only=only)
+    files, tokenizer, tokenizer_info = _check_up_front(config)
+    # Once the checks pass, the local workers start importing while the driver gets the job ready.
+    with warm_local_runner(options, runner, local_provision_info(options)) as runner:
+        job = _Job(config, files, tokenizer, tokenizer_info, options, runner)
+        return _run_job(job, wait=wait, lock_lease=lock_lease, progress=progress, verbose=verbose, only=only)
 
 
-def _run(
-    config: RunConfig, options: Any, runner: Any, *, wait: bool, lock_lease: float, progress: bool, verbose: bool,
+def _run_job(
+    job: _Job, *, wait: bool, lock_lease: float, progress: bool, verbose: bool,
     only: Mapping[str, tuple[int, float]] | None,
 ) -> tuple[Manifest, dict[str, Any]] | Submitted | UpToDate | None:
-    """``run`` once the runner is chosen: the checks up front, then the job under the output lock."""
-    files, tokenizer, tokenizer_info = _check_up_front(config)
-    job = _Job(config, files, tokenizer, tokenizer_info, options, runner)
+    """``run`` once everything is checked: the job under the output lock."""
+    config, files, runner, options, tokenizer_info = job.config, job.files, job.runner, job.options, job.tokenizer_info
     created = "://" not in config.output and not os.path.exists(config.output)
     try:
         with _remove_if_left_empty(config.output, created), stop_on_termination() as stop, \
