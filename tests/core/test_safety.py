@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from seqpack import tokenizer as tokenizer_module
 from seqpack.schemas import DatasetFormatError, safe_relative_path
 
 
-def test_tokenizers_load_without_remote_code_unless_asked(monkeypatch: pytest.MonkeyPatch, tokenizer_dir) -> None:
+def test_tokenizers_load_without_remote_code_unless_asked(monkeypatch: pytest.MonkeyPatch, tokenizer_dir,
+                                                          tmp_path) -> None:
     seen = []
     import transformers
 
@@ -19,8 +23,15 @@ def test_tokenizers_load_without_remote_code_unless_asked(monkeypatch: pytest.Mo
         return real(path, **kwargs)
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy)
-    tokenizer_module.load_tokenizer(str(tokenizer_dir))
-    tokenizer_module.load_tokenizer(str(tokenizer_dir), trust_remote_code=True)
+    tokenizer_module.load_tokenizer(str(tokenizer_dir))  # the plain class, no custom code: loaded directly
+    assert seen == []
+    unnamed = tmp_path / "unnamed"  # no tokenizer class named: AutoTokenizer decides, and may run code
+    shutil.copytree(tokenizer_dir, unnamed)
+    config = json.loads((unnamed / "tokenizer_config.json").read_text())
+    del config["tokenizer_class"]
+    (unnamed / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer_module.load_tokenizer(str(unnamed))
+    tokenizer_module.load_tokenizer(str(unnamed), trust_remote_code=True)
     assert seen == [False, True]
 
 

@@ -15,7 +15,8 @@ from helpers import IN_PROCESS, dataset_file, run_args, write_jsonl
 
 from seqpack.cli.main import main
 from seqpack.config import RunConfig
-from seqpack.pipeline.run import run, summary
+from seqpack.pipeline.run import run
+from seqpack.pipeline.run_summary import summary
 from seqpack.schemas import LOCK_NAME, STAGING_NAME, Manifest
 
 

@@ -15,7 +15,7 @@ from shardgen import Example, write_dataset
 from transformers import AutoTokenizer
 
 from seqpack.cli.main import main
-from seqpack.pipeline.run import summary
+from seqpack.pipeline.run_summary import summary
 from seqpack.schemas import Manifest
 from seqpack.tools.blocks import (
     MASK_CLOSE,

@@ -14,7 +14,8 @@ from seqpack.cli.flags import config_from_args
 from seqpack.config import RunConfig
 from seqpack.errors import UsageError
 from seqpack.faults import checkpoint
-from seqpack.pipeline.run import Submitted, UpToDate, run, summary, up_to_date_message
+from seqpack.pipeline.run import Submitted, UpToDate, run
+from seqpack.pipeline.run_summary import summary, up_to_date_message
 from seqpack.schemas import REPORT_NAME
 
 
