@@ -153,3 +153,26 @@ def test_the_progress_variable_is_the_one_progress_counts_reads() -> None:
     from seqpack.transforms.progress_counts import PROGRESS_DIR_ENV
 
     assert PROGRESS_DIR_ENV in PER_WORKER_VARIABLES
+
+
+def test_a_run_with_warm_workers_writes_what_cold_workers_write(
+    tmp_path: Path, pairs_file: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from seqpack.config import RunConfig
+    from seqpack.pipeline.run import run
+
+    def build(name: str) -> tuple[dict, bytes]:
+        config = RunConfig(inputs=[str(pairs_file)], output=str(tmp_path / name), tokenizer=str(tokenizer_dir),
+                           max_length=128, bucket_tokens=2048, validation_fraction=0.1)
+        manifest, _ = run(config, ["--direct_num_workers=2"])
+        shards = {s.path: s.sha256 for split in manifest.splits.values() for s in split.shards}
+        return shards, (tmp_path / name / manifest.directory / "stats.json").read_bytes()
+
+    caplog.set_level("INFO", logger="seqpack")
+    warm = build("warm")
+    assert "local workers: 2 of 2 started warm" in caplog.text
+    monkeypatch.setenv(DISABLE_VARIABLE, "0")
+    caplog.clear()
+    assert build("cold") == warm
+    assert "started warm" not in caplog.text

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import select
@@ -42,6 +43,7 @@ from typing import Any
 from seqpack.pipeline import worker_launcher
 from seqpack.pipeline.worker_launcher import ADOPTED, REFUSED, SLOTS_FILE
 
+_LOG = logging.getLogger("seqpack")
 DISABLE_VARIABLE = "SEQPACK_WARM_WORKERS"
 """``SEQPACK_WARM_WORKERS=0`` starts Beam's workers cold, as Beam does."""
 WORKER_MODULES = (
@@ -156,7 +158,10 @@ def warm_local_runner(options: Any, runner: object, provision_info: Any = None) 
     try:
         yield _warm_runner(pool, provision_info)
     finally:
+        adopted = pool.adopted()
         pool.close()
+        _LOG.info("local workers: %d of %d started warm (%s=0 starts them cold)", adopted, len(pool.processes),
+                  DISABLE_VARIABLE)
 
 
 def _warm_runner(pool: WarmPool, provision_info: Any) -> object:
