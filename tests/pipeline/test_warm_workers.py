@@ -22,14 +22,15 @@ from seqpack.pipeline.warm_workers import DISABLE_VARIABLE, WarmPool, start_pool
 COLD = [sys.executable, "-c", "print('cold start')"]
 
 
-def _serve(pool: Path, slot: int, body: str) -> subprocess.Popen:
-    """A warm process whose 'worker' is ``body`` (a function body returning an exit status), not Beam's."""
+def _serve(pool: Path, slots: int, body: str) -> subprocess.Popen:
+    """A server of warm processes whose 'worker' is ``body`` (a function body returning an exit status), not
+    Beam's."""
     code = "\n".join([
         "import os, sys, time",
         "from seqpack.pipeline.warm_workers import serve",
         "def target():",
         textwrap.indent(textwrap.dedent(body).strip(), "    "),
-        f"serve({str(pool)!r}, {slot}, target)",
+        f"serve({str(pool)!r}, {slots}, target)",
     ])
     return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=dict(os.environ))
 
@@ -56,7 +57,7 @@ def _launch(pool: Path, env: dict[str, str] | None = None, **kwargs) -> subproce
 
 def test_an_adopted_worker_writes_to_the_launchers_streams_and_its_status_is_the_launchers(tmp_path: Path) -> None:
     pool = _pool_dir(tmp_path, 1)
-    warm = _serve(pool, 0, """
+    warm = _serve(pool, 1, """
         print("worker", os.environ["WORKER_ID"], os.getcwd(), flush=True)
         print("on stderr", file=sys.stderr, flush=True)
         return 7
@@ -66,13 +67,13 @@ def test_an_adopted_worker_writes_to_the_launchers_streams_and_its_status_is_the
     out, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 7, (out, err)
     assert out == f"worker worker_3 {os.getcwd()}\n" and "on stderr" in err
-    assert warm.wait(timeout=10) == 7
+    assert warm.wait(timeout=10) == 0, "the server ends once its warm process has"
     assert (pool / "adopted-0").exists()
 
 
 def test_a_changed_environment_is_refused_and_the_worker_starts_cold(tmp_path: Path) -> None:
     pool = _pool_dir(tmp_path, 1)
-    warm = _serve(pool, 0, "return 0")
+    warm = _serve(pool, 1, "return 0")
     _wait_for_socket(pool, 0)
     launcher = _launch(pool, env={**os.environ, "SOMETHING_NEW": "1"})
     out, _ = launcher.communicate(timeout=60)
@@ -89,7 +90,7 @@ def test_without_a_warm_process_to_claim_the_worker_starts_cold(tmp_path: Path) 
 
 def test_two_launchers_never_claim_the_same_warm_process(tmp_path: Path) -> None:
     pool = _pool_dir(tmp_path, 1)
-    warm = _serve(pool, 0, "print('warm', flush=True); return 0")
+    warm = _serve(pool, 1, "print('warm', flush=True); return 0")
     _wait_for_socket(pool, 0)
     launchers = [_launch(pool) for _ in range(2)]
     outs = sorted(launcher.communicate(timeout=60)[0] for launcher in launchers)
@@ -99,13 +100,16 @@ def test_two_launchers_never_claim_the_same_warm_process(tmp_path: Path) -> None
 
 def test_a_killed_launcher_takes_its_worker_with_it(tmp_path: Path) -> None:
     pool = _pool_dir(tmp_path, 1)
-    warm = _serve(pool, 0, "print('running', flush=True); time.sleep(60); return 0")
+    warm = _serve(pool, 1, "print('running', flush=True); time.sleep(60); return 0")
     _wait_for_socket(pool, 0)
     launcher = _launch(pool)
     assert launcher.stdout.readline() == "running\n"
     launcher.send_signal(signal.SIGKILL)
     launcher.wait(timeout=10)
-    assert warm.wait(timeout=10) == 1
+    warm.wait(timeout=10)  # the server ends once its warm process has
+    worker = int((pool / "warm-0").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
 
 
 def test_an_idle_warm_process_ends_when_the_driver_closes_the_pool(tmp_path: Path) -> None:
@@ -113,10 +117,13 @@ def test_an_idle_warm_process_ends_when_the_driver_closes_the_pool(tmp_path: Pat
     assert pool is not None
     for slot in range(2):
         _wait_for_socket(Path(pool.directory), slot)
-    pool.processes[0].stdin.close()  # as when the driver dies
-    assert pool.processes[0].wait(timeout=30) == 0
+    pool.server.stdin.close()  # as when the driver dies
+    assert pool.server.wait(timeout=30) == 0, "the server ends once its idle warm processes have"
+    assert len(pool.warm_pids()) == 2
+    for pid in pool.warm_pids():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
     pool.close()
-    assert all(process.poll() is not None for process in pool.processes)
     assert not os.path.exists(pool.directory)
 
 
@@ -129,8 +136,8 @@ def test_a_local_pipeline_runs_in_the_warm_processes(tmp_path: Path) -> None:
             _ = pipeline | beam.Create(range(20)) | beam.Map(lambda _: Path(record, str(os.getpid())).touch())
         assert pool.adopted() == 2
         pids = {int(name) for name in os.listdir(tmp_path)}
-        assert pids and pids <= {process.pid for process in pool.processes}
-    assert all(process.poll() is not None for process in pool.processes)
+        assert pids and pids <= set(pool.warm_pids())
+    assert pool.server.poll() is not None
 
 
 @pytest.mark.parametrize("beam_args", [["--direct_running_mode=in_memory"], ["--runner=DataflowRunner"]])

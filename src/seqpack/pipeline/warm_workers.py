@@ -6,15 +6,17 @@ before it asks for work, and at the end each spends most of a second tearing its
 waits for it. Meanwhile the driver has spent its first seconds (imports, loading the tokenizer, checking the fast
 encoder) on one core, with the others idle.
 
-So a local multi-process run starts one *warm* process per worker first thing (``warm_local_runner``): each
-imports what a worker needs and waits. When Beam starts a worker, the command it runs is
+So once its checks pass, a local multi-process run starts a server (``warm_local_runner``) that imports what a
+worker needs, once, and forks one *warm* process per worker, which waits. When Beam starts a worker, the command
+it runs is
 ``pipeline.worker_launcher``, which hands the worker's part (environment, directory, standard streams) to a warm
 process; that process checks that its environment is the one it was started in, becomes the worker
 (``sdk_worker_main``), and ends with ``os._exit`` as soon as the worker returns. Anything unusual falls back to
 Beam's own cold start, so the output is the same either way; ``SEQPACK_WARM_WORKERS=0`` turns this off.
 
-Lifetimes: an idle warm process ends when the driver closes its stdin (or dies); an adopted one ends when its
-launcher's connection closes. The pool kills what is left when the run ends, for whatever reason.
+Lifetimes: an idle warm process ends when the driver closes the server's stdin (or dies); an adopted one ends
+when its launcher's connection closes; the server, once its warm processes have ended. The pool kills what is
+left when the run ends, for whatever reason.
 
     with warm_local_runner(options, runner) as runner:
         beam.Pipeline(runner=runner, options=options) ...
@@ -30,6 +32,7 @@ import os
 import select
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +40,7 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from seqpack.pipeline import worker_launcher
@@ -73,10 +76,12 @@ _MAX_SOCKET_PATH = 100
 
 @dataclass
 class WarmPool:
-    """Warm processes waiting to become workers, and the directory through which launchers claim them."""
+    """A server of warm processes waiting to become workers, and the directory through which launchers claim
+    them. The server imports what a worker needs once, then forks one warm process per worker slot."""
 
     directory: str
-    processes: list[subprocess.Popen] = field(default_factory=list)
+    server: subprocess.Popen
+    workers: int
 
     def command(self) -> str:
         """The worker command for Beam: the launcher, with Beam's own command as its fallback."""
@@ -85,41 +90,59 @@ class WarmPool:
 
     def adopted(self) -> int:
         """How many warm processes became workers so far."""
-        slots = range(len(self.processes))
+        slots = range(self.workers)
         return sum(os.path.exists(worker_launcher.adopted_path(self.directory, slot)) for slot in slots)
 
+    def warm_pids(self) -> list[int]:
+        """The warm processes the server forked so far."""
+        pids = []
+        for slot in range(self.workers):
+            with contextlib.suppress(OSError, ValueError), open(_child_path(self.directory, slot)) as handle:
+                pids.append(int(handle.read()))
+        return pids
+
     def close(self) -> None:
-        """End every warm process (idle or adopted: the run is over) and remove the directory."""
-        for process in self.processes:
+        """End the server and every warm process (idle or adopted: the run is over); remove the directory."""
+        with contextlib.suppress(OSError):
+            if self.server.stdin is not None:
+                self.server.stdin.close()  # idle warm processes see their stdin close
+        for pid in self.warm_pids():
             with contextlib.suppress(OSError):
-                if process.stdin is not None:
-                    process.stdin.close()
-            with contextlib.suppress(OSError):
-                process.kill()
-        for process in self.processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=5)
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.server.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.server.wait(timeout=5)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _child_path(pool: str, slot: int) -> str:
+    return os.path.join(pool, f"warm-{slot}")
+
+
 def start_pool(workers: int) -> WarmPool | None:
-    """``workers`` warm processes, or None where they cannot work (no Unix sockets, a too-long temp path)."""
-    if not hasattr(socket, "AF_UNIX") or not hasattr(socket, "send_fds"):
+    """A server of ``workers`` warm processes, or None where they cannot work (no Unix sockets or ``fork``, a
+    too-long temp path)."""
+    if not hasattr(socket, "AF_UNIX") or not hasattr(socket, "send_fds") or not hasattr(os, "fork"):
         return None
     directory = tempfile.mkdtemp(prefix="seqpack-warm-")
     if len(worker_launcher.socket_path(directory, workers)) > _MAX_SOCKET_PATH:
         os.rmdir(directory)
         return None
-    pool = WarmPool(directory)
     try:
-        for slot in range(workers):
-            pool.processes.append(process := subprocess.Popen(
-                [sys.executable, "-m", __name__, directory, str(slot)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                env=dict(os.environ),  # what Beam gives its workers; the C environment may differ (readline)
-            ))
+        server = subprocess.Popen(
+            [sys.executable, "-m", __name__, directory, str(workers)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=dict(os.environ),  # what Beam gives its workers; the C environment may differ (readline)
+        )
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
+    pool = WarmPool(directory, server, workers)
+    try:
+        for slot in range(workers):  # a launcher waits for a slot's socket while this process lives
             with open(worker_launcher.pid_path(directory, slot), "w", encoding="ascii") as handle:
-                handle.write(str(process.pid))
+                handle.write(str(server.pid))
         with open(os.path.join(directory, SLOTS_FILE), "w", encoding="ascii") as handle:
             handle.write(str(workers))
     except OSError:
@@ -160,7 +183,7 @@ def warm_local_runner(options: Any, runner: object, provision_info: Any = None) 
     finally:
         adopted = pool.adopted()
         pool.close()
-        _LOG.info("local workers: %d of %d started warm (%s=0 starts them cold)", adopted, len(pool.processes),
+        _LOG.info("local workers: %d of %d started warm (%s=0 starts them cold)", adopted, pool.workers,
                   DISABLE_VARIABLE)
 
 
@@ -240,22 +263,48 @@ def _wait_for_launcher(listener: socket.socket) -> socket.socket | None:
         return connection
 
 
-def serve(pool: str, slot: int, target: Any = _run_worker) -> None:
-    """The warm process of ``slot``: import, wait to be claimed, become the worker (``target``), end."""
-    started, cwd = dict(os.environ), os.getcwd()
+def _listen(pool: str, slot: int) -> socket.socket:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     path = worker_launcher.socket_path(pool, slot)
     listener.bind(path + ".new")
     listener.listen(1)
     os.rename(path + ".new", path)  # a launcher finds the socket only once it is listening
+    return listener
+
+
+def serve(pool: str, workers: int, target: Any = _run_worker) -> None:
+    """The server: listen on every slot's socket (a launcher may connect at once and wait), import what a worker
+    needs, fork one warm process per slot, then reap them. Forking from this single-threaded process after the
+    imports costs each warm process milliseconds instead of seconds of imports."""
+    started, cwd = dict(os.environ), os.getcwd()
+    listeners = [_listen(pool, slot) for slot in range(workers)]
     for module in WORKER_MODULES:
         with contextlib.suppress(Exception):
             __import__(module)
-    connection = _wait_for_launcher(listener)
-    listener.close()
-    if connection is None:
-        os._exit(0)
+    for slot, listener in enumerate(listeners):
+        pid = os.fork()
+        if pid == 0:
+            for other in listeners:
+                if other is not listener:
+                    other.close()
+            _serve_slot(pool, slot, listener, started, cwd, target)  # never returns
+        with open(_child_path(pool, slot), "w", encoding="ascii") as handle:
+            handle.write(str(pid))
+        listener.close()
+    with contextlib.suppress(ChildProcessError):
+        while True:
+            os.wait()
+    os._exit(0)
+
+
+def _serve_slot(pool: str, slot: int, listener: socket.socket, started: dict[str, str], cwd: str,
+                target: Any) -> None:
+    """A warm process: wait to be claimed, become the worker (``target``), end."""
     try:
+        connection = _wait_for_launcher(listener)
+        listener.close()
+        if connection is None:
+            os._exit(0)
         request, fds = _receive_request(connection)
     except (OSError, ValueError):
         os._exit(1)
