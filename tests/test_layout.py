@@ -43,6 +43,7 @@ ALLOWED = {
     # A tokenizer given as gs:// or s3:// is read through Beam's filesystems, as inputs are, inside the function
     # that copies it (only for remote tokenizers; moving it to fsspec would drop the dependency).
     "seqpack.tokenizer": ("apache_beam.io.filesystems",),
+    "seqpack.tokenizer_cache": ("apache_beam.io.filesystems",),
 }
 
 

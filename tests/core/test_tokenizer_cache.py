@@ -20,7 +20,7 @@ import pytest
 from apache_beam.io.filesystem import FileMetadata, MatchResult
 from apache_beam.io.filesystems import FileSystems
 
-from seqpack import tokenizer as tokenizer_module
+from seqpack import tokenizer_cache as tokenizer_module
 from seqpack.tokenizer import fingerprint, load_tokenizer
 
 URL = "gs://some-bucket/tokenizer"
@@ -146,7 +146,7 @@ def test_a_root_that_is_a_link_is_not_used(
 def test_an_altered_cache_entry_is_copied_again(remote: FakeRemote, tokenizer_dir: Path,
                                                 gpt2_like_tokenizer_dir: Path) -> None:
     remote.fill_from(tokenizer_dir, updated=1000.0)
-    local = Path(tokenizer_module._copy_remote_dir(URL))
+    local = Path(tokenizer_module.copy_remote_dir(URL))
     (local / "tokenizer.json").write_bytes((gpt2_like_tokenizer_dir / "tokenizer.json").read_bytes())
     assert _load_fingerprint() == _load_fingerprint(str(tokenizer_dir))
 

@@ -86,3 +86,40 @@ def test_fast_is_refused_where_it_cannot_take_part(caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.INFO, logger="seqpack"):
         hf_only(RunConfig(inputs=["x"], output="o", tokenizer="t"), "why")
     assert "tokenizing with Hugging Face: why" in caplog.text
+
+
+@pytest.mark.parametrize("check", ["chooses hf", "fails"])
+def test_the_check_while_the_job_starts_decides_the_encoder_or_falls_back_to_hf(
+    hf_run: Path, corpus: Path, tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, check: str,
+) -> None:
+    """On the local runner ``auto`` checks the fast encoder on a thread while the job starts: the workers and the
+    commit step take its answer; a check that breaks leaves the run to Hugging Face, with a warning."""
+    from seqpack.pipeline import run as run_module
+
+    def choose(*_args: object) -> str:
+        if check == "fails":
+            raise RuntimeError("the check broke")
+        return "hf"
+
+    monkeypatch.setattr(run_module, "choose_for_run", choose)
+    with caplog.at_level(logging.WARNING, logger="seqpack"):
+        manifest, stats = _run(corpus, tmp_path / "out", tokenizer_dir, "auto")
+    assert manifest["tokenizer"]["backend"] == "hf"
+    assert ("checking the fast encoder failed: the check broke" in caplog.text) == (check == "fails")
+    assert _shards(tmp_path / "out") == _shards(hf_run)
+
+
+def test_a_worker_waits_for_the_choice_and_says_when_it_never_comes(tmp_path: Path) -> None:
+    from seqpack.tokenizer import DEFERRED, BackendPlan, SpecialLayout, chosen_encoder, read_encoder_choice
+
+    choice = tmp_path / "encoder-choice"
+    plan = BackendPlan("unused.json", SpecialLayout((), ()), DEFERRED, str(choice))
+    with pytest.raises(RuntimeError, match="did not choose the encoder within 0 s"):
+        chosen_encoder(plan, wait_seconds=0.05)
+    choice.write_text("fast")
+    assert chosen_encoder(plan) == "fast"
+    assert chosen_encoder(BackendPlan("unused.json", SpecialLayout((), ()), "hf")) == "hf"
+    choice.write_text("quick")
+    with pytest.raises(RuntimeError, match="not an encoder"):
+        read_encoder_choice(str(choice))

@@ -173,6 +173,7 @@ def test_a_run_with_warm_workers_writes_what_cold_workers_write(
         config = RunConfig(inputs=[str(pairs_file)], output=str(tmp_path / name), tokenizer=str(tokenizer_dir),
                            max_length=128, bucket_tokens=2048, validation_fraction=0.1)
         manifest, _ = run(config, ["--direct_num_workers=2"])
+        assert manifest.tokenizer.backend == "fast", "the check on the driver's thread reached the commit step"
         shards = {s.path: s.sha256 for split in manifest.splits.values() for s in split.shards}
         return shards, (tmp_path / name / manifest.directory / "stats.json").read_bytes()
 

@@ -39,6 +39,8 @@ from seqpack.transforms.write import ShardFormat
 
 META_DIR = "_meta"
 BACKEND_TOKENIZER = "tokenizer-backend.json"
+ENCODER_CHOICE = "encoder-choice"
+"""Under the staging meta directory: ``hf`` or ``fast``, written by the driver's check of the fast encoder."""
 
 
 def _tag(stage: str, source: str | None = None):  # noqa: ANN202 - a small labelled lambda factory

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import apache_beam as beam
@@ -28,6 +28,7 @@ from seqpack.pipeline.lock import LockLostError, OutputLock
 from seqpack.schemas import TokenizerInfo
 from seqpack.schemas.manifest import ConsumedInput
 from seqpack.schemas.stats import AccountingError
+from seqpack.tokenizer import read_encoder_choice
 
 REFUSALS = (AccountingError, TooFewWritten, AuditFindings, LockLostError)
 """Why a commit step fails on purpose: its message, not a traceback, is what the user needs."""
@@ -43,6 +44,15 @@ class CommitPlan:
     lock_token: str
     release_lock: bool
     """True when the launcher leaves once the job is submitted (``--no-wait``): the job gives the lock back."""
+    encoder_file: str = ""
+    """Where the driver writes the encoder it chose, when it chose while the job started (``tokenizer.backend``
+    is then ``deferred``; see ``seqpack.tokenizer.BackendPlan``)."""
+
+    def tokenizer_info(self) -> TokenizerInfo:
+        """What the manifest records of the tokenizer, with the encoder that wrote the ids."""
+        if not self.encoder_file:
+            return self.tokenizer
+        return replace(self.tokenizer, backend=read_encoder_choice(self.encoder_file))
 
 
 class CommitDoFn(beam.DoFn):
@@ -56,7 +66,7 @@ class CommitDoFn(beam.DoFn):
         plan = self.plan
         lock = OutputLock(plan.destination.output, token=plan.lock_token)  # fencing only: no heartbeat here
         try:
-            manifest, _ = commit(plan.config, plan.tokenizer, plan.destination, lock, stats=stats, shards=shards,
+            manifest, _ = commit(plan.config, plan.tokenizer_info(), plan.destination, lock, stats=stats, shards=shards,
                                  inputs=inputs)
         except LockLostError:
             raise  # the output is another run's now: nothing here is ours to remove or release

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ from seqpack.config import RunConfig
 from seqpack.errors import RunFailedError, UsageError
 from seqpack.generations import FoundFile
 from seqpack.pipeline.appends import Selection, select_inputs
-from seqpack.pipeline.build import BACKEND_TOKENIZER, META_DIR, build_pipeline
+from seqpack.pipeline.build import BACKEND_TOKENIZER, ENCODER_CHOICE, META_DIR, build_pipeline
 from seqpack.pipeline.commit import (
     Destination,
     abandon,
@@ -45,11 +46,13 @@ from seqpack.prompt_templates import make_template, template_texts
 from seqpack.schemas import Manifest, TokenizerInfo
 from seqpack.schemas.stats import AccountingError
 from seqpack.tokenizer import (
+    DEFERRED,
     BackendPlan,
     TokenizerError,
     add_special_tokens,
     describe,
     equivalent_backend,
+    load_backend,
     load_tokenizer,
     pad_id_of,
     pair_layout,
@@ -266,11 +269,13 @@ class _Job:
         config = self.config
         if config.add_special_tokens:  # the trainer needs the extended tokenizer: it ships with the data
             save_tokenizer(self.tokenizer, destination)
-        backend = _backend_plan(config, self.tokenizer, destination.staging, self.files)
+        backend, check = _backend_plan(config, self.tokenizer, destination.staging, self.files,
+                                       defer=_is_local(self.runner))
         tokenizer_info = replace(self.tokenizer_info, backend=backend.encoder if backend else "hf")
         pipeline = beam.Pipeline(runner=self.runner, options=self.options)
         plan = CommitPlan(config=config, tokenizer=tokenizer_info, destination=destination,
-                          lock_token=lock.token, release_lock=not wait)
+                          lock_token=lock.token, release_lock=not wait,
+                          encoder_file=backend.encoder_file if backend else "")
         try:
             build_pipeline(pipeline, config, self.files, plan=plan, pad_id=self.tokenizer_info.pad_id,
                            found=self.found, backend=backend,
@@ -291,6 +296,8 @@ class _Job:
                                      lease_until=lock.lease_until)
         finally:  # Beam makes this directory when the pipeline is built and removes it only after a run
             shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+            if check is not None:
+                check.join()
         return read_committed(destination)
 
 
@@ -338,20 +345,45 @@ def _reported(failure: BaseException, worker_log: WorkerLog | None) -> BaseExcep
     )
 
 
-def _backend_plan(config: RunConfig, tokenizer: Any, staging: str, files: list) -> BackendPlan | None:
+def _backend_plan(config: RunConfig, tokenizer: Any, staging: str, files: list, *, defer: bool
+                  ) -> tuple[BackendPlan | None, threading.Thread | None]:
     """Save the Rust tokenizer for the workers when it alone tokenizes pairs exactly as ``tokenizer`` does, with
-    the encoder chosen for it (``pipeline.encoder_choice``)."""
+    the encoder chosen for it (``pipeline.encoder_choice``).
+
+    With ``defer`` (the local runner) and ``--tokenizer-backend auto``, the fast encoder is checked on a thread
+    while the job starts (about a second, which the workers' start-up hides): the plan's encoder is ``deferred``,
+    the choice follows in a file, and the thread is returned to be joined. ``fast`` is checked first: it may
+    refuse the run."""
     if config.is_chat:  # chat templates need transformers
-        return hf_only(config, "chat templates are rendered and tokenized by transformers")
+        return hf_only(config, "chat templates are rendered and tokenized by transformers"), None
     rust = equivalent_backend(tokenizer)
     if rust is None:
         return hf_only(config, "its Rust backend alone does not give this tokenizer's ids (its class changes "
-                       "texts in Python, or its ids are random)")
+                       "texts in Python, or its ids are random)"), None
     definition = rust.to_str()
-    encoder = choose_for_run(config, rust, definition, files)
     path = FileSystems.join(staging, META_DIR, BACKEND_TOKENIZER)
     write_atomically(path, definition.encode("utf-8"))
-    return BackendPlan(path, pair_layout(tokenizer, add_eos=config.add_eos), encoder)
+    layout = pair_layout(tokenizer, add_eos=config.add_eos)
+    if not defer or config.tokenizer_backend != "auto":
+        return BackendPlan(path, layout, choose_for_run(config, rust, definition, files)), None
+    choice = FileSystems.join(staging, META_DIR, ENCODER_CHOICE)
+    check = threading.Thread(target=_choose_into, args=(config, path, definition, files, choice),
+                             name="seqpack-encoder-check", daemon=True)
+    check.start()
+    return BackendPlan(path, layout, DEFERRED, choice), check
+
+
+def _choose_into(config: RunConfig, tokenizer_json: str, definition: str, files: list, choice: str) -> None:
+    """Check the fast encoder (on a Rust tokenizer of its own: the driver's is in use meanwhile) and write the
+    choice; a check that fails unexpectedly chooses Hugging Face, which is always exact."""
+    encoder = "hf"
+    try:
+        encoder = choose_for_run(config, load_backend(tokenizer_json, definition), definition, files)
+    except Exception as error:  # noqa: BLE001 - the run goes on with the exact encoder
+        logging.getLogger("seqpack").warning("tokenizing with Hugging Face: checking the fast encoder failed: %s",
+                                             error)
+    finally:
+        write_atomically(choice, encoder.encode("utf-8"))
 
 
 def _is_dry_run(options: Any) -> bool:

@@ -43,6 +43,7 @@ from seqpack.prompt_templates import RenderError
 from seqpack.schemas import stats as stats_format
 from seqpack.tokenizer import (
     BackendPlan,
+    chosen_encoder,
     equivalent_backend,
     load_backend,
     load_for_run,
@@ -232,7 +233,7 @@ class TokenizeDoFn(_TokenizeBase):
             self._fast = _batch_encoder(load_backend(self.backend.tokenizer_json, definition))
             self.layout = self.backend.layout
         encode = self.encode
-        fast = self.backend is not None and self.backend.encoder == "fast"
+        fast = self.backend is not None and chosen_encoder(self.backend) == "fast"
         if fast:  # checked by the driver: the same ids
             encode = worker_encoder(definition, self.encode, lambda count: self.count("texts_reencoded", count))
         # Sources repeat most (one source, many translations), but each side decides for itself.
