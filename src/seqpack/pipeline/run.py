@@ -176,10 +176,10 @@ def run(
     # The driver reads the tokenizer and inputs, takes the lock and commits through Beam's filesystems before the
     # pipeline exists (which sets them too): the object store's options (--s3_endpoint_url) must reach them now.
     FileSystems.set_options(options)
-    check_output(config)
-    files, tokenizer, tokenizer_info = _check_up_front(config)
-    # Once the checks pass, the local workers start importing while the driver gets the job ready.
+    # The local workers start importing now, while the driver checks and gets the job ready.
     with warm_local_runner(options, runner, local_provision_info(options)) as runner:
+        check_output(config)
+        files, tokenizer, tokenizer_info = _check_up_front(config)
         job = _Job(config, files, tokenizer, tokenizer_info, options, runner)
         return _run_job(job, wait=wait, lock_lease=lock_lease, progress=progress, verbose=verbose, only=only)
 
