@@ -226,12 +226,13 @@ def chosen_encoder(plan: BackendPlan, wait_seconds: float = ENCODER_WAIT_SECONDS
 
 
 def read_encoder_choice(path: str, wait_seconds: float = ENCODER_WAIT_SECONDS) -> str:
-    """The encoder the driver chose (``hf`` or ``fast``), waiting up to ``wait_seconds`` for it to be written."""
+    """The encoder the driver chose (``hf`` or ``fast``), waiting up to ``wait_seconds`` for it to be written, as
+    long as the directory it goes in exists (the run's staging: a commit removes it)."""
     from apache_beam.io.filesystems import FileSystems
 
     deadline = time.monotonic() + wait_seconds
     while not FileSystems.exists(path):
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or not FileSystems.exists(os.path.dirname(path)):
             raise RuntimeError(f"the driver did not choose the encoder within {wait_seconds:.0f} s ({path} is "
                                "missing): it stopped or failed; its own error says why")
         time.sleep(0.02)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def test_fast_is_refused_where_it_cannot_take_part(caplog: pytest.LogCaptureFixt
     assert "tokenizing with Hugging Face: why" in caplog.text
 
 
-@pytest.mark.parametrize("check", ["chooses hf", "fails"])
+@pytest.mark.parametrize("check", ["chooses hf", "fails", "is slow"])
 def test_the_check_while_the_job_starts_decides_the_encoder_or_falls_back_to_hf(
     hf_run: Path, corpus: Path, tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture, check: str,
@@ -100,6 +101,8 @@ def test_the_check_while_the_job_starts_decides_the_encoder_or_falls_back_to_hf(
     def choose(*_args: object) -> str:
         if check == "fails":
             raise RuntimeError("the check broke")
+        if check == "is slow":  # the workers, and the commit step, wait for it
+            time.sleep(1.5)
         return "hf"
 
     monkeypatch.setattr(run_module, "choose_for_run", choose)

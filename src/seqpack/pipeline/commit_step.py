@@ -49,10 +49,15 @@ class CommitPlan:
     is then ``deferred``; see ``seqpack.tokenizer.BackendPlan``)."""
 
     def tokenizer_info(self) -> TokenizerInfo:
-        """What the manifest records of the tokenizer, with the encoder that wrote the ids."""
+        """What the manifest records of the tokenizer, with the encoder that wrote the ids. A step retried after
+        its commit removed the staging directory finds no choice there, and writes no manifest: it gets the plan's
+        ``deferred``."""
         if not self.encoder_file:
             return self.tokenizer
-        return replace(self.tokenizer, backend=read_encoder_choice(self.encoder_file))
+        try:
+            return replace(self.tokenizer, backend=read_encoder_choice(self.encoder_file))
+        except RuntimeError:
+            return self.tokenizer
 
 
 class CommitDoFn(beam.DoFn):
