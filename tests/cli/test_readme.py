@@ -37,7 +37,6 @@ PLACEHOLDERS = {  # what the README writes → what it is in the directory the c
 }
 SKIPPED = {  # a command, as the README writes it → why it is not run here
     "pip install 'seqpack[report]'": "installs a package (matplotlib): needs the network",
-    "python benchmarks/pipeline.py --pairs 1000000": "the benchmark: a million pairs, minutes of work",
     "seqpack run --report": "a flag named in a sentence, not a whole command",
     "seqpack run": "the command named in a sentence",
     "--runner DataflowRunner --project P --region R --temp_location gs://...":
