@@ -184,3 +184,22 @@ def test_a_run_with_warm_workers_writes_what_cold_workers_write(
     caplog.clear()
     assert build("cold") == warm
     assert "started warm" not in caplog.text
+
+
+def test_without_a_usable_temp_directory_the_workers_start_cold(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    import errno
+    import tempfile
+
+    real = tempfile.mkdtemp
+    long_dir = tmp_path / ("x" * 120)
+    long_dir.mkdir()
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kwargs: real(**kwargs, dir=str(long_dir)))
+    assert start_pool(2) is None, "a socket path over the limit"
+    assert list(long_dir.iterdir()) == []
+
+    def full(**_kwargs: object) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    assert start_pool(2) is None

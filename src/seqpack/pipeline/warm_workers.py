@@ -125,7 +125,10 @@ def start_pool(workers: int) -> WarmPool | None:
     too-long temp path)."""
     if not hasattr(socket, "AF_UNIX") or not hasattr(socket, "send_fds") or not hasattr(os, "fork"):
         return None
-    directory = tempfile.mkdtemp(prefix="seqpack-warm-")
+    try:
+        directory = tempfile.mkdtemp(prefix="seqpack-warm-")
+    except OSError:  # a full or read-only temp directory: the workers start cold, as Beam starts them
+        return None
     if len(worker_launcher.socket_path(directory, workers)) > _MAX_SOCKET_PATH:
         os.rmdir(directory)
         return None
@@ -276,7 +279,7 @@ def serve(pool: str, workers: int, target: Any = _run_worker) -> None:
     """The server: listen on every slot's socket (a launcher may connect at once and wait), import what a worker
     needs, fork one warm process per slot, then reap them. Forking from this single-threaded process after the
     imports costs each warm process milliseconds instead of seconds of imports."""
-    started, cwd = dict(os.environ), os.getcwd()
+    started, cwd, driver = dict(os.environ), os.getcwd(), os.getppid()
     listeners = [_listen(pool, slot) for slot in range(workers)]
     for module in WORKER_MODULES:
         with contextlib.suppress(Exception):
@@ -294,6 +297,8 @@ def serve(pool: str, workers: int, target: Any = _run_worker) -> None:
     with contextlib.suppress(ChildProcessError):
         while True:
             os.wait()
+    if os.getppid() != driver:  # the driver died without closing the pool: nobody else will remove it
+        shutil.rmtree(pool, ignore_errors=True)
     os._exit(0)
 
 
