@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from seqpack.pipeline import worker_launcher
-from seqpack.pipeline.worker_launcher import ADOPTED, REFUSED, SLOTS_FILE
+from seqpack.pipeline.worker_launcher import ADOPTED, REFUSED, SERVER_PID_FILE, SLOTS_FILE
 
 _LOG = logging.getLogger("seqpack")
 DISABLE_VARIABLE = "SEQPACK_WARM_WORKERS"
@@ -143,9 +143,8 @@ def start_pool(workers: int) -> WarmPool | None:
         return None
     pool = WarmPool(directory, server, workers)
     try:
-        for slot in range(workers):  # a launcher waits for a slot's socket while this process lives
-            with open(worker_launcher.pid_path(directory, slot), "w", encoding="ascii") as handle:
-                handle.write(str(server.pid))
+        with open(os.path.join(directory, SERVER_PID_FILE), "w", encoding="ascii") as handle:
+            handle.write(str(server.pid))
         with open(os.path.join(directory, SLOTS_FILE), "w", encoding="ascii") as handle:
             handle.write(str(workers))
     except OSError:
@@ -194,6 +193,8 @@ def _warm_runner(pool: WarmPool, provision_info: Any) -> object:
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
+    launcher = SubprocessSDKEnvironment.from_command_string(pool.command())
+
     class WarmRunner(FnApiRunner):
         """The FnApiRunner, starting its workers through ``pool``. FnApiRunner sets its default environment from
         ``--direct_running_mode`` when it runs; this one keeps the launcher's."""
@@ -202,7 +203,7 @@ def _warm_runner(pool: WarmPool, provision_info: Any) -> object:
 
         @property
         def _default_environment(self) -> Any:
-            return SubprocessSDKEnvironment.from_command_string(pool.command())
+            return launcher
 
         @_default_environment.setter
         def _default_environment(self, _value: Any) -> None:
@@ -258,12 +259,11 @@ def _run_worker() -> int:
 
 def _wait_for_launcher(listener: socket.socket) -> socket.socket | None:
     """The launcher's connection, or None once the driver closed stdin (or died) or went quiet too long."""
-    while True:
-        ready, _, _ = select.select([sys.stdin.fileno(), listener], [], [], IDLE_SECONDS)
-        if not ready or sys.stdin.fileno() in ready:
-            return None
-        connection, _ = listener.accept()
-        return connection
+    ready, _, _ = select.select([sys.stdin.fileno(), listener], [], [], IDLE_SECONDS)
+    if not ready or sys.stdin.fileno() in ready:
+        return None
+    connection, _ = listener.accept()
+    return connection
 
 
 def _listen(pool: str, slot: int) -> socket.socket:

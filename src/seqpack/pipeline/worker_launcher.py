@@ -26,6 +26,8 @@ ADOPTED = b"A"
 REFUSED = b"R"
 SLOTS_FILE = "slots"
 """In the pool directory: how many warm processes it has (slot ``i`` listens on ``socket_path(pool, i)``)."""
+SERVER_PID_FILE = "server.pid"
+"""In the pool directory: the server that forks the warm processes; a launcher waits for a socket while it lives."""
 START_SECONDS = 30.0
 """How long a launcher waits for a warm process that is still starting (alive, not yet listening)."""
 ANSWER_SECONDS = 120.0
@@ -39,10 +41,6 @@ def socket_path(pool: str, slot: int) -> str:
 
 def claim_path(pool: str, slot: int) -> str:
     return os.path.join(pool, f"claim-{slot}")
-
-
-def pid_path(pool: str, slot: int) -> str:
-    return os.path.join(pool, f"pid-{slot}")
 
 
 def adopted_path(pool: str, slot: int) -> str:
@@ -73,9 +71,9 @@ def _claim(pool: str) -> socket.socket | None:
     return None
 
 
-def _alive(pool: str, slot: int) -> bool:
+def _server_alive(pool: str) -> bool:
     try:
-        with open(pid_path(pool, slot), encoding="ascii") as handle:
+        with open(os.path.join(pool, SERVER_PID_FILE), encoding="ascii") as handle:
             os.kill(int(handle.read()), 0)
     except (OSError, ValueError):
         return False
@@ -93,7 +91,7 @@ def _connect(pool: str, slot: int) -> socket.socket | None:
             return connection
         except OSError:
             connection.close()
-        if time.monotonic() > deadline or not _alive(pool, slot):
+        if time.monotonic() > deadline or not _server_alive(pool):
             return None
         time.sleep(0.01)
 
