@@ -85,11 +85,16 @@ class ExampleColumns:
         )
 
     def sorted_by_key(self) -> ExampleColumns:
-        """Ordered by the 16-byte key; equal keys mean equal content, so ties cannot change the output. In a
-        mixture two sources may hold the same content: the source id breaks that tie."""
+        """Ordered by the 16-byte key (``key_order``)."""
+        return self.take(self.key_order())
+
+    def key_order(self) -> np.ndarray:
+        """The indices of the examples in key order; equal keys mean equal content, so ties cannot change the
+        output. In a mixture two sources may hold the same content: the source id breaks that tie. Packing takes
+        this order as it is (``packing.pack_columns``), so a bucket's tokens move once, straight into blocks."""
         if self.source is not None:
-            return self.take(np.lexsort((self.source, self.key_lo, self.key_hi)))
-        return self.take(np.lexsort((self.key_lo, self.key_hi)))
+            return np.lexsort((self.source, self.key_lo, self.key_hi))
+        return np.lexsort((self.key_lo, self.key_hi))
 
     def with_trained_mask(self) -> ExampleColumns:
         """The same examples with a per-token ``trained`` mask (from ``n_masked`` where they have none): a mixture

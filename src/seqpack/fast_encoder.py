@@ -26,6 +26,7 @@ import numpy as np
 from seqpack.inputs import InputFile, Record
 from seqpack.inputs.read import iter_input_lists
 from seqpack.inputs.records import OpenBinary
+from seqpack.token_lists import BatchEncode, TokenLists
 
 SAMPLE_TEXTS = 4000
 """Texts of the job's own inputs (sources and targets) the fast encoder must agree on."""
@@ -38,7 +39,8 @@ _CHUNK = 512
 """Texts per verification call: one bad text names itself without encoding everything one by one."""
 
 Encode = Callable[[list[str]], list[Sequence[int]]]
-"""Texts to their ids, without special tokens."""
+"""Texts to their ids, without special tokens, a list per text: what the driver's check compares (a worker
+encodes to one buffer: ``encode_cache.BatchEncode``)."""
 
 
 def _reraise_unless_encoder_error(error: BaseException) -> None:
@@ -92,27 +94,18 @@ def load_fast(tokenizer_json: str) -> Any:
 
 
 def fast_encode(fast: Any) -> Encode:
-    """The fast encoder's batch call, as lists of ids (one flat buffer from Rust, cut per text)."""
+    """The fast encoder's batch call, as lists of ids (what the driver's check compares)."""
+    encode = fast_encode_flat(fast)
+    return lambda texts: encode(texts).tolists()
 
-    def encode(texts: list[str]) -> list[Sequence[int]]:
+
+def fast_encode_flat(fast: Any) -> BatchEncode:
+    """The fast encoder's batch call as ``TokenLists`` over its one flat buffer: no object per text, no copy.
+    Ids are vocabulary indices, far below 2**31, so reading the uint32 buffer as int32 keeps every value."""
+
+    def encode(texts: list[str]) -> TokenLists:
         ids, offsets = fast.encode_batch_flat(texts, add_special_tokens=False)
-        flat = np.frombuffer(ids, dtype=np.uint32)
-        bounds = np.frombuffer(offsets, dtype=np.uint64).tolist()
-        return [flat[start:stop].tolist() for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
-
-    return encode
-
-
-def fast_encode_views(fast: Any) -> Encode:
-    """The fast encoder's batch call as int32 numpy views into its one flat buffer: no list per text, no copy (a
-    worker lays them out with one ``np.concatenate``). Ids are vocabulary indices, far below 2**31, so reading
-    the uint32 buffer as int32 keeps every value."""
-
-    def encode(texts: list[str]) -> list[Sequence[int]]:
-        ids, offsets = fast.encode_batch_flat(texts, add_special_tokens=False)
-        flat = np.frombuffer(ids, dtype=np.int32)
-        bounds = np.frombuffer(offsets, dtype=np.uint64).tolist()
-        return [flat[start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+        return TokenLists(np.frombuffer(ids, dtype=np.int32), np.frombuffer(offsets, dtype=np.uint64).astype(np.int64))
 
     return encode
 
@@ -121,12 +114,12 @@ class FallbackEncoder:
     """The fast encoder, with a batch it raises on re-encoded by the Hugging Face backend (same ids: the run chose
     the fast one only after the two agreed); ``on_fallback(n)`` counts the texts so re-encoded."""
 
-    def __init__(self, fast: Encode, hf: Encode, on_fallback: Callable[[int], None]) -> None:
+    def __init__(self, fast: BatchEncode, hf: BatchEncode, on_fallback: Callable[[int], None]) -> None:
         self.fast = fast
         self.hf = hf
         self.on_fallback = on_fallback
 
-    def __call__(self, texts: list[str]) -> list[Sequence[int]]:
+    def __call__(self, texts: list[str]) -> TokenLists:
         try:
             return self.fast(texts)
         except BaseException as error:  # e.g. a byte with no token
@@ -135,15 +128,15 @@ class FallbackEncoder:
             return self.hf(texts)
 
 
-def worker_encoder(tokenizer_json: str, hf: Encode, on_fallback: Callable[[int], None]) -> Encode:
+def worker_encoder(tokenizer_json: str, hf: BatchEncode, on_fallback: Callable[[int], None]) -> BatchEncode:
     """What a worker encodes with once the driver chose the fast encoder: it, falling back per batch; or, where
     it does not load here (not installed on this worker), the Hugging Face backend, every text counted."""
     try:
-        return FallbackEncoder(fast_encode_views(load_fast(tokenizer_json)), hf, on_fallback)
+        return FallbackEncoder(fast_encode_flat(load_fast(tokenizer_json)), hf, on_fallback)
     except FastEncoderError as error:
         logging.getLogger("seqpack").warning("this worker encodes with Hugging Face: %s", error)
 
-    def counted(texts: list[str]) -> list[Sequence[int]]:
+    def counted(texts: list[str]) -> TokenLists:
         on_fallback(len(texts))
         return hf(texts)
 

@@ -16,7 +16,7 @@ The result is a set of flat arrays (``PackedBlocks``) ready to become a shard wi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -245,7 +245,8 @@ def assemble(
     if slices_by_copy(seg_lens):
         _lay_out_by_copy(examples, segments, seg_out, input_ids, labels, attention_mask, position_ids)
     else:
-        _lay_out_by_index(examples, segments, seg_out, before, input_ids, labels, attention_mask, position_ids)
+        _lay_out_by_index(examples, segments, before, real_per_block, max_length if pad else None,
+                          input_ids, labels, attention_mask, position_ids)
     if mask_boundaries and len(seg_lens):
         labels[seg_out[seg_lens > 0]] = IGNORE_INDEX
     seq_counts = np.bincount(segments.block, minlength=segments.n_blocks)
@@ -262,23 +263,29 @@ def assemble(
 
 
 def _lay_out_by_index(
-    examples: ExampleColumns, segments: Segments, seg_out: np.ndarray, before: np.ndarray,
+    examples: ExampleColumns, segments: Segments, before: np.ndarray, real_per_block: np.ndarray, pad_to: int | None,
     input_ids: np.ndarray, labels: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
 ) -> None:
-    """Fill the token columns with whole-array steps over flat indices: fastest for short segments."""
+    """Fill the token columns with whole-array steps over flat indices: fastest for short segments. The real
+    tokens are gathered in block order, then put in place whole: as they are in unpadded rows, through a
+    (block, position) mask in rows padded to ``pad_to`` tokens; no output token needs an index of its own."""
     seg_lens = (segments.stop - segments.start).astype(np.int64)
-    source = gather_index(examples.offsets[segments.item] + segments.start, seg_lens)
-    target = gather_index(seg_out, seg_lens)
+    position = np.arange(int(seg_lens.sum()), dtype=np.int64) - np.repeat(before, seg_lens)  # within its segment
+    source = np.repeat(examples.offsets[segments.item] + segments.start, seg_lens) + position
     tokens = examples.ids[source]
-    input_ids[target] = tokens
     if examples.trained is not None:
         trained = examples.trained[source]
-    else:
-        position_in_example = np.repeat(segments.start - before, seg_lens) + np.arange(len(source))
-        trained = position_in_example >= np.repeat(examples.n_masked[segments.item], seg_lens)
-    labels[target] = np.where(trained, tokens, IGNORE_INDEX)
-    attention_mask[target] = 1
-    position_ids[target] = np.arange(len(target)) - np.repeat(before, seg_lens)
+    else:  # pairs: a token takes loss from the example's n_masked-th token on
+        trained = position >= np.repeat(examples.n_masked[segments.item] - segments.start, seg_lens)
+    del source
+    real = None if pad_to is None else (np.arange(pad_to) < real_per_block[:, None]).ravel()
+    for out, values in ((input_ids, tokens), (labels, np.where(trained, tokens, IGNORE_INDEX)),
+                        (position_ids, position)):
+        if real is None:
+            out[:] = values
+        else:
+            out[real] = values
+    attention_mask[:] = 1 if real is None else real
 
 
 def _lay_out_by_copy(
@@ -314,18 +321,24 @@ def pack_columns(
     pad_id: int,
     mask_boundaries: bool = True,
     parts: Sequence[int] | None = None,
+    order: np.ndarray | None = None,
 ) -> PackedBlocks:
     """Pack examples (in the order given) into blocks with ``strategy``; see the module docstring.
 
-    ``parts``: offsets ``[0, ..., n]`` cutting the examples into runs that ``bfd`` packs apart, each into blocks
-    of its own (a mixture's rounds of copies: ``weighting.weighted``); the other strategies ignore them."""
-    lengths = examples.lengths.tolist()
+    ``order``: the examples to pack, as indices into ``examples`` in packing order, an example as often as it
+    appears (a bucket's key order, a mixture's copies); None: every example, as given. Packing through an order
+    gives the blocks of ``examples.take(order)`` while moving each token once, straight into its block.
+    ``parts``: offsets ``[0, ..., n]`` cutting the packing order into runs that ``bfd`` packs apart, each into
+    blocks of its own (a mixture's rounds of copies: ``weighting.weighted``); the other strategies ignore them."""
+    lengths = (examples.lengths if order is None else examples.lengths[order]).tolist()
     if strategy == "bfd" and parts is not None and len(parts) > 2:
         blocks = [[start + item for item in block] for start, stop in zip(parts, parts[1:], strict=False)
                   for block in bfd_assign(lengths[start:stop], max_length)]
         segments = _whole_item_segments(blocks, lengths)
     else:
         segments = assign_segments(strategy, lengths, max_length)
+    if order is not None:  # positions in the packing order -> the examples they name
+        segments = replace(segments, item=np.asarray(order, dtype=np.int64)[segments.item])
     return assemble(
         examples,
         segments,

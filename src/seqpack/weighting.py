@@ -5,7 +5,8 @@ that adds to the run's statistics. Pure: no Beam (the plan is made in ``transfor
 a bucket was gathered by the spill or the runner shuffle, from any number of workers and spill files; it must see
 a whole bucket at once (identical examples share a key, and the plan may give only some of them an extra copy).
 
-    >>> examples = weighted(plan, "train", bucket_examples)   # in the packing step, before packing
+    >>> order, parts = weighted(plan, "train", bucket_examples, block_tokens=2048)   # in the packing step
+    >>> blocks = pack_columns(bucket_examples, strategy="bfd", max_length=2048, pad_id=0, order=order, parts=parts)
 """
 
 from __future__ import annotations
@@ -46,31 +47,33 @@ def bucket_sizing_tokens(plan: MixturePlan) -> dict[str, int]:
     return {split: max(tokens, read[split]) for split, tokens in written_tokens(plan).items()}
 
 
-def weighted(plan: MixturePlan, split: str, examples: ExampleColumns, *, block_tokens: int
-             ) -> tuple[ExampleColumns, list[int]]:
-    """A whole bucket's key-sorted examples, each as many times as the plan says (0: left out), and the offsets
-    of the parts to pack apart (``packing.pack_columns``'s ``parts``).
+def weighted(plan: MixturePlan, split: str, examples: ExampleColumns, *, block_tokens: int,
+             order: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+    """A whole bucket's examples, each as many times as the plan says (0: left out), as a packing order (indices
+    into ``examples``: ``packing.pack_columns``'s ``order``), and the offsets of the parts to pack apart (its
+    ``parts``). ``order``: the examples in key order (``ExampleColumns.key_order``); None: they are in key order.
 
     Copy-major order: every example's first copy in key order, then the second copies (round 1), and so on. Each
     round holds an example at most once, so a round packed apart never puts two copies of one example in one
     block; a round smaller than ``APART_MIN_BLOCKS`` blocks of ``block_tokens`` joins the part before it."""
-    if not len(examples):
-        return examples, [0, 0]
+    order = np.arange(len(examples), dtype=np.int64) if order is None else np.asarray(order, dtype=np.int64)
+    if not len(order):
+        return order, [0, 0]
     if examples.source is None:
         raise ValueError("a mixture's examples carry their source id; these have none")
-    counts = mixing.copies(plan, split, examples.source, examples.key_hi, examples.key_lo)
+    counts = mixing.copies(plan, split, examples.source[order], examples.key_hi[order], examples.key_lo[order])
     if not len(counts) or counts.max() <= 1:
-        kept = examples if counts.all() else examples.take(np.flatnonzero(counts))
+        kept = order if counts.all() else order[np.flatnonzero(counts)]
         return kept, [0, len(kept)]
     rounds = [np.flatnonzero(counts > r) for r in range(int(counts.max()))]
-    lengths = examples.lengths
+    lengths = examples.lengths[order]
     parts = [0]
     for previous, chosen in zip(rounds, rounds[1:], strict=False):
         parts.append(parts[-1] + len(previous))
         if int(lengths[chosen].sum()) < APART_MIN_BLOCKS * block_tokens:
             parts.pop()  # this round and the (smaller) ones after it join the part before
             break
-    return examples.take(np.concatenate(rounds)), [*parts, int(counts.sum())]
+    return order[np.concatenate(rounds)], [*parts, int(counts.sum())]
 
 
 def mixture_stats(plan: MixturePlan) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqpack.encode_cache import FAST_PROBE_TEXTS, MIN_HIT_RATE, EncodeCache, cache_for
+from seqpack.token_lists import TokenLists
 
 
 class CountingTokenizer:
@@ -15,9 +16,9 @@ class CountingTokenizer:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
 
-    def __call__(self, texts: list[str]) -> list[list[int]]:
+    def __call__(self, texts: list[str]) -> TokenLists:
         self.calls.append(list(texts))
-        return [self.ids(text) for text in texts]
+        return TokenLists.from_lists([self.ids(text) for text in texts])
 
     @staticmethod
     def ids(text: str) -> list[int]:
@@ -36,10 +37,10 @@ def test_the_cache_gives_the_tokenizers_ids_and_stays_bounded(texts: list[list[s
     for batch in texts:
         biggest_batch = max(biggest_batch, sum(len(tokenizer.ids(t)) for t in set(batch)))
         got = cache.encode(batch)
-        assert [list(ids) for ids in got] == [tokenizer.ids(text) for text in batch]
+        assert got.tolists() == [tokenizer.ids(text) for text in batch]
         asked = tokenizer.calls[-1] if tokenizer.calls else []
         assert len(asked) == len(set(asked)), "each distinct text at most once per call"
-        assert cache.tokens == sum(map(len, cache._ids.values()))
+        assert cache.tokens == sum(len(tokenizer.ids(text)) for text in cache._slots)
         assert cache.tokens <= max(max_tokens, biggest_batch)
 
 
@@ -57,7 +58,7 @@ def test_a_full_cache_starts_again() -> None:
     cache = EncodeCache(tokenizer, max_tokens=6)
     cache.encode(["abc", "def"])  # 6 tokens: full
     cache.encode(["ghi"])  # would make 9: emptied first
-    assert set(cache._ids) == {"ghi"} and cache.tokens == 3
+    assert set(cache._slots) == {"ghi"} and cache.tokens == 3
     cache.encode(["abc"])
     assert tokenizer.calls[-1] == ["abc"]
 
@@ -67,9 +68,9 @@ def test_the_cache_turns_off_when_texts_do_not_repeat() -> None:
     cache = EncodeCache(tokenizer, probe_texts=100, min_hit_rate=0.05)
     for start in range(0, 200, 10):
         batch = [f"text {n}" for n in range(start, start + 10)]
-        assert [list(ids) for ids in cache.encode(batch)] == [tokenizer.ids(t) for t in batch]
-    assert not cache.enabled and not cache._ids
-    assert cache.encode(["text 0", "text 0"]) == [tokenizer.ids("text 0")] * 2  # straight to the tokenizer
+        assert cache.encode(batch).tolists() == [tokenizer.ids(t) for t in batch]
+    assert not cache.enabled and not cache._slots
+    assert cache.encode(["text 0", "text 0"]).tolists() == [tokenizer.ids("text 0")] * 2  # straight to the tokenizer
 
 
 def test_the_cache_stays_on_when_texts_repeat() -> None:

@@ -210,7 +210,8 @@ def test_laying_out_by_copy_and_by_index_give_the_same_blocks(
 
     by_copy, by_index = columns(), columns()
     _lay_out_by_copy(examples, segments, seg_out, *by_copy)
-    _lay_out_by_index(examples, segments, seg_out, before, *by_index)
+    _lay_out_by_index(examples, segments, before, np.bincount(segments.block, seg_lens, segments.n_blocks)
+                      .astype(np.int64), max_length if pad else None, *by_index)
     for copied, indexed in zip(by_copy, by_index, strict=True):
         np.testing.assert_array_equal(copied, indexed)
 
@@ -224,3 +225,43 @@ def test_gathering_slices_by_copy_equals_the_flat_index(lengths: list[int], rand
         [[0], np.cumsum(lengths)[:-1]]).astype(np.int64)[: len(lengths)]
     expected = values[gather_index(starts, np.array(lengths, np.int64))]
     np.testing.assert_array_equal(gather_slices(values, starts, np.array(lengths, np.int64)), expected)
+
+
+@given(
+    st.lists(st.tuples(st.integers(min_value=0, max_value=300), st.integers(min_value=0, max_value=300),
+                       st.integers(min_value=0, max_value=2)), max_size=40),
+    st.sampled_from(["bfd", "wrap", "none"]), st.sampled_from([64, 300]), st.booleans(), st.booleans(),
+    st.randoms(),
+)
+@settings(max_examples=150, deadline=None)
+def test_packing_through_an_order_equals_packing_the_taken_examples(
+    shapes: list[tuple[int, int, int]], strategy: str, max_length: int, conversations: bool, with_parts: bool,
+    random,
+) -> None:
+    """``pack_columns(examples, order=o)`` (what the packing step does with a bucket's key order and a mixture's
+    copies) gives the blocks of the examples taken in that order, ``examples.take(o)``, array for array: an
+    order may skip examples and repeat them, and ``parts`` cut it."""
+    from dataclasses import fields
+
+    from seqpack.example_columns import ExampleColumns, offsets_of
+    from seqpack.packing import pack_columns
+
+    rng = np.random.default_rng(len(shapes))
+    lengths = np.array([min(length, max_length) if strategy == "bfd" else length for length, _, _ in shapes],
+                       np.int64)
+    offsets = offsets_of(lengths)
+    examples = ExampleColumns(
+        key_hi=np.zeros(len(shapes), np.uint64), key_lo=np.zeros(len(shapes), np.uint64), offsets=offsets,
+        ids=rng.integers(0, 1000, int(offsets[-1])).astype(np.int32),
+        n_masked=np.array([masked for _, masked, _ in shapes], np.int32),
+        trained=rng.random(int(offsets[-1])) < 0.5 if conversations else None,
+        source=rng.integers(0, 3, len(shapes)).astype(np.int16),
+    )
+    order = np.array([i for i, (_, _, copies) in enumerate(shapes) for _ in range(copies)], np.int64)
+    random.shuffle(order)
+    parts = sorted({0, len(order), *(random.randint(0, len(order)) for _ in range(2))}) if with_parts else None
+    options = {"strategy": strategy, "max_length": max_length, "pad_id": 5, "parts": parts}
+    through = pack_columns(examples, order=order, **options)
+    taken = pack_columns(examples.take(order), **options)
+    for field in fields(through):
+        np.testing.assert_array_equal(getattr(through, field.name), getattr(taken, field.name), err_msg=field.name)

@@ -56,7 +56,8 @@ def plan(columns: ExampleColumns) -> mixing.MixturePlan:
 
 
 def test_weighted_writes_the_plans_copies(columns: ExampleColumns, plan: mixing.MixturePlan) -> None:
-    out, parts = weighted(plan, "train", columns, block_tokens=MAX_LENGTH)
+    order, parts = weighted(plan, "train", columns, block_tokens=MAX_LENGTH)
+    out = columns.take(order)
     expected = mixing.copies(plan, "train", columns.source, columns.key_hi, columns.key_lo)
     by_index = np.zeros(len(columns), np.int64)
     by_index[columns.ids[columns.offsets[:-1]]] = expected  # an example's first id is its index
@@ -77,7 +78,8 @@ def blocks_with_copies(blocks: PackedBlocks) -> int:
 
 
 def test_no_block_holds_two_copies_of_one_example(columns: ExampleColumns, plan: mixing.MixturePlan) -> None:
-    out, parts = weighted(plan, "train", columns, block_tokens=MAX_LENGTH)
+    order, parts = weighted(plan, "train", columns, block_tokens=MAX_LENGTH)
+    out = columns.take(order)
     assert len(parts) > 2  # the rounds are large enough to be packed apart
     apart = pack_columns(out, strategy="bfd", max_length=MAX_LENGTH, pad_id=0, parts=parts)
     together = pack_columns(out, strategy="bfd", max_length=MAX_LENGTH, pad_id=0)
@@ -86,9 +88,21 @@ def test_no_block_holds_two_copies_of_one_example(columns: ExampleColumns, plan:
     assert together.rows <= apart.rows <= together.rows + len(parts)  # about a block per part
 
 
+def test_weighting_through_a_key_order_takes_the_same_copies(columns: ExampleColumns,
+                                                             plan: mixing.MixturePlan) -> None:
+    """The packing step weights a bucket as read, unsorted, through its key order: the same examples, in the
+    same order, as weighting the sorted bucket."""
+    shuffled = columns.take(np.random.default_rng(3).permutation(len(columns)))
+    order, parts = weighted(plan, "train", shuffled, block_tokens=MAX_LENGTH, order=shuffled.key_order())
+    sorted_order, sorted_parts = weighted(plan, "train", columns, block_tokens=MAX_LENGTH)
+    assert parts == sorted_parts
+    assert np.array_equal(shuffled.take(order).ids, columns.take(sorted_order).ids)
+    assert np.array_equal(shuffled.take(order).source, columns.take(sorted_order).source)
+
+
 def test_small_rounds_join_the_part_before(columns: ExampleColumns) -> None:
     few = bucket([5, 3000], seed=1)  # five examples asked to make 70%: hundreds of tiny rounds
-    out, parts = weighted(plan_for(few, [0.7, 0.3]), "train", few, block_tokens=MAX_LENGTH)
+    _, parts = weighted(plan_for(few, [0.7, 0.3]), "train", few, block_tokens=MAX_LENGTH)
     assert len(parts) <= 3
     assert all(b - a for a, b in zip(parts, parts[1:], strict=False))
     assert int(few.lengths[few.source == 0].sum()) < APART_MIN_BLOCKS * MAX_LENGTH
@@ -101,7 +115,8 @@ def test_statistics_keep_every_sources_identity(columns: ExampleColumns, plan: m
         stats_format.source_stats(stats, name).update(records_read=count, examples_written=count)
     stats["examples_by_split"] = {"train": len(columns)}
     merged = stats_format.merge_stats([stats, mixture_stats(plan)])
-    out, _ = weighted(plan, "train", columns, block_tokens=MAX_LENGTH)
+    order, _ = weighted(plan, "train", columns, block_tokens=MAX_LENGTH)
+    out = columns.take(order)
     assert sum(merged["examples_by_split"].values()) == len(out)
     for s, name in enumerate(NAMES):
         counts = merged["sources"][name]
@@ -132,8 +147,8 @@ def test_a_bucket_with_empty_spill_ranges_is_weighted(columns: ExampleColumns, p
     nothing = empty_columns()
     joined = ExampleColumns.concat([nothing, columns.slice(0, 10), nothing])
     assert len(joined) == 10 and joined.source is not None
-    out, parts = weighted(plan, "train", ExampleColumns.concat([nothing, nothing]), block_tokens=MAX_LENGTH)
-    assert len(out) == 0 and parts == [0, 0]
+    order, parts = weighted(plan, "train", ExampleColumns.concat([nothing, nothing]), block_tokens=MAX_LENGTH)
+    assert len(order) == 0 and parts == [0, 0]
 
 
 def test_buckets_are_sized_by_what_a_split_writes_or_reads_if_more(columns: ExampleColumns,

@@ -62,7 +62,7 @@ def test_auto_writes_the_hf_bytes_with_the_fast_encoder(hf_run: Path, corpus: Pa
 
 def test_a_batch_the_fast_encoder_rejects_is_reencoded(hf_run: Path, corpus: Path, tokenizer_dir: Path,
                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = fast_encoder.fast_encode_views  # what a worker encodes with
+    real = fast_encoder.fast_encode_flat  # what a worker encodes with
 
     def fussy(fast: object) -> Callable[[list[str]], list]:
         encode = real(fast)
@@ -73,7 +73,7 @@ def test_a_batch_the_fast_encoder_rejects_is_reencoded(hf_run: Path, corpus: Pat
             return encode(texts)
         return call
 
-    monkeypatch.setattr(fast_encoder, "fast_encode_views", fussy)
+    monkeypatch.setattr(fast_encoder, "fast_encode_flat", fussy)
     manifest, stats = _run(corpus, tmp_path / "out", tokenizer_dir, "fast")
     assert manifest["tokenizer"]["backend"] == "fast"
     assert stats["texts_reencoded"] > 0

@@ -118,27 +118,3 @@ def test_a_batch_adds_what_one_example_at_a_time_adds(tokenizer_dir: Path, tmp_p
     assert got[1] == expected[1] == [("empty_target", "f:3")]
     assert got[2] == +expected[2]
     assert sum(n for k, n in got[2].items() if k.startswith("split:")) >= 40
-
-
-def test_ids_are_laid_out_alike_from_lists_arrays_and_the_fast_encoders_views() -> None:
-    """The fast encoder's int32 views, the cache's arrays and the Hugging Face lists, alone or mixed (each side
-    has its own cache), give the same flat ids."""
-    from array import array
-
-    import numpy as np
-
-    from seqpack.transforms.tokenize import _lay_out
-
-    sources, targets = [[5, 6], [], [7]], [[8], [9, 10, 11], [12, 13]]
-    expected = np.array([1, 5, 6, 8, 2, 1, 9, 10, 11, 2, 1, 7, 12, 13, 2], dtype=np.int32)
-
-    def views(lists: list[list[int]]) -> list[np.ndarray]:  # views into one buffer, as fast_encode_views gives
-        buffer = np.array([i for ids in lists for i in ids], dtype=np.int32)
-        bounds = np.cumsum([0, *map(len, lists)])
-        return [buffer[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-    kinds = {"list": lambda x: x, "array": lambda x: [array("i", i) for i in x], "view": views}
-    for source_kind, make_sources in kinds.items():
-        for target_kind, make_targets in kinds.items():
-            ids = _lay_out((1,), make_sources(sources), make_targets(targets), (2,), len(expected))
-            assert ids.dtype == np.int32 and ids.tolist() == expected.tolist(), (source_kind, target_kind)

@@ -60,14 +60,15 @@ class PackOptions:
 
 def pack_bucket(bucket: Bucket, examples: ExampleColumns, options: PackOptions,
                 plan: MixturePlan | None = None) -> ShardBlocks:
-    """A bucket's key-sorted examples packed into its shard's blocks, in the seeded order (both shuffles); in a
-    mixture (``plan``) each example as many times as the plan says."""
+    """A bucket's examples (in any order) packed in key order into its shard's blocks, in the seeded order (both
+    shuffles); in a mixture (``plan``) each example as many times as the plan says. The examples are packed
+    through their key order, never sorted token by token: each token moves once, into its block."""
     split, index, count = bucket
-    parts = None
+    order, parts = examples.key_order(), None
     if plan is not None:
-        examples, parts = weighted(plan, split, examples, block_tokens=options.max_length)
-    if lose_one_example() and len(examples):  # a test hook: the accounting must catch this
-        examples = examples.slice(0, len(examples) - 1)
+        order, parts = weighted(plan, split, examples, block_tokens=options.max_length, order=order)
+    if lose_one_example() and len(order):  # a test hook: the accounting must catch this
+        order = order[:-1]
     blocks = pack_columns(
         examples,
         strategy=options.packing,
@@ -75,9 +76,10 @@ def pack_bucket(bucket: Bucket, examples: ExampleColumns, options: PackOptions,
         pad_id=options.pad_id,
         mask_boundaries=options.mask_boundaries,
         parts=parts,
+        order=order,
     )
     blocks = permute_blocks(blocks, options.seed, split, index)
-    return ShardBlocks(split, index, count, blocks, len(examples))
+    return ShardBlocks(split, index, count, blocks, len(order))
 
 
 class PackBucketDoFn(beam.DoFn):
@@ -88,7 +90,7 @@ class PackBucketDoFn(beam.DoFn):
 
     def process(self, bucket: Bucket, spills: Sequence[SpillFile], plan: MixturePlan | None = None
                 ) -> Iterator[ShardBlocks]:
-        examples = read_bucket(bucket, spills, with_trained=self.options.with_trained)
+        examples = read_bucket(bucket, spills, with_trained=self.options.with_trained, in_key_order=False)
         yield pack_bucket(bucket, examples, self.options, plan)
 
 
@@ -101,7 +103,7 @@ class PackGroupedBucketDoFn(beam.DoFn):
     def process(self, grouped: tuple[Bucket, Iterable[bytes]], plan: MixturePlan | None = None
                 ) -> Iterator[ShardBlocks]:
         bucket, chunks = grouped
-        examples = decode_chunks(chunks, with_trained=self.options.with_trained)
+        examples = decode_chunks(chunks, with_trained=self.options.with_trained, in_key_order=False)
         yield pack_bucket(bucket, examples, self.options, plan)
 
 

@@ -204,8 +204,10 @@ def bucket_of(key_hi: np.ndarray, count: int) -> np.ndarray:
     return ((high * c + ((low * c) >> np.uint64(32))) >> np.uint64(32)).astype(np.int64)
 
 
-def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bool) -> ExampleColumns:
-    """Every example of the bucket, from every spill file of its split, in key order."""
+def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bool, in_key_order: bool = True
+                ) -> ExampleColumns:
+    """Every example of the bucket, from every spill file of its split, in key order; with ``in_key_order``
+    False as read, for packing through ``ExampleColumns.key_order`` (which moves the tokens once, not twice)."""
     split, index, count = bucket
     low, high = bucket_bounds(index, count)
     parts = [
@@ -213,7 +215,10 @@ def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bo
         for spill in sorted(spills, key=lambda s: s.path)
         if spill.split == split
     ]
-    return ExampleColumns.concat(parts).sorted_by_key() if parts else empty_columns(with_trained)
+    if not parts:
+        return empty_columns(with_trained)
+    examples = ExampleColumns.concat(parts)
+    return examples.sorted_by_key() if in_key_order else examples
 
 
 def permute_blocks(blocks: PackedBlocks, seed: int, split: str, index: int) -> PackedBlocks:

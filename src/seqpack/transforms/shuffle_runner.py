@@ -41,13 +41,17 @@ def encode_chunk(columns: ExampleColumns) -> bytes:
     return spill_batch(columns).serialize().to_pybytes()
 
 
-def decode_chunks(chunks: Iterable[bytes], *, with_trained: bool) -> ExampleColumns:
-    """Every example of the non-empty ``chunks``, in key order (the order ``read_bucket`` gives)."""
+def decode_chunks(chunks: Iterable[bytes], *, with_trained: bool, in_key_order: bool = True) -> ExampleColumns:
+    """Every example of the non-empty ``chunks``, in key order (the order ``read_bucket`` gives); with
+    ``in_key_order`` False as decoded (``read_bucket``'s ``in_key_order``)."""
     batches = (pa.ipc.read_record_batch(pa.py_buffer(chunk), SPILL_SCHEMA) for chunk in chunks if chunk)
     parts = [batch_columns(batch) for batch in batches if batch.num_rows]
     if with_trained:  # a mixture of pairs and conversations: pairs get the mask conversations have
         parts = [part.with_trained_mask() for part in parts]
-    return ExampleColumns.concat(parts).sorted_by_key() if parts else empty_columns(with_trained)
+    if not parts:
+        return empty_columns(with_trained)
+    examples = ExampleColumns.concat(parts)
+    return examples.sorted_by_key() if in_key_order else examples
 
 
 def cut_into_buckets(columns: ExampleColumns, split: str, count: int) -> Iterator[tuple[Bucket, ExampleColumns]]:

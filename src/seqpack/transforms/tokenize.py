@@ -11,7 +11,6 @@ repeat in parallel corpora and instruction sets); the ids, and so the output, ar
 
 from __future__ import annotations
 
-import itertools
 import json
 import operator
 from collections.abc import Iterator, Sequence
@@ -23,7 +22,7 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from seqpack.chat import Segment, tokenize_segments
-from seqpack.encode_cache import Ids, cache_for
+from seqpack.encode_cache import cache_for
 from seqpack.example_columns import ExampleBuffer, offsets_of
 from seqpack.fast_encoder import worker_encoder
 from seqpack.faults import checkpoint
@@ -41,6 +40,7 @@ from seqpack.masking import (
 from seqpack.masking import filtered_reason as masking_filter
 from seqpack.prompt_templates import RenderError
 from seqpack.schemas import stats as stats_format
+from seqpack.token_lists import TokenLists, lay_out_pairs
 from seqpack.tokenizer import (
     BackendPlan,
     chosen_encoder,
@@ -133,11 +133,11 @@ class _TokenizeBase(StatsDoFn):
         )
         self._fast = _fast_encoder(self.tokenizer)
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode(self, texts: Sequence[str]) -> TokenLists:
         """Token ids of many texts in one call, without special tokens (the batch API of fast tokenizers)."""
         if self._fast is not None:
-            return list(map(_IDS, self._fast(list(texts), add_special_tokens=False)))
-        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+            return TokenLists.from_lists(list(map(_IDS, self._fast(list(texts), add_special_tokens=False))))
+        return TokenLists.from_lists(self.tokenizer(list(texts), add_special_tokens=False)["input_ids"])
 
     def _filtered(self, source_tokens: int, target_tokens: int) -> bool:
         reason = filtered_reason(source_tokens, target_tokens, self.options)
@@ -245,8 +245,8 @@ class TokenizeDoFn(_TokenizeBase):
         cfg = self.options
         sources = self.source_cache.encode([pair[0] for pair in batch])
         targets = self.target_cache.encode([pair[1] for pair in batch])
-        n_source = _lengths(sources) + len(self.layout.prefix)
-        n_target = _lengths(targets) + len(self.layout.suffix)
+        n_source = sources.lengths + len(self.layout.prefix)
+        n_target = targets.lengths + len(self.layout.suffix)
         # Empty targets (rejected), and examples no token of which takes loss once packed (an example's first
         # token never does, see masks_example_starts), take the slow path to be rejected.
         starts_masked = int(masks_example_starts(cfg.train_on, chat=False))
@@ -261,13 +261,13 @@ class TokenizeDoFn(_TokenizeBase):
             self._add_whole(batch, sources, targets, n_source, n_target)
         else:
             chosen = np.flatnonzero(whole)
-            pick = _picker(chosen)
-            self._add_whole(pick(batch), pick(sources), pick(targets), n_source[chosen], n_target[chosen])
+            self._add_whole(_picker(chosen)(batch), sources.take(chosen), targets.take(chosen), n_source[chosen],
+                            n_target[chosen])
             for index in np.flatnonzero(~whole).tolist():
                 yield from self._add_one(batch[index], sources[index], targets[index])
         yield from self.spill_full()
 
-    def _add_one(self, pair: tuple[str, str, str], source: Ids, target: Ids) -> Iterator[Any]:
+    def _add_one(self, pair: tuple[str, str, str], source: Sequence[int], target: Sequence[int]) -> Iterator[Any]:
         """An example that does not fit as it is: rejected, filtered, or truncated or split to fit."""
         source_text, target_text, origin = pair
         if not len(target):
@@ -298,8 +298,8 @@ class TokenizeDoFn(_TokenizeBase):
     def _add_whole(
         self,
         batch: Sequence[tuple[str, str, str]],
-        sources: list[Ids],
-        targets: list[Ids],
+        sources: TokenLists,
+        targets: TokenLists,
         n_source: np.ndarray,
         n_target: np.ndarray,
     ) -> None:
@@ -313,22 +313,21 @@ class TokenizeDoFn(_TokenizeBase):
             held = np.array([choose_split(f"{s}\0{t}", holdout) == "validation" for s, t, _ in batch], dtype=bool)
             for split, chosen in (("train", np.flatnonzero(~held)), ("validation", np.flatnonzero(held))):
                 if len(chosen):
-                    pick = _picker(chosen)
-                    self._buffer_whole(split, pick(sources), pick(targets), n_source[chosen], n_target[chosen])
+                    self._buffer_whole(split, sources.take(chosen), targets.take(chosen), n_source[chosen],
+                                       n_target[chosen])
         self._count_whole(n_source, n_target)
 
     def _buffer_whole(
         self,
         split: str,
-        sources: list[Ids],
-        targets: list[Ids],
+        sources: TokenLists,
+        targets: TokenLists,
         n_source: np.ndarray,
         n_target: np.ndarray,
     ) -> None:
         """Lay examples out flat (prefix, source, target, suffix each), key them and add them to a buffer."""
-        lengths = n_source + n_target
+        ids, lengths = lay_out_pairs(self.layout.prefix, sources, targets, self.layout.suffix)
         offsets = offsets_of(lengths)
-        ids = _lay_out(self.layout.prefix, sources, targets, self.layout.suffix, int(offsets[-1]))
         masked = masked_prefix(n_source, self.options.train_on).astype(np.int32)
         keys = example_keys(ids, offsets, masked, self.options.seed)
         self.buffer(split).extend(keys, lengths, ids, masked)
@@ -356,30 +355,9 @@ def _untrained(origin: str, raw: bytes) -> Rejected:
                     "and packed (an example's first token never does): there is nothing to learn from it")
 
 
-def _lay_out(prefix: Sequence[int], sources: list[Ids], targets: list[Ids], suffix: Sequence[int],
-             total: int) -> np.ndarray:
-    """prefix, source, target, suffix of every example, one after the other, as int32. Lists (the Hugging Face
-    backend) go through one ``np.fromiter``; numpy views and arrays (the fast encoder, the encode cache) through
-    one ``np.concatenate`` over their buffers, with no Python int per id."""
-    if isinstance(sources[0], list):
-        parts = zip(itertools.repeat(prefix), sources, targets, itertools.repeat(suffix))
-        return np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(parts)), dtype=np.int32,
-                           count=total)
-    ends = np.asarray(prefix, dtype=np.int32), np.asarray(suffix, dtype=np.int32)
-    pieces = [piece for pair in zip(sources, targets, strict=True) for piece in (ends[0], *pair, ends[1])]
-    ids = np.concatenate(pieces, dtype=np.int32)
-    if len(ids) != total:
-        raise AssertionError(f"laid out {len(ids)} ids where the lengths add up to {total}")
-    return ids
-
-
-def _as_list(ids: Ids) -> list[int]:
-    """Ids as a list of Python ints (a numpy view of the fast encoder's gives numpy scalars to ``list``)."""
+def _as_list(ids: Sequence[int]) -> list[int]:
+    """Ids as a list of Python ints (a numpy view of a ``TokenLists`` gives numpy scalars to ``list``)."""
     return ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
-
-
-def _lengths(token_lists: list[Ids]) -> np.ndarray:
-    return np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
 
 
 def _picker(chosen: np.ndarray) -> Any:
