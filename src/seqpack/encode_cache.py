@@ -10,9 +10,9 @@ done, never a single output byte.
     [[2], [3], [2]]
 
 Kept ids live in one int32 buffer (4 bytes per id, no object per text), and the cache starts again whenever
-new ids would take it past ``max_tokens``: memory stays bounded whatever the data. A batch comes out as ``TokenLists`` gathered from
-that buffer in one step. On data whose texts do not repeat, the cache turns itself off after a probe, so a corpus
-of distinct texts pays for it only briefly.
+new ids would take it past ``max_tokens``: memory stays bounded whatever the data. A batch comes out as
+``TokenLists`` gathered from that buffer in one step. On data whose texts do not repeat, the cache turns itself
+off after a probe, so a corpus of distinct texts pays for it only briefly.
 """
 
 from __future__ import annotations
