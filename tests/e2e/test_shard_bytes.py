@@ -17,11 +17,12 @@ from seqpack.cli.main import main
 from seqpack.dataset.verify import verify_dataset
 from seqpack.loader import PackedDataLoader, PackedDataset
 from seqpack.schemas import BLOCK_SCHEMA, STAGING_NAME, serialize_shard
-from seqpack.transforms.shard_groups import SHARD_BYTES_PER_TOKEN
+from seqpack.transforms.shard_groups import SHARD_BYTES_PER_TOKEN, buckets_per_shard
 from seqpack.transforms.shuffle import bucket_count
 
-BUCKET_TOKENS = 512
+BUCKET_TOKENS = 320
 PER_SHARD = 3
+"""Train has enough buckets (over ``MIN_SHARDS`` times this) to group exactly this many to a shard."""
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*suggested max number of worker")
 
@@ -54,11 +55,13 @@ def test_buckets_share_shards_and_the_rows_and_statistics_stay_the_same(datasets
     for split in ("train", "validation"):
         tokens = sum(s["tokens"] for s in manifest(one)["splits"][split]["shards"])
         buckets = bucket_count(tokens, BUCKET_TOKENS)
+        per_shard = buckets_per_shard(PER_SHARD * BUCKET_TOKENS * SHARD_BYTES_PER_TOKEN, BUCKET_TOKENS, buckets)
+        assert per_shard == PER_SHARD or split == "validation", "make BUCKET_TOKENS smaller"
         singles, groups = shard_tables(one, split), shard_tables(grouped, split)
-        assert len(singles) == buckets and len(groups) == -(-buckets // PER_SHARD)
+        assert len(singles) == buckets and len(groups) == -(-buckets // per_shard)
         assert pa.concat_tables(groups).equals(pa.concat_tables(singles)), "the same rows, in the same order"
         for index in range(len(groups)):  # and each grouped shard is its buckets written at once
-            members = pa.concat_tables(singles[index * PER_SHARD : (index + 1) * PER_SHARD]).combine_chunks()
+            members = pa.concat_tables(singles[index * per_shard : (index + 1) * per_shard]).combine_chunks()
             members = members.cast(BLOCK_SCHEMA)  # as written: Parquet reads lists back with other item names
             path = grouped / manifest(grouped)["splits"][split]["shards"][index]["path"]
             assert path.read_bytes() == serialize_shard(members, "parquet", 4)

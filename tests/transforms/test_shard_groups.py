@@ -21,7 +21,9 @@ from seqpack.schemas.columns import BLOCK_SCHEMA, ShardWriter, blocks_to_table, 
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.pack import ShardBlocks
 from seqpack.transforms.shard_groups import (
+    MIN_SHARDS,
     SHARD_BYTES_PER_TOKEN,
+    ShardSizing,
     WriteShards,
     buckets_per_shard,
     shard_buckets,
@@ -43,11 +45,24 @@ def test_every_bucket_lands_in_exactly_one_shard_in_consecutive_runs(buckets: in
 
 
 def test_buckets_per_shard_follows_the_estimate_and_never_drops_below_one() -> None:
-    bucket = 1 << 22
-    assert buckets_per_shard(256 << 20, bucket) == (256 << 20) // (bucket * SHARD_BYTES_PER_TOKEN) > 1
-    assert buckets_per_shard(bucket * SHARD_BYTES_PER_TOKEN, bucket) == 1
-    assert buckets_per_shard(bucket * SHARD_BYTES_PER_TOKEN * 2 - 1, bucket) == 1
-    assert buckets_per_shard(1, bucket) == 1
+    bucket, many = 1 << 22, 10**6
+    assert buckets_per_shard(256 << 20, bucket, many) == (256 << 20) // (bucket * SHARD_BYTES_PER_TOKEN) > 1
+    assert buckets_per_shard(bucket * SHARD_BYTES_PER_TOKEN, bucket, many) == 1
+    assert buckets_per_shard(bucket * SHARD_BYTES_PER_TOKEN * 2 - 1, bucket, many) == 1
+    assert buckets_per_shard(1, bucket, many) == 1
+    assert buckets_per_shard(1, bucket, 0) == buckets_per_shard(256 << 20, bucket, 0) == 1
+
+
+@given(buckets=st.integers(0, 2000), fit=st.integers(1, 40))
+def test_a_split_of_enough_buckets_makes_at_least_min_shards_shards(buckets: int, fit: int) -> None:
+    """Every shard is written by one worker: a split of at least ``MIN_SHARDS`` buckets is written by at least
+    that many, and shards still hold as many buckets as ``--shard-bytes`` allows when the split is large."""
+    per_shard = buckets_per_shard(fit * 1000 * SHARD_BYTES_PER_TOKEN, 1000, buckets)
+    shards = -(-buckets // per_shard)
+    assert 1 <= per_shard <= fit
+    assert shards >= min(buckets, MIN_SHARDS)
+    if buckets >= fit * MIN_SHARDS:
+        assert per_shard == fit
 
 
 def random_table(rows: int, seed: int) -> pa.Table:
@@ -125,8 +140,10 @@ def write(tmp_path: Path, buckets: list[ShardBlocks], *, per_shard: int, file_fo
     kept = tmp_path / f"written-{per_shard}.pkl"
     shard_format = ShardFormat(file_format=file_format, row_group_size=7)
     with pipeline() as p:
+        # min_shards=1: shards of exactly per_shard buckets, however few buckets there are
+        sizing = ShardSizing(per_shard * SHARD_BYTES_PER_TOKEN, 1, min_shards=1)
         written = p | beam.Create(buckets) | WriteShards(shard_format, root=str(root), staging=str(staging),
-                                                          per_shard=per_shard)
+                                                          sizing=sizing)
         stats = written[STATS_TAG] | beam.CombineGlobally(MergeStats())
         shards = written["shards"] | "List" >> beam.combiners.ToList()
         _ = stats | "Keep" >> beam.Map(lambda merged, found: kept.write_bytes(pickle.dumps((found, merged))),

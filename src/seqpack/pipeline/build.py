@@ -32,7 +32,7 @@ from seqpack.transforms.pack import PackOptions, ShuffleAndPack
 from seqpack.transforms.read import ReadRecords
 from seqpack.transforms.rejected import WriteRejected
 from seqpack.transforms.render import REJECTED_TAG, ChatFields, ChatRenderDoFn, ChatTemplate, RenderDoFn
-from seqpack.transforms.shard_groups import WriteShards, buckets_per_shard
+from seqpack.transforms.shard_groups import ShardSizing, WriteShards
 from seqpack.transforms.shuffle import SPILL_DIR
 from seqpack.transforms.tokenize import ChatTokenizeDoFn, TokenizeDoFn, TokenizeOptions
 from seqpack.transforms.write import ShardFormat
@@ -256,7 +256,7 @@ def build_pipeline(
                                                          plan=mixture)
     written = shards | "WriteShards" >> WriteShards(
         shard_format(config), root=revision_root, staging=plan.destination.staging,
-        per_shard=buckets_per_shard(config.shard_bytes, config.bucket_tokens),
+        sizing=ShardSizing(config.shard_bytes, config.bucket_tokens),
         audit=ShardAudit(audit, plan.destination.directory, source_audits) if audit else None,
     )
     rejected_stats = (

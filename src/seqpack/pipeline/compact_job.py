@@ -44,7 +44,7 @@ from seqpack.transforms.audit_shards import ShardAudit
 from seqpack.transforms.bundle_stats import STATS_TAG, MergeStats
 from seqpack.transforms.dedup import ReadKeyFiles, WriteKeyFiles
 from seqpack.transforms.pack import ShuffleAndPack
-from seqpack.transforms.shard_groups import WriteShards, buckets_per_shard
+from seqpack.transforms.shard_groups import ShardSizing, WriteShards
 from seqpack.transforms.shuffle import SPILL_DIR
 from seqpack.transforms.unpack import DIGEST_TAG, CutShardDoFn, ShardToCut, UnpackOptions, digest_of_packed
 
@@ -131,7 +131,7 @@ def build_compaction(pipeline: beam.Pipeline, plan: CompactPlan, shards: list[Sh
                                                              shuffle=shuffle)
     written = packed | "WriteShards" >> WriteShards(
         shard_format(config), root=destination.root, staging=destination.staging,
-        per_shard=buckets_per_shard(config.shard_bytes, config.bucket_tokens),
+        sizing=ShardSizing(config.shard_bytes, config.bucket_tokens),
         audit=compaction_audit(config, plan.tokenizer, destination.directory),
     )
     read_digest = cut[DIGEST_TAG] | "DigestRead" >> beam.CombineGlobally(combined)

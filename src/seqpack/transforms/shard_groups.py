@@ -2,10 +2,12 @@
 
 A bucket bounds a worker's memory (``--bucket-tokens``); a shard is what a reader opens and a store lists, and
 10¹² tokens in 4M-token shards would be 250,000 files. So shard ``j`` of a split holds its buckets
-``[j·G, (j+1)·G)``, where ``G = buckets_per_shard(...)`` follows from the configuration alone.
+``[j·G, (j+1)·G)``, where ``G = buckets_per_shard(...)`` follows from the configuration and the split's number of
+buckets alone (never from the workers): as many buckets as fit in ``--shard-bytes``, but few enough that a split
+of at least ``MIN_SHARDS`` buckets makes that many shards, written by as many workers at once.
 
-With ``G == 1`` every packed bucket is written directly as its shard (``write.WriteShardDoFn``). With ``G > 1``
-each packed bucket is written as a *part* to the run's staging directory (an uncompressed Arrow IPC stream) and
+A bucket of a split with ``G == 1`` is written directly as its shard, where it was packed. With ``G > 1`` each
+packed bucket is written as a *part* to the run's staging directory (an uncompressed Arrow IPC stream) and
 only its small ``ShardPart`` description travels on; a ``GroupByKey`` on (split, shard) gathers the descriptions,
 and one writer streams the parts, in bucket order, into the shard file, cutting row groups at
 ``--row-group-size`` rows across part boundaries. Memory stays one bucket when packing and one record batch
@@ -34,7 +36,6 @@ from seqpack.transforms.bundle_stats import STATS_TAG, StatsDoFn
 from seqpack.transforms.pack import ShardBlocks
 from seqpack.transforms.write import (
     EXTENSIONS,
-    BlockStatsDoFn,
     ShardFormat,
     WriteShardDoFn,
     atomic_output,
@@ -48,17 +49,44 @@ SHARD_BYTES_PER_TOKEN = 3
 Measured: 2.8 B/token (32k vocabulary) and 3.0 (128k) for Zipf-distributed ids packed into 2,048-token blocks,
 2.1 for the demo data (a 500-token vocabulary); Arrow IPC within 10 % of Parquet. Shards land within a factor of
 about 1.5 of ``--shard-bytes``, never the point: their number is."""
+PARTS_TAG = "parts"
+"""The packed buckets written as parts of a shard of several (``WritePackedDoFn``'s tagged output)."""
 PARTS_DIR = "_parts"
 """Under the run's staging directory: one Arrow IPC stream per packed bucket, while shards are assembled."""
 
 
-def buckets_per_shard(shard_bytes: int, bucket_tokens: int) -> int:
-    """How many consecutive buckets share a shard: at least one, and as many as fit in ``shard_bytes``.
+MIN_SHARDS = 8
+"""A split of at least this many buckets is cut into at least this many shards. One writer encodes a shard, so a
+split in one shard ends with one core compressing Parquet while the others wait (3 s of a 17 s run on 1.5 M
+gettext pairs, 2 cores); in eight, eight workers write at once, and a loader has whole files to spread over its
+ranks. Splits of more than ``MIN_SHARDS`` times ``--shard-bytes`` get shards of ``--shard-bytes`` as before."""
 
-        >>> buckets_per_shard(256 << 20, 1 << 22)   # 4M-token buckets, 256 MiB shards
+
+def buckets_per_shard(shard_bytes: int, bucket_tokens: int, buckets: int, min_shards: int = MIN_SHARDS) -> int:
+    """How many consecutive buckets of a split of ``buckets`` share a shard: as many as fit in ``shard_bytes``,
+    at least one, and few enough for ``min_shards`` shards where the split has that many buckets.
+
+        >>> buckets_per_shard(256 << 20, 1 << 22, 1000)   # 4M-token buckets, 256 MiB shards
         21
+        >>> buckets_per_shard(256 << 20, 1 << 22, 100)    # 9 shards of 12 buckets (~150 MB), not 5 of 21
+        12
+        >>> buckets_per_shard(256 << 20, 1 << 22, 13)     # 13 shards of one bucket, not one of 13
+        1
     """
-    return max(1, shard_bytes // (bucket_tokens * SHARD_BYTES_PER_TOKEN))
+    fit = max(1, shard_bytes // (bucket_tokens * SHARD_BYTES_PER_TOKEN))
+    return max(1, min(fit, buckets // max(1, min_shards)))
+
+
+@dataclass(frozen=True)
+class ShardSizing:
+    """``--shard-bytes`` and ``--bucket-tokens``: what decides, with a split's number of buckets, its shards."""
+
+    shard_bytes: int
+    bucket_tokens: int
+    min_shards: int = MIN_SHARDS
+
+    def per_shard(self, buckets: int) -> int:
+        return buckets_per_shard(self.shard_bytes, self.bucket_tokens, buckets, self.min_shards)
 
 
 def shard_of(bucket: int, buckets: int, per_shard: int) -> tuple[int, int]:
@@ -91,15 +119,25 @@ def part_path(staging: str, split: str, bucket: int, buckets: int) -> str:
     return FileSystems.join(staging, PARTS_DIR, split, f"bucket-{bucket:07d}-of-{buckets:07d}.arrow")
 
 
-class WritePartDoFn(BlockStatsDoFn):
-    """``ShardBlocks`` in, written to staging as an Arrow IPC stream; ``((split, shard), ShardPart)`` out."""
+class WritePackedDoFn(WriteShardDoFn):
+    """``ShardBlocks`` in. A split of one bucket per shard: the bucket written as its shard, the shard's description
+    out (``WriteShardDoFn``). Else: written to staging as an Arrow IPC stream, ``((split, shard), ShardPart)`` out
+    under ``PARTS_TAG``."""
 
-    def __init__(self, shard_format: ShardFormat, staging: str, per_shard: int) -> None:
-        self.shard_format = shard_format
+    def __init__(self, shard_format: ShardFormat, root: str, staging: str, sizing: ShardSizing,
+                 audit: ShardAudit | None = None) -> None:
+        super().__init__(shard_format, root, audit)
         self.staging = staging
-        self.per_shard = per_shard
+        self.sizing = sizing
 
-    def process(self, packed: ShardBlocks) -> Iterator[tuple[tuple[str, int], ShardPart]]:
+    def process(self, packed: ShardBlocks) -> Iterator[Any]:
+        per_shard = self.sizing.per_shard(packed.count)
+        if per_shard == 1:
+            yield from super().process(packed)
+        else:
+            yield beam.pvalue.TaggedOutput(PARTS_TAG, self.write_part(packed, per_shard))
+
+    def write_part(self, packed: ShardBlocks, per_shard: int) -> tuple[tuple[str, int], ShardPart]:
         path = part_path(self.staging, packed.split, packed.index, packed.count)
         schema = shard_schema(self.shard_format.with_sources)
         with atomic_output(path) as out, pa.ipc.new_stream(pa.PythonFile(out, mode="w"), schema) as writer:
@@ -107,9 +145,9 @@ class WritePartDoFn(BlockStatsDoFn):
             for batch in table.to_batches(max_chunksize=self.shard_format.row_group_size):
                 writer.write_batch(batch)
         self.count_blocks(packed, self.shard_format.sources)
-        shard, shards = shard_of(packed.index, packed.count, self.per_shard)
+        shard, shards = shard_of(packed.index, packed.count, per_shard)
         blocks = packed.blocks
-        yield (packed.split, shard), ShardPart(
+        return (packed.split, shard), ShardPart(
             packed.split, shard, shards, packed.index, packed.count, path, blocks.rows, blocks.examples,
             blocks.real_tokens,
         )
@@ -158,17 +196,17 @@ class AssembleShardDoFn(StatsDoFn):
     the shard's description dict out. With ``audit``, each record batch is audited as it is written (the rows as
     the file holds them, so the places' rows are the file's)."""
 
-    def __init__(self, shard_format: ShardFormat, root: str, per_shard: int, audit: ShardAudit | None = None
+    def __init__(self, shard_format: ShardFormat, root: str, sizing: ShardSizing, audit: ShardAudit | None = None
                  ) -> None:
         self.shard_format = shard_format
         self.root = root
-        self.per_shard = per_shard
+        self.sizing = sizing
         self.audit = audit
 
     def process(self, grouped: tuple[tuple[str, int], Iterable[ShardPart]]) -> Iterator[dict[str, Any]]:
         (split, shard), unordered = grouped
         parts = sorted(unordered, key=lambda part: part.bucket)
-        expected = list(shard_buckets(shard, parts[0].buckets, self.per_shard))
+        expected = list(shard_buckets(shard, parts[0].buckets, self.sizing.per_shard(parts[0].buckets)))
         if [part.bucket for part in parts] != expected:
             raise RuntimeError(
                 f"shard {shard} of {split} got the parts of buckets {[p.bucket for p in parts]}, expected {expected}: "
@@ -198,10 +236,11 @@ class AssembleShardDoFn(StatsDoFn):
 
 class WriteShards(beam.PTransform):
     """``ShardBlocks`` (one per bucket) in; shard files written under ``root``; ``{"shards": descriptions,
-    STATS_TAG: statistics}`` out. ``per_shard`` buckets go to a shard (``buckets_per_shard``). With ``audit``, the
-    writers audit the blocks they write (``transforms.audit_shards``); the shards' bytes are the same either way."""
+    STATS_TAG: statistics}`` out. ``sizing`` decides each split's buckets per shard (``buckets_per_shard``). With
+    ``audit``, the writers audit the blocks they write (``transforms.audit_shards``); the shards' bytes are the
+    same either way."""
 
-    def __init__(self, shard_format: ShardFormat, *, root: str, staging: str, per_shard: int,
+    def __init__(self, shard_format: ShardFormat, *, root: str, staging: str, sizing: ShardSizing,
                  audit: ShardAudit | None = None) -> None:
         super().__init__()
         if shard_format.file_format not in EXTENSIONS:
@@ -209,24 +248,20 @@ class WriteShards(beam.PTransform):
         self.shard_format = shard_format
         self.root = root
         self.staging = staging
-        self.per_shard = per_shard
+        self.sizing = sizing
         self.audit = audit
 
     def expand(self, packed: beam.PCollection) -> dict[str, beam.PCollection]:
-        if self.per_shard == 1:
-            direct = packed | "WriteWhole" >> beam.ParDo(
-                WriteShardDoFn(self.shard_format, self.root, self.audit)
-            ).with_outputs(STATS_TAG, main="shards")
-            return {"shards": direct.shards, STATS_TAG: direct[STATS_TAG]}
-        parts = packed | "WriteParts" >> beam.ParDo(
-            WritePartDoFn(self.shard_format, self.staging, self.per_shard)
-        ).with_outputs(STATS_TAG, main="parts")
-        shards = (
-            parts.parts
+        written = packed | "WritePacked" >> beam.ParDo(
+            WritePackedDoFn(self.shard_format, self.root, self.staging, self.sizing, self.audit)
+        ).with_outputs(STATS_TAG, PARTS_TAG, main="shards")
+        assembled = (
+            written[PARTS_TAG]
             | "GroupParts" >> beam.GroupByKey()
             | "AssembleShards" >> beam.ParDo(
-                AssembleShardDoFn(self.shard_format, self.root, self.per_shard, self.audit)
+                AssembleShardDoFn(self.shard_format, self.root, self.sizing, self.audit)
             ).with_outputs(STATS_TAG, main="shards")
         )
-        stats = (parts[STATS_TAG], shards[STATS_TAG]) | "WriteStats" >> beam.Flatten()
-        return {"shards": shards.shards, STATS_TAG: stats}
+        shards = (written.shards, assembled.shards) | "AllShards" >> beam.Flatten()
+        stats = (written[STATS_TAG], assembled[STATS_TAG]) | "WriteStats" >> beam.Flatten()
+        return {"shards": shards, STATS_TAG: stats}
