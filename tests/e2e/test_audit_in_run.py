@@ -25,6 +25,8 @@ from seqpack.schemas import STATS_NAME
 from seqpack.schemas import stats as stats_format
 from seqpack.tools.audit import audit_dataset
 from seqpack.tools.report import build_report
+from seqpack.transforms.shard_groups import MIN_SHARDS, buckets_per_shard
+from seqpack.transforms.shuffle import bucket_count
 
 FAULTY = [{"source": f"Hello <s> world {i}", "target": "Bonjour"} for i in range(5)]
 """A BOS written into the text: each of these examples has a BOS after its start (``bos-inside``)."""
@@ -49,7 +51,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, pairs: l
     made = {
         "clean": _run(root, "clean", pairs[:60], tokenizer_dir, "--shard-bytes", "1"),
         "off": _run(root, "off", pairs[:60], tokenizer_dir, "--shard-bytes", "1", "--audit", "off"),
-        "found": _run(root, "found", faulty, tokenizer_dir, "--shard-bytes", "100000"),  # one shard of 8 buckets
+        # small buckets, so that shards of several buckets each are assembled (at least MIN_SHARDS of them)
+        "found": _run(root, "found", faulty, tokenizer_dir, "--shard-bytes", "100000", "--bucket-tokens", "64"),
         "found-whole": _run(root, "found-whole", faulty, tokenizer_dir, "--shard-bytes", "1"),
     }
     shutil.copytree(root / "clean", root / "strict")
@@ -92,7 +95,13 @@ def test_the_places_are_the_first_examples_seqpack_audit_finds(runs: dict[str, d
 
     assert dict(audit.counts) == stats_of(runs[name])["audit_by_code"]
     assert split_rows(url, places) == [(p.block, p.example) for p in audit.samples[BOS_INSIDE]]
-    assert len({where["shard"] for where in places}) == (1 if name == "found" else 3)
+    shards = open_manifest(str(url)).splits["train"].shards
+    if name == "found":  # each shard assembled from several buckets: its rows counted across them
+        buckets = bucket_count(sum(shard.tokens for shard in shards), 64)
+        per_shard = buckets_per_shard(100000, 64, buckets)
+        assert per_shard > 1 and len(shards) == -(-buckets // per_shard) >= MIN_SHARDS
+    else:
+        assert len({where["shard"] for where in places}) == 3
     assert all(where["shard"].startswith(open_manifest(str(url)).directory + "/") for where in places)
 
 
