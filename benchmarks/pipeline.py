@@ -68,12 +68,16 @@ TOKENIZER_SAMPLE_PAIRS = 100_000
 
 SEQPACK_MAIN = (
     "import sys\n"
-    "try:\n    from seqpack.cli.main import main\n"
-    "except ImportError:  # revisions from before the CLI moved (--seqpack-rev)\n"
-    "    from seqpack.pipeline.cli import main\n"
-    "sys.exit(main())"
+    "try:\n    from seqpack.cli.main import console_main\n"
+    "except ImportError:  # revisions from before the command's own exit (--seqpack-rev)\n"
+    "    try:\n        from seqpack.cli.main import main\n"
+    "    except ImportError:  # revisions from before the CLI moved\n"
+    "        from seqpack.pipeline.cli import main\n"
+    "    sys.exit(main())\n"
+    "console_main()"
 )
-"""The ``seqpack`` command as a ``python -c`` program that works for old and new revisions alike."""
+"""The ``seqpack`` command (the console script's ``console_main``) as a ``python -c`` program that works for old
+and new revisions alike."""
 
 
 def _read_texts(path: str) -> tuple[list[str], list[str]]:
