@@ -118,3 +118,18 @@ def test_a_batch_adds_what_one_example_at_a_time_adds(tokenizer_dir: Path, tmp_p
     assert got[1] == expected[1] == [("empty_target", "f:3")]
     assert got[2] == +expected[2]
     assert sum(n for k, n in got[2].items() if k.startswith("split:")) >= 40
+
+
+def test_the_hugging_face_backend_is_loaded_only_when_first_called(tokenizer_dir: Path) -> None:
+    """A worker encoding with the fast encoder keeps the Hugging Face backend for a batch the fast one rejects:
+    loaded at that first call, not at set-up, and then the same ids as the backend loaded at once."""
+    from seqpack.tokenizer import load_backend
+    from seqpack.transforms.tokenize import _LoadedOnFirstCall
+
+    definition = (tokenizer_dir / "tokenizer.json").read_text()
+    lazy = _LoadedOnFirstCall(definition)
+    assert lazy._call is None
+    texts = ["Hello world", "", "line\x04end"]
+    expected = [e.ids for e in load_backend("", definition).encode_batch(texts, add_special_tokens=False)]
+    assert [e.ids for e in lazy(texts, add_special_tokens=False)] == expected
+    assert lazy._call is not None

@@ -205,6 +205,20 @@ def _fast_encoder(tokenizer: Any) -> Any:
     return None if backend is None else _batch_encoder(backend)
 
 
+class _LoadedOnFirstCall:
+    """The Rust backend's batch call, the backend loaded (~0.5 s) when first called: a worker that encodes with
+    the fast encoder calls it only for a batch the fast encoder rejects, most often never."""
+
+    def __init__(self, definition: str) -> None:
+        self.definition = definition
+        self._call: Any = None
+
+    def __call__(self, texts: list[str], **kwargs: Any) -> Any:
+        if self._call is None:
+            self._call = _batch_encoder(load_backend("", self.definition))
+        return self._call(texts, **kwargs)
+
+
 def _batch_encoder(backend: Any) -> Any:
     """A Rust tokenizer's fastest batch call (``encode_batch_fast`` skips offsets; older versions lack it)."""
     return getattr(backend, "encode_batch_fast", None) or backend.encode_batch
@@ -230,7 +244,7 @@ class TokenizeDoFn(_TokenizeBase):
             # import and no second tokenizer load in every worker.
             self.progress = progress_from_env()
             definition = read_backend_json(self.backend.tokenizer_json)
-            self._fast = _batch_encoder(load_backend(self.backend.tokenizer_json, definition))
+            self._fast = _LoadedOnFirstCall(definition)
             self.layout = self.backend.layout
         encode = self.encode
         fast = self.backend is not None and chosen_encoder(self.backend) == "fast"
