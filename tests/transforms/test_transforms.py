@@ -10,6 +10,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from helpers import spill_examples
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seqpack.config import RunConfig
 from seqpack.inputs import Record
@@ -110,3 +112,16 @@ def test_batch_keys_equal_one_by_one_keys_and_depend_on_every_input() -> None:
     variants = [example_key(ids[:4], 2, 0, 5), example_key(ids[:4], 1, 1, 5), example_key(ids[:4], 1, 0, 6),
                 example_key(ids[1:5], 1, 0, 5), example_key(ids[:4], b"\x80", 0, 5), example_key(ids[:4], 1, 0, -5)]
     assert len({base, *variants}) == 1 + len(variants) and all(len(k) == 16 for k in variants)
+
+
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 3)), max_size=40), st.integers(0, 3))
+@settings(max_examples=100, deadline=None)
+def test_batch_keys_with_repeated_masks_equal_one_by_one_keys(shapes: list[tuple[int, int]], seed: int) -> None:
+    """Examples that share a masked length share a started hash (copied for each): each key is still its own."""
+    lengths = np.array([length for length, _ in shapes], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.random.default_rng(len(shapes)).integers(0, 50, int(offsets[-1])).astype(np.int32)
+    masked = np.array([mask for _, mask in shapes], np.int32)
+    one_by_one = b"".join(example_key(ids[a:b], int(m), 0, seed)
+                          for a, b, m in zip(offsets[:-1], offsets[1:], masked, strict=True))
+    assert example_keys(ids, offsets, masked, seed) == one_by_one
