@@ -35,7 +35,11 @@ if os.environ.get("SEQPACK_TOKEN_TABLE"):
                 f.write(text)
 
     class TableLookup:
-        """``EncodeCache``'s interface: the ids of each text from the table; a text not in it is tokenized."""
+        """``EncodeCache``'s interface: the ids of each text from the table; a text not in it is tokenized. Where
+        the tokenize step takes one buffer of ids per batch (``TokenLists``), the lookups are built into one, as
+        the cache would give it; older revisions take a list per text."""
+
+        batch = None  # TokenLists.from_lists, where the revision has it
 
         def __init__(self, tokenize, **_options):
             self.tokenize = tokenize
@@ -45,13 +49,16 @@ if os.environ.get("SEQPACK_TOKEN_TABLE"):
         def encode(self, texts):
             table = self.table
             try:
-                return [table[text] for text in texts]
+                found = [table[text] for text in texts]
             except KeyError:
                 missing = [text for text in texts if text not in table]
-                table.update(zip(missing, self.tokenize(missing), strict=True))
+                encoded = self.tokenize(missing)
+                table.update(zip(missing, encoded.tolists() if hasattr(encoded, "tolists") else encoded,
+                                 strict=True))
                 self.misses += len(missing)
                 _report(f"miss-{os.getpid()}-{id(self)}.txt", str(self.misses))
-                return [table[text] for text in texts]
+                found = [table[text] for text in texts]
+            return found if self.batch is None else self.batch(found)
 
     class _PatchOnImport(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
@@ -66,6 +73,8 @@ if os.environ.get("SEQPACK_TOKEN_TABLE"):
             def exec_and_patch(module):
                 exec_module(module)
                 # the names the tokenize step makes its caches with (older revisions: EncodeCache only)
+                if hasattr(module, "TokenLists"):
+                    TableLookup.batch = staticmethod(module.TokenLists.from_lists)
                 if hasattr(module, "cache_for"):
                     module.cache_for = lambda tokenize, **_options: TableLookup(tokenize)
                 if hasattr(module, "EncodeCache"):

@@ -17,9 +17,9 @@ from seqpack.transforms import tokenize
 calls = []
 def encode(texts):
     calls.append(list(texts))
-    return [[7] * len(text) for text in texts]
+    return tokenize.TokenLists.from_lists([[7] * len(text) for text in texts])
 cache = tokenize.cache_for(encode, fast=True)
-print([list(ids) for ids in cache.encode(["in the table", "not in it"])], calls)
+print(cache.encode(["in the table", "not in it"]).tolists(), calls)
 """
 
 
