@@ -169,6 +169,24 @@ def test_arbitrary_masks_survive_packing(masks: list[list[bool]], strategy: str)
             assert (label != IGNORE_INDEX) == (int(token) in trained)
 
 
+def random_examples(shapes: list[tuple[int, int]], strategy: str, max_length: int, conversations: bool,
+                    sources: int = 0):  # noqa: ANN201 - ExampleColumns, imported late as the tests here do
+    """Examples of these (length, masked prefix) shapes with seeded ids, cut to ``max_length`` for ``bfd`` (which
+    never splits one); conversations get a random loss mask per token, ``sources`` random source ids."""
+    from seqpack.example_columns import ExampleColumns, offsets_of
+
+    rng = np.random.default_rng(len(shapes))
+    lengths = np.array([min(length, max_length) if strategy == "bfd" else length for length, _ in shapes], np.int64)
+    offsets = offsets_of(lengths)
+    return ExampleColumns(
+        key_hi=np.zeros(len(shapes), np.uint64), key_lo=np.zeros(len(shapes), np.uint64), offsets=offsets,
+        ids=rng.integers(0, 1000, int(offsets[-1])).astype(np.int32),
+        n_masked=np.array([masked for _, masked in shapes], np.int32),
+        trained=rng.random(int(offsets[-1])) < 0.5 if conversations else None,
+        source=rng.integers(0, sources, len(shapes)).astype(np.int16) if sources else None,
+    )
+
+
 @given(
     st.lists(st.tuples(st.integers(min_value=0, max_value=300), st.integers(min_value=0, max_value=300),
                        st.booleans()), max_size=40),
@@ -180,19 +198,11 @@ def test_laying_out_by_copy_and_by_index_give_the_same_blocks(
 ) -> None:
     """The two ways ``assemble`` fills blocks (chosen by the mean segment length) write the same arrays, for
     pairs (a masked prefix, longer than the example too) and conversations (a mask per token), split pieces too."""
-    from seqpack.example_columns import ExampleColumns, offsets_of
     from seqpack.packing import _lay_out_by_copy, _lay_out_by_index, assign_segments
 
-    rng = np.random.default_rng(len(shapes))
-    lengths = np.array([min(length, max_length) if strategy == "bfd" else length for length, _, _ in shapes],
-                       np.int64)
-    offsets = offsets_of(lengths)
-    examples = ExampleColumns(
-        key_hi=np.zeros(len(shapes), np.uint64), key_lo=np.zeros(len(shapes), np.uint64), offsets=offsets,
-        ids=rng.integers(0, 1000, int(offsets[-1])).astype(np.int32),
-        n_masked=np.array([masked for _, masked, _ in shapes], np.int32),
-        trained=rng.random(int(offsets[-1])) < 0.5 if conversations else None,
-    )
+    examples = random_examples([(length, masked) for length, masked, _ in shapes], strategy, max_length,
+                               conversations)
+    lengths = examples.lengths
     segments = assign_segments(strategy, lengths.tolist(), max_length)
     pad = pad and strategy != "none"  # unpadded rows of any length; bfd and wrap rows fit max_length
     seg_lens = segments.stop - segments.start
@@ -243,20 +253,10 @@ def test_packing_through_an_order_equals_packing_the_taken_examples(
     order may skip examples and repeat them, and ``parts`` cut it."""
     from dataclasses import fields
 
-    from seqpack.example_columns import ExampleColumns, offsets_of
     from seqpack.packing import pack_columns
 
-    rng = np.random.default_rng(len(shapes))
-    lengths = np.array([min(length, max_length) if strategy == "bfd" else length for length, _, _ in shapes],
-                       np.int64)
-    offsets = offsets_of(lengths)
-    examples = ExampleColumns(
-        key_hi=np.zeros(len(shapes), np.uint64), key_lo=np.zeros(len(shapes), np.uint64), offsets=offsets,
-        ids=rng.integers(0, 1000, int(offsets[-1])).astype(np.int32),
-        n_masked=np.array([masked for _, masked, _ in shapes], np.int32),
-        trained=rng.random(int(offsets[-1])) < 0.5 if conversations else None,
-        source=rng.integers(0, 3, len(shapes)).astype(np.int16),
-    )
+    examples = random_examples([(length, masked) for length, masked, _ in shapes], strategy, max_length,
+                               conversations, sources=3)
     order = np.array([i for i, (_, _, copies) in enumerate(shapes) for _ in range(copies)], np.int64)
     random.shuffle(order)
     parts = sorted({0, len(order), *(random.randint(0, len(order)) for _ in range(2))}) if with_parts else None
