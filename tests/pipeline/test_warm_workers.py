@@ -3,6 +3,7 @@ running; a real local pipeline runs in the warm processes; the output is the sam
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -14,9 +15,9 @@ from pathlib import Path
 import apache_beam as beam
 import pytest
 
-from seqpack.pipeline import worker_launcher
+from seqpack.pipeline import warm_workers, worker_launcher
 from seqpack.pipeline.runners import local_provision_info, pipeline_options
-from seqpack.pipeline.warm_workers import DISABLE_VARIABLE, WarmPool, start_pool, warm_local_runner
+from seqpack.pipeline.warm_workers import DISABLE_VARIABLE, WarmPool, start_early, start_pool, warm_local_runner
 
 COLD = [sys.executable, "-c", "print('cold start')"]
 
@@ -201,3 +202,62 @@ def test_without_a_usable_temp_directory_the_workers_start_cold(monkeypatch: pyt
 
     monkeypatch.setattr(tempfile, "mkdtemp", full)
     assert start_pool(2) is None
+
+
+def _gone(pool: WarmPool) -> bool:
+    return pool.server.poll() is not None and not os.path.exists(pool.directory)
+
+
+def test_a_local_run_takes_the_pool_started_as_the_command_began(tmp_path: Path) -> None:
+    """``seqpack run`` starts the pool before it imports Beam; the run's local runner takes that very pool (its
+    workers run in it) and closes it at the end."""
+    start_early(["-i", "in.jsonl", "-o", "out", "-t", "tok"])
+    early = warm_workers._EARLY
+    assert early is not None and early.workers == multiprocessing.cpu_count()
+    options, runner = pipeline_options([])
+    with warm_local_runner(options, runner, local_provision_info(options)) as warm:
+        assert warm.warm_pool is early and warm_workers._EARLY is None
+        with beam.Pipeline(runner=warm, options=options) as pipeline:
+            record = str(tmp_path)
+            _ = pipeline | beam.Create(range(20)) | beam.Map(lambda _: Path(record, str(os.getpid())).touch())
+        assert {int(name) for name in os.listdir(tmp_path)} <= set(early.warm_pids())
+    assert _gone(early)
+
+
+@pytest.mark.parametrize("run_argv", [["--runner=DataflowRunner"], ["--direct_running_mode=in_memory"],
+                                      ["--no-wait"], ["--dry-run"], ["--help"]])
+def test_no_early_pool_where_the_command_line_may_run_elsewhere_or_nothing(run_argv: list[str]) -> None:
+    start_early(["-i", "in.jsonl", *run_argv])
+    assert warm_workers._EARLY is None
+
+
+def test_an_early_pool_no_run_takes_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another runner or worker count (a job file's), or a command that fails before its run, ends the pool."""
+    start_early([])
+    early = warm_workers._EARLY
+    options, runner = pipeline_options(["--direct_running_mode=in_memory"])
+    with warm_local_runner(options, runner) as chosen:
+        assert chosen is runner
+    assert warm_workers._EARLY is None and _gone(early)
+
+    start_early([])
+    early = warm_workers._EARLY
+    options, runner = pipeline_options([f"--direct_num_workers={early.workers + 1}"])
+    with warm_local_runner(options, runner) as warm:
+        assert warm.warm_pool is not early and warm.warm_pool.workers == early.workers + 1
+    assert _gone(early)
+
+    from seqpack.cli.main import main
+
+    monkeypatch.setattr(warm_workers, "close_early", counted := _Counted(warm_workers.close_early))
+    assert main(["run", "-i", "missing.jsonl", "-o", "out", "-t", "tok", "--nonsense"]) != 0
+    assert counted.calls == 1 and warm_workers._EARLY is None
+
+
+class _Counted:
+    def __init__(self, function) -> None:  # noqa: ANN001 - any callable
+        self.function, self.calls = function, 0
+
+    def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204 - passes everything through
+        self.calls += 1
+        return self.function(*args, **kwargs)

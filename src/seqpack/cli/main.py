@@ -189,9 +189,22 @@ def _setup_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:  # before the parser imports Beam: a local run's workers get ready meanwhile
+        from seqpack.pipeline.warm_workers import start_early
+
+        start_early(argv[1:])
+    try:
+        return _main(argv)
+    finally:
+        from seqpack.pipeline.warm_workers import close_early
+
+        close_early()
+
+
+def _main(argv: list[str]) -> int:
     _setup_logging()
     parser = _parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":

@@ -153,6 +153,49 @@ def start_pool(workers: int) -> WarmPool | None:
     return pool
 
 
+_EARLY: WarmPool | None = None
+"""The pool ``start_early`` started as the command began, until a run takes it (``warm_local_runner``) or the
+command ends (``close_early``)."""
+_NOT_PLAIN_LOCAL = ("--runner", "--direct_", "--no-wait", "--dry-run", "--help", "-h")
+"""Options after which a ``run`` may not be a local multi-process run on this machine's cores, or runs nothing."""
+
+
+def start_early(run_argv: list[str]) -> None:
+    """Start the warm pool as ``seqpack run`` begins, before the driver imports Beam, so that the server imports
+    while the driver does, on the other core, and its workers are ready when the job starts (rather than ~0.4 s
+    later). Only where the run looks local on the command line: no runner option, ``--no-wait`` or
+    ``--dry-run`` in ``run_argv`` (its workers then are one per core). A run that does not take it (a job file
+    naming another runner, a failed check) leaves it to ``close_early``."""
+    global _EARLY
+    if _EARLY is not None or not _warm_enabled():
+        return
+    if any(arg.startswith(_NOT_PLAIN_LOCAL) for arg in run_argv):
+        return
+    _EARLY = start_pool(multiprocessing.cpu_count())
+
+
+def close_early() -> None:
+    """End the early pool if no run took it (the command failed, or was up to date)."""
+    global _EARLY
+    pool, _EARLY = _EARLY, None
+    if pool is not None:
+        pool.close()
+
+
+def _take_early(workers: int) -> WarmPool | None:
+    """The early pool, if it has ``workers`` slots (else it is closed)."""
+    global _EARLY
+    pool, _EARLY = _EARLY, None
+    if pool is not None and pool.workers != workers:
+        pool.close()
+        return None
+    return pool
+
+
+def _warm_enabled() -> bool:
+    return os.environ.get(DISABLE_VARIABLE, "1").strip() not in ("0", "false", "no", "off")
+
+
 def worker_count(options: Any) -> int:
     """How many worker processes the FnApiRunner starts: ``--direct_num_workers``, 0 meaning one per core."""
     from apache_beam.options.pipeline_options import DirectOptions
@@ -168,15 +211,20 @@ def _wants_warm(options: Any, runner: object) -> bool:
     return (
         type(runner) is FnApiRunner
         and options.view_as(DirectOptions).direct_running_mode == "multi_processing"
-        and os.environ.get(DISABLE_VARIABLE, "1").strip() not in ("0", "false", "no", "off")
+        and _warm_enabled()
     )
 
 
 @contextlib.contextmanager
 def warm_local_runner(options: Any, runner: object, provision_info: Any = None) -> Iterator[object]:
     """The runner to use: for the local multi-process FnApiRunner, one whose workers a warm pool starts (the
-    pool lives for the block); any other runner as it is."""
-    pool = start_pool(worker_count(options)) if _wants_warm(options, runner) else None
+    pool lives for the block); any other runner as it is. The pool ``start_early`` started is taken where it
+    fits."""
+    pool = None
+    if _wants_warm(options, runner):
+        workers = worker_count(options)
+        pool = _take_early(workers) or start_pool(workers)
+    close_early()  # another runner, or another number of workers
     if pool is None:
         yield runner
         return
