@@ -21,7 +21,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from seqpack.example_columns import gather_slices, offsets_of
 from seqpack.token_lists import BatchEncode, TokenLists
 
 MAX_TOKENS = 4 << 20
@@ -83,9 +82,7 @@ class EncodeCache:
         return encoded
 
     def _take(self, slots: np.ndarray) -> TokenLists:
-        offsets = self._offsets.values
-        lengths = offsets[slots + 1] - offsets[slots]
-        return TokenLists(gather_slices(self._ids.values, offsets[slots], lengths), offsets_of(lengths))
+        return TokenLists(self._ids.values, self._offsets.values).take(slots)
 
     def _keep(self, texts: list[str], encoded: TokenLists) -> None:
         """Keep each text's ids in a slot of its own."""

@@ -62,8 +62,9 @@ class TokenLists:
     def take(self, indices: np.ndarray) -> TokenLists:
         """The texts at ``indices``, in that order (repeats allowed), in a buffer of their own."""
         indices = np.asarray(indices, dtype=np.int64)
-        lengths = self.lengths[indices]
-        return TokenLists(gather_slices(self.ids, self.offsets[:-1][indices], lengths), offsets_of(lengths))
+        starts = self.offsets[indices]
+        lengths = self.offsets[indices + 1] - starts
+        return TokenLists(gather_slices(self.ids, starts, lengths), offsets_of(lengths))
 
 
 def lay_out_pairs(prefix: Sequence[int], sources: TokenLists, targets: TokenLists, suffix: Sequence[int]

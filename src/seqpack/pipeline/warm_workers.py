@@ -185,11 +185,11 @@ def close_early() -> None:
 def _take_early(workers: int) -> WarmPool | None:
     """The early pool, if it has ``workers`` slots (else it is closed)."""
     global _EARLY
-    pool, _EARLY = _EARLY, None
-    if pool is not None and pool.workers != workers:
-        pool.close()
-        return None
-    return pool
+    if _EARLY is not None and _EARLY.workers == workers:
+        pool, _EARLY = _EARLY, None
+        return pool
+    close_early()
+    return None
 
 
 def _warm_enabled() -> bool:
@@ -220,11 +220,12 @@ def warm_local_runner(options: Any, runner: object, provision_info: Any = None) 
     """The runner to use: for the local multi-process FnApiRunner, one whose workers a warm pool starts (the
     pool lives for the block); any other runner as it is. The pool ``start_early`` started is taken where it
     fits."""
-    pool = None
     if _wants_warm(options, runner):
         workers = worker_count(options)
         pool = _take_early(workers) or start_pool(workers)
-    close_early()  # another runner, or another number of workers
+    else:
+        close_early()
+        pool = None
     if pool is None:
         yield runner
         return
