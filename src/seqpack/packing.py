@@ -15,13 +15,13 @@ The result is a set of flat arrays (``PackedBlocks``) ready to become a shard wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from seqpack import IGNORE_INDEX
-from seqpack.example_columns import ExampleColumns, gather_index, gather_slices, slices_by_copy
+from seqpack.example_columns import ExampleColumns, slices_by_copy
 
 PACKING_STRATEGIES = ("bfd", "wrap", "none")
 
@@ -156,6 +156,20 @@ def wrap_segments(lengths: Sequence[int], capacity: int) -> Segments:
     return Segments(*(np.asarray(a, dtype=np.int64) for a in (block, item, start, stop)), n_blocks)
 
 
+def reorder_blocks(segments: Segments, row_order: np.ndarray) -> Segments:
+    """The same segments with block ``row_order[i]`` renumbered ``i``, still in block order (a block's segments
+    keep their order within it)."""
+    row_order = np.asarray(row_order, dtype=np.int64)
+    if not np.array_equal(np.sort(row_order), np.arange(segments.n_blocks)):
+        raise ValueError(f"row_order must be a permutation of the {segments.n_blocks} blocks")
+    renumbered = np.empty(segments.n_blocks, np.int64)
+    renumbered[row_order] = np.arange(segments.n_blocks)
+    block = renumbered[segments.block]
+    by_row = np.argsort(block, kind="stable")
+    return Segments(block[by_row], segments.item[by_row], segments.start[by_row], segments.stop[by_row],
+                    segments.n_blocks)
+
+
 def assign_segments(strategy: str, lengths: Sequence[int], capacity: int) -> Segments:
     if strategy == "bfd":
         return _whole_item_segments(bfd_assign(lengths, capacity), lengths)
@@ -191,24 +205,6 @@ class PackedBlocks:
     @property
     def examples(self) -> int:
         return len(self.seq_lens)
-
-    def take_rows(self, order: np.ndarray) -> PackedBlocks:
-        """The same blocks in another row order (used to shuffle blocks within a shard)."""
-        order = np.asarray(order, dtype=np.int64)
-        lengths = np.diff(self.row_offsets)[order]
-        seq_counts = np.diff(self.seq_len_offsets)[order]
-        starts = self.row_offsets[:-1][order]
-        seq_index = gather_index(self.seq_len_offsets[:-1][order], seq_counts)
-        return PackedBlocks(
-            row_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-            input_ids=gather_slices(self.input_ids, starts, lengths),
-            labels=gather_slices(self.labels, starts, lengths),
-            attention_mask=gather_slices(self.attention_mask, starts, lengths),
-            position_ids=gather_slices(self.position_ids, starts, lengths),
-            seq_len_offsets=np.concatenate([[0], np.cumsum(seq_counts)]).astype(np.int64),
-            seq_lens=self.seq_lens[seq_index],
-            source_ids=None if self.source_ids is None else self.source_ids[seq_index],
-        )
 
 
 def assemble(
@@ -322,6 +318,7 @@ def pack_columns(
     mask_boundaries: bool = True,
     parts: Sequence[int] | None = None,
     order: np.ndarray | None = None,
+    row_order: Callable[[int], np.ndarray] | None = None,
 ) -> PackedBlocks:
     """Pack examples (in the order given) into blocks with ``strategy``; see the module docstring.
 
@@ -329,7 +326,10 @@ def pack_columns(
     appears (a bucket's key order, a mixture's copies); None: every example, as given. Packing through an order
     gives the blocks of ``examples.take(order)`` while moving each token once, straight into its block.
     ``parts``: offsets ``[0, ..., n]`` cutting the packing order into runs that ``bfd`` packs apart, each into
-    blocks of its own (a mixture's rounds of copies: ``weighting.weighted``); the other strategies ignore them."""
+    blocks of its own (a mixture's rounds of copies: ``weighting.weighted``); the other strategies ignore them.
+    ``row_order``: given the number of blocks packed, the order to write them in (row ``i`` is packed block
+    ``row_order(n)[i]``; a shard's seeded block shuffle): the blocks are laid out in that order at once, so
+    shuffling them costs no second copy of every token."""
     lengths = (examples.lengths if order is None else examples.lengths[order]).tolist()
     if strategy == "bfd" and parts is not None and len(parts) > 2:
         blocks = [[start + item for item in block] for start, stop in zip(parts, parts[1:], strict=False)
@@ -339,6 +339,8 @@ def pack_columns(
         segments = assign_segments(strategy, lengths, max_length)
     if order is not None:  # positions in the packing order -> the examples they name
         segments = replace(segments, item=np.asarray(order, dtype=np.int64)[segments.item])
+    if row_order is not None:
+        segments = reorder_blocks(segments, row_order(segments.n_blocks))
     return assemble(
         examples,
         segments,

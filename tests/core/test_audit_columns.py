@@ -114,3 +114,21 @@ def test_example_rows_says_where_each_example_lies() -> None:
 def test_no_examples_no_findings() -> None:
     empty = random_blocks(np.random.default_rng(0), 8, 0, pad=True)
     assert audit_columns(AuditFacts(max_length=8, bos_id=BOS, eos_ids=frozenset({EOS})), empty) == {}
+
+
+def test_position_ids_that_wrap_around_int32_are_not_taken_for_a_step_of_one() -> None:
+    """A damaged file's position ids may lie anywhere in int32: 2**31 - 1 followed by -2**31 is a step of one
+    only in wrapped int32 arithmetic, and is found as the example-by-example audit finds it."""
+    top, bottom = np.iinfo(np.int32).max, np.iinfo(np.int32).min
+    blocks = PackedBlocks(
+        row_offsets=np.array([0, 3], np.int64), input_ids=np.array([5, 7, EOS], np.int32),
+        labels=np.array([IGNORE_INDEX, 7, EOS], np.int32), attention_mask=np.ones(3, np.int8),
+        position_ids=np.array([top - 1, top, bottom], np.int32),
+        seq_len_offsets=np.array([0, 1], np.int64), seq_lens=np.array([3], np.int32),
+    )
+    facts = AuditFacts(max_length=3, eos_ids=frozenset({EOS}), wrap=True)  # a row's first piece may start anywhere
+
+    found = {(code, int(i)) for code, indices in audit_columns(facts, blocks).items() for i in indices}
+
+    assert ("positions", 0) in found
+    assert found == row_by_row(facts, blocks)

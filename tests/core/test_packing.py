@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from helpers import pack
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -142,15 +143,6 @@ def test_mask_boundaries_off_trains_across_examples() -> None:
     assert blocks.labels.tolist()[:5] == [1, 2, 3, 4, 5]
 
 
-def test_take_rows_permutes_whole_blocks() -> None:
-    blocks = pack(make_pieces([5, 7, 3, 9]), strategy="none", max_length=16, pad_id=0)
-    shuffled = blocks.take_rows(np.array([3, 1, 0, 2]))
-    assert [r.tolist() for r in rows(shuffled, "input_ids")] == [
-        r.tolist() for r in (rows(blocks, "input_ids")[i] for i in [3, 1, 0, 2])
-    ]
-    assert seq_lens(shuffled) == [seq_lens(blocks)[i] for i in [3, 1, 0, 2]]
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.booleans(), min_size=1, max_size=40), max_size=50), st.sampled_from(["bfd", "wrap"]))
 def test_arbitrary_masks_survive_packing(masks: list[list[bool]], strategy: str) -> None:
@@ -265,3 +257,66 @@ def test_packing_through_an_order_equals_packing_the_taken_examples(
     taken = pack_columns(examples.take(order), **options)
     for field in fields(through):
         np.testing.assert_array_equal(getattr(through, field.name), getattr(taken, field.name), err_msg=field.name)
+
+
+def rows_in_order(blocks: PackedBlocks, row_order: np.ndarray) -> PackedBlocks:
+    """The reference for ``row_order``: the packed rows, cut out one by one and put in that order."""
+    token_columns = ("input_ids", "labels", "attention_mask", "position_ids")
+    cut = {name: rows(blocks, name) for name in token_columns}
+    per_row = [blocks.seq_lens[blocks.seq_len_offsets[r] : blocks.seq_len_offsets[r + 1]] for r in range(blocks.rows)]
+    sources = [None if blocks.source_ids is None else blocks.source_ids[blocks.seq_len_offsets[r] :
+               blocks.seq_len_offsets[r + 1]] for r in range(blocks.rows)]
+    ordered = [int(r) for r in row_order]
+    flat = {name: np.concatenate([cut[name][r] for r in ordered] or [getattr(blocks, name)[:0]])
+            for name in token_columns}
+    return PackedBlocks(
+        row_offsets=np.concatenate([[0], np.cumsum([len(cut["input_ids"][r]) for r in ordered])]).astype(np.int64),
+        seq_len_offsets=np.concatenate([[0], np.cumsum([len(per_row[r]) for r in ordered])]).astype(np.int64),
+        seq_lens=np.concatenate([per_row[r] for r in ordered] or [blocks.seq_lens[:0]]),
+        source_ids=None if blocks.source_ids is None else np.concatenate([sources[r] for r in ordered]
+                                                                         or [blocks.source_ids[:0]]),
+        **flat,
+    )
+
+
+@given(
+    st.lists(st.tuples(st.integers(min_value=0, max_value=300), st.integers(min_value=0, max_value=300)),
+             max_size=40),
+    st.sampled_from(["bfd", "wrap", "none"]), st.sampled_from([64, 300]), st.booleans(), st.randoms(),
+)
+@settings(max_examples=150, deadline=None)
+def test_packing_in_a_row_order_equals_reordering_the_packed_rows(
+    shapes: list[tuple[int, int]], strategy: str, max_length: int, conversations: bool, random,
+) -> None:
+    """``pack_columns(row_order=f)`` (the shard's seeded block shuffle, laid out at once) gives the rows that
+    packing and then putting the rows in ``f(n)``'s order gives, array for array, with examples split across
+    rows (``wrap``), unpadded rows (``none``) and sources."""
+    from dataclasses import fields
+
+    from seqpack.packing import pack_columns
+
+    examples = random_examples(shapes, strategy, max_length, conversations, sources=2)
+    options = {"strategy": strategy, "max_length": max_length, "pad_id": 5}
+    packed = pack_columns(examples, **options)
+    given_orders = []
+
+    def row_order(blocks: int) -> np.ndarray:
+        order = np.arange(blocks)
+        random.shuffle(order)
+        given_orders.append(order)
+        return order
+
+    through = pack_columns(examples, row_order=row_order, **options)
+    assert [len(order) for order in given_orders] == [packed.rows]
+    expected = rows_in_order(packed, given_orders[0])
+    for field in fields(through):
+        np.testing.assert_array_equal(getattr(through, field.name), getattr(expected, field.name),
+                                      err_msg=field.name)
+
+
+def test_a_row_order_that_is_not_a_permutation_is_refused() -> None:
+    from seqpack.packing import pack_columns
+
+    examples = random_examples([(5, 1), (7, 2), (3, 0)], "none", 16, False)
+    with pytest.raises(ValueError, match="permutation of the 3 blocks"):
+        pack_columns(examples, strategy="none", max_length=16, pad_id=0, row_order=lambda n: np.zeros(n, np.int64))

@@ -22,7 +22,7 @@ from seqpack.example_columns import ExampleColumns
 from seqpack.faults import lose_one_example
 from seqpack.mixing import MixturePlan
 from seqpack.packing import PackedBlocks, pack_columns
-from seqpack.transforms.shuffle import Bucket, SpillFile, bucket_count, permute_blocks, read_bucket
+from seqpack.transforms.shuffle import Bucket, SpillFile, block_order, bucket_count, read_bucket
 from seqpack.transforms.shuffle_runner import Chunk, CutSpillDoFn, bucket_markers, decode_chunks
 from seqpack.weighting import bucket_sizing_tokens, weighted
 
@@ -77,8 +77,8 @@ def pack_bucket(bucket: Bucket, examples: ExampleColumns, options: PackOptions,
         mask_boundaries=options.mask_boundaries,
         parts=parts,
         order=order,
+        row_order=block_order(options.seed, split, index),
     )
-    blocks = permute_blocks(blocks, options.seed, split, index)
     return ShardBlocks(split, index, count, blocks, len(order))
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +34,6 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from seqpack.example_columns import ExampleColumns, empty_columns
-from seqpack.packing import PackedBlocks
 from seqpack.schemas.columns import list_array
 
 SPILL_DIR = "_spill"
@@ -221,8 +220,11 @@ def read_bucket(bucket: Bucket, spills: Sequence[SpillFile], *, with_trained: bo
     return examples.sorted_by_key() if in_key_order else examples
 
 
-def permute_blocks(blocks: PackedBlocks, seed: int, split: str, index: int) -> PackedBlocks:
-    """The shard's blocks in a seeded random order (bucket ``index`` of ``split``), so that long and short
-    examples do not sit in blocks sorted by how best-fit placed them."""
-    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-    return blocks.take_rows(rng.permutation(blocks.rows))
+def block_order(seed: int, split: str, index: int) -> Callable[[int], np.ndarray]:
+    """The seeded random order of a shard's blocks (bucket ``index`` of ``split``), given their number, so that
+    long and short examples do not sit in blocks sorted by how best-fit placed them (``pack_columns``'
+    ``row_order``: the blocks are laid out in it, not shuffled after)."""
+    def permutation(blocks: int) -> np.ndarray:
+        return np.random.default_rng([seed, SPLIT_CODES[split], index]).permutation(blocks)
+
+    return permutation
