@@ -249,3 +249,25 @@ def test_the_sample_is_the_jobs_rendered_texts_chosen_by_the_seed(tmp_path: Path
     assert len({text.split("-")[0][1:] for text in sample}) <= fast_encoder.SAMPLE_FILES
     assert sample == sample_texts(files, beam_open, render, seed=1, count=40)
     assert sample != sample_texts(files, beam_open, render, seed=2, count=40)
+
+
+def test_a_preloaded_encoder_is_handed_out_once_and_only_for_its_definition(byte_bpe: tuple[str, Tokenizer],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the warm pool's server loads before it forks (``preload``) is what a worker's ``load_fast`` of the
+    same definition returns, once; another definition, or a second caller, loads its own."""
+    monkeypatch.setattr(fast_encoder, "_PRELOADED", {})
+    definition = byte_bpe[0]
+    assert fast_encoder.preload(definition)
+
+    other = json.loads(definition)
+    other["added_tokens"] = [*other["added_tokens"], {**other["added_tokens"][-1], "id": 99999, "content": "<x>"}]
+    assert load_fast(json.dumps(other)) is not None and fast_encoder._PRELOADED, "not for another definition"
+    first, second = load_fast(definition), load_fast(definition)
+    assert first is not second and not fast_encoder._PRELOADED
+    assert fast_encode(first)(TRAIN) == fast_encode(second)(TRAIN) == hf_encoder(byte_bpe[1])(TRAIN)
+
+
+def test_a_definition_it_cannot_load_is_not_preloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast_encoder, "_PRELOADED", {})
+    assert not fast_encoder.preload(_wordpiece().to_str())
+    assert not fast_encoder._PRELOADED

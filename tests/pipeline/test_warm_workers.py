@@ -261,3 +261,27 @@ class _Counted:
     def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204 - passes everything through
         self.calls += 1
         return self.function(*args, **kwargs)
+
+
+def test_the_server_loads_the_tokenizer_the_driver_names_before_it_forks(tmp_path: Path, tokenizer_dir: Path
+                                                                          ) -> None:
+    """The driver's one word (``WarmPool.preload_tokenizer``): the server loads that fast encoder, and the
+    worker forked after it finds it loaded for that definition."""
+    pytest.importorskip("fastokens")
+    pool = _pool_dir(tmp_path, 1)
+    definition = tokenizer_dir / "tokenizer.json"
+    warm = _serve(pool, 1, f"""
+        from seqpack import fast_encoder
+        digest = fast_encoder._definition_digest(open({str(definition)!r}, encoding="utf-8").read())
+        print("preloaded", sorted(fast_encoder._PRELOADED) == [digest], flush=True)
+        return 0
+    """)
+    server = WarmPool(str(pool), warm, 1)
+    server.preload_tokenizer(str(definition))
+    server.preload_tokenizer(str(tmp_path / "another.json"))  # said once: a second word is not sent
+    _wait_for_socket(pool, 0)
+    launcher = _launch(pool)
+    out, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, (out, err)
+    assert out == "preloaded True\n"
+    assert warm.wait(timeout=10) == 0

@@ -40,7 +40,7 @@ from seqpack.pipeline.lock import DEFAULT_LEASE_SECONDS, OutputLock
 from seqpack.pipeline.mixture import files_by_source
 from seqpack.pipeline.run_audit import audit_facts, source_facts
 from seqpack.pipeline.runners import check_can_leave, local_provision_info, pipeline_options
-from seqpack.pipeline.warm_workers import warm_local_runner
+from seqpack.pipeline.warm_workers import preload_for_workers, warm_local_runner
 from seqpack.pipeline.worker_logs import WorkerLog, capture_worker_output
 from seqpack.prompt_templates import make_template, template_texts
 from seqpack.schemas import Manifest, TokenizerInfo
@@ -272,6 +272,8 @@ class _Job:
         backend, check = _backend_plan(config, self.tokenizer, destination.staging, self.files,
                                        defer=_is_local(self.runner))
         tokenizer_info = replace(self.tokenizer_info, backend=backend.encoder if backend else "hf")
+        if backend is not None and backend.encoder != "hf":
+            preload_for_workers(self.runner, backend.tokenizer_json)
         pipeline = beam.Pipeline(runner=self.runner, options=self.options)
         plan = CommitPlan(config=config, tokenizer=tokenizer_info, destination=destination,
                           lock_token=lock.token, release_lock=not wait,

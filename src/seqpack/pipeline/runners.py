@@ -11,10 +11,37 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from seqpack.errors import UsageError, closest
+
+T = TypeVar("T", bound=PipelineOptions)
+
+
+class RunOptions(PipelineOptions):
+    """Beam's pipeline options, each view of them made once.
+
+    Beam makes a view (an argparse parser of that class's options, the flags parsed again) every time it asks for
+    one: building seqpack's pipeline asks ~430 times, a quarter of a second of the driver's start, which every
+    run waits for. Views share the options' values (Beam documents that a change made through one view shows in
+    all of them), so a view kept is the view Beam would have made again.
+    """
+
+    def view_as(self, cls: type[T]) -> T:
+        views = self.__dict__.setdefault(_VIEWS, {})
+        if cls not in views:
+            views[cls] = super().view_as(cls)
+        return views[cls]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled and deep-copied (a pipeline copies its options) without the views: they are remade on demand."""
+        state = super().__getstate__()
+        return {name: value for name, value in state.items() if name != _VIEWS}
+
+
+_VIEWS = "_seqpack_views"
 
 
 def _all_option_classes() -> list[type[PipelineOptions]]:
@@ -121,7 +148,7 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | No
     """
     dask = wants_dask(beam_args)
     check_beam_args(beam_args)
-    options = PipelineOptions(beam_args)
+    options = RunOptions(beam_args)
     if dask:
         from seqpack.pipeline.dask_runner import DaskRunner
 

@@ -11,7 +11,8 @@ worker needs, once, and forks one *warm* process per worker, which waits. When B
 it runs is
 ``pipeline.worker_launcher``, which hands the worker's part (environment, directory, standard streams) to a warm
 process; that process checks that its environment is the one it was started in, becomes the worker
-(``sdk_worker_main``), and ends with ``os._exit`` as soon as the worker returns. Anything unusual falls back to
+(``sdk_worker_main``), and ends with ``os._exit`` as soon as the worker returns. Before it forks, the server also
+loads the fast encoder the driver names (``preload_for_workers``), once for every worker. Anything unusual falls back to
 Beam's own cold start, so the output is the same either way; ``SEQPACK_WARM_WORKERS=0`` turns this off.
 
 Lifetimes: an idle warm process ends when the driver closes the server's stdin (or dies); an adopted one ends
@@ -58,6 +59,8 @@ WORKER_MODULES = (
     "fastokens",
 )
 """What a worker imports anyway, once it unpickles seqpack's steps: imported while the driver gets ready."""
+PRELOAD_TOKENIZER = "tokenizer_json"
+"""The key of the driver's one word to the server, on its stdin: the local path of the workers' tokenizer JSON."""
 IDLE_SECONDS = 3600.0
 """An idle warm process that hears nothing from the driver for this long ends: a safety net, as the driver
 closes the pool at the end of every run."""
@@ -82,6 +85,8 @@ class WarmPool:
     directory: str
     server: subprocess.Popen
     workers: int
+    told: bool = False
+    """Whether the driver has said what the workers will load (``preload_tokenizer``): it says so once."""
 
     def command(self) -> str:
         """The worker command for Beam: the launcher, with Beam's own command as its fallback."""
@@ -100,6 +105,18 @@ class WarmPool:
             with contextlib.suppress(OSError, ValueError), open(_child_path(self.directory, slot)) as handle:
                 pids.append(int(handle.read()))
         return pids
+
+    def preload_tokenizer(self, tokenizer_json_path: str) -> None:
+        """Tell the server which tokenizer JSON the workers will load their fast encoder from: it loads it once,
+        before it forks the warm processes, while the driver builds the pipeline (``fast_encoder.preload``).
+        Said at most once, before the run starts its workers: the server listens only until it forks."""
+        if self.told or self.server.stdin is None or "://" in tokenizer_json_path:
+            return
+        self.told = True
+        word = json.dumps({PRELOAD_TOKENIZER: tokenizer_json_path}) + "\n"
+        with contextlib.suppress(OSError, ValueError):
+            self.server.stdin.write(word.encode("utf-8"))
+            self.server.stdin.flush()
 
     def close(self) -> None:
         """End the server and every warm process (idle or adopted: the run is over); remove the directory."""
@@ -238,6 +255,14 @@ def warm_local_runner(options: Any, runner: object, provision_info: Any = None) 
                   DISABLE_VARIABLE)
 
 
+def preload_for_workers(runner: object, tokenizer_json_path: str) -> None:
+    """Where ``runner`` starts its workers from a warm pool, have the pool load their fast encoder now
+    (``WarmPool.preload_tokenizer``); any other runner's workers load it as they start."""
+    pool = getattr(runner, "warm_pool", None)
+    if isinstance(pool, WarmPool):
+        pool.preload_tokenizer(tokenizer_json_path)
+
+
 def _warm_runner(pool: WarmPool, provision_info: Any) -> object:
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.transforms.environments import SubprocessSDKEnvironment
@@ -326,13 +351,15 @@ def _listen(pool: str, slot: int) -> socket.socket:
 
 def serve(pool: str, workers: int, target: Any = _run_worker) -> None:
     """The server: listen on every slot's socket (a launcher may connect at once and wait), import what a worker
-    needs, fork one warm process per slot, then reap them. Forking from this single-threaded process after the
-    imports costs each warm process milliseconds instead of seconds of imports."""
+    needs, load the tokenizer the driver names (until the run starts), fork one warm process per slot, then reap
+    them. Forking from this single-threaded process after the imports costs each warm process milliseconds
+    instead of seconds of imports."""
     started, cwd, driver = dict(os.environ), os.getcwd(), os.getppid()
     listeners = [_listen(pool, slot) for slot in range(workers)]
     for module in WORKER_MODULES:
         with contextlib.suppress(Exception):
             __import__(module)
+    _preload(_driver_word(listeners))
     for slot, listener in enumerate(listeners):
         pid = os.fork()
         if pid == 0:
@@ -349,6 +376,38 @@ def serve(pool: str, workers: int, target: Any = _run_worker) -> None:
     if os.getppid() != driver:  # the driver died without closing the pool: nobody else will remove it
         shutil.rmtree(pool, ignore_errors=True)
     os._exit(0)
+
+
+def _driver_word(listeners: list[socket.socket]) -> dict[str, Any]:
+    """What the driver says before its run starts the workers (one JSON line on stdin), or nothing once a launcher
+    connects first (the run has started: fork now), stdin closes, or it stays quiet for ``IDLE_SECONDS``."""
+    stdin, said = sys.stdin.fileno(), b""
+    while b"\n" not in said:
+        ready, _, _ = select.select([stdin, *listeners], [], [], IDLE_SECONDS)
+        if stdin not in ready:
+            return {}
+        chunk = os.read(stdin, 1 << 16)
+        if not chunk:
+            return {}
+        said += chunk
+    try:
+        word = json.loads(said.split(b"\n", 1)[0])
+    except ValueError:
+        return {}
+    return word if isinstance(word, dict) else {}
+
+
+def _preload(word: dict[str, Any]) -> None:
+    """Load what the workers will load, once, for every warm process forked after it; anything that fails here is
+    left for the workers to meet and report, as they would without it."""
+    path = word.get(PRELOAD_TOKENIZER)
+    if not isinstance(path, str):
+        return
+    with contextlib.suppress(Exception):
+        from seqpack.fast_encoder import preload
+
+        with open(path, encoding="utf-8") as handle:
+            preload(handle.read())
 
 
 def _serve_slot(pool: str, slot: int, listener: socket.socket, started: dict[str, str], cwd: str,
