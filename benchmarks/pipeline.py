@@ -703,6 +703,16 @@ def snapshot_src(rev: str, work: Path) -> tuple[str, str]:
     return str(target / "src"), sha
 
 
+def _compile_seqpack(src: Path) -> str:
+    """Compile seqpack's modules to bytecode before any timed run, as ``pip install`` does for an installed package
+    (and has done for datasets, TRL and transformers): with ``PYTHONDONTWRITEBYTECODE=1`` set, or a fresh snapshot,
+    every run would otherwise compile them again, in the driver and in the workers' server."""
+    import compileall
+
+    ok = compileall.compile_dir(str(src / "seqpack"), quiet=1, workers=1)
+    return f"compiled under {src / 'seqpack'}" if ok else f"some modules under {src / 'seqpack'} did not compile"
+
+
 def _src_digest() -> str:
     digest = hashlib.sha256()
     for path in sorted((REPO / "src").rglob("*")):
@@ -874,10 +884,12 @@ def main(argv: list[str] | None = None) -> int:
         args.seqpack_src, sha = snapshot_src(args.seqpack_rev, work)
         env_info["seqpack_rev"] = sha
         print(f"seqpack runs from {args.seqpack_rev} = {sha} (a copy in {args.seqpack_src})")
+    compiled = _compile_seqpack(Path(args.seqpack_src) if args.seqpack_src else REPO / "src")
     print(f"machine: {env_info['cpu']}, {env_info['cores']} cores, {env_info['ram_gb']} GiB; python "
           f"{env_info['python']}; " + ", ".join(f"{k} {v}" for k, v in env_info["versions"].items()))
     print(f"seqpack src: commit {env_info['git_commit']}, {env_info['src_changed_files']} changed/untracked file(s) "
           f"under src/, src sha256 {env_info['src_sha256']}")
+    print(f"seqpack bytecode: {compiled}")
     niceness = ""
     if args.nice:
         with contextlib.suppress(OSError):
