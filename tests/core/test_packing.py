@@ -282,21 +282,26 @@ def rows_in_order(blocks: PackedBlocks, row_order: np.ndarray) -> PackedBlocks:
 @given(
     st.lists(st.tuples(st.integers(min_value=0, max_value=300), st.integers(min_value=0, max_value=300)),
              max_size=40),
-    st.sampled_from(["bfd", "wrap", "none"]), st.sampled_from([64, 300]), st.booleans(), st.randoms(),
+    st.sampled_from(["bfd", "wrap", "none"]), st.sampled_from([64, 300]), st.booleans(), st.booleans(),
+    st.randoms(),
 )
 @settings(max_examples=150, deadline=None)
 def test_packing_in_a_row_order_equals_reordering_the_packed_rows(
-    shapes: list[tuple[int, int]], strategy: str, max_length: int, conversations: bool, random,
+    shapes: list[tuple[int, int]], strategy: str, max_length: int, conversations: bool, with_order: bool, random,
 ) -> None:
     """``pack_columns(row_order=f)`` (the shard's seeded block shuffle, laid out at once) gives the rows that
     packing and then putting the rows in ``f(n)``'s order gives, array for array, with examples split across
-    rows (``wrap``), unpadded rows (``none``) and sources."""
+    rows (``wrap``), unpadded rows (``none``), sources, and a mixture's packing order cut into parts."""
     from dataclasses import fields
 
     from seqpack.packing import pack_columns
 
     examples = random_examples(shapes, strategy, max_length, conversations, sources=2)
     options = {"strategy": strategy, "max_length": max_length, "pad_id": 5}
+    if with_order:  # some examples twice, in another order, packed in two runs
+        order = np.array([*range(len(shapes)), *range(0, len(shapes), 2)], np.int64)
+        random.shuffle(order)
+        options |= {"order": order, "parts": [0, len(order) // 2, len(order)]}
     packed = pack_columns(examples, **options)
     given_orders = []
 

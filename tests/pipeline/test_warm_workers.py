@@ -285,3 +285,22 @@ def test_the_server_loads_the_tokenizer_the_driver_names_before_it_forks(tmp_pat
     assert launcher.returncode == 0, (out, err)
     assert out == "preloaded True\n"
     assert warm.wait(timeout=10) == 0
+
+
+def test_no_word_once_the_server_has_forked(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """A word after the fork would reach the warm processes, which take anything on stdin for the pool closing:
+    once the server has forked (here for a launcher that came first), the word is not sent."""
+    pool = _pool_dir(tmp_path, 2)
+    warm = _serve(pool, 2, "time.sleep(60); return 0")
+    server = WarmPool(str(pool), warm, 2)
+    _wait_for_socket(pool, 1)
+    launcher = _launch(pool)
+    deadline = time.monotonic() + 30
+    while len(server.warm_pids()) < 2:
+        assert time.monotonic() < deadline, "the server never forked"
+        time.sleep(0.02)
+    server.preload_tokenizer(str(tokenizer_dir / "tokenizer.json"))
+    assert not server.told
+    launcher.kill()
+    launcher.wait(timeout=10)
+    server.close()

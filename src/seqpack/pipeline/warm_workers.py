@@ -110,8 +110,8 @@ class WarmPool:
         """Tell the server which tokenizer JSON the workers will load their fast encoder from: it loads it once,
         before it forks the warm processes, while the driver builds the pipeline (``fast_encoder.preload``).
         Said at most once, before the run starts its workers: the server listens only until it forks."""
-        if self.told or self.server.stdin is None or "://" in tokenizer_json_path:
-            return
+        if self.told or self.server.stdin is None or "://" in tokenizer_json_path or self.warm_pids():
+            return  # forked already: its warm processes would take the word for the driver closing the pool
         self.told = True
         word = json.dumps({PRELOAD_TOKENIZER: tokenizer_json_path}) + "\n"
         with contextlib.suppress(OSError, ValueError):
