@@ -7,13 +7,12 @@ waits for it. Meanwhile the driver has spent its first seconds (imports, loading
 encoder) on one core, with the others idle.
 
 So once its checks pass, a local multi-process run starts a server (``warm_local_runner``) that imports what a
-worker needs, once, and forks one *warm* process per worker, which waits. When Beam starts a worker, the command
-it runs is
-``pipeline.worker_launcher``, which hands the worker's part (environment, directory, standard streams) to a warm
-process; that process checks that its environment is the one it was started in, becomes the worker
-(``sdk_worker_main``), and ends with ``os._exit`` as soon as the worker returns. Before it forks, the server also
-loads the fast encoder the driver names (``preload_for_workers``), once for every worker. Anything unusual falls back to
-Beam's own cold start, so the output is the same either way; ``SEQPACK_WARM_WORKERS=0`` turns this off.
+worker needs, loads the fast encoder the driver names (``preload_for_workers``), once, and forks one *warm* process
+per worker, which waits. When Beam starts a worker, the command it runs is ``pipeline.worker_launcher``, which
+hands the worker's part (environment, directory, standard streams) to a warm process; that process checks that
+its environment is the one it was started in, becomes the worker (``sdk_worker_main``), and ends with
+``os._exit`` as soon as the worker returns. Anything unusual falls back to Beam's own cold start, so the output is
+the same either way; ``SEQPACK_WARM_WORKERS=0`` turns this off.
 
 Lifetimes: an idle warm process ends when the driver closes the server's stdin (or dies); an adopted one ends
 when its launcher's connection closes; the server, once its warm processes have ended. The pool kills what is
