@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -271,3 +272,23 @@ def test_a_definition_it_cannot_load_is_not_preloaded(monkeypatch: pytest.Monkey
     monkeypatch.setattr(fast_encoder, "_PRELOADED", {})
     assert not fast_encoder.preload(_wordpiece().to_str())
     assert not fast_encoder._PRELOADED
+
+
+def test_preloading_starts_no_thread(byte_bpe: tuple[str, Tokenizer], tmp_path: Path) -> None:
+    """The warm pool's server forks its workers right after ``preload``: a thread started by loading (a Rust
+    thread pool) would not exist in the forked workers, and an encoder waiting on it would hang them."""
+    definition = tmp_path / "tokenizer.json"
+    definition.write_text(byte_bpe[0], encoding="utf-8")
+    code = (
+        "import os, sys\n"
+        "from seqpack import fast_encoder\n"
+        "before = len(os.listdir('/proc/self/task'))\n"
+        f"assert fast_encoder.preload(open({str(definition)!r}, encoding='utf-8').read())\n"
+        "print(before, len(os.listdir('/proc/self/task')))\n"
+    )
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("no /proc/self/task to count threads in")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    before, after = result.stdout.split()
+    assert after == before
