@@ -85,6 +85,41 @@ def test_auto_uses_the_fast_encoder_when_it_agrees(byte_bpe: tuple[str, Tokenize
     assert choose_encoder("hf", definition, hf_encoder(tokenizer), TRAIN).backend == "hf"
 
 
+def _byte_level_variant(kind: str) -> Tokenizer:
+    """Byte-level BPEs fastokens loads, other than the fixture's: digits split one by one before the byte-level
+    step (as Llama 3 and Qwen do), and the byte-level step without its split regex."""
+    byte_level = {"digits": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)]),
+                  "no-regex": pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)}[kind]
+    tokenizer = _trained(models.BPE(), trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<s>"],
+        show_progress=False), pre_tokenizer=byte_level, decoder=decoders.ByteLevel())
+    tokenizer.add_special_tokens(["<|sep|>"])
+    return tokenizer
+
+
+_VARIANTS: dict[str, Tokenizer] = {}
+
+
+@pytest.mark.parametrize("kind", ["digits", "no-regex"])
+@settings(max_examples=100, deadline=None)
+@given(texts=st.lists(st.text(st.characters(exclude_categories=["Cs"]), max_size=60), min_size=1, max_size=8))
+def test_other_byte_level_bpes_agree_on_hard_cases_and_generated_text(kind: str, texts: list[str]) -> None:
+    """Every kind of tokenizer the fast encoder loads gets the Hugging Face ids, not only the fixture's."""
+    tokenizer = _VARIANTS.setdefault(kind, _byte_level_variant(kind))
+    definition = tokenizer.to_str()
+    fast = _cached_fast(definition)
+    if definition not in _HARD_CASES_CHECKED:
+        result = compare(hf_encoder(tokenizer), fast_encode(load_fast(definition)), hard_cases(["<s>", "<|sep|>"]))
+        assert result.mismatch is None and result.rejected == []
+        _HARD_CASES_CHECKED.add(definition)
+    texts = texts + [" ".join(texts), "<s>".join(texts), "<|sep|>".join(texts), "x1234567890y"]
+    assert fast(texts) == hf_encoder(tokenizer)(texts)
+
+
+_HARD_CASES_CHECKED: set[str] = set()
+
+
 def _trained(model: models.Model, trainer: trainers.Trainer, **parts: object) -> Tokenizer:
     tokenizer = Tokenizer(model)
     for name, part in parts.items():
